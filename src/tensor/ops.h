@@ -1,0 +1,107 @@
+/* Ops on f32 channels-last activations. GEMMs (linear, conv) go through oneDNN with a
+ * primitive cache in the compute context; everything else is our own AVX-512 / portable C.
+ * Layer objects hold weights converted once, at load, into the layout the primitive wants. */
+#ifndef SDXL_TENSOR_OPS_H
+#define SDXL_TENSOR_OPS_H
+
+#include <stdint.h>
+
+#include "base/err.h"
+#include "tensor/tensor.h"
+
+/* Engine, stream, primitive cache, scratch for GEMM input conversion, precision. Not shared
+ * between threads that run forwards at the same time: one per session. */
+typedef struct sdxl_compute sdxl_compute;
+
+int sdxl_compute_new(sdxl_prec prec, sdxl_compute **out, sdxl_err *e);
+void sdxl_compute_free(sdxl_compute *c);
+sdxl_prec sdxl_compute_prec(const sdxl_compute *c);
+/* Primitives created so far (tests check the cache is hit). */
+int64_t sdxl_compute_n_primitives(const sdxl_compute *c);
+
+/* ---- linear: y[M, out] = x[M, in] . W^T + b ------------------------------------------- */
+
+typedef struct sdxl_linear {
+    int64_t in, out;
+    sdxl_prec prec;
+    void *w;      /* weights in oneDNN's chosen layout and the precision's dtype (owned) */
+    float *bias;  /* [out] or NULL (owned) */
+    void *impl;   /* private */
+} sdxl_linear;
+
+#define SDXL_OP_ACCUM 1 /* y += result instead of y = result (residual fused into the GEMM) */
+
+/* w: torch layout [out, in] row-major, of dtype wdt; b: [out] or NULL. Weights are copied. */
+int sdxl_linear_init(sdxl_compute *c, sdxl_linear *l, int64_t in, int64_t out, const void *w, sdxl_dtype wdt,
+                     const void *b, sdxl_dtype bdt, sdxl_err *e);
+void sdxl_linear_free(sdxl_linear *l);
+int sdxl_linear_fwd(sdxl_compute *c, const sdxl_linear *l, const float *x, int64_t M, float *y, int flags,
+                    sdxl_err *e);
+
+/* ---- conv2d, NHWC ------------------------------------------------------------------------ */
+
+typedef struct sdxl_conv2d {
+    int64_t cin, cout;
+    int kh, kw, stride;
+    int pad_t, pad_l, pad_b, pad_r; /* asymmetric pads: the VAE encoder's downsampler is (0,0,1,1) */
+    sdxl_prec prec;
+    void *w;
+    float *bias;
+    void *impl;
+} sdxl_conv2d;
+
+/* w: torch layout [cout, cin, kh, kw]. */
+int sdxl_conv2d_init(sdxl_compute *c, sdxl_conv2d *cv, int64_t cin, int64_t cout, int kh, int kw, int stride,
+                     int pad_t, int pad_l, int pad_b, int pad_r, const void *w, sdxl_dtype wdt, const void *b,
+                     sdxl_dtype bdt, sdxl_err *e);
+void sdxl_conv2d_free(sdxl_conv2d *cv);
+void sdxl_conv2d_out_size(const sdxl_conv2d *cv, int64_t h, int64_t w, int64_t *oh, int64_t *ow);
+/* x [n, h, w, cin] -> y [n, oh, ow, cout]. */
+int sdxl_conv2d_fwd(sdxl_compute *c, const sdxl_conv2d *cv, const float *x, int64_t n, int64_t h, int64_t w,
+                    float *y, int flags, sdxl_err *e);
+
+/* ---- norms, activations, elementwise (x and y may alias unless noted) --------------------- */
+
+/* x [n, hw, c] channels-last; groups divide c. gamma/beta [c]. silu fuses SiLU after the affine. */
+void sdxl_group_norm(const float *x, float *y, int64_t n, int64_t hw, int64_t c, int groups, float eps,
+                     const float *gamma, const float *beta, int silu);
+void sdxl_layer_norm(const float *x, float *y, int64_t rows, int64_t c, float eps, const float *gamma,
+                     const float *beta);
+void sdxl_softmax_rows(float *x, int64_t rows, int64_t n);
+void sdxl_gelu(float *x, int64_t n);       /* exact: 0.5 x (1 + erf(x / sqrt 2)) */
+void sdxl_gelu_tanh(float *x, int64_t n);  /* tanh approximation */
+void sdxl_quick_gelu(float *x, int64_t n); /* x * sigmoid(1.702 x) */
+void sdxl_silu(float *x, int64_t n);
+/* x [rows, 2f] = [h | gate] -> y [rows, f] = h * gelu(gate). y must not alias x. */
+void sdxl_geglu(const float *x, float *y, int64_t rows, int64_t f);
+/* x [n, h, w, c] -> y [n, 2h, 2w, c]. */
+void sdxl_upsample_nearest2x(const float *x, float *y, int64_t n, int64_t h, int64_t w, int64_t c);
+/* torch 'nearest': src index = floor(dst * in / out). */
+void sdxl_resize_nearest(const float *x, float *y, int64_t n, int64_t h, int64_t w, int64_t c, int64_t oh,
+                         int64_t ow);
+/* rows of a [rows, ca] and b [rows, cb] -> y [rows, ca + cb]. y must not alias. */
+void sdxl_concat_channels(const float *a, int64_t ca, const float *b, int64_t cb, float *y, int64_t rows);
+void sdxl_add(const float *a, const float *b, float *y, int64_t n);
+/* y[i] += s * x[i]. */
+void sdxl_axpy(float s, const float *x, float *y, int64_t n);
+void sdxl_scale(float *x, float s, int64_t n);
+/* Adds bias [c] to every row of x [rows, c]. */
+void sdxl_add_bias(float *x, const float *bias, int64_t rows, int64_t c);
+
+/* Sinusoidal embedding of n values into [n, dim], matching diffusers get_timestep_embedding in
+ * float32: exponent = -ln(max_period) * i / (half - shift); arg = t * exp(exponent);
+ * [sin | cos], swapped to [cos | sin] when flip_sin_to_cos. SDXL: flip 1, shift 0, period 10000. */
+void sdxl_timestep_embedding(const float *t, int64_t n, int dim, int flip_sin_to_cos, float downscale_freq_shift,
+                             float max_period, float *out);
+
+/* ---- attention ----------------------------------------------------------------------------- */
+
+/* Flash-style multi-head attention: query tiles with an online softmax, no [lq, lk] matrix.
+ * q: [batch, lq] rows of q_ld floats, head h at columns h*head_dim; k, v: [batch, lk] rows of
+ * kv_ld floats; out: [batch, lq] rows of out_ld floats. causal masks keys j > i. In bf16
+ * precision the two products take bf16 inputs with f32 accumulation; softmax stays f32. */
+int sdxl_attention(sdxl_compute *c, const float *q, int64_t q_ld, const float *k, const float *v, int64_t kv_ld,
+                   float *out, int64_t out_ld, int64_t batch, int64_t lq, int64_t lk, int heads, int head_dim,
+                   float scale, int causal, sdxl_err *e);
+
+#endif

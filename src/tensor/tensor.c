@@ -1,0 +1,211 @@
+#include "tensor/tensor.h"
+
+#include <immintrin.h>
+#include <string.h>
+
+#include "base/cpu.h"
+
+size_t sdxl_dtype_size(sdxl_dtype t) { return t == SDXL_F32 ? 4 : 2; }
+
+sdxl_tensor sdxl_tensor_make(sdxl_dtype t, void *data, int ndim, const int64_t *ne) {
+    sdxl_tensor x;
+    memset(&x, 0, sizeof x);
+    x.dtype = t;
+    x.ndim = ndim;
+    x.data = data;
+    int64_t s = 1;
+    for (int i = ndim - 1; i >= 0; i--) {
+        x.ne[i] = ne[i];
+        x.nb[i] = s;
+        s *= ne[i];
+    }
+    return x;
+}
+
+int64_t sdxl_tensor_numel(const sdxl_tensor *t) {
+    int64_t n = 1;
+    for (int i = 0; i < t->ndim; i++) n *= t->ne[i];
+    return n;
+}
+
+int sdxl_tensor_is_contiguous(const sdxl_tensor *t) {
+    int64_t s = 1;
+    for (int i = t->ndim - 1; i >= 0; i--) {
+        if (t->ne[i] != 1 && t->nb[i] != s) return 0;
+        s *= t->ne[i];
+    }
+    return 1;
+}
+
+sdxl_tensor sdxl_tensor_slice(const sdxl_tensor *t, int dim, int64_t start, int64_t len) {
+    sdxl_tensor v = *t;
+    v.ne[dim] = len;
+    v.data = (char *)t->data + (size_t)(start * t->nb[dim]) * sdxl_dtype_size(t->dtype);
+    return v;
+}
+
+/* ---- scalar conversions (the reference for the vector paths) ---- */
+
+static float f16_to_f32_1(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0) {
+        if (man == 0) {
+            bits = sign;
+        } else { /* subnormal: normalise */
+            int e = -1;
+            do {
+                e++;
+                man <<= 1;
+            } while (!(man & 0x400));
+            bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ff) << 13);
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else {
+        bits = sign | ((exp + 112) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static uint16_t f32_to_f16_1(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000;
+    uint32_t ax = x & 0x7fffffffu;
+    if (ax >= 0x7f800000u) return (uint16_t)(sign | 0x7c00 | (ax > 0x7f800000u ? 0x200 : 0));
+    if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00); /* rounds to >= 65520: inf */
+    if (ax < 0x38800000u) {                                  /* result subnormal or zero */
+        if (ax < 0x33000000u) return (uint16_t)sign;
+        uint32_t e = ax >> 23, m = (ax & 0x7fffff) | 0x800000;
+        uint32_t shift = 126 - e; /* 14..24 */
+        uint32_t r = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (r & 1))) r++;
+        return (uint16_t)(sign | r);
+    }
+    uint32_t r = ((ax - 0x38000000u) >> 13);
+    uint32_t rem = ax & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (r & 1))) r++;
+    return (uint16_t)(sign | r);
+}
+
+static float bf16_to_f32_1(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static uint16_t f32_to_bf16_1(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40);
+    x += 0x7fff + ((x >> 16) & 1);
+    return (uint16_t)(x >> 16);
+}
+
+/* ---- AVX-512 paths ---- */
+
+__attribute__((target("avx512f,f16c"))) static void f16_to_f32_avx512(const uint16_t *s, float *d, size_t n) {
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(d + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s + i))));
+    for (; i < n; i++) d[i] = f16_to_f32_1(s[i]);
+}
+
+__attribute__((target("avx512f,f16c"))) static void f32_to_f16_avx512(const float *s, uint16_t *d, size_t n) {
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *)(d + i),
+                            _mm512_cvtps_ph(_mm512_loadu_ps(s + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    for (; i < n; i++) d[i] = f32_to_f16_1(s[i]);
+}
+
+__attribute__((target("avx512f"))) static void bf16_to_f32_avx512(const uint16_t *s, float *d, size_t n) {
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(s + i)));
+        _mm512_storeu_si512(d + i, _mm512_slli_epi32(v, 16));
+    }
+    for (; i < n; i++) d[i] = bf16_to_f32_1(s[i]);
+}
+
+__attribute__((target("avx512f,avx512bf16,avx512vl"))) static void f32_to_bf16_avx512bf16(const float *s, uint16_t *d,
+                                                                                         size_t n) {
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256bh v = _mm512_cvtneps_pbh(_mm512_loadu_ps(s + i));
+        _mm256_storeu_si256((__m256i *)(d + i), (__m256i)v);
+    }
+    for (; i < n; i++) d[i] = f32_to_bf16_1(s[i]);
+}
+
+static int have_avx512(void) {
+    sdxl_cpu c;
+    sdxl_cpu_detect(&c);
+    return sdxl_cpu_has_avx512(&c) && c.f16c;
+}
+
+static int have_avx512bf16(void) {
+    sdxl_cpu c;
+    sdxl_cpu_detect(&c);
+    return sdxl_cpu_has_avx512(&c) && c.avx512_bf16;
+}
+
+void sdxl_f16_to_f32(const uint16_t *src, float *dst, size_t n) {
+    if (n >= 16 && have_avx512()) {
+        f16_to_f32_avx512(src, dst, n);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) dst[i] = f16_to_f32_1(src[i]);
+}
+
+void sdxl_f32_to_f16(const float *src, uint16_t *dst, size_t n) {
+    if (n >= 16 && have_avx512()) {
+        f32_to_f16_avx512(src, dst, n);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) dst[i] = f32_to_f16_1(src[i]);
+}
+
+void sdxl_bf16_to_f32(const uint16_t *src, float *dst, size_t n) {
+    if (n >= 16 && have_avx512()) {
+        bf16_to_f32_avx512(src, dst, n);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) dst[i] = bf16_to_f32_1(src[i]);
+}
+
+void sdxl_f32_to_bf16(const float *src, uint16_t *dst, size_t n) {
+    if (n >= 16 && have_avx512bf16()) {
+        f32_to_bf16_avx512bf16(src, dst, n);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) dst[i] = f32_to_bf16_1(src[i]);
+}
+
+void sdxl_to_f32(const void *src, sdxl_dtype t, float *dst, size_t n) {
+    switch (t) {
+    case SDXL_F32: memmove(dst, src, n * sizeof(float)); break;
+    case SDXL_F16: sdxl_f16_to_f32(src, dst, n); break;
+    case SDXL_BF16: sdxl_bf16_to_f32(src, dst, n); break;
+    }
+}
+
+void sdxl_nchw_to_nhwc(const float *src, float *dst, int64_t n, int64_t c, int64_t h, int64_t w) {
+    for (int64_t b = 0; b < n; b++)
+        for (int64_t y = 0; y < h; y++)
+            for (int64_t x = 0; x < w; x++)
+                for (int64_t k = 0; k < c; k++)
+                    dst[((b * h + y) * w + x) * c + k] = src[((b * c + k) * h + y) * w + x];
+}
+
+void sdxl_nhwc_to_nchw(const float *src, float *dst, int64_t n, int64_t h, int64_t w, int64_t c) {
+    for (int64_t b = 0; b < n; b++)
+        for (int64_t k = 0; k < c; k++)
+            for (int64_t y = 0; y < h; y++)
+                for (int64_t x = 0; x < w; x++)
+                    dst[((b * c + k) * h + y) * w + x] = src[((b * h + y) * w + x) * c + k];
+}
