@@ -1,9 +1,9 @@
 #include "tensor/tensor.h"
+#include "tensor/ops_internal.h"
 
 #include <immintrin.h>
 #include <string.h>
 
-#include "base/cpu.h"
 
 size_t sdxl_dtype_size(sdxl_dtype t) { return t == SDXL_F32 ? 4 : 2; }
 
@@ -142,17 +142,10 @@ __attribute__((target("avx512f,avx512bf16,avx512vl"))) static void f32_to_bf16_a
     for (; i < n; i++) d[i] = f32_to_bf16_1(s[i]);
 }
 
-static int have_avx512(void) {
-    sdxl_cpu c;
-    sdxl_cpu_detect(&c);
-    return sdxl_cpu_has_avx512(&c) && c.f16c;
-}
+/* sdxl_simd_level is cheap (cached cpuid) and honours SDXL_NO_AVX512, so tests reach the scalar paths. */
+static int have_avx512(void) { return sdxl_simd_level() >= 1 && __builtin_cpu_supports("f16c"); }
 
-static int have_avx512bf16(void) {
-    sdxl_cpu c;
-    sdxl_cpu_detect(&c);
-    return sdxl_cpu_has_avx512(&c) && c.avx512_bf16;
-}
+static int have_avx512bf16(void) { return sdxl_simd_level() >= 2; }
 
 void sdxl_f16_to_f32(const uint16_t *src, float *dst, size_t n) {
     if (n >= 16 && have_avx512()) {

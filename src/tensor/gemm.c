@@ -1,0 +1,617 @@
+/* The compute context and the GEMM ops (linear, conv2d) on oneDNN's C API.
+ *
+ * Weights are converted once, at init, to the precision's dtype and reordered into the layout
+ * oneDNN prefers for a typical shape. Primitives are created per (op, shape, dtypes, flags,
+ * thread count, weight layout) and kept in the context; two layers of the same shape share one.
+ * A shape whose preferred layout differs from the stored one first tries the stored layout;
+ * if oneDNN can only run that through a reference kernel, the layer's weights are reordered
+ * once more into a private copy kept in the context. */
+#include <limits.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <oneapi/dnnl/dnnl.h>
+
+#include "tensor/ops.h"
+#include "tensor/ops_internal.h"
+
+enum { OP_LINEAR = 1, OP_CONV = 2 };
+
+/* Per-layer private data: the weights' memory descriptor and its id in the context. */
+typedef struct gemm_layer {
+    dnnl_memory_desc_t wmd;
+    int layout_id;
+    int op;
+    uint64_t serial; /* unique per layer in its context: keys private weight copies */
+} gemm_layer;
+
+typedef struct prim_key {
+    int op, prec, flags, has_bias, nthr, layout_id;
+    int64_t d[10];
+} prim_key;
+
+typedef struct prim_entry {
+    prim_key key;
+    dnnl_primitive_t prim;
+    int own_weights;          /* 1: this primitive needs weights in use_wmd, not the stored layout */
+    dnnl_memory_desc_t use_wmd;
+    dnnl_memory_t m_src, m_wei, m_bias, m_dst, m_scratch;
+    size_t scratch_bytes;
+} prim_entry;
+
+/* A layer's weights reordered for one primitive that could not use the stored layout. */
+typedef struct wcopy {
+    uint64_t layer;
+    const prim_entry *entry;
+    void *data;
+} wcopy;
+
+struct sdxl_compute {
+    sdxl_prec prec;
+    dnnl_engine_t engine;
+    dnnl_stream_t stream;
+    prim_entry *prims;
+    int64_t n_prims, cap_prims;
+    dnnl_memory_desc_t *layouts;
+    int n_layouts, cap_layouts;
+    wcopy *wcopies;
+    int n_wcopies, cap_wcopies;
+    sdxl_buf xbuf;       /* bf16 copy of a GEMM input */
+    sdxl_buf dnnl_scratch;
+    sdxl_buf attn;       /* attention per-thread tiles */
+    uint64_t next_serial;
+};
+
+static int dnnl_fail(sdxl_err *e, dnnl_status_t s, const char *what) {
+    int st = s == dnnl_out_of_memory ? SDXL_ERR_NOMEM
+             : s == dnnl_unimplemented ? SDXL_ERR_UNSUPPORTED
+                                       : SDXL_ERR_INTERNAL;
+    return sdxl_seterr(e, st, "oneDNN: %s failed (status %d)", what, (int)s);
+}
+
+#define DNNL_TRY(call, what)                                                                                    \
+    do {                                                                                                        \
+        dnnl_status_t s_ = (call);                                                                              \
+        if (s_ != dnnl_success) return dnnl_fail(e, s_, what);                                                  \
+    } while (0)
+
+int sdxl_buf_reserve(sdxl_buf *b, size_t bytes) {
+    if (bytes <= b->cap) return SDXL_OK;
+    size_t cap = bytes + bytes / 4;
+    if (cap < bytes) cap = bytes;
+    cap = (cap + 63) & ~(size_t)63;
+    if (cap < bytes) return SDXL_ERR_NOMEM;
+    void *p = aligned_alloc(64, cap);
+    if (!p) return SDXL_ERR_NOMEM;
+    free(b->p);
+    b->p = p;
+    b->cap = cap;
+    return SDXL_OK;
+}
+
+void sdxl_buf_free(sdxl_buf *b) {
+    free(b->p);
+    b->p = NULL;
+    b->cap = 0;
+}
+
+sdxl_buf *sdxl_compute_attn_buf(sdxl_compute *c) { return &c->attn; }
+
+int sdxl_compute_new(sdxl_prec prec, sdxl_compute **out, sdxl_err *e) {
+    *out = NULL;
+    if (prec != SDXL_PREC_F32 && prec != SDXL_PREC_BF16)
+        return sdxl_seterr(e, SDXL_ERR_ARG, "compute: unknown precision %d", (int)prec);
+    sdxl_compute *c = calloc(1, sizeof *c);
+    if (!c) return sdxl_seterr(e, SDXL_ERR_NOMEM, "compute: out of memory");
+    c->prec = prec;
+    dnnl_status_t s = dnnl_engine_create(&c->engine, dnnl_cpu, 0);
+    if (s == dnnl_success) s = dnnl_stream_create(&c->stream, c->engine, dnnl_stream_default_flags);
+    if (s != dnnl_success) {
+        sdxl_compute_free(c);
+        return dnnl_fail(e, s, "engine/stream creation");
+    }
+    *out = c;
+    return SDXL_OK;
+}
+
+void sdxl_compute_free(sdxl_compute *c) {
+    if (!c) return;
+    for (int64_t i = 0; i < c->n_prims; i++) {
+        prim_entry *p = &c->prims[i];
+        dnnl_primitive_destroy(p->prim);
+        dnnl_memory_destroy(p->m_src);
+        dnnl_memory_destroy(p->m_wei);
+        dnnl_memory_destroy(p->m_bias);
+        dnnl_memory_destroy(p->m_dst);
+        dnnl_memory_destroy(p->m_scratch);
+    }
+    for (int i = 0; i < c->n_wcopies; i++) free(c->wcopies[i].data);
+    free(c->wcopies);
+    free(c->prims);
+    free(c->layouts);
+    sdxl_buf_free(&c->xbuf);
+    sdxl_buf_free(&c->dnnl_scratch);
+    sdxl_buf_free(&c->attn);
+    if (c->stream) dnnl_stream_destroy(c->stream);
+    if (c->engine) dnnl_engine_destroy(c->engine);
+    free(c);
+}
+
+sdxl_prec sdxl_compute_prec(const sdxl_compute *c) { return c->prec; }
+int64_t sdxl_compute_n_primitives(const sdxl_compute *c) { return c->n_prims; }
+
+/* Id of a weights layout; equal descriptors share an id so their layers share primitives. */
+static int layout_id(sdxl_compute *c, const dnnl_memory_desc_t *md) {
+    for (int i = 0; i < c->n_layouts; i++)
+        if (dnnl_memory_desc_equal(&c->layouts[i], md)) return i;
+    if (c->n_layouts == c->cap_layouts) {
+        int cap = c->cap_layouts ? c->cap_layouts * 2 : 16;
+        dnnl_memory_desc_t *n = realloc(c->layouts, (size_t)cap * sizeof *n);
+        if (!n) return -1;
+        c->layouts = n;
+        c->cap_layouts = cap;
+    }
+    c->layouts[c->n_layouts] = *md;
+    return c->n_layouts++;
+}
+
+static dnnl_data_type_t gemm_dt(sdxl_prec p) { return p == SDXL_PREC_BF16 ? dnnl_bf16 : dnnl_f32; }
+
+/* Operation descriptor for a key; wmd is the weights descriptor to request (may be format any). */
+typedef union op_desc {
+    dnnl_matmul_desc_t mm;
+    dnnl_convolution_desc_t conv;
+} op_desc;
+
+static dnnl_status_t make_desc(const prim_key *k, const dnnl_memory_desc_t *wmd, op_desc *od) {
+    dnnl_data_type_t dt = gemm_dt((sdxl_prec)k->prec);
+    dnnl_memory_desc_t src, dst, bias;
+    dnnl_status_t s;
+    if (k->op == OP_LINEAR) {
+        int64_t M = k->d[0], K = k->d[1], N = k->d[2];
+        dnnl_dims_t ds = {M, K}, dd = {M, N}, db = {1, N};
+        if ((s = dnnl_memory_desc_init_by_tag(&src, 2, ds, dt, dnnl_ab)) != dnnl_success) return s;
+        if ((s = dnnl_memory_desc_init_by_tag(&dst, 2, dd, dnnl_f32, dnnl_ab)) != dnnl_success) return s;
+        if ((s = dnnl_memory_desc_init_by_tag(&bias, 2, db, dnnl_f32, dnnl_ab)) != dnnl_success) return s;
+        return dnnl_matmul_desc_init(&od->mm, &src, wmd, k->has_bias ? &bias : NULL, &dst);
+    }
+    /* d: n, h, w, cin, cout, kh, kw, stride, pads packed (t | l<<16), (b | r<<16) */
+    int64_t n = k->d[0], h = k->d[1], w = k->d[2], ci = k->d[3], co = k->d[4], kh = k->d[5], kw = k->d[6];
+    int64_t st = k->d[7], pt = k->d[8] & 0xffff, pl = k->d[8] >> 16, pb = k->d[9] & 0xffff, pr = k->d[9] >> 16;
+    int64_t oh = (h + pt + pb - kh) / st + 1, ow = (w + pl + pr - kw) / st + 1;
+    dnnl_dims_t ds = {n, ci, h, w}, dd = {n, co, oh, ow}, db = {co};
+    dnnl_dims_t strides = {st, st}, padl = {pt, pl}, padr = {pb, pr};
+    if ((s = dnnl_memory_desc_init_by_tag(&src, 4, ds, dt, dnnl_nhwc)) != dnnl_success) return s;
+    if ((s = dnnl_memory_desc_init_by_tag(&dst, 4, dd, dnnl_f32, dnnl_nhwc)) != dnnl_success) return s;
+    if ((s = dnnl_memory_desc_init_by_tag(&bias, 1, db, dnnl_f32, dnnl_a)) != dnnl_success) return s;
+    return dnnl_convolution_forward_desc_init(&od->conv, dnnl_forward_inference, dnnl_convolution_direct, &src, wmd,
+                                              k->has_bias ? &bias : NULL, &dst, strides, padl, padr);
+}
+
+static dnnl_status_t make_pd(sdxl_compute *c, const prim_key *k, const dnnl_memory_desc_t *wmd,
+                             dnnl_primitive_desc_t *pd) {
+    op_desc od;
+    dnnl_status_t s = make_desc(k, wmd, &od);
+    if (s != dnnl_success) return s;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_post_ops_t po = NULL;
+    if ((s = dnnl_primitive_attr_create(&attr)) != dnnl_success) return s;
+    s = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
+    if (s == dnnl_success && (k->flags & SDXL_OP_ACCUM)) {
+        s = dnnl_post_ops_create(&po);
+        if (s == dnnl_success) s = dnnl_post_ops_append_sum(po, 1.0f);
+        if (s == dnnl_success) s = dnnl_primitive_attr_set_post_ops(attr, po);
+    }
+    if (s == dnnl_success) s = dnnl_primitive_desc_create(pd, &od, attr, c->engine, NULL);
+    if (po) dnnl_post_ops_destroy(po);
+    dnnl_primitive_attr_destroy(attr);
+    return s;
+}
+
+static int pd_is_reference(const_dnnl_primitive_desc_t pd) {
+    const char *impl = NULL;
+    if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) != dnnl_success || !impl) return 1;
+    return strncmp(impl, "ref", 3) == 0;
+}
+
+/* Reorders `src` (of descriptor smd) into a new buffer of descriptor dmd. */
+static int reorder_new(sdxl_compute *c, const dnnl_memory_desc_t *smd, const void *src, const dnnl_memory_desc_t *dmd,
+                       void **out, sdxl_err *e) {
+    *out = NULL;
+    size_t bytes = dnnl_memory_desc_get_size(dmd);
+    void *dst = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    if (!dst) return sdxl_seterr(e, SDXL_ERR_NOMEM, "weights reorder: out of memory (%zu bytes)", bytes);
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_primitive_t r = NULL;
+    dnnl_memory_t ms = NULL, md = NULL;
+    dnnl_status_t s = dnnl_reorder_primitive_desc_create(&pd, smd, c->engine, dmd, c->engine, NULL);
+    if (s == dnnl_success) s = dnnl_primitive_create(&r, pd);
+    if (s == dnnl_success) s = dnnl_memory_create(&ms, smd, c->engine, (void *)src);
+    if (s == dnnl_success) s = dnnl_memory_create(&md, dmd, c->engine, dst);
+    if (s == dnnl_success) {
+        dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, ms}, {DNNL_ARG_TO, md}};
+        s = dnnl_primitive_execute(r, c->stream, 2, args);
+        if (s == dnnl_success) s = dnnl_stream_wait(c->stream);
+    }
+    if (md) dnnl_memory_destroy(md);
+    if (ms) dnnl_memory_destroy(ms);
+    if (r) dnnl_primitive_destroy(r);
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    if (s != dnnl_success) {
+        free(dst);
+        return dnnl_fail(e, s, "weights reorder");
+    }
+    *out = dst;
+    return SDXL_OK;
+}
+
+static int find_or_create(sdxl_compute *c, const prim_key *k, const gemm_layer *gl, prim_entry **out, sdxl_err *e) {
+    for (int64_t i = 0; i < c->n_prims; i++)
+        if (memcmp(&c->prims[i].key, k, sizeof *k) == 0) {
+            *out = &c->prims[i];
+            return SDXL_OK;
+        }
+    if (c->n_prims == c->cap_prims) {
+        int64_t cap = c->cap_prims ? c->cap_prims * 2 : 32;
+        prim_entry *n = realloc(c->prims, (size_t)cap * sizeof *n);
+        if (!n) return sdxl_seterr(e, SDXL_ERR_NOMEM, "primitive cache: out of memory");
+        /* wcopies point at entries: rebase them */
+        for (int i = 0; i < c->n_wcopies; i++) c->wcopies[i].entry = n + (c->wcopies[i].entry - c->prims);
+        c->prims = n;
+        c->cap_prims = cap;
+    }
+    prim_entry *p = &c->prims[c->n_prims];
+    memset(p, 0, sizeof *p);
+    p->key = *k;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_status_t s = make_pd(c, k, &gl->wmd, &pd);
+    if (s == dnnl_success && pd_is_reference(pd)) {
+        dnnl_primitive_desc_destroy(pd);
+        pd = NULL;
+        s = dnnl_unimplemented;
+    }
+    if (s != dnnl_success) {
+        /* The stored layout has no fast kernel for this shape: let oneDNN choose. */
+        dnnl_memory_desc_t any = gl->wmd;
+        dnnl_dims_t dims;
+        memcpy(dims, gl->wmd.dims, sizeof dims);
+        s = dnnl_memory_desc_init_by_tag(&any, gl->wmd.ndims, dims, gl->wmd.data_type, dnnl_format_tag_any);
+        if (s == dnnl_success) s = make_pd(c, k, &any, &pd);
+        if (s != dnnl_success) return dnnl_fail(e, s, k->op == OP_LINEAR ? "matmul creation" : "convolution creation");
+        p->own_weights = 1;
+    }
+    p->use_wmd = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    if (!p->own_weights && !dnnl_memory_desc_equal(&p->use_wmd, &gl->wmd)) p->own_weights = 1;
+    const dnnl_memory_desc_t *smd = dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0);
+    const dnnl_memory_desc_t *dmd = dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
+    const dnnl_memory_desc_t *bmd = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 1);
+    const dnnl_memory_desc_t *scmd = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    p->scratch_bytes = scmd ? dnnl_memory_desc_get_size(scmd) : 0;
+    s = dnnl_primitive_create(&p->prim, pd);
+    if (s == dnnl_success) s = dnnl_memory_create(&p->m_src, smd, c->engine, DNNL_MEMORY_NONE);
+    if (s == dnnl_success) s = dnnl_memory_create(&p->m_wei, &p->use_wmd, c->engine, DNNL_MEMORY_NONE);
+    if (s == dnnl_success && k->has_bias) s = dnnl_memory_create(&p->m_bias, bmd, c->engine, DNNL_MEMORY_NONE);
+    if (s == dnnl_success) s = dnnl_memory_create(&p->m_dst, dmd, c->engine, DNNL_MEMORY_NONE);
+    if (s == dnnl_success && p->scratch_bytes)
+        s = dnnl_memory_create(&p->m_scratch, scmd, c->engine, DNNL_MEMORY_NONE);
+    dnnl_primitive_desc_destroy(pd);
+    if (s != dnnl_success) {
+        dnnl_primitive_destroy(p->prim);
+        dnnl_memory_destroy(p->m_src);
+        dnnl_memory_destroy(p->m_wei);
+        dnnl_memory_destroy(p->m_bias);
+        dnnl_memory_destroy(p->m_dst);
+        dnnl_memory_destroy(p->m_scratch);
+        return dnnl_fail(e, s, "primitive creation");
+    }
+    c->n_prims++;
+    *out = p;
+    return SDXL_OK;
+}
+
+/* The weights to hand to primitive p for a layer: its stored weights, or a private reordered copy. */
+static int weights_for(sdxl_compute *c, const prim_entry *p, const gemm_layer *gl, const void *w, const void **out,
+                       sdxl_err *e) {
+    *out = w;
+    if (!p->own_weights) return SDXL_OK;
+    for (int i = 0; i < c->n_wcopies; i++)
+        if (c->wcopies[i].layer == gl->serial && c->wcopies[i].entry == p) {
+            *out = c->wcopies[i].data;
+            return SDXL_OK;
+        }
+    if (c->n_wcopies == c->cap_wcopies) {
+        int cap = c->cap_wcopies ? c->cap_wcopies * 2 : 8;
+        wcopy *n = realloc(c->wcopies, (size_t)cap * sizeof *n);
+        if (!n) return sdxl_seterr(e, SDXL_ERR_NOMEM, "weights copy: out of memory");
+        c->wcopies = n;
+        c->cap_wcopies = cap;
+    }
+    void *data;
+    int st = reorder_new(c, &gl->wmd, w, &p->use_wmd, &data, e);
+    if (st) return st;
+    c->wcopies[c->n_wcopies++] = (wcopy){gl->serial, p, data};
+    *out = data;
+    return SDXL_OK;
+}
+
+/* Converts n floats of x to bf16 in the context's input buffer, in parallel. */
+static int input_bf16(sdxl_compute *c, const float *x, int64_t n, const void **out, sdxl_err *e) {
+    if ((uint64_t)n > SIZE_MAX / 2 || sdxl_buf_reserve(&c->xbuf, (size_t)n * 2))
+        return sdxl_seterr(e, SDXL_ERR_NOMEM, "GEMM input: cannot hold %lld bf16 values", (long long)n);
+    uint16_t *d = c->xbuf.p;
+    const int64_t chunk = 1 << 16;
+    int64_t nchunks = (n + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static) if (nchunks > 1)
+    for (int64_t i = 0; i < nchunks; i++) {
+        int64_t b = i * chunk, len = n - b < chunk ? n - b : chunk;
+        sdxl_f32_to_bf16(x + b, d + b, (size_t)len);
+    }
+    *out = d;
+    return SDXL_OK;
+}
+
+static int run_prim(sdxl_compute *c, prim_entry *p, const void *src, const void *w, const float *bias, float *dst,
+                    sdxl_err *e) {
+    if (p->scratch_bytes && sdxl_buf_reserve(&c->dnnl_scratch, p->scratch_bytes))
+        return sdxl_seterr(e, SDXL_ERR_NOMEM, "oneDNN scratchpad: out of memory (%zu bytes)", p->scratch_bytes);
+    DNNL_TRY(dnnl_memory_set_data_handle(p->m_src, (void *)src), "set src");
+    DNNL_TRY(dnnl_memory_set_data_handle(p->m_wei, (void *)w), "set weights");
+    DNNL_TRY(dnnl_memory_set_data_handle(p->m_dst, dst), "set dst");
+    dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, p->m_src}, {DNNL_ARG_WEIGHTS, p->m_wei}, {DNNL_ARG_DST, p->m_dst}};
+    int nargs = 3;
+    if (p->m_bias) {
+        DNNL_TRY(dnnl_memory_set_data_handle(p->m_bias, (void *)bias), "set bias");
+        args[nargs++] = (dnnl_exec_arg_t){DNNL_ARG_BIAS, p->m_bias};
+    }
+    if (p->m_scratch) {
+        DNNL_TRY(dnnl_memory_set_data_handle(p->m_scratch, c->dnnl_scratch.p), "set scratchpad");
+        args[nargs++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, p->m_scratch};
+    }
+    DNNL_TRY(dnnl_primitive_execute(p->prim, c->stream, nargs, args), "execute");
+    DNNL_TRY(dnnl_stream_wait(c->stream), "stream wait");
+    return SDXL_OK;
+}
+
+/* Copies n values of dtype t into f32 (new buffer). */
+static float *to_f32_copy(const void *src, sdxl_dtype t, int64_t n) {
+    if (n <= 0 || (uint64_t)n > SIZE_MAX / 4) return NULL;
+    float *d = malloc((size_t)n * 4);
+    if (d) sdxl_to_f32(src, t, d, (size_t)n);
+    return d;
+}
+
+static int valid_dtype(sdxl_dtype t) { return t == SDXL_F32 || t == SDXL_F16 || t == SDXL_BF16; }
+
+/* Chooses the layout for (op at a typical shape) and stores the reordered weights in *w_out. */
+static int weights_init(sdxl_compute *c, const prim_key *typical, const dnnl_memory_desc_t *plain_f32,
+                        const float *wf32, gemm_layer *gl, void **w_out, sdxl_err *e) {
+    dnnl_memory_desc_t any;
+    dnnl_dims_t dims;
+    memcpy(dims, plain_f32->dims, sizeof dims);
+    DNNL_TRY(dnnl_memory_desc_init_by_tag(&any, plain_f32->ndims, dims, gemm_dt((sdxl_prec)typical->prec),
+                                          dnnl_format_tag_any),
+             "weights descriptor");
+    dnnl_primitive_desc_t pd = NULL;
+    DNNL_TRY(make_pd(c, typical, &any, &pd), typical->op == OP_LINEAR ? "matmul creation" : "convolution creation");
+    gl->wmd = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    dnnl_primitive_desc_destroy(pd);
+    gl->layout_id = layout_id(c, &gl->wmd);
+    gl->serial = ++c->next_serial;
+    if (gl->layout_id < 0) return sdxl_seterr(e, SDXL_ERR_NOMEM, "layout table: out of memory");
+    return reorder_new(c, plain_f32, wf32, &gl->wmd, w_out, e);
+}
+
+static int bias_init(const void *b, sdxl_dtype bdt, int64_t n, float **out, sdxl_err *e) {
+    *out = NULL;
+    if (!b) return SDXL_OK;
+    if (!valid_dtype(bdt)) return sdxl_seterr(e, SDXL_ERR_ARG, "bias: unknown dtype %d", (int)bdt);
+    *out = to_f32_copy(b, bdt, n);
+    return *out ? SDXL_OK : sdxl_seterr(e, SDXL_ERR_NOMEM, "bias: out of memory");
+}
+
+/* ---- linear ---- */
+
+/* The M whose preferred weights layout is stored; other M first try the same layout. */
+#define LINEAR_TYPICAL_M 4096
+
+static void linear_key(const sdxl_linear *l, const gemm_layer *gl, int64_t M, int flags, prim_key *k) {
+    memset(k, 0, sizeof *k);
+    k->op = OP_LINEAR;
+    k->prec = (int)l->prec;
+    k->flags = flags & SDXL_OP_ACCUM;
+    k->has_bias = l->bias != NULL;
+    k->nthr = omp_get_max_threads();
+    k->layout_id = gl ? gl->layout_id : -1;
+    k->d[0] = M;
+    k->d[1] = l->in;
+    k->d[2] = l->out;
+}
+
+int sdxl_linear_init(sdxl_compute *c, sdxl_linear *l, int64_t in, int64_t out, const void *w, sdxl_dtype wdt,
+                     const void *b, sdxl_dtype bdt, sdxl_err *e) {
+    memset(l, 0, sizeof *l);
+    if (in <= 0 || out <= 0 || in > INT32_MAX || out > INT32_MAX || in > INT64_MAX / out)
+        return sdxl_seterr(e, SDXL_ERR_ARG, "linear: bad size in=%lld out=%lld", (long long)in, (long long)out);
+    if (!w || !valid_dtype(wdt)) return sdxl_seterr(e, SDXL_ERR_ARG, "linear: weights missing or of unknown dtype");
+    l->in = in;
+    l->out = out;
+    l->prec = c->prec;
+    gemm_layer *gl = calloc(1, sizeof *gl);
+    float *wf = to_f32_copy(w, wdt, in * out);
+    if (!gl || !wf) {
+        free(gl);
+        free(wf);
+        return sdxl_seterr(e, SDXL_ERR_NOMEM, "linear %lldx%lld: out of memory", (long long)out, (long long)in);
+    }
+    gl->op = OP_LINEAR;
+    l->impl = gl;
+    int st = bias_init(b, bdt, out, &l->bias, e);
+    if (!st) {
+        /* torch [out, in] row-major is the {K=in, N=out} matrix in "ba" order. */
+        dnnl_memory_desc_t plain;
+        dnnl_dims_t dims = {in, out};
+        dnnl_status_t s = dnnl_memory_desc_init_by_tag(&plain, 2, dims, dnnl_f32, dnnl_ba);
+        if (s != dnnl_success) {
+            st = dnnl_fail(e, s, "weights descriptor");
+        } else {
+            prim_key k;
+            linear_key(l, NULL, LINEAR_TYPICAL_M, 0, &k);
+            st = weights_init(c, &k, &plain, wf, gl, &l->w, e);
+        }
+    }
+    free(wf);
+    if (st) {
+        sdxl_linear_free(l);
+        return sdxl_err_prefix(e, "linear %lldx%lld", (long long)out, (long long)in);
+    }
+    return SDXL_OK;
+}
+
+void sdxl_linear_free(sdxl_linear *l) {
+    if (!l) return;
+    free(l->w);
+    free(l->bias);
+    free(l->impl);
+    memset(l, 0, sizeof *l);
+}
+
+int sdxl_linear_fwd(sdxl_compute *c, const sdxl_linear *l, const float *x, int64_t M, float *y, int flags,
+                    sdxl_err *e) {
+    const gemm_layer *gl = l->impl;
+    if (!gl || !l->w) return sdxl_seterr(e, SDXL_ERR_ARG, "linear: not initialised");
+    if (l->prec != c->prec)
+        return sdxl_seterr(e, SDXL_ERR_ARG, "linear: weights built for another precision than the context's");
+    if (M < 0 || M > INT32_MAX) return sdxl_seterr(e, SDXL_ERR_ARG, "linear: bad row count %lld", (long long)M);
+    if (M == 0) return SDXL_OK;
+    prim_key k;
+    linear_key(l, gl, M, flags, &k);
+    prim_entry *p;
+    int st = find_or_create(c, &k, gl, &p, e);
+    const void *src = x, *w;
+    if (!st) st = weights_for(c, p, gl, l->w, &w, e);
+    if (!st && c->prec == SDXL_PREC_BF16) st = input_bf16(c, x, M * l->in, &src, e);
+    if (!st) st = run_prim(c, p, src, w, l->bias, y, e);
+    if (st) return sdxl_err_prefix(e, "linear %lldx%lld, M=%lld", (long long)l->out, (long long)l->in, (long long)M);
+    return SDXL_OK;
+}
+
+/* ---- conv2d ---- */
+
+/* The spatial size whose preferred weights layout is stored. */
+#define CONV_TYPICAL_HW 64
+
+static void conv_key(const sdxl_conv2d *cv, const gemm_layer *gl, int64_t n, int64_t h, int64_t w, int flags,
+                     prim_key *k) {
+    memset(k, 0, sizeof *k);
+    k->op = OP_CONV;
+    k->prec = (int)cv->prec;
+    k->flags = flags & SDXL_OP_ACCUM;
+    k->has_bias = cv->bias != NULL;
+    k->nthr = omp_get_max_threads();
+    k->layout_id = gl ? gl->layout_id : -1;
+    int64_t d[10] = {n,          h,          w,          cv->cin,
+                     cv->cout,   cv->kh,     cv->kw,     cv->stride,
+                     (int64_t)cv->pad_t | ((int64_t)cv->pad_l << 16),
+                     (int64_t)cv->pad_b | ((int64_t)cv->pad_r << 16)};
+    memcpy(k->d, d, sizeof d);
+}
+
+void sdxl_conv2d_out_size(const sdxl_conv2d *cv, int64_t h, int64_t w, int64_t *oh, int64_t *ow) {
+    int64_t eh = h + cv->pad_t + cv->pad_b - cv->kh, ew = w + cv->pad_l + cv->pad_r - cv->kw;
+    *oh = eh < 0 ? 0 : eh / cv->stride + 1;
+    *ow = ew < 0 ? 0 : ew / cv->stride + 1;
+}
+
+int sdxl_conv2d_init(sdxl_compute *c, sdxl_conv2d *cv, int64_t cin, int64_t cout, int kh, int kw, int stride,
+                     int pad_t, int pad_l, int pad_b, int pad_r, const void *w, sdxl_dtype wdt, const void *b,
+                     sdxl_dtype bdt, sdxl_err *e) {
+    memset(cv, 0, sizeof *cv);
+    if (cin <= 0 || cout <= 0 || cin > (1 << 20) || cout > (1 << 20) || kh <= 0 || kw <= 0 || kh > 64 || kw > 64)
+        return sdxl_seterr(e, SDXL_ERR_ARG, "conv2d: bad size cin=%lld cout=%lld kernel=%dx%d", (long long)cin,
+                           (long long)cout, kh, kw);
+    if (stride <= 0 || stride > 64 || pad_t < 0 || pad_l < 0 || pad_b < 0 || pad_r < 0 || pad_t >= kh + stride ||
+        pad_b >= kh + stride || pad_l >= kw + stride || pad_r >= kw + stride)
+        return sdxl_seterr(e, SDXL_ERR_ARG, "conv2d: bad stride %d or pads (%d,%d,%d,%d) for kernel %dx%d", stride,
+                           pad_t, pad_l, pad_b, pad_r, kh, kw);
+    if (!w || !valid_dtype(wdt)) return sdxl_seterr(e, SDXL_ERR_ARG, "conv2d: weights missing or of unknown dtype");
+    cv->cin = cin;
+    cv->cout = cout;
+    cv->kh = kh;
+    cv->kw = kw;
+    cv->stride = stride;
+    cv->pad_t = pad_t;
+    cv->pad_l = pad_l;
+    cv->pad_b = pad_b;
+    cv->pad_r = pad_r;
+    cv->prec = c->prec;
+    int64_t nw = cout * cin * kh * kw;
+    gemm_layer *gl = calloc(1, sizeof *gl);
+    float *wf = to_f32_copy(w, wdt, nw);
+    if (!gl || !wf) {
+        free(gl);
+        free(wf);
+        return sdxl_seterr(e, SDXL_ERR_NOMEM, "conv2d %lld->%lld: out of memory", (long long)cin, (long long)cout);
+    }
+    gl->op = OP_CONV;
+    cv->impl = gl;
+    int st = bias_init(b, bdt, cout, &cv->bias, e);
+    if (!st) {
+        dnnl_memory_desc_t plain;
+        dnnl_dims_t dims = {cout, cin, kh, kw};
+        dnnl_status_t s = dnnl_memory_desc_init_by_tag(&plain, 4, dims, dnnl_f32, dnnl_oihw);
+        if (s != dnnl_success) {
+            st = dnnl_fail(e, s, "weights descriptor");
+        } else {
+            int64_t hw = CONV_TYPICAL_HW * stride;
+            if (hw < kh) hw = kh;
+            if (hw < kw) hw = kw;
+            prim_key k;
+            conv_key(cv, NULL, 1, hw, hw, 0, &k);
+            st = weights_init(c, &k, &plain, wf, gl, &cv->w, e);
+        }
+    }
+    free(wf);
+    if (st) {
+        sdxl_conv2d_free(cv);
+        return sdxl_err_prefix(e, "conv2d %lld->%lld %dx%d", (long long)cin, (long long)cout, kh, kw);
+    }
+    return SDXL_OK;
+}
+
+void sdxl_conv2d_free(sdxl_conv2d *cv) {
+    if (!cv) return;
+    free(cv->w);
+    free(cv->bias);
+    free(cv->impl);
+    memset(cv, 0, sizeof *cv);
+}
+
+int sdxl_conv2d_fwd(sdxl_compute *c, const sdxl_conv2d *cv, const float *x, int64_t n, int64_t h, int64_t w,
+                    float *y, int flags, sdxl_err *e) {
+    const gemm_layer *gl = cv->impl;
+    if (!gl || !cv->w) return sdxl_seterr(e, SDXL_ERR_ARG, "conv2d: not initialised");
+    if (cv->prec != c->prec)
+        return sdxl_seterr(e, SDXL_ERR_ARG, "conv2d: weights built for another precision than the context's");
+    int64_t oh, ow;
+    sdxl_conv2d_out_size(cv, h, w, &oh, &ow);
+    if (n < 0 || h <= 0 || w <= 0 || n > INT32_MAX || h > (1 << 20) || w > (1 << 20) || oh <= 0 || ow <= 0 ||
+        h + cv->pad_t + cv->pad_b < cv->kh || w + cv->pad_l + cv->pad_r < cv->kw)
+        return sdxl_seterr(e, SDXL_ERR_ARG, "conv2d: bad input size n=%lld h=%lld w=%lld for kernel %dx%d",
+                           (long long)n, (long long)h, (long long)w, cv->kh, cv->kw);
+    if (n == 0) return SDXL_OK;
+    if (n * h > INT64_MAX / w || n * h * w > INT64_MAX / cv->cin)
+        return sdxl_seterr(e, SDXL_ERR_ARG, "conv2d: input too large");
+    prim_key k;
+    conv_key(cv, gl, n, h, w, flags, &k);
+    prim_entry *p;
+    int st = find_or_create(c, &k, gl, &p, e);
+    const void *src = x, *wt;
+    if (!st) st = weights_for(c, p, gl, cv->w, &wt, e);
+    if (!st && c->prec == SDXL_PREC_BF16) st = input_bf16(c, x, n * h * w * cv->cin, &src, e);
+    if (!st) st = run_prim(c, p, src, wt, cv->bias, y, e);
+    if (st)
+        return sdxl_err_prefix(e, "conv2d %lld->%lld %dx%d at %lldx%lldx%lld", (long long)cv->cin,
+                               (long long)cv->cout, cv->kh, cv->kw, (long long)n, (long long)h, (long long)w);
+    return SDXL_OK;
+}

@@ -1,0 +1,497 @@
+/* Our own kernels: norms, activations, resampling, elementwise, timestep embedding.
+ * Each has an AVX-512 path and a portable C path chosen at run time. The transcendental
+ * functions come from glibc (scalar libm, and its vector library libmvec on AVX-512), which
+ * are accurate to a few ulp, never a crude polynomial. Everything is OpenMP-parallel. */
+#include <immintrin.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tensor/ops.h"
+#include "tensor/ops_internal.h"
+
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+
+/* glibc libmvec (linked through libm's AS_NEEDED script): 16-lane AVX-512 variants. */
+AVX512 __m512 _ZGVeN16v_expf(__m512 x);
+AVX512 __m512 _ZGVeN16v_erfcf(__m512 x);
+
+int sdxl_simd_level(void) {
+    const char *off = getenv("SDXL_NO_AVX512");
+    if (off && *off && strcmp(off, "0") != 0) return 0;
+    /* libgcc's cached cpuid (it checks the OS saves zmm state too): sdxl_cpu_detect runs cpuid,
+     * which costs ~100 us under a hypervisor, far too much per op. A unit test checks both agree. */
+    if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")))
+        return 0;
+    return __builtin_cpu_supports("avx512bf16") ? 2 : 1;
+}
+
+/* Elementwise loops split into chunks of this many floats across threads. */
+#define EW_CHUNK 16384
+
+/* ---- group norm ------------------------------------------------------------------------- */
+
+/* Channels handled per accumulator block (stack arrays of doubles). */
+#define GN_BLOCK 512
+
+/* Sums of (x - shift) and its square per channel over hw pixels, for channels [c0, c0+nc). */
+static void gn_sums_c(const float *x, int64_t hw, int64_t c, int64_t c0, int64_t nc, const float *shift, double *s1,
+                      double *s2) {
+    for (int64_t k = 0; k < nc; k++) s1[k] = s2[k] = 0;
+    for (int64_t p = 0; p < hw; p++) {
+        const float *r = x + p * c + c0;
+        for (int64_t k = 0; k < nc; k++) {
+            double d = (double)r[k] - shift[k];
+            s1[k] += d;
+            s2[k] += d * d;
+        }
+    }
+}
+
+AVX512 static void gn_sums_avx512(const float *x, int64_t hw, int64_t c, int64_t c0, int64_t nc, const float *shift,
+                                  double *s1, double *s2) {
+    for (int64_t k = 0; k < nc; k++) s1[k] = s2[k] = 0;
+    for (int64_t p = 0; p < hw; p++) {
+        const float *r = x + p * c + c0;
+        for (int64_t k = 0; k < nc; k += 8) {
+            __mmask8 m = nc - k >= 8 ? 0xff : (__mmask8)((1u << (nc - k)) - 1);
+            __m512d v = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(m, r + k));
+            __m512d d = _mm512_sub_pd(v, _mm512_cvtps_pd(_mm256_maskz_loadu_ps(m, shift + k)));
+            _mm512_mask_storeu_pd(s1 + k, m, _mm512_add_pd(_mm512_maskz_loadu_pd(m, s1 + k), d));
+            _mm512_mask_storeu_pd(s2 + k, m, _mm512_fmadd_pd(d, d, _mm512_maskz_loadu_pd(m, s2 + k)));
+        }
+    }
+}
+
+static float silu1(float v) { return v / (1.0f + expf(-v)); }
+
+static void gn_apply_c(const float *x, float *y, int64_t hw, int64_t c, int64_t c0, int64_t nc, const float *a,
+                       const float *b, int silu) {
+    for (int64_t p = 0; p < hw; p++) {
+        const float *r = x + p * c + c0;
+        float *o = y + p * c + c0;
+        for (int64_t k = 0; k < nc; k++) {
+            float v = r[k] * a[k] + b[k];
+            o[k] = silu ? silu1(v) : v;
+        }
+    }
+}
+
+AVX512 static inline __m512 silu16(__m512 v) {
+    __m512 one = _mm512_set1_ps(1.0f);
+    __m512 ex = _ZGVeN16v_expf(_mm512_sub_ps(_mm512_setzero_ps(), v));
+    return _mm512_div_ps(v, _mm512_add_ps(one, ex));
+}
+
+AVX512 static void gn_apply_avx512(const float *x, float *y, int64_t hw, int64_t c, int64_t c0, int64_t nc,
+                                   const float *a, const float *b, int silu) {
+    for (int64_t p = 0; p < hw; p++) {
+        const float *r = x + p * c + c0;
+        float *o = y + p * c + c0;
+        for (int64_t k = 0; k < nc; k += 16) {
+            __mmask16 m = nc - k >= 16 ? 0xffff : (__mmask16)((1u << (nc - k)) - 1);
+            __m512 v = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, r + k), _mm512_maskz_loadu_ps(m, a + k),
+                                       _mm512_maskz_loadu_ps(m, b + k));
+            if (silu) v = silu16(v);
+            _mm512_mask_storeu_ps(o + k, m, v);
+        }
+    }
+}
+
+void sdxl_group_norm(const float *x, float *y, int64_t n, int64_t hw, int64_t c, int groups, float eps,
+                     const float *gamma, const float *beta, int silu) {
+    if (n <= 0 || hw <= 0 || c <= 0 || groups <= 0 || c % groups) return;
+    const int64_t cpg = c / groups;
+    const int simd = sdxl_simd_level();
+    /* Tasks: (batch, run of whole groups); each sweeps its channels over all pixels. */
+    int nthr = omp_get_max_threads();
+    int64_t per_batch = (nthr + n - 1) / n;
+    if (per_batch > groups) per_batch = groups;
+    if (per_batch < 1) per_batch = 1;
+    int64_t ntasks = n * per_batch;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t t = 0; t < ntasks; t++) {
+        int64_t bi = t / per_batch, part = t % per_batch;
+        int64_t g0 = groups * part / per_batch, g1 = groups * (part + 1) / per_batch;
+        const float *xb = x + bi * hw * c;
+        float *yb = y + bi * hw * c;
+        double s1[GN_BLOCK], s2[GN_BLOCK];
+        float shift[GN_BLOCK], a[GN_BLOCK], b[GN_BLOCK];
+        /* Groups are processed in blocks of whole groups when they fit, else channel blocks
+         * of one group accumulate into that group's totals. */
+        for (int64_t g = g0; g < g1;) {
+            int64_t ng = cpg <= GN_BLOCK ? GN_BLOCK / cpg : 1;
+            if (ng > g1 - g) ng = g1 - g;
+            double gs1[GN_BLOCK], gs2[GN_BLOCK];
+            for (int64_t j = 0; j < ng; j++) gs1[j] = gs2[j] = 0;
+            const int64_t cbeg = g * cpg, cend = (g + ng) * cpg;
+            /* Per-group shift: the group's first value, which keeps the double sums well conditioned. */
+            for (int64_t cs = cbeg; cs < cend; cs += GN_BLOCK) {
+                int64_t nc = cend - cs < GN_BLOCK ? cend - cs : GN_BLOCK;
+                for (int64_t k = 0; k < nc; k++) shift[k] = xb[(cs + k) / cpg * cpg];
+                if (simd) gn_sums_avx512(xb, hw, c, cs, nc, shift, s1, s2);
+                else gn_sums_c(xb, hw, c, cs, nc, shift, s1, s2);
+                for (int64_t k = 0; k < nc; k++) {
+                    int64_t j = (cs + k) / cpg - g;
+                    gs1[j] += s1[k];
+                    gs2[j] += s2[k];
+                }
+            }
+            const double cnt = (double)hw * (double)cpg;
+            double gmean[GN_BLOCK], grstd[GN_BLOCK];
+            for (int64_t j = 0; j < ng; j++) {
+                double sh = xb[(g + j) * cpg];
+                double m = gs1[j] / cnt, var = gs2[j] / cnt - m * m;
+                if (var < 0) var = 0;
+                gmean[j] = sh + m;
+                grstd[j] = 1.0 / sqrt(var + (double)eps);
+            }
+            for (int64_t cs = cbeg; cs < cend; cs += GN_BLOCK) {
+                int64_t nc = cend - cs < GN_BLOCK ? cend - cs : GN_BLOCK;
+                for (int64_t k = 0; k < nc; k++) {
+                    int64_t ch = cs + k, j = ch / cpg - g;
+                    double sc = grstd[j] * (gamma ? gamma[ch] : 1.0);
+                    a[k] = (float)sc;
+                    b[k] = (float)((beta ? beta[ch] : 0.0) - gmean[j] * sc);
+                }
+                if (simd) gn_apply_avx512(xb, yb, hw, c, cs, nc, a, b, silu);
+                else gn_apply_c(xb, yb, hw, c, cs, nc, a, b, silu);
+            }
+            g += ng;
+        }
+    }
+}
+
+/* ---- layer norm ------------------------------------------------------------------------- */
+
+static void ln_row_c(const float *x, float *y, int64_t c, float eps, const float *gamma, const float *beta) {
+    double sh = x[0], s1 = 0, s2 = 0;
+    for (int64_t k = 0; k < c; k++) {
+        double d = x[k] - sh;
+        s1 += d;
+        s2 += d * d;
+    }
+    double m = s1 / c, var = s2 / c - m * m;
+    if (var < 0) var = 0;
+    float mean = (float)(sh + m), rstd = (float)(1.0 / sqrt(var + eps));
+    for (int64_t k = 0; k < c; k++) {
+        float v = (x[k] - mean) * rstd;
+        if (gamma) v *= gamma[k];
+        if (beta) v += beta[k];
+        y[k] = v;
+    }
+}
+
+AVX512 static void ln_row_avx512(const float *x, float *y, int64_t c, float eps, const float *gamma,
+                                 const float *beta) {
+    __m512d sh = _mm512_set1_pd(x[0]), a1 = _mm512_setzero_pd(), a2 = _mm512_setzero_pd();
+    for (int64_t k = 0; k < c; k += 8) {
+        __mmask8 m = c - k >= 8 ? 0xff : (__mmask8)((1u << (c - k)) - 1);
+        __m512d d = _mm512_maskz_sub_pd(m, _mm512_cvtps_pd(_mm256_maskz_loadu_ps(m, x + k)), sh);
+        a1 = _mm512_add_pd(a1, d);
+        a2 = _mm512_fmadd_pd(d, d, a2);
+    }
+    double s1 = _mm512_reduce_add_pd(a1), s2 = _mm512_reduce_add_pd(a2);
+    double mm = s1 / c, var = s2 / c - mm * mm;
+    if (var < 0) var = 0;
+    __m512 mean = _mm512_set1_ps((float)(x[0] + mm)), rstd = _mm512_set1_ps((float)(1.0 / sqrt(var + eps)));
+    for (int64_t k = 0; k < c; k += 16) {
+        __mmask16 m = c - k >= 16 ? 0xffff : (__mmask16)((1u << (c - k)) - 1);
+        __m512 v = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + k), mean), rstd);
+        if (gamma) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, gamma + k));
+        if (beta) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, beta + k));
+        _mm512_mask_storeu_ps(y + k, m, v);
+    }
+}
+
+void sdxl_layer_norm(const float *x, float *y, int64_t rows, int64_t c, float eps, const float *gamma,
+                     const float *beta) {
+    if (rows <= 0 || c <= 0) return;
+    const int simd = sdxl_simd_level();
+#pragma omp parallel for schedule(static) if (rows * c > EW_CHUNK)
+    for (int64_t r = 0; r < rows; r++) {
+        if (simd) ln_row_avx512(x + r * c, y + r * c, c, eps, gamma, beta);
+        else ln_row_c(x + r * c, y + r * c, c, eps, gamma, beta);
+    }
+}
+
+/* ---- softmax ---------------------------------------------------------------------------- */
+
+static void softmax_row_c(float *x, int64_t n) {
+    float mx = -INFINITY;
+    for (int64_t k = 0; k < n; k++) mx = x[k] > mx ? x[k] : mx;
+    double s = 0;
+    for (int64_t k = 0; k < n; k++) {
+        x[k] = expf(x[k] - mx);
+        s += x[k];
+    }
+    float inv = (float)(1.0 / s);
+    for (int64_t k = 0; k < n; k++) x[k] *= inv;
+}
+
+AVX512 static void softmax_row_avx512(float *x, int64_t n) {
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    for (int64_t k = 0; k < n; k += 16) {
+        __mmask16 m = n - k >= 16 ? 0xffff : (__mmask16)((1u << (n - k)) - 1);
+        mx = _mm512_mask_max_ps(mx, m, mx, _mm512_maskz_loadu_ps(m, x + k));
+    }
+    __m512 vm = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+    __m512d s = _mm512_setzero_pd();
+    for (int64_t k = 0; k < n; k += 16) {
+        __mmask16 m = n - k >= 16 ? 0xffff : (__mmask16)((1u << (n - k)) - 1);
+        __m512 e = _ZGVeN16v_expf(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + k), vm));
+        e = _mm512_maskz_mov_ps(m, e);
+        _mm512_mask_storeu_ps(x + k, m, e);
+        s = _mm512_add_pd(s, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+        s = _mm512_add_pd(s, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
+    }
+    __m512 inv = _mm512_set1_ps((float)(1.0 / _mm512_reduce_add_pd(s)));
+    for (int64_t k = 0; k < n; k += 16) {
+        __mmask16 m = n - k >= 16 ? 0xffff : (__mmask16)((1u << (n - k)) - 1);
+        _mm512_mask_storeu_ps(x + k, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + k), inv));
+    }
+}
+
+void sdxl_softmax_rows(float *x, int64_t rows, int64_t n) {
+    if (rows <= 0 || n <= 0) return;
+    const int simd = sdxl_simd_level();
+#pragma omp parallel for schedule(static) if (rows * n > EW_CHUNK)
+    for (int64_t r = 0; r < rows; r++) {
+        if (simd) softmax_row_avx512(x + r * n, n);
+        else softmax_row_c(x + r * n, n);
+    }
+}
+
+/* ---- activations ------------------------------------------------------------------------ */
+
+enum { ACT_GELU, ACT_GELU_TANH, ACT_QUICK_GELU, ACT_SILU };
+
+static float act1(int kind, float v) {
+    switch (kind) {
+    case ACT_GELU: return 0.5f * v * erfcf(-v * (float)M_SQRT1_2);
+    case ACT_GELU_TANH: {
+        const float k0 = 0.7978845608028654f, k1 = 0.044715f;
+        return v / (1.0f + expf(-2.0f * k0 * (v + k1 * v * v * v)));
+    }
+    case ACT_QUICK_GELU: return v / (1.0f + expf(-1.702f * v));
+    default: return silu1(v);
+    }
+}
+
+/* GELU(x) = x * Phi(x) = 0.5 x erfc(-x / sqrt 2): erfc keeps full relative accuracy in the
+ * negative tail, where 1 + erf(x / sqrt 2) would cancel. */
+AVX512 static inline __m512 act16(int kind, __m512 v) {
+    const __m512 half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f);
+    switch (kind) {
+    case ACT_GELU: {
+        __m512 z = _mm512_mul_ps(v, _mm512_set1_ps(-(float)M_SQRT1_2));
+        return _mm512_mul_ps(_mm512_mul_ps(half, v), _ZGVeN16v_erfcf(z));
+    }
+    case ACT_GELU_TANH: {
+        /* 0.5 x (1 + tanh u) = x / (1 + exp(-2u)): no cancellation for negative x */
+        __m512 v3 = _mm512_mul_ps(_mm512_mul_ps(v, v), v);
+        __m512 in = _mm512_mul_ps(_mm512_set1_ps(-2.0f * 0.7978845608028654f),
+                                  _mm512_add_ps(v, _mm512_mul_ps(_mm512_set1_ps(0.044715f), v3)));
+        return _mm512_div_ps(v, _mm512_add_ps(one, _ZGVeN16v_expf(in)));
+    }
+    case ACT_QUICK_GELU: {
+        __m512 ex = _ZGVeN16v_expf(_mm512_mul_ps(_mm512_set1_ps(-1.702f), v));
+        return _mm512_div_ps(v, _mm512_add_ps(one, ex));
+    }
+    default: return silu16(v);
+    }
+}
+
+AVX512 static void act_avx512(int kind, float *x, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, act16(kind, _mm512_loadu_ps(x + i)));
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(x + i, m, act16(kind, _mm512_maskz_loadu_ps(m, x + i)));
+    }
+}
+
+static void act_run(int kind, float *x, int64_t n) {
+    if (n <= 0) return;
+    const int simd = sdxl_simd_level();
+    int64_t nch = (n + EW_CHUNK - 1) / EW_CHUNK;
+#pragma omp parallel for schedule(static) if (nch > 1)
+    for (int64_t ch = 0; ch < nch; ch++) {
+        int64_t b = ch * EW_CHUNK, len = n - b < EW_CHUNK ? n - b : EW_CHUNK;
+        if (simd) {
+            act_avx512(kind, x + b, len);
+        } else {
+            for (int64_t i = b; i < b + len; i++) x[i] = act1(kind, x[i]);
+        }
+    }
+}
+
+void sdxl_gelu(float *x, int64_t n) { act_run(ACT_GELU, x, n); }
+void sdxl_gelu_tanh(float *x, int64_t n) { act_run(ACT_GELU_TANH, x, n); }
+void sdxl_quick_gelu(float *x, int64_t n) { act_run(ACT_QUICK_GELU, x, n); }
+void sdxl_silu(float *x, int64_t n) { act_run(ACT_SILU, x, n); }
+
+AVX512 static void geglu_row_avx512(const float *x, float *y, int64_t f) {
+    for (int64_t i = 0; i < f; i += 16) {
+        __mmask16 m = f - i >= 16 ? 0xffff : (__mmask16)((1u << (f - i)) - 1);
+        __m512 g = act16(ACT_GELU, _mm512_maskz_loadu_ps(m, x + f + i));
+        _mm512_mask_storeu_ps(y + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), g));
+    }
+}
+
+void sdxl_geglu(const float *x, float *y, int64_t rows, int64_t f) {
+    if (rows <= 0 || f <= 0) return;
+    const int simd = sdxl_simd_level();
+#pragma omp parallel for schedule(static) if (rows * f > EW_CHUNK)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * 2 * f;
+        float *yr = y + r * f;
+        if (simd) {
+            geglu_row_avx512(xr, yr, f);
+        } else {
+            for (int64_t i = 0; i < f; i++) yr[i] = xr[i] * act1(ACT_GELU, xr[f + i]);
+        }
+    }
+}
+
+/* ---- resampling and layout ---------------------------------------------------------------- */
+
+void sdxl_upsample_nearest2x(const float *x, float *y, int64_t n, int64_t h, int64_t w, int64_t c) {
+    if (n <= 0 || h <= 0 || w <= 0 || c <= 0) return;
+    int64_t rows = n * h;
+#pragma omp parallel for schedule(static) if (rows * w * c > EW_CHUNK)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *src = x + r * w * c;
+        float *d0 = y + 2 * r * 2 * w * c, *d1 = d0 + 2 * w * c;
+        for (int64_t j = 0; j < w; j++) {
+            memcpy(d0 + 2 * j * c, src + j * c, (size_t)c * 4);
+            memcpy(d0 + (2 * j + 1) * c, src + j * c, (size_t)c * 4);
+        }
+        memcpy(d1, d0, (size_t)(2 * w * c) * 4);
+    }
+}
+
+/* torch's nearest_idx: same size is the identity, double size halves the index, otherwise
+ * floor(dst * (float)in / out) in float, clamped. */
+static int64_t nearest_src(int64_t d, int64_t in, int64_t out) {
+    if (out == in) return d;
+    if (out == 2 * in) return d >> 1;
+    float scale = (float)in / (float)out;
+    int64_t s = (int64_t)floorf((float)d * scale);
+    return s < in - 1 ? s : in - 1;
+}
+
+void sdxl_resize_nearest(const float *x, float *y, int64_t n, int64_t h, int64_t w, int64_t c, int64_t oh,
+                         int64_t ow) {
+    if (n <= 0 || h <= 0 || w <= 0 || c <= 0 || oh <= 0 || ow <= 0) return;
+    int64_t rows = n * oh;
+#pragma omp parallel for schedule(static) if (rows * ow * c > EW_CHUNK)
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t b = r / oh, i = r % oh, si = nearest_src(i, h, oh);
+        const float *src = x + (b * h + si) * w * c;
+        float *dst = y + r * ow * c;
+        for (int64_t j = 0; j < ow; j++) memcpy(dst + j * c, src + nearest_src(j, w, ow) * c, (size_t)c * 4);
+    }
+}
+
+void sdxl_concat_channels(const float *a, int64_t ca, const float *b, int64_t cb, float *y, int64_t rows) {
+    if (rows <= 0 || ca < 0 || cb < 0) return;
+#pragma omp parallel for schedule(static) if (rows * (ca + cb) > EW_CHUNK)
+    for (int64_t r = 0; r < rows; r++) {
+        memcpy(y + r * (ca + cb), a + r * ca, (size_t)ca * 4);
+        memcpy(y + r * (ca + cb) + ca, b + r * cb, (size_t)cb * 4);
+    }
+}
+
+/* ---- elementwise ---------------------------------------------------------------------------- */
+
+AVX512 static void add_avx512(const float *a, const float *b, float *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, _mm512_add_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i)));
+    for (; i < n; i++) y[i] = a[i] + b[i];
+}
+
+AVX512 static void axpy_avx512(float s, const float *x, float *y, int64_t n) {
+    __m512 vs = _mm512_set1_ps(s);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(y + i, _mm512_add_ps(_mm512_loadu_ps(y + i), _mm512_mul_ps(vs, _mm512_loadu_ps(x + i))));
+    for (; i < n; i++) y[i] += s * x[i];
+}
+
+AVX512 static void scale_avx512(float *x, float s, int64_t n) {
+    __m512 vs = _mm512_set1_ps(s);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), vs));
+    for (; i < n; i++) x[i] *= s;
+}
+
+/* Splits [0, n) into chunks run in parallel; simd_call handles [off, off + len). */
+#define EW_PARALLEL(n, simd_call, scalar_stmt)                                                                  \
+    do {                                                                                                        \
+        const int simd_ = sdxl_simd_level();                                                                    \
+        int64_t nch_ = ((n) + EW_CHUNK - 1) / EW_CHUNK;                                                         \
+        _Pragma("omp parallel for schedule(static) if (nch_ > 1)") for (int64_t ch_ = 0; ch_ < nch_; ch_++) {   \
+            int64_t off = ch_ * EW_CHUNK, len = (n)-off < EW_CHUNK ? (n)-off : EW_CHUNK;                              \
+            if (simd_) {                                                                                        \
+                simd_call;                                                                                      \
+            } else {                                                                                            \
+                for (int64_t i = off; i < off + len; i++) scalar_stmt;                                              \
+            }                                                                                                   \
+        }                                                                                                       \
+    } while (0)
+
+void sdxl_add(const float *a, const float *b, float *y, int64_t n) {
+    if (n <= 0) return;
+    EW_PARALLEL(n, add_avx512(a + off, b + off, y + off, len), y[i] = a[i] + b[i]);
+}
+
+void sdxl_axpy(float s, const float *x, float *y, int64_t n) {
+    if (n <= 0) return;
+    EW_PARALLEL(n, axpy_avx512(s, x + off, y + off, len), y[i] += s * x[i]);
+}
+
+void sdxl_scale(float *x, float s, int64_t n) {
+    if (n <= 0) return;
+    EW_PARALLEL(n, scale_avx512(x + off, s, len), x[i] *= s);
+}
+
+void sdxl_add_bias(float *x, const float *bias, int64_t rows, int64_t c) {
+    if (rows <= 0 || c <= 0) return;
+    const int simd = sdxl_simd_level();
+#pragma omp parallel for schedule(static) if (rows * c > EW_CHUNK)
+    for (int64_t r = 0; r < rows; r++) {
+        if (simd) {
+            add_avx512(x + r * c, bias, x + r * c, c);
+        } else {
+            for (int64_t k = 0; k < c; k++) x[r * c + k] += bias[k];
+        }
+    }
+}
+
+/* ---- timestep embedding --------------------------------------------------------------------- */
+
+/* Follows diffusers get_timestep_embedding's float32 order of operations; exp, sin and cos are
+ * evaluated in double on the float argument and rounded once. */
+void sdxl_timestep_embedding(const float *t, int64_t n, int dim, int flip_sin_to_cos, float downscale_freq_shift,
+                             float max_period, float *out) {
+    if (n <= 0 || dim <= 0) return;
+    int half = dim / 2;
+    const float neg_log = (float)(-log((double)max_period));
+    const float denom = (float)half - downscale_freq_shift;
+    for (int64_t r = 0; r < n; r++) {
+        float *o = out + r * dim;
+        for (int i = 0; i < half; i++) {
+            float ex = neg_log * (float)i;
+            ex = ex / denom;
+            float freq = (float)exp((double)ex);
+            float arg = t[r] * freq;
+            float s = (float)sin((double)arg), co = (float)cos((double)arg);
+            o[flip_sin_to_cos ? half + i : i] = s;
+            o[flip_sin_to_cos ? i : half + i] = co;
+        }
+        if (dim & 1) o[dim - 1] = 0.0f;
+    }
+}

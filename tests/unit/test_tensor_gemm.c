@@ -1,0 +1,214 @@
+/* linear and conv2d (oneDNN) against double-precision references, in f32 and bf16, odd sizes,
+ * fused bias and accumulation, asymmetric pads, shapes other than the one the weights were laid
+ * out for, the primitive cache, and rejection of bad arguments.
+ *
+ * Thresholds (NMSE against the double reference):
+ *  - f32 1e-10: each output is a K-term f32 dot product; rounding errors are ~eps = 6e-8
+ *    relative per term and add up like a random walk, so NMSE ~ K eps^2 = 3.6e-15 K, below
+ *    1e-10 for every K used here (K <= 2000: 7e-12) with a 10x margin.
+ *  - bf16 5e-5: both inputs are rounded to 8-bit mantissas (relative RMS error 2^-9/sqrt(3) =
+ *    2.3e-3 each), so each product carries ~3.2e-3 relative RMS error and a dot product of
+ *    random terms NMSE ~ 1e-5; 5e-5 leaves a 5x margin and still catches any real bug (a wrong
+ *    layout or dropped term gives NMSE > 1e-2). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/threads.h"
+#include "check.h"
+#include "tensor/ops.h"
+
+#define NMSE_F32 1e-10
+#define NMSE_BF16 5e-5
+
+static uint64_t rng = 12345;
+
+static float *rnd(int64_t n, float lo, float hi) {
+    float *x = malloc((size_t)n * 4);
+    check_fill_uniform(x, n, lo, hi, &rng);
+    return x;
+}
+
+static uint16_t *to_f16(const float *x, int64_t n) {
+    uint16_t *h = malloc((size_t)n * 2);
+    sdxl_f32_to_f16(x, h, (size_t)n);
+    return h;
+}
+
+/* y[M,N] = x W^T + b (+ y0) in double. */
+static void ref_linear(const float *x, const float *w, const float *b, const float *y0, int64_t M, int64_t K,
+                       int64_t N, double *y) {
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < N; j++) {
+            double s = b ? b[j] : 0;
+            for (int64_t k = 0; k < K; k++) s += (double)x[i * K + k] * w[j * K + k];
+            y[i * N + j] = s + (y0 ? y0[i * N + j] : 0);
+        }
+}
+
+static void test_linear(sdxl_compute *c, int64_t M, int64_t K, int64_t N, int with_bias, int accum, int f16w) {
+    sdxl_prec prec = sdxl_compute_prec(c);
+    float *x = rnd(M * K, -1, 1), *w = rnd(N * K, -0.5f, 0.5f), *b = rnd(N, -1, 1), *y = rnd(M * N, -1, 1);
+    float *y0 = malloc((size_t)(M * N) * 4);
+    memcpy(y0, y, (size_t)(M * N) * 4);
+    uint16_t *wh = NULL;
+    if (f16w) { /* weights arrive as f16: the reference uses the same rounded values */
+        wh = to_f16(w, N * K);
+        sdxl_f16_to_f32(wh, w, (size_t)(N * K));
+    }
+    double *ref = malloc((size_t)(M * N) * 8);
+    ref_linear(x, w, with_bias ? b : NULL, accum ? y0 : NULL, M, K, N, ref);
+    sdxl_linear l;
+    sdxl_err e = {0};
+    int st = sdxl_linear_init(c, &l, K, N, f16w ? (const void *)wh : w, f16w ? SDXL_F16 : SDXL_F32,
+                              with_bias ? b : NULL, SDXL_F32, &e);
+    CHECK(st == SDXL_OK, "linear init %s", e.msg);
+    if (st == SDXL_OK) {
+        st = sdxl_linear_fwd(c, &l, x, M, y, accum ? SDXL_OP_ACCUM : 0, &e);
+        CHECK(st == SDXL_OK, "linear fwd %s", e.msg);
+        double nm = check_nmse(y, ref, M * N), thr = prec == SDXL_PREC_BF16 ? NMSE_BF16 : NMSE_F32;
+        CHECK(nm <= thr, "linear %s M=%lld K=%lld N=%lld bias=%d accum=%d f16w=%d: nmse %.3g > %.3g",
+              prec == SDXL_PREC_BF16 ? "bf16" : "f32", (long long)M, (long long)K, (long long)N, with_bias, accum,
+              f16w, nm, thr);
+        sdxl_linear_free(&l);
+    }
+    free(x), free(w), free(b), free(y), free(y0), free(wh), free(ref);
+}
+
+/* NHWC conv in double; w torch [co, ci, kh, kw]. */
+static void ref_conv(const float *x, const float *w, const float *b, const float *y0, int64_t n, int64_t h, int64_t wd,
+                     int64_t ci, int64_t co, int kh, int kw, int s, int pt, int pl, int64_t oh, int64_t ow,
+                     double *y) {
+    for (int64_t bi = 0; bi < n; bi++)
+        for (int64_t oy = 0; oy < oh; oy++)
+            for (int64_t ox = 0; ox < ow; ox++)
+                for (int64_t o = 0; o < co; o++) {
+                    double acc = b ? b[o] : 0;
+                    for (int ky = 0; ky < kh; ky++) {
+                        int64_t iy = oy * s - pt + ky;
+                        if (iy < 0 || iy >= h) continue;
+                        for (int kx = 0; kx < kw; kx++) {
+                            int64_t ix = ox * s - pl + kx;
+                            if (ix < 0 || ix >= wd) continue;
+                            const float *xp = x + ((bi * h + iy) * wd + ix) * ci;
+                            for (int64_t i = 0; i < ci; i++) acc += (double)xp[i] * w[((o * ci + i) * kh + ky) * kw + kx];
+                        }
+                    }
+                    int64_t idx = ((bi * oh + oy) * ow + ox) * co + o;
+                    y[idx] = acc + (y0 ? y0[idx] : 0);
+                }
+}
+
+static void test_conv(sdxl_compute *c, int64_t n, int64_t h, int64_t wd, int64_t ci, int64_t co, int k, int s, int pt,
+                      int pl, int pb, int pr, int accum) {
+    sdxl_prec prec = sdxl_compute_prec(c);
+    float *x = rnd(n * h * wd * ci, -1, 1), *w = rnd(co * ci * k * k, -0.3f, 0.3f), *b = rnd(co, -1, 1);
+    sdxl_conv2d cv;
+    sdxl_err e = {0};
+    int st = sdxl_conv2d_init(c, &cv, ci, co, k, k, s, pt, pl, pb, pr, w, SDXL_F32, b, SDXL_F32, &e);
+    CHECK(st == SDXL_OK, "conv init %s", e.msg);
+    if (st != SDXL_OK) {
+        free(x), free(w), free(b);
+        return;
+    }
+    int64_t oh, ow;
+    sdxl_conv2d_out_size(&cv, h, wd, &oh, &ow);
+    int64_t ny = n * oh * ow * co;
+    float *y = rnd(ny, -1, 1), *y0 = malloc((size_t)ny * 4);
+    memcpy(y0, y, (size_t)ny * 4);
+    double *ref = malloc((size_t)ny * 8);
+    ref_conv(x, w, b, accum ? y0 : NULL, n, h, wd, ci, co, k, k, s, pt, pl, oh, ow, ref);
+    st = sdxl_conv2d_fwd(c, &cv, x, n, h, wd, y, accum ? SDXL_OP_ACCUM : 0, &e);
+    CHECK(st == SDXL_OK, "conv fwd %s", e.msg);
+    double nm = check_nmse(y, ref, ny), thr = prec == SDXL_PREC_BF16 ? NMSE_BF16 : NMSE_F32;
+    CHECK(nm <= thr, "conv %s n=%lld %lldx%lld %lld->%lld k=%d s=%d pads=(%d,%d,%d,%d) accum=%d: nmse %.3g > %.3g",
+          prec == SDXL_PREC_BF16 ? "bf16" : "f32", (long long)n, (long long)h, (long long)wd, (long long)ci,
+          (long long)co, k, s, pt, pl, pb, pr, accum, nm, thr);
+    sdxl_conv2d_free(&cv);
+    free(x), free(w), free(b), free(y), free(y0), free(ref);
+}
+
+static void test_cache(sdxl_compute *c) {
+    float *w = rnd(40 * 24, -1, 1), *x = rnd(100 * 24, -1, 1), *y = malloc(100 * 40 * 4);
+    sdxl_linear a, b;
+    sdxl_err e = {0};
+    CHECK(sdxl_linear_init(c, &a, 24, 40, w, SDXL_F32, NULL, SDXL_F32, &e) == SDXL_OK, "%s", e.msg);
+    CHECK(sdxl_linear_init(c, &b, 24, 40, w, SDXL_F32, NULL, SDXL_F32, &e) == SDXL_OK, "%s", e.msg);
+    int64_t n0 = sdxl_compute_n_primitives(c);
+    CHECK(sdxl_linear_fwd(c, &a, x, 100, y, 0, &e) == SDXL_OK, "%s", e.msg);
+    int64_t n1 = sdxl_compute_n_primitives(c);
+    CHECK(n1 == n0 + 1, "first call creates one primitive (%lld -> %lld)", (long long)n0, (long long)n1);
+    for (int i = 0; i < 3; i++) CHECK(sdxl_linear_fwd(c, &a, x, 100, y, 0, &e) == SDXL_OK, "%s", e.msg);
+    CHECK(sdxl_linear_fwd(c, &b, x, 100, y, 0, &e) == SDXL_OK, "%s", e.msg);
+    CHECK(sdxl_compute_n_primitives(c) == n1, "repeated shape and same-shape layer hit the cache (%lld)",
+          (long long)sdxl_compute_n_primitives(c));
+    CHECK(sdxl_linear_fwd(c, &a, x, 50, y, 0, &e) == SDXL_OK, "%s", e.msg);
+    CHECK(sdxl_compute_n_primitives(c) == n1 + 1, "a new M makes one new primitive");
+    CHECK(sdxl_linear_fwd(c, &a, x, 50, y, SDXL_OP_ACCUM, &e) == SDXL_OK, "%s", e.msg);
+    CHECK(sdxl_compute_n_primitives(c) == n1 + 2, "accumulation is its own primitive");
+    sdxl_linear_free(&a);
+    sdxl_linear_free(&b);
+    free(w), free(x), free(y);
+}
+
+static void test_errors(sdxl_compute *c) {
+    float w[16] = {0};
+    sdxl_linear l;
+    sdxl_conv2d cv;
+    sdxl_err e = {0};
+    CHECK(sdxl_linear_init(c, &l, 0, 4, w, SDXL_F32, NULL, SDXL_F32, &e) == SDXL_ERR_ARG, "in=0 rejected");
+    CHECK(strstr(e.msg, "linear") != NULL, "message names the op: %s", e.msg);
+    CHECK(sdxl_linear_init(c, &l, INT64_MAX / 2, 4, w, SDXL_F32, NULL, SDXL_F32, &e) == SDXL_ERR_ARG,
+          "huge size rejected before allocation");
+    CHECK(sdxl_linear_init(c, &l, 4, 4, NULL, SDXL_F32, NULL, SDXL_F32, &e) == SDXL_ERR_ARG, "NULL weights rejected");
+    CHECK(sdxl_linear_init(c, &l, 4, 4, w, (sdxl_dtype)7, NULL, SDXL_F32, &e) == SDXL_ERR_ARG, "bad dtype rejected");
+    CHECK(sdxl_conv2d_init(c, &cv, 1, 1, 3, 3, 0, 1, 1, 1, 1, w, SDXL_F32, NULL, SDXL_F32, &e) == SDXL_ERR_ARG,
+          "stride 0 rejected");
+    CHECK(sdxl_conv2d_init(c, &cv, 1, 1, 3, 3, 1, -1, 1, 1, 1, w, SDXL_F32, NULL, SDXL_F32, &e) == SDXL_ERR_ARG,
+          "negative pad rejected");
+    CHECK(sdxl_conv2d_init(c, &cv, 1, 1, 3, 3, 1, 0, 0, 0, 0, w, SDXL_F32, NULL, SDXL_F32, &e) == SDXL_OK, "%s", e.msg);
+    float x[4] = {0}, y[4];
+    CHECK(sdxl_conv2d_fwd(c, &cv, x, 1, 2, 2, y, 0, &e) == SDXL_ERR_ARG, "input smaller than the kernel rejected");
+    CHECK(sdxl_conv2d_fwd(c, &cv, x, 1, -2, 2, y, 0, &e) == SDXL_ERR_ARG, "negative size rejected");
+    sdxl_conv2d_free(&cv);
+    sdxl_linear l2;
+    CHECK(sdxl_linear_init(c, &l2, 2, 2, w, SDXL_F32, NULL, SDXL_F32, &e) == SDXL_OK, "%s", e.msg);
+    CHECK(sdxl_linear_fwd(c, &l2, x, -1, y, 0, &e) == SDXL_ERR_ARG, "negative M rejected");
+    CHECK(sdxl_linear_fwd(c, &l2, x, 0, y, 0, &e) == SDXL_OK, "M=0 is a no-op");
+    sdxl_linear_free(&l2);
+}
+
+static void run_prec(sdxl_prec prec) {
+    sdxl_compute *c;
+    sdxl_err e = {0};
+    if (sdxl_compute_new(prec, &c, &e) != SDXL_OK) {
+        CHECK(0, "compute_new: %s", e.msg);
+        return;
+    }
+    /* odd sizes, f16 weights, bias or not, accumulate or not; M far from the layout's typical M */
+    test_linear(c, 37, 53, 29, 1, 0, 0);
+    test_linear(c, 1, 17, 5, 0, 0, 0);
+    test_linear(c, 77, 96, 131, 1, 1, 1);
+    test_linear(c, 300, 160, 640, 1, 0, 1);
+    test_linear(c, 4096, 64, 48, 1, 1, 0);
+    test_linear(c, 5, 1280, 12, 0, 1, 0);
+    /* 3x3 s1 p1, 1x1, 3x3 s2 p1, the VAE downsampler's (0,0,1,1) s2, odd images and channels */
+    test_conv(c, 1, 5, 7, 3, 4, 3, 1, 1, 1, 1, 1, 0);
+    test_conv(c, 2, 8, 8, 4, 96, 3, 1, 1, 1, 1, 1, 1);
+    test_conv(c, 2, 9, 6, 96, 32, 1, 1, 0, 0, 0, 0, 1);
+    test_conv(c, 1, 11, 13, 32, 32, 3, 2, 1, 1, 1, 1, 0);
+    test_conv(c, 1, 10, 7, 32, 32, 3, 2, 0, 0, 1, 1, 0);
+    test_conv(c, 2, 16, 16, 64, 64, 3, 1, 1, 1, 1, 1, 0);
+    test_conv(c, 1, 3, 3, 5, 3, 3, 1, 0, 0, 0, 0, 1);
+    test_cache(c);
+    test_errors(c);
+    sdxl_compute_free(c);
+}
+
+int main(void) {
+    sdxl_threads_set(2);
+    run_prec(SDXL_PREC_F32);
+    run_prec(SDXL_PREC_BF16);
+    return check_done();
+}
