@@ -20,7 +20,7 @@ typedef enum sdxl_naming {
 
 typedef enum sdxl_layout {
     SDXL_LAYOUT_SINGLE_FILE = 0, /* model.diffusion_model.*, first_stage_model.*, conditioner.* */
-    SDXL_LAYOUT_DIFFUSERS,       /* folder with model_index.json, unet/, vae/, text_encoder*/ /
+    SDXL_LAYOUT_DIFFUSERS,       /* folder with model_index.json, unet/, vae/, text_encoder(_2)/ */
     SDXL_LAYOUT_STANDALONE       /* one part alone in a file (a custom VAE, a bare UNet) */
 } sdxl_layout;
 
@@ -48,6 +48,16 @@ const sdxl_json *sdxl_ckpt_config(const sdxl_ckpt *c, sdxl_part p);
 const sdxl_json *sdxl_ckpt_model_index(const sdxl_ckpt *c);
 /* Path given to open. */
 const char *sdxl_ckpt_path(const sdxl_ckpt *c);
+
+/* "none", "original", "diffusers". */
+const char *sdxl_naming_name(sdxl_naming n);
+/* Key prefix stripped from the part's names in its file ("" when none), or NULL when absent. */
+const char *sdxl_ckpt_prefix(const sdxl_ckpt *c, sdxl_part p);
+/* Tensors of a single file that belong to no part (e.g. "denoiser.sigmas"); they are ignored. */
+size_t sdxl_ckpt_other_count(const sdxl_ckpt *c);
+const sdxl_st_tensor *sdxl_ckpt_other_at(const sdxl_ckpt *c, size_t i);
+/* Parameter count (sum of numel) of a part; 0 when absent. */
+uint64_t sdxl_ckpt_params(const sdxl_ckpt *c, sdxl_part p);
 
 /* Reads a part's tensor into f32 after checking its shape; errors name the part and tensor. */
 int sdxl_ckpt_read_f32(const sdxl_ckpt *c, sdxl_part p, const char *name, int ndim, const int64_t *shape,

@@ -35,6 +35,7 @@ typedef struct sdxl_json_opts {
     int max_depth;          /* default 64 */
     int reject_dup_keys;    /* default 1 */
     size_t max_string;      /* longest string or key in bytes; default 16 MiB */
+    int allow_nonfinite;    /* accept Python's NaN / Infinity / -Infinity as numbers; default 0 */
 } sdxl_json_opts;
 
 void sdxl_json_opts_init(sdxl_json_opts *o);
@@ -43,6 +44,7 @@ void sdxl_json_opts_init(sdxl_json_opts *o);
  * error messages ("model.safetensors header"); errors give the byte offset. opts may be NULL. */
 int sdxl_json_parse(const char *text, size_t len, const sdxl_json_opts *opts, const char *what,
                     sdxl_json **out, sdxl_err *e);
+/* Frees a whole document: v must be the root that sdxl_json_parse returned (or NULL). */
 void sdxl_json_free(sdxl_json *v);
 
 /* Lookups return NULL when absent or of the wrong container type. */

@@ -37,7 +37,10 @@ int golden_open(golden_ctx *g, const char *component, golden_set *s) {
     }
     snprintf(file, sizeof file, "%s.json", component);
     golden_path(path, sizeof path, g->golden_dir, file);
-    if (sdxl_json_parse_file(path, 64u << 20, NULL, &s->json, &e) != SDXL_OK) {
+    sdxl_json_opts jo;
+    sdxl_json_opts_init(&jo);
+    jo.allow_nonfinite = 1; /* the reference data is written by Python's json module */
+    if (sdxl_json_parse_file(path, 64u << 20, &jo, &s->json, &e) != SDXL_OK) {
         golden_fail(g, component, "open", "%s", e.msg);
         golden_close(s);
         return -1;
