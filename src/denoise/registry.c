@@ -1,6 +1,7 @@
 #include "denoise/registry.h"
 
 #include <ctype.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,7 @@ static const sdxl_sched_alias ALIASES[] = {
     {"a1111", "DDIM", S(DDIM), D}, {"a1111", "PLMS", S(PNDM), D}, {"a1111", "DPM++ 2M", S(DPMPP_2M), D},
     {"a1111", "DPM++ 2M SDE", S(DPMPP_2M_SDE), D}, {"a1111", "DPM++ SDE", S(DPMPP_SDE), D},
     {"a1111", "LCM", S(LCM), D}, {"a1111", "UniPC", S(UNIPC), D}, {"a1111", "DDPM", S(DDPM), D},
+    {"a1111", "DPM++ 2S a", S(DPMPP_2S_A), D}, {"a1111", "DPM++ 3M SDE", S(DPMPP_3M_SDE), D},
     /* A1111 legacy combined names */
     {"a1111-legacy", "Euler Karras", S(EULER), SDXL_SCHEDULE_KARRAS},
     {"a1111-legacy", "LMS Karras", S(LMS), SDXL_SCHEDULE_KARRAS},
@@ -27,13 +29,17 @@ static const sdxl_sched_alias ALIASES[] = {
     {"a1111-legacy", "DPM++ 2M SDE Exponential", S(DPMPP_2M_SDE), SDXL_SCHEDULE_EXPONENTIAL},
     {"a1111-legacy", "DPM++ 2M Exponential", S(DPMPP_2M), SDXL_SCHEDULE_EXPONENTIAL},
     {"a1111-legacy", "DPM++ SDE Exponential", S(DPMPP_SDE), SDXL_SCHEDULE_EXPONENTIAL},
+    {"a1111-legacy", "DPM++ 2S a Karras", S(DPMPP_2S_A), SDXL_SCHEDULE_KARRAS},
+    {"a1111-legacy", "DPM++ 3M SDE Karras", S(DPMPP_3M_SDE), SDXL_SCHEDULE_KARRAS},
+    {"a1111-legacy", "DPM++ 3M SDE Exponential", S(DPMPP_3M_SDE), SDXL_SCHEDULE_EXPONENTIAL},
     /* k-diffusion function aliases */
     {"k-diffusion", "k_euler", S(EULER), D}, {"k-diffusion", "k_euler_a", S(EULER_A), D},
     {"k-diffusion", "k_euler_ancestral", S(EULER_A), D}, {"k-diffusion", "k_heun", S(HEUN), D},
     {"k-diffusion", "k_dpm_2", S(DPM2), D}, {"k-diffusion", "k_dpm_2_a", S(DPM2_A), D},
     {"k-diffusion", "k_dpm_2_ancestral", S(DPM2_A), D}, {"k-diffusion", "k_lms", S(LMS), D},
     {"k-diffusion", "k_dpmpp_2m", S(DPMPP_2M), D}, {"k-diffusion", "k_dpmpp_2m_sde", S(DPMPP_2M_SDE), D},
-    {"k-diffusion", "k_dpmpp_sde", S(DPMPP_SDE), D},
+    {"k-diffusion", "k_dpmpp_sde", S(DPMPP_SDE), D}, {"k-diffusion", "k_dpmpp_2s_a", S(DPMPP_2S_A), D},
+    {"k-diffusion", "k_dpmpp_2s_ancestral", S(DPMPP_2S_A), D}, {"k-diffusion", "k_dpmpp_3m_sde", S(DPMPP_3M_SDE), D},
     /* ComfyUI sampler names */
     {"comfyui", "euler", S(EULER), D}, {"comfyui", "euler_ancestral", S(EULER_A), D},
     {"comfyui", "heun", S(HEUN), D}, {"comfyui", "dpm_2", S(DPM2), D}, {"comfyui", "dpm_2_ancestral", S(DPM2_A), D},
@@ -42,7 +48,8 @@ static const sdxl_sched_alias ALIASES[] = {
     {"comfyui", "dpmpp_2m_sde_gpu", S(DPMPP_2M_SDE), D}, {"comfyui", "dpmpp_sde", S(DPMPP_SDE), D},
     {"comfyui", "dpmpp_sde_gpu", S(DPMPP_SDE), D}, {"comfyui", "lcm", S(LCM), D},
     {"comfyui", "uni_pc", S(UNIPC), D}, {"comfyui", "uni_pc_bh2", S(UNIPC), D}, {"comfyui", "deis", S(DEIS), D},
-    {"comfyui", "sa_solver", S(SA_SOLVER), D},
+    {"comfyui", "sa_solver", S(SA_SOLVER), D}, {"comfyui", "dpmpp_2s_ancestral", S(DPMPP_2S_A), D},
+    {"comfyui", "dpmpp_3m_sde", S(DPMPP_3M_SDE), D}, {"comfyui", "dpmpp_3m_sde_gpu", S(DPMPP_3M_SDE), D},
     /* diffusers scheduler classes */
     {"diffusers", "EulerDiscreteScheduler", S(EULER), D},
     {"diffusers", "EulerAncestralDiscreteScheduler", S(EULER_A), D},
@@ -58,10 +65,12 @@ static const sdxl_sched_alias ALIASES[] = {
     /* stable-diffusion.cpp --sampling-method */
     {"sd.cpp", "euler_a", S(EULER_A), D}, {"sd.cpp", "dpm++2m", S(DPMPP_2M), D},
     {"sd.cpp", "dpm++2mv2", S(DPMPP_2M), D}, {"sd.cpp", "dpm2", S(DPM2), D},
+    {"sd.cpp", "dpm++2s_a", S(DPMPP_2S_A), D},
     /* canonical names and common spellings */
     {"canonical", "dpmpp_2s", S(DPMPP_2S), D}, {"canonical", "dpmpp_singlestep", S(DPMPP_2S), D},
     {"canonical", "dpm2_a", S(DPM2_A), D}, {"canonical", "pndm", S(PNDM), D}, {"canonical", "unipc", S(UNIPC), D},
     {"canonical", "DPM++ 2S", S(DPMPP_2S), D}, {"canonical", "SA-Solver", S(SA_SOLVER), D},
+    {"canonical", "dpmpp_2s_a", S(DPMPP_2S_A), D},
 };
 
 static const struct {
@@ -150,6 +159,8 @@ static int find_sampler(const char *n, sdxl_sched_choice *out) {
     return 0;
 }
 
+static const char *known_unsupported(const char *n);
+
 /* "Class(key=value, ...)": diffusers class with inline config. */
 static int parse_inline_config(const char *name, sdxl_sched_choice *out, sdxl_err *e) {
     const char *p = strchr(name, '(');
@@ -159,7 +170,9 @@ static int parse_inline_config(const char *name, sdxl_sched_choice *out, sdxl_er
     memcpy(cls, name, len);
     cls[len] = 0;
     norm(cls, n, sizeof n);
-    if (!find_sampler(n, out)) return sdxl_seterr(e, SDXL_ERR_ARG, "sampler: unknown diffusers class '%s'", cls);
+    if (!find_sampler(n, out))
+        return known_unsupported(n) ? sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "sampler: diffusers class '%s' is not supported", cls)
+                                    : sdxl_seterr(e, SDXL_ERR_ARG, "sampler: unknown diffusers class '%s'", cls);
     p++;
     while (*p && *p != ')') {
         char key[64] = {0}, val[64] = {0};
@@ -182,6 +195,40 @@ static int parse_inline_config(const char *name, sdxl_sched_choice *out, sdxl_er
         }
     }
     return SDXL_OK;
+}
+
+/* Samplers of other dialects that we know of but do not implement: resolving one says so
+ * instead of "unknown". */
+static const struct {
+    const char *dialect, *name;
+} KNOWN_UNSUPPORTED[] = {
+    {"a1111", "DPM fast"}, {"a1111", "DPM adaptive"}, {"a1111", "Restart"}, {"a1111", "DPM++ 2M SDE Heun"},
+    {"a1111", "DPM++ 2M SDE Heun Karras"}, {"a1111", "DPM++ 2M SDE Heun Exponential"}, {"a1111", "DDIM CFG++"},
+    {"a1111", "Euler CFG++"}, {"a1111", "HeunPP2"},
+    {"k-diffusion", "k_dpm_fast"}, {"k-diffusion", "k_dpm_adaptive"}, {"k-diffusion", "k_dpmpp_2m_sde_heun"},
+    {"comfyui", "dpm_fast"}, {"comfyui", "dpm_adaptive"}, {"comfyui", "heunpp2"}, {"comfyui", "euler_cfg_pp"},
+    {"comfyui", "euler_ancestral_cfg_pp"}, {"comfyui", "dpmpp_2s_ancestral_cfg_pp"}, {"comfyui", "dpmpp_2m_cfg_pp"},
+    {"comfyui", "ipndm"}, {"comfyui", "ipndm_v"}, {"comfyui", "res_multistep"}, {"comfyui", "res_multistep_cfg_pp"},
+    {"comfyui", "res_multistep_ancestral"}, {"comfyui", "gradient_estimation"}, {"comfyui", "er_sde"},
+    {"comfyui", "seeds_2"}, {"comfyui", "seeds_3"}, {"comfyui", "dpmpp_2m_sde_heun"},
+    {"diffusers", "EDMEulerScheduler"}, {"diffusers", "EDMDPMSolverMultistepScheduler"}, {"diffusers", "TCDScheduler"},
+    {"diffusers", "IPNDMScheduler"}, {"diffusers", "KarrasVeScheduler"}, {"diffusers", "ScoreSdeVeScheduler"},
+    {"diffusers", "CMStochasticIterativeScheduler"}, {"diffusers", "DDIMInverseScheduler"},
+    {"diffusers", "DDIMParallelScheduler"}, {"diffusers", "DDPMParallelScheduler"},
+    {"diffusers", "DPMSolverMultistepInverseScheduler"}, {"diffusers", "FlowMatchEulerDiscreteScheduler"},
+    {"diffusers", "FlowMatchHeunDiscreteScheduler"}, {"diffusers", "RePaintScheduler"}, {"diffusers", "UnCLIPScheduler"},
+    {"diffusers", "VQDiffusionScheduler"}, {"diffusers", "DDPMWuerstchenScheduler"}, {"diffusers", "AmusedScheduler"},
+    {"diffusers", "CosineDPMSolverMultistepScheduler"},
+    {"sd.cpp", "ipndm"}, {"sd.cpp", "ipndm_v"}, {"sd.cpp", "tcd"},
+};
+
+static const char *known_unsupported(const char *n) {
+    char m[128];
+    for (size_t i = 0; i < sizeof KNOWN_UNSUPPORTED / sizeof KNOWN_UNSUPPORTED[0]; i++) {
+        norm(KNOWN_UNSUPPORTED[i].name, m, sizeof m);
+        if (!strcmp(n, m)) return KNOWN_UNSUPPORTED[i].dialect;
+    }
+    return NULL;
 }
 
 static void suggest(const char *n, char *buf, size_t cap) {
@@ -237,6 +284,10 @@ int sdxl_sched_resolve(const char *sampler, const char *schedule, sdxl_sched_cho
             if (!ok) {
                 char sug[256];
                 suggest(n, sug, sizeof sug);
+                const char *d = known_unsupported(n);
+                if (d)
+                    return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "sampler: '%s' (%s) is not supported; closest supported: %s",
+                                       sampler, d, sug);
                 return sdxl_seterr(e, SDXL_ERR_ARG, "sampler: unknown name '%s'; closest: %s", sampler, sug);
             }
         }
@@ -292,12 +343,16 @@ static const sdxl_sampler_traits TRAITS[SDXL_SAMPLER_COUNT] = {
      20, 8, 0, 0, 5.0, 0, 1, 1, "two calls per step with Brownian noise; noise statistically matched to torchsde"},
     {S(LCM), "lcm", "LCM", "lcm", "LCMScheduler", 1, 1, ANC, D, 0, 0, 4, 6, 1.5, 1.0, 1, 1,
      "for LCM-distilled models or the LCM LoRA only: 4-8 steps, CFG 1-2"},
-    {S(UNIPC), "unipc", "UniPC", "uni_pc", "UniPCMultistepScheduler", 1, 2, DET, D, 20, 8, 0, 0, 5.0, 0, 1, 0,
-     "predictor-corrector; schedule available, step math not yet implemented"},
-    {S(DEIS), "deis", "DEIS", "deis", "DEISMultistepScheduler", 1, 2, DET, D, 20, 8, 0, 0, 5.0, 0, 1, 0,
-     "exponential integrator; schedule available, step math not yet implemented"},
+    {S(UNIPC), "unipc", "UniPC", "uni_pc", "UniPCMultistepScheduler", 1, 2, DET, D, 20, 8, 0, 0, 5.0, 0, 1, 1,
+     "predictor-corrector (bh2): second order plus a free corrector, strong at 10-20 steps"},
+    {S(DEIS), "deis", "DEIS", "deis", "DEISMultistepScheduler", 1, 2, DET, D, 20, 8, 0, 0, 5.0, 0, 1, 1,
+     "exponential integrator in log-rho, order 2 multistep; close to DPM++ 2M"},
     {S(SA_SOLVER), "sa_solver", "SA-Solver", "sa_solver", "SASolverScheduler", 1, 2, SDE, D, 25, 10, 0, 0, 5.0, 0, 1,
-     0, "stochastic Adams; schedule available, step math not yet implemented"},
+     1, "stochastic Adams predictor-corrector: noise injected for 200 <= t <= 800, deterministic outside"},
+    {S(DPMPP_2S_A), "dpmpp_2s_a", "DPM++ 2S a", "dpmpp_2s_ancestral", "", 2, 2, ANC, SDXL_SCHEDULE_KARRAS, 20, 8, 0, 0,
+     5.0, 0, 1, 1, "k-diffusion's ancestral singlestep DPM-Solver++(2S): two calls per step, fresh noise each step"},
+    {S(DPMPP_3M_SDE), "dpmpp_3m_sde", "DPM++ 3M SDE", "dpmpp_3m_sde", "", 1, 3, SDE, SDXL_SCHEDULE_EXPONENTIAL, 30,
+     10, 0, 0, 5.0, 0, 1, 1, "third-order multistep SDE: one call per step, wants 30+ steps and an exponential schedule"},
 };
 
 const sdxl_sampler_traits *sdxl_sampler_traits_get(sdxl_sampler_kind k) {
@@ -371,12 +426,71 @@ void sdxl_recommend(sdxl_use_case u, sdxl_recommendation *r) {
 
 /* ---- diffusers configs ------------------------------------------------------------------------ */
 
+/* UniPC, DEIS and SA-Solver are implemented in diffusers' default SDXL form only; anything else
+ * is refused by field rather than silently run as the default. */
+static int want_str(const sdxl_json *cfg, const char *key, const char *want, sdxl_err *e) {
+    const char *v = sdxl_json_str(cfg, key, want);
+    if (strcmp(v, want)) return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "%s: only '%s' is supported, got '%s'", key, want, v);
+    return SDXL_OK;
+}
+
+static int want_int(const sdxl_json *cfg, const char *key, int want, sdxl_err *e) {
+    int64_t v = sdxl_json_i64(cfg, key, want);
+    if (v != want) return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "%s: only %d is supported, got %lld", key, want, (long long)v);
+    return SDXL_OK;
+}
+
+static int want_null(const sdxl_json *cfg, const char *key, const char *what, sdxl_err *e) {
+    const sdxl_json *v = sdxl_json_get(cfg, key);
+    if (v && v->type != SDXL_JSON_NULL) return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "%s: %s is not supported", key, what);
+    return SDXL_OK;
+}
+
+static int check_multistep_config(sdxl_sampler_kind k, const sdxl_json *cfg, sdxl_err *e) {
+    int r = SDXL_OK;
+    if (sdxl_json_bool(cfg, "thresholding", 0) && (k == S(UNIPC) || k == S(DEIS) || k == S(SA_SOLVER)))
+        return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "thresholding: dynamic thresholding is not supported");
+    if (k == S(UNIPC)) {
+        const sdxl_json *dc = sdxl_json_get(cfg, "disable_corrector");
+        if ((r = want_int(cfg, "solver_order", 2, e)) || (r = want_str(cfg, "solver_type", "bh2", e)) ||
+            (r = want_null(cfg, "solver_p", "an external predictor", e)))
+            return r;
+        if (!sdxl_json_bool(cfg, "predict_x0", 1))
+            return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "predict_x0: only true (data prediction) is supported");
+        if (!sdxl_json_bool(cfg, "lower_order_final", 1))
+            return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "lower_order_final: only true is supported");
+        if (dc && !(dc->type == SDXL_JSON_NULL || (dc->type == SDXL_JSON_ARRAY && dc->len == 0)))
+            return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "disable_corrector: only an empty list is supported");
+    } else if (k == S(DEIS)) {
+        if ((r = want_int(cfg, "solver_order", 2, e)) || (r = want_str(cfg, "algorithm_type", "deis", e)) ||
+            (r = want_str(cfg, "solver_type", "logrho", e)))
+            return r;
+        if (!sdxl_json_bool(cfg, "lower_order_final", 1))
+            return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "lower_order_final: only true is supported");
+    } else if (k == S(SA_SOLVER)) {
+        if ((r = want_int(cfg, "predictor_order", 2, e)) || (r = want_int(cfg, "corrector_order", 2, e)) ||
+            (r = want_str(cfg, "algorithm_type", "data_prediction", e)) ||
+            (r = want_null(cfg, "tau_func", "a custom tau function", e)) ||
+            (r = want_null(cfg, "variance_type", "a learned variance", e)))
+            return r;
+        if (!sdxl_json_bool(cfg, "lower_order_final", 1))
+            return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "lower_order_final: only true is supported");
+        /* -inf (no clipping) is the default; the JSON may carry it as -Infinity, null or a huge negative */
+        double lmc = sdxl_json_num(cfg, "lambda_min_clipped", -INFINITY);
+        if (lmc > -1e30)
+            return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "lambda_min_clipped: only -inf (no clipping) is supported, got %g", lmc);
+    }
+    return r;
+}
+
 int sdxl_sched_from_diffusers(const char *class_name, const sdxl_json *cfg, sdxl_sampler_config *out, sdxl_err *e) {
     sdxl_sampler_config_init(out);
     sdxl_sched_choice ch;
     char n[128];
     norm(class_name, n, sizeof n);
     memset(&ch, 0, sizeof ch);
+    if (known_unsupported(n))
+        return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "_class_name: '%s' is not supported", class_name);
     if (!find_sampler(n, &ch) || strstr(n, "scheduler") == NULL)
         return sdxl_seterr(e, SDXL_ERR_ARG, "_class_name: '%s' is not a known diffusers scheduler class",
                            class_name ? class_name : "");
@@ -398,6 +512,8 @@ int sdxl_sched_from_diffusers(const char *class_name, const sdxl_json *cfg, sdxl
     int order = (int)sdxl_json_i64(cfg, "solver_order", 2);
     if ((ch.sampler == S(DPMPP_2M) || ch.sampler == S(DPMPP_2S)) && order != 2)
         return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "solver_order: only 2 is supported, got %d", order);
+    int r = check_multistep_config(ch.sampler, cfg, e);
+    if (r) return r;
     if (sdxl_json_bool(cfg, "use_karras_sigmas", 0) && ch.sampler != S(EULER_A)) {
         out->schedule = SDXL_SCHEDULE_KARRAS;
         out->diffusers_karras = 1;

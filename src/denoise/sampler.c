@@ -21,17 +21,20 @@ struct sdxl_sampler {
     float sig[MAXA], sig_i[MAXA];    /* self.sigmas, self.sigmas_interpol */
     float sig_up[MAXA], sig_down[MAXA];
     int call_start[SDXL_MAX_STEPS + 1];
+    int step_of[MAXA];               /* call -> step, for samplers with a varying number of calls per step */
     int order_list[SDXL_MAX_STEPS];
     /* state */
     int idx, lower_order_nums, counter, n_hist, has_sample;
+    int this_order, this_corr_order, prev_tau; /* UniPC / SA-Solver orders chosen at the previous step */
     float dt_saved, mid_sigma, bt_d1;
+    float h1, h2; /* DPM++ 3M SDE: the last two step sizes in -log(sigma) */
     float *buf[B_COUNT];
 };
 
 const char *sdxl_sampler_name(sdxl_sampler_kind k) {
     static const char *const names[SDXL_SAMPLER_COUNT] = {
         "euler", "euler_a", "heun", "dpm2", "dpm2_a", "lms", "ddim", "ddpm", "pndm", "dpmpp_2m", "dpmpp_2m_sde",
-        "dpmpp_2s", "dpmpp_sde", "lcm", "unipc", "deis", "sa_solver"};
+        "dpmpp_2s", "dpmpp_sde", "lcm", "unipc", "deis", "sa_solver", "dpmpp_2s_a", "dpmpp_3m_sde"};
     return (unsigned)k < SDXL_SAMPLER_COUNT ? names[k] : "?";
 }
 
@@ -43,6 +46,7 @@ void sdxl_sampler_config_init(sdxl_sampler_config *c) {
     c->spacing = SDXL_SPACING_LEADING;
     c->steps_offset = 1;
     c->eta = 0;
+    c->ancestral_eta = 1;
     c->s_noise = 1;
     sdxl_schedule_params_init(&c->sched);
     c->lcm_original_steps = 50;
@@ -75,6 +79,8 @@ int sdxl_sampler_config_check(const sdxl_sampler_config *c, sdxl_err *e) {
         return sdxl_seterr(e, SDXL_ERR_ARG, "steps: must not exceed train_steps (%d), got %d", c->train_steps, c->steps);
     if (!(c->eta >= 0) || !(c->eta <= 1e3))
         return sdxl_seterr(e, SDXL_ERR_ARG, "eta: must be finite and >= 0, got %g", c->eta);
+    if (!(c->ancestral_eta >= 0) || !(c->ancestral_eta <= 1e3))
+        return sdxl_seterr(e, SDXL_ERR_ARG, "ancestral_eta: must be finite and >= 0, got %g", c->ancestral_eta);
     if (!(c->s_noise >= 0) || !(c->s_noise <= 1e3))
         return sdxl_seterr(e, SDXL_ERR_ARG, "s_noise: must be finite and >= 0, got %g", c->s_noise);
     if (!(c->sched.rho > 0) || !isfinite(c->sched.rho))
@@ -98,6 +104,15 @@ int sdxl_sampler_config_check(const sdxl_sampler_config *c, sdxl_err *e) {
 }
 
 /* ---- schedules per diffusers class ---------------------------------------------------------- */
+
+/* k-diffusion get_ancestral_step: eta * sqrt(to^2 (from^2 - to^2) / from^2), capped at `to`.
+ * With eta 1 it is diffusers' float expression unchanged (the cap never binds there). */
+static float ancestral_up(float from, float to, double eta) {
+    float up = sqrtf(to * to * (from * from - to * to) / (from * from));
+    if (eta == 1) return up;
+    up = (float)eta * up;
+    return up < to ? up : to;
+}
 
 static float f_lerp_half(float a, float b) { return b - (b - a) * 0.5f; } /* torch.lerp(a, b, 0.5) */
 
@@ -207,7 +222,7 @@ static int plan(sdxl_sampler *s, sdxl_err *e) {
         } else {
             for (int i = 0; i <= n; i++) {
                 float nx = i < n ? sv[i + 1] : 0.0f;
-                up[i] = sqrtf(nx * nx * (sv[i] * sv[i] - nx * nx) / (sv[i] * sv[i]));
+                up[i] = ancestral_up(sv[i], nx, c->ancestral_eta);
                 dn[i] = sqrtf(nx * nx - up[i] * up[i]);
             }
             dn[n] = 0;
@@ -309,6 +324,37 @@ static int plan(sdxl_sampler *s, sdxl_err *e) {
         }
         break;
     }
+    case SDXL_SAMPLER_DPMPP_2S_A:
+    case SDXL_SAMPLER_DPMPP_3M_SDE: {
+        /* k-diffusion samplers on the A1111 default schedules: Karras for 2S a, exponential for 3M SDE */
+        if (s->c.schedule == SDXL_SCHEDULE_DEFAULT)
+            s->c.schedule = c->sampler == SDXL_SAMPLER_DPMPP_2S_A ? SDXL_SCHEDULE_KARRAS : SDXL_SCHEDULE_EXPONENTIAL;
+        if ((r = base_sigmas(s, sg, tt, &rt, e))) return r;
+        int n = s->steps, k = 0;
+        for (int i = 0; i < n; i++) s->sig[i] = (float)sg[i];
+        s->sig[n] = 0;
+        s->n_sig = n + 1;
+        for (int i = 0; i < n; i++) {
+            s->call_start[i] = k;
+            s->step_of[k] = i;
+            s->sig_i[k] = s->sig[i];
+            s->ts[k++] = (float)tt[i];
+            if (c->sampler == SDXL_SAMPLER_DPMPP_3M_SDE) continue;
+            float up = ancestral_up(s->sig[i], s->sig[i + 1], c->ancestral_eta);
+            float st = s->sig[i + 1], down = sqrtf(st * st - up * up);
+            s->sig_up[i] = up, s->sig_down[i] = down;
+            if (down == 0) continue; /* Euler step: one call */
+            float t0 = -logf(s->sig[i]), h = -logf(down) - t0, mid = expf(-(t0 + 0.5f * h));
+            s->step_of[k] = i;
+            s->sig_i[k] = mid;
+            s->ts[k++] = (float)sdxl_sigma_to_t(T, mid);
+        }
+        s->call_start[n] = k;
+        s->step_of[k] = n;
+        s->n_ts = s->n_calls = k;
+        set_init_sigma_ve(s);
+        return SDXL_OK;
+    }
     default: return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "sampler: %s not implemented", sdxl_sampler_name(c->sampler));
     }
     /* calls -> steps */
@@ -330,10 +376,29 @@ static int plan(sdxl_sampler *s, sdxl_err *e) {
 
 static float *B(sdxl_sampler *s, int k) { return s->buf[k]; }
 
-static void draw(sdxl_sampler *s, sdxl_rng *rng, float *dst) {
-    if (rng) sdxl_rng_randn(rng, dst, s->n);
-    else memset(dst, 0, s->n * sizeof(float));
+/* Where a run's noise comes from: the caller's noise callback, else its generator. */
+typedef struct noise_src {
+    const sdxl_sampler_run_opts *o;
+    sdxl_err *e;
+    int err;
+} noise_src;
+
+/* Standard-normal noise for the move from level `from` to level `to` (sigma units). */
+static void draw(sdxl_sampler *s, noise_src *ns, float *dst, double from, double to) {
+    if (ns->o->noise) {
+        int r = ns->err ? ns->err : ns->o->noise(ns->o->noise_user, dst, s->n, from, to, ns->e);
+        if (r) {
+            ns->err = r;
+            memset(dst, 0, s->n * sizeof(float));
+        }
+    } else if (ns->o->rng) {
+        sdxl_rng_randn(ns->o->rng, dst, s->n);
+    } else {
+        memset(dst, 0, s->n * sizeof(float));
+    }
 }
+
+static double table_sigma(const sdxl_sampler *s, int t) { return t >= 0 && t < s->tab.n ? s->tab.sigmas[t] : 0.0; }
 
 static int tstep(const sdxl_sampler *s, int idx) { return (int)s->ts[idx]; }
 
@@ -347,6 +412,7 @@ static float input_sigma(const sdxl_sampler *s, int idx) {
     case SDXL_SAMPLER_DPM2: return s->has_sample ? s->sig_i[idx] : s->sig[idx];
     case SDXL_SAMPLER_DPM2_A: return s->has_sample ? s->sig_i[idx - 1] : s->sig[idx];
     case SDXL_SAMPLER_DPMPP_SDE: return s->has_sample ? s->mid_sigma : s->sig[idx];
+    case SDXL_SAMPLER_DPMPP_2S_A: case SDXL_SAMPLER_DPMPP_3M_SDE: return s->sig_i[idx];
     default: return s->sig[idx];
     }
 }
@@ -370,12 +436,120 @@ static double lms_coeff(const sdxl_sampler *s, int order, int t, int cur) {
     return acc * 0.5 * (b - a);
 }
 
-static void step_call(sdxl_sampler *s, int idx, float *x, const float *eps, sdxl_rng *rng) {
+
+/* lambda = log(alpha) - log(sigma) of a VP level given in sigma form (float32, as diffusers). */
+static float lambda_of(float sigma) {
+    float a, st;
+    alpha_sigma(sigma, &a, &st);
+    return logf(a) - logf(st);
+}
+
+/* Shifts the model-output history: M1 <- M0, M0 <- the buffer `fresh` (whose storage is recycled). */
+static void push_output(sdxl_sampler *s, int fresh) {
+    float *old = s->buf[B_M1];
+    s->buf[B_M1] = s->buf[B_M0];
+    s->buf[B_M0] = s->buf[fresh];
+    s->buf[fresh] = old;
+    if (s->n_hist < 2) s->n_hist++;
+}
+
+/* torch.linalg.solve of [[1, 1], [rk, 1]] x = b as LAPACK getrf/getrs do it in float32: partial
+ * pivoting, the pivot column scaled by the pivot's reciprocal. */
+static void solve2(float rk, float b0, float b1, float *x0, float *x1) {
+    float a00 = 1, a01 = 1, a10 = rk, a11 = 1;
+    if (fabsf(rk) > 1.0f) {
+        a00 = rk, a01 = 1, a10 = 1, a11 = 1;
+        float t = b0;
+        b0 = b1, b1 = t;
+    }
+    float l = a10 * (1.0f / a00), u11 = a11 - l * a01;
+    float y1 = b1 - l * b0;
+    *x1 = y1 / u11;
+    *x0 = (b0 - a01 * *x1) / a00;
+}
+
+/* UniPC B(h) coefficients (bh2, data prediction), for the predictor (p) or corrector (c) of
+ * `order`: rk is (lambda_s1 - lambda_s0)/h for order 2. Returns hh = -h, h_phi_1 and B_h. */
+static void unipc_coeffs(float h, float *hphi1, float *bh, float rk, int order, int corrector, float *rho0,
+                         float *rho1) {
+    float hh = -h, p1 = expm1f(hh), B = expm1f(hh);
+    *hphi1 = p1;
+    *bh = B;
+    *rho0 = 0.5f, *rho1 = 0;
+    if (!corrector || order < 2) return;
+    float phik = p1 / hh - 1.0f;
+    float b0 = phik * 1.0f / B;
+    phik = phik / hh - 0.5f;
+    float b1 = phik * 2.0f / B;
+    solve2(rk, b0, b1, rho0, rho1);
+}
+
+/* SA-Solver: integral of exp(k x) x^order over [start, end] with k = 1 + tau^2 (tau 0 or 1). */
+static float sa_exp_pos(int order, float start, float end, int k) {
+    float ec = (float)k * end, sc = (float)k * start, dec = expf(-(ec - sc)), e = expf(ec);
+    if (order == 0) return e * (1.0f - dec) / (float)k;
+    return e * ((ec - 1.0f) - (sc - 1.0f) * dec) / (float)(k * k);
+}
+
+/* SA-Solver Lagrange-basis coefficients for order 1 or 2 over lambda_list l (newest first). */
+static void sa_coeffs(int order, float start, float end, const float *l, int k, float *c) {
+    if (order == 1) {
+        c[0] = 1.0f * sa_exp_pos(0, start, end, k);
+        return;
+    }
+    float d01 = l[0] - l[1], d10 = l[1] - l[0];
+    float lc[2][2] = {{1.0f / d01, -l[1] / d01}, {1.0f / d10, -l[0] / d10}};
+    float p1 = sa_exp_pos(1, start, end, k), p0 = sa_exp_pos(0, start, end, k);
+    for (int i = 0; i < 2; i++) c[i] = lc[i][0] * p1 + lc[i][1] * p0;
+}
+
+static int sa_tau(float t) { return t >= 200 && t <= 800 ? 1 : 0; }
+
+/* One SA-Solver update from level sig[from] to sig[from + 1]: the predictor (from = idx, outputs
+ * M0, M1 newest first) or the corrector (from = idx - 1, outputs `cur`, M0). */
+static void sa_update(sdxl_sampler *s, int from, int order, int tau, const float *xs, const float *m_new,
+                      const float *m_old, const float *nz, float *out, int corrector) {
+    float lt = lambda_of(s->sig[from + 1]), l0 = lambda_of(s->sig[from]);
+    float at, st, a0, s0;
+    alpha_sigma(s->sig[from + 1], &at, &st);
+    alpha_sigma(s->sig[from], &a0, &s0);
+    (void)at;
+    (void)a0;
+    int k = 1 + tau * tau;
+    float h = lt - l0, lam[2];
+    lam[0] = corrector ? lt : l0;
+    lam[1] = corrector ? l0 : (from >= 1 ? lambda_of(s->sig[from - 1]) : l0);
+    float c[2] = {0, 0};
+    sa_coeffs(order, l0, lt, lam, k, c);
+    if (order == 2) {
+        float ek = expf((float)k * lt), emk = expf((float)k * -h), fix;
+        if (!corrector) {
+            float ls1 = lambda_of(s->sig[from - 1]);
+            fix = 1.0f * ek * (h * h / 2.0f - (h * (float)k - 1.0f + emk) / (float)(k * k)) / (l0 - ls1);
+        } else {
+            fix = 1.0f * ek * (h / 2.0f - (h * (float)k - 1.0f + emk) / ((float)(k * k) * h));
+        }
+        c[0] += fix;
+        c[1] -= fix;
+    }
+    float g = (float)k * st * expf((float)(-(tau * tau)) * lt);
+    float g0 = g * c[0], g1 = order == 2 ? g * c[1] : 0.0f;
+    float nc = st * sqrtf(1.0f - expf((float)(-2 * tau * tau) * h));
+    float xc = expf((float)(-(tau * tau)) * h) * (st / s0);
+    FOR_N {
+        float gp = g0 * m_new[i];
+        if (order == 2) gp = gp + g1 * m_old[i];
+        out[i] = xc * xs[i] + gp + nc * nz[i];
+    }
+}
+
+static void step_call(sdxl_sampler *s, int idx, float *x, const float *eps, noise_src *ns) {
     const sdxl_sampler_config *c = &s->c;
     float *noise = B(s, B_NOISE);
     switch (c->sampler) {
     case SDXL_SAMPLER_EULER: {
-        draw(s, rng, noise); /* diffusers draws (and discards with s_churn = 0) every step */
+        /* diffusers draws (and discards with s_churn = 0) every step: keeps the generator aligned */
+        if (!ns->o->noise) draw(s, ns, noise, s->sig[idx], s->sig[idx + 1]);
         float sigma = s->sig[idx], dt = s->sig[idx + 1] - sigma;
         FOR_N {
             float pred = x[i] - sigma * eps[i];
@@ -386,9 +560,9 @@ static void step_call(sdxl_sampler *s, int idx, float *x, const float *eps, sdxl
     }
     case SDXL_SAMPLER_EULER_A: {
         float sf = s->sig[idx], st = s->sig[idx + 1];
-        float up = sqrtf(st * st * (sf * sf - st * st) / (sf * sf));
+        float up = ancestral_up(sf, st, c->ancestral_eta);
         float down = sqrtf(st * st - up * up), dt = down - sf;
-        draw(s, rng, noise);
+        draw(s, ns, noise, sf, st);
         FOR_N {
             float pred = x[i] - sf * eps[i];
             float d = (x[i] - pred) / sf;
@@ -445,7 +619,9 @@ static void step_call(sdxl_sampler *s, int idx, float *x, const float *eps, sdxl
     }
     case SDXL_SAMPLER_DPM2_A: {
         float *saved = B(s, B_SAMPLE);
-        draw(s, rng, noise);
+        /* drawn on both calls (diffusers' stream), used by the second */
+        if (s->has_sample) draw(s, ns, noise, s->sig[idx - 1], s->sig[idx]);
+        else if (!ns->o->noise) draw(s, ns, noise, s->sig[idx], s->sig[idx + 1]);
         if (!s->has_sample) {
             float sigma = s->sig[idx], si = s->sig_i[idx], dt = si - sigma;
             FOR_N {
@@ -497,7 +673,7 @@ static void step_call(sdxl_sampler *s, int idx, float *x, const float *eps, sdxl
         float var = (bp / bt) * (1 - at / ap);
         float sd = (float)c->eta * sqrtf(var);
         float sb = sqrtf(bt), sa = sqrtf(at), sap = sqrtf(ap), dir = sqrtf(1 - ap - sd * sd);
-        if (c->eta > 0) draw(s, rng, noise);
+        if (c->eta > 0) draw(s, ns, noise, table_sigma(s, t), table_sigma(s, pt));
         FOR_N {
             float x0 = (x[i] - sb * eps[i]) / sa;
             float p = sap * x0 + dir * eps[i];
@@ -514,7 +690,7 @@ static void step_call(sdxl_sampler *s, int idx, float *x, const float *eps, sdxl
         float var = (1 - ap) / (1 - at) * (1 - at / ap);
         if (var < 1e-20f) var = 1e-20f;
         float sv = sqrtf(var);
-        if (t > 0) draw(s, rng, noise);
+        if (t > 0) draw(s, ns, noise, table_sigma(s, t), table_sigma(s, pt));
         FOR_N {
             float x0 = (x[i] - sb * eps[i]) / sa;
             float p = c0 * x0 + c1 * x[i];
@@ -579,7 +755,7 @@ static void step_call(sdxl_sampler *s, int idx, float *x, const float *eps, sdxl
         float *m0 = B(s, B_M0), *m1 = B(s, B_M1);
         FOR_N m0[i] = (x[i] - s0 * eps[i]) / a0;
         if (s->n_hist < 2) s->n_hist++;
-        if (sde) draw(s, rng, noise);
+        if (sde) draw(s, ns, noise, s->sig[idx], s->sig[idx + 1]);
         float at, st;
         alpha_sigma(s->sig[idx + 1], &at, &st);
         float lt = logf(at) - logf(st), l0 = logf(a0) - logf(s0);
@@ -655,14 +831,18 @@ static void step_call(sdxl_sampler *s, int idx, float *x, const float *eps, sdxl
         float down = sqrtf(stt * stt - up * up), ta = -logf(down);
         float ca = expf(-ta) / expf(-t), cp = expm1f(t - ta);
         float sn = (float)c->s_noise;
-        /* Brownian increments: z1 on [sigma, mid]; the full step reuses it (see docs) */
+        /* Brownian increments normalised by sqrt(|dt|): z1 on [sigma, mid], then the whole step
+         * [sigma, next] = (sqrt(d1) z1 + sqrt(d2) z2) / sqrt(d1 + d2) with a fresh z2 on [mid, next],
+         * unless a noise callback supplies each increment itself */
         float mid = first ? stt : s->mid_sigma;
         if (first) {
-            draw(s, rng, z1);
+            draw(s, ns, z1, sigma, mid);
             memcpy(noise, z1, s->n * sizeof(float));
             s->bt_d1 = fabsf(sigma - mid);
+        } else if (ns->o->noise) {
+            draw(s, ns, noise, sigma, next);
         } else {
-            draw(s, rng, noise);
+            draw(s, ns, noise, mid, next);
             float d1 = s->bt_d1, d2 = fabsf(mid - next), w1 = sqrtf(d1), w2 = sqrtf(d2), wn = sqrtf(d1 + d2);
             FOR_N noise[i] = (w1 * z1[i] + w2 * noise[i]) / wn;
         }
@@ -690,13 +870,196 @@ static void step_call(sdxl_sampler *s, int idx, float *x, const float *eps, sdxl
         float cskip = 0.25f / (sc * sc + 0.25f), cout = sc / sqrtf(sc * sc + 0.25f);
         float sb = sqrtf(bt), sa = sqrtf(at);
         int last = idx == s->n_ts - 1;
-        if (!last) draw(s, rng, noise);
+        if (!last) draw(s, ns, noise, table_sigma(s, t), table_sigma(s, pt));
         float sap = sqrtf(ap), sbp = sqrtf(bp);
         FOR_N {
             float x0 = (x[i] - sb * eps[i]) / sa;
             float den = cout * x0 + cskip * x[i];
             x[i] = last ? den : sap * den + sbp * noise[i];
         }
+        break;
+    }
+    case SDXL_SAMPLER_DPMPP_2S_A: {
+        /* k-diffusion sample_dpmpp_2s_ancestral: DPM-Solver++(2S) to sigma_down via the midpoint in
+         * -log(sigma), then ancestral noise of sigma_up; an Euler step where sigma_down is 0 */
+        int k = s->step_of[idx];
+        float sigma = s->sig[k], next = s->sig[k + 1], up = s->sig_up[k], down = s->sig_down[k];
+        float sn = (float)c->s_noise;
+        float *saved = B(s, B_SAMPLE);
+        if (!s->has_sample) {
+            if (down == 0) {
+                float dt = down - sigma;
+                FOR_N {
+                    float den = x[i] - sigma * eps[i];
+                    x[i] = x[i] + (x[i] - den) / sigma * dt;
+                }
+                if (next > 0) {
+                    draw(s, ns, noise, sigma, next);
+                    FOR_N x[i] = x[i] + noise[i] * sn * up;
+                }
+                break;
+            }
+            float t0 = -logf(sigma), h = -logf(down) - t0, sm = t0 + 0.5f * h;
+            float ca = expf(-sm) / expf(-t0), cd = expm1f(-h * 0.5f);
+            FOR_N {
+                float den = x[i] - sigma * eps[i];
+                saved[i] = x[i];
+                x[i] = ca * x[i] - cd * den;
+            }
+            s->has_sample = 1;
+        } else {
+            float t0 = -logf(sigma), tn = -logf(down), h = tn - t0, mid = s->sig_i[idx];
+            float ca = expf(-tn) / expf(-t0), cd = expm1f(-h);
+            if (next > 0) draw(s, ns, noise, sigma, next);
+            FOR_N {
+                float den2 = x[i] - mid * eps[i];
+                float v = ca * saved[i] - cd * den2;
+                x[i] = next > 0 ? v + noise[i] * sn * up : v;
+            }
+            s->has_sample = 0;
+        }
+        break;
+    }
+    case SDXL_SAMPLER_DPMPP_3M_SDE: {
+        /* k-diffusion sample_dpmpp_3m_sde: third-order multistep in data prediction with SDE noise
+         * of strength eta; the Brownian increments of one call per step are independent normals */
+        float sigma = s->sig[idx], next = s->sig[idx + 1];
+        float *d0 = B(s, B_DERIV), *d1m = B(s, B_M0), *d2m = B(s, B_M1);
+        FOR_N d0[i] = x[i] - sigma * eps[i];
+        float h = s->h1;
+        if (next == 0) {
+            memcpy(x, d0, s->n * sizeof(float));
+        } else {
+            float eta = (float)c->ancestral_eta, sn = (float)c->s_noise;
+            float t0 = -logf(sigma), t1 = -logf(next);
+            h = t1 - t0;
+            float he = h * (eta + 1.0f), ex = expf(-he), cm = -expm1f(-he);
+            float phi2 = expm1f(-he) / he + 1.0f, phi3 = phi2 / he - 0.5f;
+            int order = s->n_hist;
+            float r0 = order >= 1 ? s->h1 / h : 1.0f, r1 = order >= 2 ? s->h2 / h : 1.0f;
+            float cn = 0;
+            if (eta != 0) {
+                draw(s, ns, noise, sigma, next);
+                cn = next * sqrtf(-expm1f(-2.0f * h * eta)) * sn;
+            }
+            FOR_N {
+                float v = ex * x[i] + cm * d0[i];
+                if (order >= 2) {
+                    float a = (d0[i] - d1m[i]) / r0, b = (d1m[i] - d2m[i]) / r1;
+                    float q = a + (a - b) * r0 / (r0 + r1), w = (a - b) / (r0 + r1);
+                    v = v + phi2 * q - phi3 * w;
+                } else if (order == 1) {
+                    v = v + phi2 * ((d0[i] - d1m[i]) / r0);
+                }
+                x[i] = eta != 0 ? v + noise[i] * cn : v;
+            }
+        }
+        push_output(s, B_DERIV);
+        s->h2 = s->h1;
+        s->h1 = h;
+        break;
+    }
+    case SDXL_SAMPLER_UNIPC: {
+        /* UniPCMultistepScheduler, bh2, predict_x0: corrector UniC on the incoming sample, then
+         * predictor UniP; orders warm up from 1 and drop to 1 on the last step */
+        float a0, s0;
+        alpha_sigma(s->sig[idx], &a0, &s0);
+        float *mc = B(s, B_DERIV);
+        FOR_N mc[i] = (x[i] - s0 * eps[i]) / a0;
+        if (idx > 0 && s->has_sample) {
+            const float *last = B(s, B_SAMPLE), *m0 = B(s, B_M0), *m1 = B(s, B_M1);
+            int order = s->this_order;
+            float at, st, as, ss;
+            alpha_sigma(s->sig[idx], &at, &st);
+            alpha_sigma(s->sig[idx - 1], &as, &ss);
+            float lt = logf(at) - logf(st), l0 = logf(as) - logf(ss), h = lt - l0;
+            float rk = order >= 2 ? (lambda_of(s->sig[idx - 2]) - l0) / h : 1.0f;
+            float hphi1, bh, r0, r1;
+            unipc_coeffs(h, &hphi1, &bh, rk, order, 1, &r0, &r1);
+            float ca = st / ss, cm = at * hphi1, cb = at * bh;
+            FOR_N {
+                float xt = ca * last[i] - cm * m0[i];
+                float d1t = mc[i] - m0[i];
+                float res = order >= 2 ? r0 * ((m1[i] - m0[i]) / rk) + r1 * d1t : 0.0f + r0 * d1t;
+                x[i] = xt - cb * res;
+            }
+        }
+        push_output(s, B_DERIV);
+        int order = s->n_ts - idx < 2 ? s->n_ts - idx : 2;
+        if (order > s->lower_order_nums + 1) order = s->lower_order_nums + 1;
+        s->this_order = order;
+        memcpy(B(s, B_SAMPLE), x, s->n * sizeof(float));
+        s->has_sample = 1;
+        {
+            const float *m0 = B(s, B_M0), *m1 = B(s, B_M1);
+            float at, st;
+            alpha_sigma(s->sig[idx + 1], &at, &st);
+            float lt = logf(at) - logf(st), l0 = lambda_of(s->sig[idx]), h = lt - l0;
+            float hphi1, bh, r0, r1;
+            float rk = order >= 2 ? (lambda_of(s->sig[idx - 1]) - l0) / h : 1.0f;
+            unipc_coeffs(h, &hphi1, &bh, rk, order, 0, &r0, &r1);
+            float ca = st / s0, cm = at * hphi1, cb = at * bh;
+            FOR_N {
+                float xt = ca * x[i] - cm * m0[i];
+                x[i] = order >= 2 ? xt - cb * (r0 * ((m1[i] - m0[i]) / rk)) : xt;
+            }
+        }
+        if (s->lower_order_nums < 2) s->lower_order_nums++;
+        break;
+    }
+    case SDXL_SAMPLER_DEIS: {
+        /* DEISMultistepScheduler, logrho, order 2: epsilon history, exponential integrator in log rho */
+        float a0, s0, at, st;
+        alpha_sigma(s->sig[idx], &a0, &s0);
+        alpha_sigma(s->sig[idx + 1], &at, &st);
+        float *mc = B(s, B_DERIV);
+        FOR_N {
+            float x0 = (x[i] - s0 * eps[i]) / a0;
+            mc[i] = (x[i] - a0 * x0) / s0;
+        }
+        push_output(s, B_DERIV);
+        const float *m0 = B(s, B_M0), *m1 = B(s, B_M1);
+        int lof = idx == s->n_ts - 1 && s->n_ts < 15, los = idx == s->n_ts - 2 && s->n_ts < 15;
+        (void)los;
+        if (s->lower_order_nums < 1 || lof) {
+            float h = (logf(at) - logf(st)) - (logf(a0) - logf(s0));
+            float ca = at / a0, cm = st * (expf(h) - 1.0f);
+            FOR_N x[i] = ca * x[i] - cm * m0[i];
+        } else {
+            float a1, s1;
+            alpha_sigma(s->sig[idx - 1], &a1, &s1);
+            float rt = st / at, r0 = s0 / a0, r1 = s1 / a1;
+            float Lt = logf(rt), L0 = logf(r0), L1 = logf(r1);
+            /* ind(t, b, c) = t (log t - log c - 1) / (log b - log c), the integral of the Lagrange basis */
+            float i_t01 = rt * (-L1 + Lt - 1.0f) / (L0 - L1), i_001 = r0 * (-L1 + L0 - 1.0f) / (L0 - L1);
+            float i_t10 = rt * (-L0 + Lt - 1.0f) / (L1 - L0), i_010 = r0 * (-L0 + L0 - 1.0f) / (L1 - L0);
+            float c1 = i_t01 - i_001, c2 = i_t10 - i_010;
+            FOR_N x[i] = at * (x[i] / a0 + c1 * m0[i] + c2 * m1[i]);
+        }
+        if (s->lower_order_nums < 2) s->lower_order_nums++;
+        break;
+    }
+    case SDXL_SAMPLER_SA_SOLVER: {
+        /* SASolverScheduler, data prediction, predictor and corrector order 2, tau = 1 for
+         * 200 <= t <= 800 else 0; noise drawn every step after the corrector */
+        float a0, s0;
+        alpha_sigma(s->sig[idx], &a0, &s0);
+        float *mc = B(s, B_DERIV);
+        FOR_N mc[i] = (x[i] - s0 * eps[i]) / a0;
+        if (idx > 0 && s->has_sample)
+            sa_update(s, idx - 1, s->this_corr_order, s->prev_tau, B(s, B_SAMPLE), mc, B(s, B_M0), B(s, B_NOISE2), x, 1);
+        push_output(s, B_DERIV);
+        draw(s, ns, B(s, B_NOISE2), s->sig[idx], s->sig[idx + 1]); /* last_noise of the next corrector */
+        int po = s->n_ts - idx < 2 ? s->n_ts - idx : 2, co = s->n_ts - idx + 1 < 2 ? s->n_ts - idx + 1 : 2;
+        if (po > s->lower_order_nums + 1) po = s->lower_order_nums + 1;
+        if (co > s->lower_order_nums + 2) co = s->lower_order_nums + 2;
+        s->this_order = po;
+        s->this_corr_order = co;
+        memcpy(B(s, B_SAMPLE), x, s->n * sizeof(float));
+        s->has_sample = 1;
+        s->prev_tau = sa_tau(s->ts[idx]);
+        sa_update(s, idx, po, s->prev_tau, x, B(s, B_M0), B(s, B_M1), B(s, B_NOISE2), x, 0);
+        if (s->lower_order_nums < 2) s->lower_order_nums++;
         break;
     }
     default: break;
@@ -738,20 +1101,27 @@ void sdxl_sampler_free(sdxl_sampler *s) {
 
 void sdxl_sampler_reset(sdxl_sampler *s) {
     s->idx = s->lower_order_nums = s->counter = s->n_hist = s->has_sample = 0;
+    s->this_order = s->this_corr_order = s->prev_tau = 0;
+    s->h1 = s->h2 = 0;
     s->dt_saved = s->mid_sigma = s->bt_d1 = 0;
 }
 
-static int needs_noise(const sdxl_sampler *s) {
-    switch (s->c.sampler) {
+int sdxl_sampler_config_draws_noise(const sdxl_sampler_config *c) {
+    switch (c->sampler) {
     case SDXL_SAMPLER_EULER_A: case SDXL_SAMPLER_DPM2_A: case SDXL_SAMPLER_DDPM: case SDXL_SAMPLER_DPMPP_2M_SDE:
-    case SDXL_SAMPLER_DPMPP_SDE: case SDXL_SAMPLER_LCM: return 1;
-    case SDXL_SAMPLER_DDIM: return s->c.eta > 0;
+    case SDXL_SAMPLER_DPMPP_SDE: case SDXL_SAMPLER_LCM: case SDXL_SAMPLER_SA_SOLVER: case SDXL_SAMPLER_DPMPP_2S_A:
+        return 1;
+    case SDXL_SAMPLER_DPMPP_3M_SDE: return c->ancestral_eta > 0;
+    case SDXL_SAMPLER_DDIM: return c->eta > 0;
     default: return 0;
     }
 }
 
+static int needs_noise(const sdxl_sampler *s) { return sdxl_sampler_config_draws_noise(&s->c); }
+
 static double level_at_call(const sdxl_sampler *s, int call) {
     if (call >= s->n_calls) return s->n_sig ? s->sig[s->n_sig - 1] : 0.0;
+    if (s->c.sampler == SDXL_SAMPLER_DPMPP_2S_A) return s->sig_i[call];
     if (s->n_sig) return s->sig[call];
     int t = tstep(s, call);
     return t >= 0 && t < s->tab.n ? s->tab.sigmas[t] : 0.0;
@@ -763,14 +1133,11 @@ int sdxl_sampler_run(sdxl_sampler *s, float *x, const sdxl_sampler_run_opts *o, 
     if (o->start_step < 0 || o->start_step >= s->steps || end > s->steps || end <= o->start_step)
         return sdxl_seterr(e, SDXL_ERR_ARG, "start_step/end_step: need 0 <= start < end <= %d, got %d, %d", s->steps,
                            o->start_step, end);
-    if (s->c.sampler == SDXL_SAMPLER_UNIPC || s->c.sampler == SDXL_SAMPLER_DEIS ||
-        s->c.sampler == SDXL_SAMPLER_SA_SOLVER)
-        return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "sampler: %s has its schedule but no step implementation yet",
-                           sdxl_sampler_name(s->c.sampler));
-    if (needs_noise(s) && !o->rng)
-        return sdxl_seterr(e, SDXL_ERR_ARG, "rng: sampler %s draws noise and needs a generator",
+    if (needs_noise(s) && !o->rng && !o->noise)
+        return sdxl_seterr(e, SDXL_ERR_ARG, "rng: sampler %s draws noise and needs a generator or a noise callback",
                            sdxl_sampler_name(s->c.sampler));
     if (o->start_step == 0 || s->idx != s->call_start[o->start_step]) sdxl_sampler_reset(s);
+    noise_src ns = {o, e, 0};
     for (int k = o->start_step; k < end; k++) {
         for (int call = s->call_start[k]; call < s->call_start[k + 1]; call++) {
             if (o->cancel && *o->cancel) return sdxl_seterr(e, SDXL_ERR_CANCELLED, "cancelled at step %d", k);
@@ -788,7 +1155,8 @@ int sdxl_sampler_run(sdxl_sampler *s, float *x, const sdxl_sampler_run_opts *o, 
             }
             int r = o->model(o->model_user, xin, s->n, s->ts[call], sigma, B(s, B_EPS), e);
             if (r) return sdxl_err_prefix(e, "step %d/%d", k + 1, s->steps);
-            step_call(s, call, x, B(s, B_EPS), o->rng);
+            step_call(s, call, x, B(s, B_EPS), &ns);
+            if (ns.err) return sdxl_err_prefix(e, "step %d/%d: noise", k + 1, s->steps);
         }
         s->idx = s->call_start[k + 1];
         if (o->on_step && o->on_step(o->step_user, k, s->steps, level_at_call(s, s->call_start[k + 1]), x, s->n))
@@ -837,7 +1205,7 @@ int sdxl_sampler_start_for_fraction(const sdxl_sampler *s, double f) { return sd
 void sdxl_sampler_add_noise(const sdxl_sampler *s, int k, const float *x0, const float *noise, float *out) {
     int call = k >= 0 && k < s->steps ? s->call_start[k] : s->n_calls;
     if (!s->vp) {
-        float sg = call < s->n_calls ? s->sig[call] : 0.0f;
+        float sg = (float)level_at_call(s, call);
         FOR_N out[i] = x0[i] + noise[i] * sg;
         return;
     }

@@ -17,9 +17,10 @@
  *
  * The model callback receives the already-scaled model input (diffusers' scale_model_input)
  * and the timestep the UNet must see (fractional for Karras-type schedules), and writes the
- * epsilon prediction. Samplers in "sigma space" (Euler, Heun, DPM2, LMS, DPM++ SDE) keep
- * latents as x0 + sigma*eps and start from noise * init_noise_sigma; the others (DDIM, DDPM,
- * PNDM, DPM++ 2M/2S, LCM) keep variance-preserving latents and init_noise_sigma is 1. */
+ * epsilon prediction. Samplers in "sigma space" (Euler, Heun, DPM2, LMS, DPM++ SDE, DPM++ 2S a,
+ * DPM++ 3M SDE) keep latents as x0 + sigma*eps and start from noise * init_noise_sigma; the
+ * others (DDIM, DDPM, PNDM, DPM++ 2M/2S, UniPC, DEIS, SA-Solver, LCM) keep variance-preserving
+ * latents and init_noise_sigma is 1. */
 #ifndef SDXL_DENOISE_SAMPLER_H
 #define SDXL_DENOISE_SAMPLER_H
 
@@ -47,6 +48,8 @@ typedef enum sdxl_sampler_kind {
     SDXL_SAMPLER_UNIPC,
     SDXL_SAMPLER_DEIS,
     SDXL_SAMPLER_SA_SOLVER,
+    SDXL_SAMPLER_DPMPP_2S_A,   /* k-diffusion sample_dpmpp_2s_ancestral (A1111 "DPM++ 2S a") */
+    SDXL_SAMPLER_DPMPP_3M_SDE, /* k-diffusion sample_dpmpp_3m_sde (A1111 "DPM++ 3M SDE") */
     SDXL_SAMPLER_COUNT
 } sdxl_sampler_kind;
 
@@ -58,6 +61,7 @@ typedef struct sdxl_sampler_config {
     sdxl_spacing spacing;        /* diffusers timestep_spacing (DEFAULT schedule) */
     int steps_offset;
     double eta;                  /* DDIM; 0 = deterministic */
+    double ancestral_eta;        /* euler_a, dpm2_a, dpmpp_2s_a, dpmpp_3m_sde noise amount; 1 (A1111 "eta (ancestral)") */
     double s_noise;              /* noise multiplier for ancestral/SDE steps; 1 */
     sdxl_schedule_params sched;  /* rho, sigma range, beta parameters */
     int lcm_original_steps;      /* LCM: 50 */
@@ -73,6 +77,9 @@ void sdxl_sampler_config_init(sdxl_sampler_config *c);
 /* Field-named validation (steps, eta, s_noise, rho, ...); also run by sdxl_sampler_new. */
 int sdxl_sampler_config_check(const sdxl_sampler_config *c, sdxl_err *e);
 const char *sdxl_sampler_name(sdxl_sampler_kind k);
+/* Whether a run with this config draws noise (needs a generator or a noise callback): the
+ * ancestral and SDE samplers, DDIM with eta > 0, DPM++ 3M SDE with ancestral_eta > 0. */
+int sdxl_sampler_config_draws_noise(const sdxl_sampler_config *c);
 
 typedef struct sdxl_sampler sdxl_sampler;
 
@@ -87,6 +94,13 @@ typedef int (*sdxl_model_fn)(void *user, const float *x_in, size_t n, double t, 
  * Returning nonzero cancels the run (SDXL_ERR_CANCELLED). */
 typedef int (*sdxl_step_fn)(void *user, int step, int total, double sigma, const float *x, size_t n);
 
+/* Optional replacement for the generator: fill out[0..n-1] with standard-normal noise for the
+ * move from noise level sigma_from to sigma_to. For DPM++ SDE each call must be the normalised
+ * Brownian increment (W(sigma_to) - W(sigma_from)) / sqrt(|sigma_to - sigma_from|) of one path
+ * per run (first [sigma, mid], then [sigma, next] of the same step), e.g. a torchsde-style
+ * Brownian tree or recorded noise. Only called where the noise is used. */
+typedef int (*sdxl_noise_fn)(void *user, float *out, size_t n, double sigma_from, double sigma_to, sdxl_err *e);
+
 typedef struct sdxl_sampler_run_opts {
     sdxl_model_fn model;
     void *model_user;
@@ -94,6 +108,8 @@ typedef struct sdxl_sampler_run_opts {
     void *step_user;
     const volatile int *cancel; /* polled before every model call; nonzero cancels. May be NULL */
     sdxl_rng *rng;              /* noise for ancestral/SDE steps (continues the initial-noise stream) */
+    sdxl_noise_fn noise;        /* if set, supplies that noise instead of rng */
+    void *noise_user;
     int start_step;             /* first step to run (img2img, refiner hand-off); x is at that step's level */
     int end_step;               /* stop before this step; 0 = run to the end */
 } sdxl_sampler_run_opts;

@@ -56,6 +56,13 @@ static const struct {
     {"UniPCMultistepScheduler", NULL, K(UNIPC), SC(DEFAULT)}, {"SASolverScheduler", NULL, K(SA_SOLVER), SC(DEFAULT)},
     {"euler_a", NULL, K(EULER_A), SC(DEFAULT)}, {"Euler a Karras", NULL, K(EULER_A), SC(KARRAS)},
     {"  dpm++ 2m   karras ", NULL, K(DPMPP_2M), SC(KARRAS)}, {"DPM2 a Karras", NULL, K(DPM2_A), SC(KARRAS)},
+    {"DPM++ 2S a", NULL, K(DPMPP_2S_A), SC(DEFAULT)}, {"DPM++ 2S a Karras", NULL, K(DPMPP_2S_A), SC(KARRAS)},
+    {"k_dpmpp_2s_a", NULL, K(DPMPP_2S_A), SC(DEFAULT)}, {"dpmpp_2s_ancestral", "karras", K(DPMPP_2S_A), SC(KARRAS)},
+    {"dpm++2s_a", NULL, K(DPMPP_2S_A), SC(DEFAULT)}, {"DPM++ 3M SDE", NULL, K(DPMPP_3M_SDE), SC(DEFAULT)},
+    {"DPM++ 3M SDE Karras", NULL, K(DPMPP_3M_SDE), SC(KARRAS)},
+    {"DPM++ 3M SDE", "Exponential", K(DPMPP_3M_SDE), SC(EXPONENTIAL)},
+    {"dpmpp_3m_sde_gpu", NULL, K(DPMPP_3M_SDE), SC(DEFAULT)}, {"k_dpmpp_3m_sde", NULL, K(DPMPP_3M_SDE), SC(DEFAULT)},
+    {"DEISMultistepScheduler", NULL, K(DEIS), SC(DEFAULT)}, {"sa_solver", NULL, K(SA_SOLVER), SC(DEFAULT)},
 };
 
 static void test_names(void) {
@@ -82,6 +89,57 @@ static void test_names(void) {
     CHECK(sdxl_sched_resolve("euler", "karas", &c, &e) == SDXL_ERR_ARG && strstr(e.msg, "schedule"), "bad schedule: %s",
           e.msg);
     CHECK(sdxl_sched_resolve("", NULL, &c, &e) == SDXL_ERR_ARG, "empty name");
+    /* names other tools use for samplers we do not implement say so, with alternatives */
+    static const char *const unsupported[] = {"DPM fast", "DPM adaptive", "Restart", "dpm_fast", "ipndm",
+                                              "TCDScheduler", "DPM++ 2M SDE Heun", "k_dpm_adaptive"};
+    for (size_t i = 0; i < sizeof unsupported / sizeof unsupported[0]; i++)
+        CHECK(sdxl_sched_resolve(unsupported[i], NULL, &c, &e) == SDXL_ERR_UNSUPPORTED &&
+                  strstr(e.msg, "not supported") && strstr(e.msg, "closest"),
+              "'%s': %s", unsupported[i], e.msg);
+    CHECK(sdxl_sched_resolve("EDMEulerScheduler(use_karras_sigmas=true)", NULL, &c, &e) == SDXL_ERR_UNSUPPORTED,
+          "inline unsupported class: %s", e.msg);
+    /* every sampler has traits with a name and is implemented */
+    for (int k = 0; k < SDXL_SAMPLER_COUNT; k++) {
+        const sdxl_sampler_traits *tr = sdxl_sampler_traits_get((sdxl_sampler_kind)k);
+        CHECK(tr->kind == (sdxl_sampler_kind)k && tr->name && !strcmp(tr->name, sdxl_sampler_name((sdxl_sampler_kind)k)) &&
+                  tr->implemented,
+              "traits of %s", sdxl_sampler_name((sdxl_sampler_kind)k));
+    }
+}
+
+/* diffusers configs we cannot run exactly are refused by field. */
+static void test_diffusers_configs(void) {
+    static const struct {
+        const char *cls, *json, *field;
+    } BAD[] = {
+        {"UniPCMultistepScheduler", "{\"solver_type\": \"bh1\"}", "solver_type"},
+        {"UniPCMultistepScheduler", "{\"solver_order\": 3}", "solver_order"},
+        {"UniPCMultistepScheduler", "{\"predict_x0\": false}", "predict_x0"},
+        {"UniPCMultistepScheduler", "{\"disable_corrector\": [0]}", "disable_corrector"},
+        {"DEISMultistepScheduler", "{\"solver_order\": 3}", "solver_order"},
+        {"DEISMultistepScheduler", "{\"algorithm_type\": \"dpmsolver++\"}", "algorithm_type"},
+        {"SASolverScheduler", "{\"predictor_order\": 3}", "predictor_order"},
+        {"SASolverScheduler", "{\"algorithm_type\": \"noise_prediction\"}", "algorithm_type"},
+        {"SASolverScheduler", "{\"lambda_min_clipped\": -5.1}", "lambda_min_clipped"},
+        {"SASolverScheduler", "{\"thresholding\": true}", "thresholding"},
+    };
+    for (size_t i = 0; i < sizeof BAD / sizeof BAD[0]; i++) {
+        sdxl_json *j = NULL;
+        sdxl_sampler_config c;
+        sdxl_err e = {0};
+        int r = sdxl_json_parse(BAD[i].json, strlen(BAD[i].json), NULL, "test", &j, &e);
+        if (r == SDXL_OK) r = sdxl_sched_from_diffusers(BAD[i].cls, j, &c, &e);
+        CHECK(r == SDXL_ERR_UNSUPPORTED && strstr(e.msg, BAD[i].field), "%s %s: %s", BAD[i].cls, BAD[i].json, e.msg);
+        sdxl_json_free(j);
+    }
+    const char *ok = "{\"solver_order\": 2, \"solver_type\": \"bh2\", \"lambda_min_clipped\": null}";
+    sdxl_json *j = NULL;
+    sdxl_sampler_config c;
+    sdxl_err e = {0};
+    CHECK(sdxl_json_parse(ok, strlen(ok), NULL, "test", &j, &e) == SDXL_OK &&
+              sdxl_sched_from_diffusers("UniPCMultistepScheduler", j, &c, &e) == SDXL_OK && c.sampler == K(UNIPC),
+          "default UniPC config: %s", e.msg);
+    sdxl_json_free(j);
 }
 
 static void test_schedules(void) {
@@ -183,6 +241,7 @@ static void test_validation_and_cache(void) {
 
 int main(void) {
     test_names();
+    test_diffusers_configs();
     test_schedules();
     test_validation_and_cache();
     return check_done();
