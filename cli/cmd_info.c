@@ -1,6 +1,7 @@
 /* `sdxl info FILE_OR_FOLDER [--json]`: validates a model file or folder and describes it:
- * layout, per-part naming and parameter counts, metadata, and every tensor. Exit 1 with the
- * full message on a bad file, 2 on usage errors. */
+ * layout, per-part naming and parameter counts, the UNet and VAE configs read from the shapes
+ * (every expected tensor checked), metadata, and every tensor. Exit 1 with the full message on
+ * a bad file, 2 on usage errors. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,6 +9,8 @@
 #include <sys/stat.h>
 
 #include "cli.h"
+#include "decode/vae.h"
+#include "denoise/unet.h"
 #include "io/checkpoint.h"
 #include "io/json.h"
 #include "io/safetensors.h"
@@ -109,7 +112,81 @@ static void print_part(FILE *o, const sdxl_ckpt *c, sdxl_part p, int json, int f
             *prefix ? " in " : "", sdxl_st_path(sdxl_ckpt_file(c, p)));
 }
 
-static void print_ckpt(FILE *o, const sdxl_ckpt *c, int json) {
+/* Network configs from the shapes; validation only, nothing converted. */
+typedef struct net_configs {
+    int has_unet, has_vae;
+    sdxl_unet_cfg unet;
+    sdxl_vae_config vae;
+} net_configs;
+
+static int detect_configs(const sdxl_ckpt *c, net_configs *nc, sdxl_err *e) {
+    memset(nc, 0, sizeof *nc);
+    if (sdxl_ckpt_file(c, SDXL_PART_UNET)) {
+        sdxl_unet_opts uo;
+        sdxl_unet_opts_init(&uo);
+        uo.validate_only = 1;
+        sdxl_unet *u = NULL;
+        int st = sdxl_unet_load(NULL, c, &uo, &u, e);
+        if (st != SDXL_OK) return st;
+        nc->unet = *sdxl_unet_config(u);
+        nc->unet.heads_rule = NULL; /* points into u */
+        nc->has_unet = 1;
+        sdxl_unet_free(u);
+    }
+    if (sdxl_ckpt_file(c, SDXL_PART_VAE)) {
+        int st = sdxl_vae_validate(c, &nc->vae, e);
+        if (st != SDXL_OK) return st;
+        nc->has_vae = 1;
+    }
+    return SDXL_OK;
+}
+
+static void int_list(char *buf, size_t cap, const char *sep, const int64_t *v, int n) {
+    size_t o = 0;
+    buf[0] = 0;
+    for (int i = 0; i < n && o < cap; i++) o += (size_t)snprintf(buf + o, cap - o, "%s%" PRId64, i ? sep : "", v[i]);
+}
+
+static void print_configs(FILE *o, const net_configs *nc, int json) {
+    char a[160], b[160], h[160];
+    int64_t v[SDXL_UNET_MAX_LEVELS > SDXL_VAE_MAX_LEVELS ? SDXL_UNET_MAX_LEVELS : SDXL_VAE_MAX_LEVELS];
+    if (nc->has_unet) {
+        const sdxl_unet_cfg *u = &nc->unet;
+        int_list(a, sizeof a, json ? "," : "/", u->ch, u->levels);
+        for (int i = 0; i < u->levels; i++) v[i] = u->down_depth[i];
+        int_list(b, sizeof b, json ? "," : "/", v, u->levels);
+        for (int i = 0; i < u->levels; i++) v[i] = u->heads[i];
+        int_list(h, sizeof h, json ? "," : "/", v, u->levels);
+        if (json)
+            fprintf(o, "\"unet\":{\"kind\":\"%s\",\"levels\":%d,\"channels\":[%s],\"transformer_depth\":[%s],"
+                       "\"mid_depth\":%d,\"heads\":[%s],\"context_dim\":%" PRId64 ",\"add_embedding_in\":%" PRId64
+                       ",\"in_channels\":%" PRId64 ",\"out_channels\":%" PRId64 ",\"parameters\":%" PRId64 "}",
+                    u->is_refiner ? "refiner" : "base", u->levels, a, b, u->mid_depth, h, u->context_dim, u->adm_in,
+                    u->in_ch, u->out_ch, u->n_params);
+        else
+            fprintf(o,
+                    "unet: %s, %d levels, channels %s, transformer depth %s (mid %d), heads %s, context %" PRId64
+                    ", add-embedding in %" PRId64 ", in/out channels %" PRId64 "/%" PRId64 "%s\n",
+                    u->is_refiner ? "refiner" : "base", u->levels, a, b, u->mid_depth, h, u->context_dim, u->adm_in,
+                    u->in_ch, u->out_ch, u->in_ch == 9 ? " (inpainting)" : "");
+    }
+    if (nc->has_vae) {
+        const sdxl_vae_config *vc = &nc->vae;
+        for (int i = 0; i < vc->n_levels; i++) v[i] = vc->ch[i];
+        int_list(a, sizeof a, json ? "," : "/", v, vc->n_levels);
+        if (json)
+            fprintf(o, "%s\"vae\":{\"levels\":%d,\"channels\":[%s],\"latent_channels\":%d,\"scaling_factor\":%g,"
+                       "\"has_encoder\":%s,\"parameters\":%" PRId64 "}",
+                    nc->has_unet ? "," : "", vc->n_levels, a, vc->latent_channels, (double)vc->scaling_factor,
+                    vc->has_encoder ? "true" : "false",
+                    vc->n_params);
+        else
+            fprintf(o, "vae: %d levels, channels %s, latent channels %d, scaling factor %g%s\n", vc->n_levels, a,
+                    vc->latent_channels, (double)vc->scaling_factor, vc->has_encoder ? "" : ", decoder only");
+    }
+}
+
+static void print_ckpt(FILE *o, const sdxl_ckpt *c, const net_configs *nc, int json) {
     const sdxl_st_file *files[SDXL_PART_COUNT];
     size_t nf = 0;
     uint64_t total = 0;
@@ -137,6 +214,8 @@ static void print_ckpt(FILE *o, const sdxl_ckpt *c, int json) {
         first = 0;
     }
     if (json) {
+        fputs("},\"config\":{", o);
+        print_configs(o, nc, 1);
         fprintf(o, "},\"total_parameters\":%" PRIu64 ",\"other_tensors\":[", total);
         for (size_t i = 0; i < sdxl_ckpt_other_count(c); i++) {
             fputs(i ? "," : "", o);
@@ -151,6 +230,7 @@ static void print_ckpt(FILE *o, const sdxl_ckpt *c, int json) {
         return;
     }
     fprintf(o, "total parameters: %s\n", grouped(g, sizeof g, total));
+    print_configs(o, nc, 0);
     if (sdxl_ckpt_other_count(c)) {
         fprintf(o, "tensors outside every part (ignored): %zu\n", sdxl_ckpt_other_count(c));
         for (size_t i = 0; i < sdxl_ckpt_other_count(c); i++) fprintf(o, "  %s\n", sdxl_ckpt_other_at(c, i)->name);
@@ -241,9 +321,12 @@ int cmd_info(int argc, char **argv) {
     sdxl_ckpt *c = NULL;
     int st = sdxl_ckpt_open(path, &c, &e);
     if (st == SDXL_OK) {
-        print_ckpt(stdout, c, json);
+        net_configs nc;
+        st = detect_configs(c, &nc, &e);
+        if (st == SDXL_OK) print_ckpt(stdout, c, &nc, json);
+        else fprintf(stderr, "sdxl info: %s: %s\n", path, e.msg);
         sdxl_ckpt_close(c);
-        return 0;
+        return st == SDXL_OK ? 0 : 1;
     }
     struct stat sb;
     if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) {
