@@ -27,6 +27,25 @@
  *         sdxl_file_free(f);
  *     }
  *     sdxl_ctx_free(ctx);
+ *
+ * Generation (see docs/generate.md):
+ *
+ *     sdxl_model_params mp;
+ *     sdxl_model_params_init(&mp);
+ *     mp.base = "sd_xl_base_1.0.safetensors";
+ *     sdxl_model *m;
+ *     if (sdxl_model_load(ctx, &mp, &m) != SDXL_OK) fprintf(stderr, "%s\n", sdxl_errmsg(ctx));
+ *     sdxl_session *s;
+ *     sdxl_session_new(ctx, m, &s);
+ *     sdxl_gen_params g;
+ *     sdxl_gen_params_init(&g);
+ *     g.prompt = "a red fox in the snow";
+ *     g.seed = 42;
+ *     sdxl_result *r;
+ *     if (sdxl_generate(s, &g, &r) != SDXL_OK) fprintf(stderr, "%s\n", sdxl_session_errmsg(s));
+ *     else { const sdxl_image_out *im = sdxl_result_image(r, 0); ... sdxl_result_free(r); }
+ *     sdxl_session_free(s);
+ *     sdxl_model_free(m);
  */
 #ifndef SDXL_H
 #define SDXL_H
@@ -112,6 +131,144 @@ size_t sdxl_file_n_tensors(const sdxl_file *f);
 sdxl_status sdxl_file_tensor(const sdxl_file *f, size_t i, sdxl_tensor_info *out);
 size_t sdxl_file_n_metadata(const sdxl_file *f);
 sdxl_status sdxl_file_metadata(const sdxl_file *f, size_t i, const char **key, const char **value);
+
+/* ---- Generation ------------------------------------------------------------------------- */
+
+/* Frees a buffer the library returned (sdxl_gen_params_from_json's string storage...). */
+void sdxl_free(void *p);
+
+/* Loaded networks: base (text encoders, UNet, VAE), optional refiner, optional custom VAE.
+ * Immutable after load and shared by any number of sessions; the networks' forward state is
+ * not reentrant, so network calls of concurrent sessions take turns on a mutex in the model. */
+typedef struct sdxl_model sdxl_model;
+
+typedef struct sdxl_model_params {
+    const char *base;      /* single-file checkpoint or diffusers folder (required) */
+    const char *refiner;   /* refiner checkpoint or folder, or NULL */
+    const char *vae;       /* standalone VAE file replacing the base's, or NULL */
+    const char *precision; /* "f32", "bf16" or NULL/"auto" (bf16 where the CPU has avx512_bf16);
+                              the VAE always runs in f32 (SDXL's force_upcast) */
+    int head_dim;          /* > 0 forces the UNet head width; 0 = config.json / yaml / 64 */
+} sdxl_model_params;
+
+void sdxl_model_params_init(sdxl_model_params *p);
+sdxl_status sdxl_model_load(sdxl_ctx *ctx, const sdxl_model_params *p, sdxl_model **out);
+void sdxl_model_free(sdxl_model *m);
+/* "f32" or "bf16": the precision the networks were converted to. */
+const char *sdxl_model_precision(const sdxl_model *m);
+int sdxl_model_has_refiner(const sdxl_model *m);
+
+/* A request's working state: error text, cancellation flag. One request at a time per session. */
+typedef struct sdxl_session sdxl_session;
+
+sdxl_status sdxl_session_new(sdxl_ctx *ctx, sdxl_model *m, sdxl_session **out);
+void sdxl_session_free(sdxl_session *s);
+const char *sdxl_session_errmsg(const sdxl_session *s);
+/* Safe from any thread: the running sdxl_generate returns SDXL_ERR_CANCELLED before its next
+ * network call (within one UNet step). The flag is cleared when the next request starts. */
+void sdxl_session_cancel(sdxl_session *s);
+
+typedef enum sdxl_phase {
+    SDXL_PHASE_TEXT = 0,   /* text encoders */
+    SDXL_PHASE_ENCODE,     /* VAE encode of the init image */
+    SDXL_PHASE_BASE,       /* base UNet steps */
+    SDXL_PHASE_REFINER,    /* refiner UNet steps */
+    SDXL_PHASE_DECODE      /* VAE decode, one unit per image */
+} sdxl_phase;
+
+const char *sdxl_phase_name(sdxl_phase p); /* "text", "encode", "base", "refiner", "decode" */
+
+typedef struct sdxl_progress {
+    sdxl_phase phase;
+    int step, total;     /* steps done / to do in this phase for the current sub-batch */
+    int image, n_images; /* first image of the current sub-batch, images in the request */
+    double elapsed;      /* seconds since the request started */
+    double eta;          /* estimated seconds left for the whole request; < 0 unknown */
+} sdxl_progress;
+
+/* Called from the generating thread; returning nonzero cancels the request. */
+typedef int (*sdxl_progress_fn)(void *user, const sdxl_progress *p);
+
+/* One request. Strings are borrowed for the duration of sdxl_generate. 0 / NULL = default. */
+typedef struct sdxl_gen_params {
+    const char *prompt;            /* A1111 syntax: (emphasis:1.2), [less], BREAK */
+    const char *negative_prompt;   /* NULL = none: zero uncond on the base (force_zeros_for_empty_prompt) */
+    const char *prompt_2;          /* second (OpenCLIP) encoder's text; NULL = prompt */
+    const char *negative_prompt_2; /* NULL = negative_prompt */
+    int width, height;             /* multiples of 8; 0 = init image size, else 1024 */
+    int steps;                     /* default 30 */
+    float cfg_scale;               /* default 7; <= 1 disables classifier-free guidance */
+    float guidance_rescale;        /* 0..1, default 0 (diffusers rescale_noise_cfg) */
+    const char *sampler;           /* any dialect ("Euler", "DPM++ 2M Karras", "dpmpp_2m"...); default "Euler" */
+    const char *schedule;          /* "Automatic" (default), "Karras", "sgm_uniform"... */
+    int64_t seed;                  /* -1 (default) = random; image i uses seed + i */
+    const char *rng;               /* "torch" (default, CPU torch.randn), "philox" (A1111 NV), "fast" */
+    int batch_count;               /* default 1: images = batch_count * max(batch_size, 1) */
+    int batch_size;                /* 0 (default) = auto: planner picks the sub-batch; > 0: cap */
+    int original_width, original_height;       /* micro-conditioning; 0 = width/height */
+    int crop_left, crop_top;                   /* default 0 */
+    int target_width, target_height;           /* 0 = width/height */
+    int negative_original_width, negative_original_height; /* 0 = the positive values */
+    int negative_crop_left, negative_crop_top;             /* -1 = the positive values */
+    int negative_target_width, negative_target_height;     /* 0 = the positive values */
+    float refiner_switch;          /* fraction of the schedule run by the base when the model has a
+                                      refiner (diffusers denoising_end); default 0.8; 1 = no refiner */
+    float aesthetic_score;         /* refiner conditioning, default 6.0 */
+    float negative_aesthetic_score;/* default 2.5 */
+    const uint8_t *init_image;     /* RGB, rows packed, init_width x init_height; NULL = txt2img */
+    int init_width, init_height;
+    float strength;                /* img2img: 0 < strength <= 1, default 0.75 */
+    const uint8_t *mask;           /* one channel, init image size, 255 = repaint; NULL = no inpaint */
+    int mask_blur;                 /* Gaussian blur radius in pixels applied to the mask; default 4 */
+    int clip_skip;                 /* A1111 numbering: 0/1 = penultimate layer (SDXL default), k = k-th from the end */
+    int n_threads;                 /* 0 = the context's */
+    int max_batch;                 /* 0 = no limit; else an upper bound on UNet batch images */
+    sdxl_progress_fn progress;
+    void *progress_user;
+} sdxl_gen_params;
+
+void sdxl_gen_params_init(sdxl_gen_params *p);
+
+/* Checks every field (names the field and the rule) without running anything; m may be NULL
+ * (then model-dependent checks are skipped). Also run by sdxl_generate before any work. */
+sdxl_status sdxl_gen_params_check(sdxl_ctx *ctx, const sdxl_model *m, const sdxl_gen_params *p);
+
+/* Fills p (initialised first) from a request JSON object as written in sdxl_result_request_json
+ * (keys = the field names above). *storage receives the strings p points to: sdxl_free it after use.
+ * Images are not part of the JSON. */
+sdxl_status sdxl_gen_params_from_json(sdxl_ctx *ctx, const char *json, size_t len, sdxl_gen_params *p,
+                                      void **storage);
+
+typedef struct sdxl_image_out {
+    int width, height, channels; /* channels = 3 (RGB) */
+    const uint8_t *data;         /* rows packed; valid until sdxl_result_free */
+    int64_t seed;                /* the seed this image was made from */
+} sdxl_image_out;
+
+typedef struct sdxl_gen_stats {
+    double text_s, encode_s, base_s, refiner_s, decode_s, total_s; /* wall seconds per stage */
+    uint64_t peak_rss;           /* VmHWM after the request, bytes */
+    int n_images, sub_batch, n_sub_batches; /* the batch plan */
+    uint64_t plan_bytes;         /* estimated peak activation bytes of one sub-batch */
+    uint64_t plan_available;     /* memory the planner saw available */
+    int unet_calls;              /* UNet forwards made */
+} sdxl_gen_stats;
+
+typedef struct sdxl_result sdxl_result;
+
+int sdxl_result_count(const sdxl_result *r);
+const sdxl_image_out *sdxl_result_image(const sdxl_result *r, int i);
+/* A1111 "parameters" infotext and our JSON request of image i (NUL-terminated, owned by r). */
+const char *sdxl_result_infotext(const sdxl_result *r, int i);
+const char *sdxl_result_request_json(const sdxl_result *r, int i);
+const sdxl_gen_stats *sdxl_result_stats(const sdxl_result *r);
+/* The plan as one log line: "4 images: 2 sub-batches of 2 (UNet batch 4 with CFG), est 1.2 GiB of 10.0 GiB". */
+const char *sdxl_result_plan(const sdxl_result *r);
+void sdxl_result_free(sdxl_result *r);
+
+/* Validates, plans, then runs the request. On failure nothing is returned (*out NULL) and
+ * sdxl_session_errmsg names the field or file at fault. */
+sdxl_status sdxl_generate(sdxl_session *s, const sdxl_gen_params *p, sdxl_result **out);
 
 #ifdef __cplusplus
 }

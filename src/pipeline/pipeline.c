@@ -1,0 +1,957 @@
+/* Generation pipeline: prompts -> conditioning -> sampler loop around the CFG-batched UNet
+ * (base, then refiner) -> VAE decode -> RGB images with metadata. See pipeline.h. */
+#include "pipeline/pipeline.h"
+
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "base/cpu.h"
+#include "base/mem.h"
+#include "base/rng.h"
+#include "base/threads.h"
+#include "denoise/registry.h"
+#include "denoise/sampler.h"
+
+#define MAX_SIDE 8192 /* pixels per side accepted by default */
+#define MAX_IMAGES 4096
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void stem_of(const char *path, char *out, size_t cap) {
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/') n--;
+    size_t b = n;
+    while (b > 0 && path[b - 1] != '/') b--;
+    size_t len = n - b;
+    const char *dot = NULL;
+    for (size_t i = b; i < n; i++)
+        if (path[i] == '.') dot = path + i;
+    if (dot && dot > path + b) len = (size_t)(dot - (path + b));
+    if (len >= cap) len = cap - 1;
+    memcpy(out, path + b, len);
+    out[len] = 0;
+}
+
+/* ---- public defaults (sdxl.h), here so the pipeline layer stands alone in tests ---------- */
+
+void sdxl_model_params_init(sdxl_model_params *p) { memset(p, 0, sizeof *p); }
+
+const char *sdxl_phase_name(sdxl_phase p) {
+    static const char *const names[] = {"text", "encode", "base", "refiner", "decode"};
+    return (unsigned)p < sizeof names / sizeof names[0] ? names[p] : "?";
+}
+
+void sdxl_gen_params_init(sdxl_gen_params *p) {
+    memset(p, 0, sizeof *p);
+    p->steps = 30;
+    p->cfg_scale = 7.0f;
+    p->seed = -1;
+    p->batch_count = 1;
+    p->negative_crop_left = -1;
+    p->negative_crop_top = -1;
+    p->refiner_switch = 0.8f;
+    p->aesthetic_score = 6.0f;
+    p->negative_aesthetic_score = 2.5f;
+    p->strength = 0.75f;
+    p->mask_blur = 4;
+}
+
+/* ---- model ------------------------------------------------------------------------------- */
+
+void sdxl_pl_model_free(sdxl_pl_model *m) {
+    if (!m) return;
+    sdxl_unet_free(m->base_unet);
+    sdxl_unet_free(m->ref_unet);
+    sdxl_vae_free(m->vae);
+    sdxl_cond_model_free(&m->base_cond);
+    if (m->has_ref) sdxl_cond_model_free(&m->ref_cond);
+    sdxl_tokenizer_free(m->tok);
+    sdxl_ckpt_close(m->base_ck);
+    sdxl_ckpt_close(m->ref_ck);
+    sdxl_ckpt_close(m->vae_ck);
+    sdxl_compute_free(m->c);
+    sdxl_compute_free(m->c_vae);
+    pthread_mutex_destroy(&m->mu);
+    free(m);
+}
+
+static int parse_prec(const char *s, sdxl_prec *out, sdxl_err *e) {
+    if (!s || !*s || !strcmp(s, "auto")) {
+        sdxl_cpu cpu;
+        sdxl_cpu_detect(&cpu);
+        *out = cpu.avx512_bf16 ? SDXL_PREC_BF16 : SDXL_PREC_F32;
+        return SDXL_OK;
+    }
+    if (!strcmp(s, "f32") || !strcmp(s, "fp32")) *out = SDXL_PREC_F32;
+    else if (!strcmp(s, "bf16")) *out = SDXL_PREC_BF16;
+    else return sdxl_seterr(e, SDXL_ERR_ARG, "precision: must be \"f32\", \"bf16\" or \"auto\", got \"%s\"", s);
+    return SDXL_OK;
+}
+
+int sdxl_pl_model_load(const sdxl_model_params *p, const sdxl_logger *log, sdxl_pl_model **out, sdxl_err *e) {
+    *out = NULL;
+    if (!p || !p->base || !*p->base) return sdxl_seterr(e, SDXL_ERR_ARG, "base: a model path is required");
+    if (p->head_dim < 0) return sdxl_seterr(e, SDXL_ERR_ARG, "head_dim: must be >= 0, got %d", p->head_dim);
+    sdxl_prec prec = SDXL_PREC_F32;
+    int st = parse_prec(p->precision, &prec, e);
+    if (st) return st;
+    sdxl_pl_model *m = calloc(1, sizeof *m);
+    if (!m) return sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory");
+    pthread_mutex_init(&m->mu, NULL);
+    m->prec = prec;
+    double t0 = now_s();
+    sdxl_unet_opts uo;
+    sdxl_unet_opts_init(&uo);
+    uo.head_dim = p->head_dim;
+    uo.log = log;
+    if ((st = sdxl_compute_new(prec, &m->c, e)) || (st = sdxl_compute_new(SDXL_PREC_F32, &m->c_vae, e))) goto fail;
+    if ((st = sdxl_tokenizer_new(&m->tok, e))) goto fail;
+    if ((st = sdxl_ckpt_open(p->base, &m->base_ck, e))) goto fail;
+    if ((st = sdxl_cond_model_load(m->c, m->base_ck, &m->base_cond, e))) {
+        sdxl_err_prefix(e, "base %s", p->base);
+        goto fail;
+    }
+    if (!m->base_cond.te1) {
+        st = sdxl_seterr(e, SDXL_ERR_FORMAT, "base %s: has no first text encoder (a refiner checkpoint?)", p->base);
+        goto fail;
+    }
+    if ((st = sdxl_unet_load(m->c, m->base_ck, &uo, &m->base_unet, e))) {
+        sdxl_err_prefix(e, "base %s", p->base);
+        goto fail;
+    }
+    m->force_zeros = 1;
+    if (sdxl_ckpt_model_index(m->base_ck))
+        m->force_zeros = sdxl_json_bool(sdxl_ckpt_model_index(m->base_ck), "force_zeros_for_empty_prompt", 1);
+    stem_of(p->base, m->base_name, sizeof m->base_name);
+    const sdxl_ckpt *vck = m->base_ck;
+    if (p->vae && *p->vae) {
+        if ((st = sdxl_ckpt_open(p->vae, &m->vae_ck, e))) goto fail;
+        vck = m->vae_ck;
+    }
+    if ((st = sdxl_vae_load(vck, m->c_vae, &m->vae, e))) {
+        sdxl_err_prefix(e, "vae %s", sdxl_ckpt_path(vck));
+        goto fail;
+    }
+    if (p->refiner && *p->refiner) {
+        if ((st = sdxl_ckpt_open(p->refiner, &m->ref_ck, e))) goto fail;
+        if ((st = sdxl_cond_model_load(m->c, m->ref_ck, &m->ref_cond, e))) {
+            sdxl_err_prefix(e, "refiner %s", p->refiner);
+            goto fail;
+        }
+        m->has_ref = 1;
+        if ((st = sdxl_unet_load(m->c, m->ref_ck, &uo, &m->ref_unet, e))) {
+            sdxl_err_prefix(e, "refiner %s", p->refiner);
+            goto fail;
+        }
+        stem_of(p->refiner, m->ref_name, sizeof m->ref_name);
+    }
+    SDXL_INFO(log, "model loaded in %.2f s (%s)%s", now_s() - t0, prec == SDXL_PREC_BF16 ? "bf16" : "f32",
+              m->has_ref ? " with refiner" : "");
+    *out = m;
+    return SDXL_OK;
+fail:
+    sdxl_pl_model_free(m);
+    return st;
+}
+
+/* ---- validation ------------------------------------------------------------------------- */
+
+/* The request with every default filled in. */
+typedef struct req {
+    sdxl_gen_params p;
+    int W, H, h, w;
+    sdxl_sampler_config sc;
+    sdxl_rng_kind rng;
+    int n_images;
+    int refine;        /* refiner stage runs */
+    int stochastic;
+} req;
+
+static int resolve(const sdxl_pl_model *m, const sdxl_gen_params *in, req *r, sdxl_err *e) {
+    memset(r, 0, sizeof *r);
+    r->p = *in;
+    sdxl_gen_params *p = &r->p;
+    if (!p->prompt) p->prompt = "";
+    if (p->init_image) {
+        if (p->init_width <= 0 || p->init_height <= 0 || p->init_width > MAX_SIDE || p->init_height > MAX_SIDE)
+            return sdxl_seterr(e, SDXL_ERR_ARG, "init_image: size %dx%d must be 1..%d a side", p->init_width,
+                               p->init_height, MAX_SIDE);
+        if (!p->width) p->width = p->init_width;
+        if (!p->height) p->height = p->init_height;
+    } else if (p->mask) {
+        return sdxl_seterr(e, SDXL_ERR_ARG, "mask: inpainting needs an init image");
+    }
+    if (!p->width) p->width = 1024;
+    if (!p->height) p->height = 1024;
+    if (p->width < 8 || p->width > MAX_SIDE || p->width % 8)
+        return sdxl_seterr(e, SDXL_ERR_ARG, "width: must be a multiple of 8 in 8..%d, got %d", MAX_SIDE, p->width);
+    if (p->height < 8 || p->height > MAX_SIDE || p->height % 8)
+        return sdxl_seterr(e, SDXL_ERR_ARG, "height: must be a multiple of 8 in 8..%d, got %d", MAX_SIDE, p->height);
+    if (p->init_image && (p->init_width != p->width || p->init_height != p->height))
+        return sdxl_seterr(e, SDXL_ERR_ARG,
+                           "init_image: is %dx%d but the request is %dx%d (resize the image or leave width/height 0)",
+                           p->init_width, p->init_height, p->width, p->height);
+    if (p->steps < 0 || p->steps > SDXL_MAX_STEPS)
+        return sdxl_seterr(e, SDXL_ERR_ARG, "steps: must be 1..%d, got %d", SDXL_MAX_STEPS, p->steps);
+    if (p->steps == 0) return sdxl_seterr(e, SDXL_ERR_ARG, "steps: must be 1..%d, got 0", SDXL_MAX_STEPS);
+    if (!isfinite(p->cfg_scale) || p->cfg_scale < 0 || p->cfg_scale > 100)
+        return sdxl_seterr(e, SDXL_ERR_ARG, "cfg_scale: must be in 0..100, got %g", p->cfg_scale);
+    if (!isfinite(p->guidance_rescale) || p->guidance_rescale < 0 || p->guidance_rescale > 1)
+        return sdxl_seterr(e, SDXL_ERR_ARG, "guidance_rescale: must be in 0..1, got %g", p->guidance_rescale);
+    if (p->seed < -1 || p->seed > 0xffffffffLL)
+        return sdxl_seterr(e, SDXL_ERR_ARG, "seed: must be -1 (random) or 0..4294967295, got %lld", (long long)p->seed);
+    int rk = sdxl_rng_kind_parse(p->rng && *p->rng ? p->rng : "torch");
+    if (rk < 0) return sdxl_seterr(e, SDXL_ERR_ARG, "rng: unknown generator \"%s\" (torch, philox, fast)", p->rng);
+    r->rng = (sdxl_rng_kind)rk;
+    if (p->batch_count < 1 || p->batch_count > MAX_IMAGES)
+        return sdxl_seterr(e, SDXL_ERR_ARG, "batch_count: must be 1..%d, got %d", MAX_IMAGES, p->batch_count);
+    if (p->batch_size < 0 || p->batch_size > 64)
+        return sdxl_seterr(e, SDXL_ERR_ARG, "batch_size: must be 0 (auto) or 1..64, got %d", p->batch_size);
+    if (p->max_batch < 0) return sdxl_seterr(e, SDXL_ERR_ARG, "max_batch: must be >= 0, got %d", p->max_batch);
+    r->n_images = p->batch_count * (p->batch_size > 0 ? p->batch_size : 1);
+    if (r->n_images > MAX_IMAGES)
+        return sdxl_seterr(e, SDXL_ERR_ARG, "batch_count x batch_size: at most %d images, got %d", MAX_IMAGES,
+                           r->n_images);
+    const struct { const char *name; int v, lo; } sizes[] = {
+        {"original_width", p->original_width, 0}, {"original_height", p->original_height, 0},
+        {"target_width", p->target_width, 0}, {"target_height", p->target_height, 0},
+        {"crop_left", p->crop_left, 0}, {"crop_top", p->crop_top, 0},
+        {"negative_original_width", p->negative_original_width, 0},
+        {"negative_original_height", p->negative_original_height, 0},
+        {"negative_target_width", p->negative_target_width, 0}, {"negative_target_height", p->negative_target_height, 0},
+        {"negative_crop_left", p->negative_crop_left, -1}, {"negative_crop_top", p->negative_crop_top, -1},
+    };
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+        if (sizes[i].v < sizes[i].lo || sizes[i].v > 65536)
+            return sdxl_seterr(e, SDXL_ERR_ARG, "%s: must be %d..65536, got %d", sizes[i].name, sizes[i].lo,
+                               sizes[i].v);
+    if (!isfinite(p->refiner_switch) || p->refiner_switch <= 0 || p->refiner_switch > 1)
+        return sdxl_seterr(e, SDXL_ERR_ARG, "refiner_switch: must be in (0, 1], got %g", p->refiner_switch);
+    if (!isfinite(p->aesthetic_score) || !isfinite(p->negative_aesthetic_score))
+        return sdxl_seterr(e, SDXL_ERR_ARG, "aesthetic_score: must be finite");
+    if (!isfinite(p->strength) || p->strength <= 0 || p->strength > 1)
+        return sdxl_seterr(e, SDXL_ERR_ARG, "strength: must be in (0, 1], got %g", p->strength);
+    if (p->mask_blur < 0 || p->mask_blur > 256)
+        return sdxl_seterr(e, SDXL_ERR_ARG, "mask_blur: must be 0..256, got %d", p->mask_blur);
+    if (p->clip_skip < 0 || p->clip_skip > 64)
+        return sdxl_seterr(e, SDXL_ERR_ARG, "clip_skip: must be 0..64, got %d", p->clip_skip);
+    if (p->n_threads < 0 || p->n_threads > 4096)
+        return sdxl_seterr(e, SDXL_ERR_ARG, "n_threads: must be 0..4096, got %d", p->n_threads);
+    sdxl_sched_choice ch;
+    int st = sdxl_sched_resolve(p->sampler && *p->sampler ? p->sampler : "Euler", p->schedule, &ch, e);
+    if (st) return st; /* the registry's message names the field and lists the closest names */
+    const sdxl_sampler_traits *tr = sdxl_sampler_traits_get(ch.sampler);
+    if (tr && !tr->implemented)
+        return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "sampler: %s is not implemented in this build", tr->name);
+    sdxl_sampler_config_init(&r->sc);
+    r->sc.sampler = ch.sampler;
+    r->sc.schedule = ch.schedule;
+    r->sc.diffusers_karras = ch.diffusers_karras;
+    if (ch.eta >= 0) {
+        /* A dialect's eta is DDIM's eta for DDIM and the ancestral noise amount elsewhere. */
+        if (ch.sampler == SDXL_SAMPLER_DDIM)
+            r->sc.eta = ch.eta;
+        else
+            r->sc.ancestral_eta = ch.eta;
+    }
+    r->sc.steps = p->steps;
+    if ((st = sdxl_sampler_config_check(&r->sc, e))) return sdxl_err_prefix(e, "sampler");
+    r->stochastic = sdxl_sampler_config_draws_noise(&r->sc);
+    r->W = p->width;
+    r->H = p->height;
+    r->h = p->height / 8;
+    r->w = p->width / 8;
+    if (m) {
+        r->refine = m->has_ref && p->refiner_switch < 1;
+        if (p->mask) {
+            const sdxl_unet_cfg *uc = sdxl_unet_config(m->base_unet);
+            if (uc->in_ch != 4 && uc->in_ch != 9)
+                return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "mask: the base UNet has %lld input channels (4 or 9)",
+                                   (long long)uc->in_ch);
+        }
+        if (sdxl_unet_config(m->base_unet)->in_ch == 9 && !p->mask)
+            return sdxl_seterr(e, SDXL_ERR_ARG, "mask: this is an inpainting model (9 input channels); give a mask");
+    }
+    return SDXL_OK;
+}
+
+int sdxl_pl_check(const sdxl_pl_model *m, const sdxl_gen_params *p, sdxl_err *e) {
+    req r;
+    if (!p) return sdxl_seterr(e, SDXL_ERR_ARG, "params: required");
+    return resolve(m, p, &r, e);
+}
+
+/* ---- one stage (base or refiner) ----------------------------------------------------------- */
+
+typedef struct stage {
+    sdxl_pl_model *m;
+    sdxl_unet *unet;
+    const req *r;
+    int idx; /* 0 base, 1 refiner */
+    int cfg; /* classifier-free guidance on */
+    int B;   /* images in this sub-batch */
+    size_t n_per;
+    int64_t T, Wc, P, K;           /* tokens, context width, pooled, time ids */
+    float *ctx, *pooled, *tids;    /* CFG batch [uncond x B; cond x B] (or cond x B) */
+    float *xin, *out, *tt;         /* UNet input/output/timesteps */
+    /* inpainting: 9-channel UNet extra input and masked blending for 4-channel UNets */
+    const float *mask_lat;         /* [h*w] latent mask, 1 = repaint */
+    const float *masked_lat;       /* [B, 4, h, w] latents of the masked image (9-channel) */
+    const float *init_clean;       /* [B, 4, h, w] clean init latents (blending) */
+    const float *blend_noise;      /* [B, 4, h, w] add_noise noise (blending) */
+    float *blend_tmp;
+    sdxl_sampler *sampler;
+    int calls;       /* UNet calls of this stage object (the trace's call index) */
+    int *calls_total;
+    const volatile int *cancel;
+    const sdxl_pl_trace *trace;
+    /* progress */
+    sdxl_progress_fn progress;
+    void *progress_user;
+    int image0;
+    double t_start, *t_steps0;
+    int *steps_done, steps_total;
+} stage;
+
+static void stage_free(stage *s) {
+    free(s->ctx);
+    free(s->pooled);
+    free(s->tids);
+    free(s->xin);
+    free(s->out);
+    free(s->tt);
+    free(s->blend_tmp);
+    sdxl_sampler_free(s->sampler);
+    memset(s, 0, sizeof *s);
+}
+
+static void time_ids(const req *r, int refiner, int K, float *neg, float *pos) {
+    const sdxl_gen_params *p = &r->p;
+    float oh = (float)(p->original_height ? p->original_height : r->H);
+    float ow = (float)(p->original_width ? p->original_width : r->W);
+    float th = (float)(p->target_height ? p->target_height : r->H);
+    float tw = (float)(p->target_width ? p->target_width : r->W);
+    float ct = (float)p->crop_top, cl = (float)p->crop_left;
+    float noh = p->negative_original_height ? (float)p->negative_original_height : oh;
+    float now_ = p->negative_original_width ? (float)p->negative_original_width : ow;
+    float nth = p->negative_target_height ? (float)p->negative_target_height : th;
+    float ntw = p->negative_target_width ? (float)p->negative_target_width : tw;
+    float nct = p->negative_crop_top >= 0 ? (float)p->negative_crop_top : ct;
+    float ncl = p->negative_crop_left >= 0 ? (float)p->negative_crop_left : cl;
+    float a[6] = {oh, ow, ct, cl, th, tw}, b[6] = {noh, now_, nct, ncl, nth, ntw};
+    if (refiner || K == 5) {
+        a[4] = p->aesthetic_score;
+        b[4] = p->negative_aesthetic_score;
+    }
+    for (int i = 0; i < K; i++) {
+        pos[i] = i < 6 ? a[i] : 0;
+        neg[i] = i < 6 ? b[i] : 0;
+    }
+}
+
+/* Conditioning of a stage for the whole request (the same for every image). */
+static int encode_stage(sdxl_pl_model *m, const req *r, int refiner, sdxl_cond *cd, float *tid, int *K,
+                        const volatile int *cancel, sdxl_err *e) {
+    const sdxl_gen_params *p = &r->p;
+    sdxl_cond_params cp;
+    sdxl_cond_params_init(&cp);
+    cp.prompt = p->prompt;
+    cp.negative = p->negative_prompt;
+    if (!refiner) {
+        cp.prompt_2 = p->prompt_2;
+        cp.negative_2 = p->negative_prompt_2;
+        cp.force_zeros = m->force_zeros;
+    }
+    /* diffusers' refiner zips [prompt, prompt_2] with its one tokenizer: TE2 reads `prompt` */
+    cp.clip_skip = p->clip_skip ? p->clip_skip : 1;
+    if (cancel && *cancel) return sdxl_seterr(e, SDXL_ERR_CANCELLED, "cancelled");
+    pthread_mutex_lock(&m->mu);
+    int st = sdxl_cond_encode(m->c, refiner ? &m->ref_cond : &m->base_cond, m->tok, &cp, cd, e);
+    pthread_mutex_unlock(&m->mu);
+    if (st) return sdxl_err_prefix(e, refiner ? "refiner prompt" : "prompt");
+    const sdxl_unet_cfg *uc = sdxl_unet_config(refiner ? m->ref_unet : m->base_unet);
+    if (cd->width != uc->context_dim || (uc->adm_in - cd->pooled_dim) % uc->time_id_dim ||
+        uc->adm_in <= cd->pooled_dim) {
+        sdxl_cond_free(cd);
+        return sdxl_seterr(e, SDXL_ERR_FORMAT,
+                           "%s: text encoder widths (context %lld, pooled %lld) do not fit the UNet (context %lld, "
+                           "add-embedding %lld)",
+                           refiner ? "refiner" : "base", (long long)cd->width, (long long)cd->pooled_dim,
+                           (long long)uc->context_dim, (long long)uc->adm_in);
+    }
+    *K = (int)((uc->adm_in - cd->pooled_dim) / uc->time_id_dim);
+    if (*K > 8) {
+        sdxl_cond_free(cd);
+        return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "unet: %d micro-conditioning values (5 or 6 expected)", *K);
+    }
+    time_ids(r, refiner, *K, tid, tid + *K);
+    return SDXL_OK;
+}
+
+static void *xmalloc(size_t n, size_t sz) {
+    if (n && sz > SIZE_MAX / n) return NULL;
+    return malloc(n && sz ? n * sz : 1);
+}
+
+static int stage_init(stage *s, sdxl_pl_model *m, const req *r, int idx, const sdxl_cond *cd, const float *tid, int K,
+                      int B, sdxl_err *e) {
+    memset(s, 0, sizeof *s);
+    s->m = m;
+    s->r = r;
+    s->idx = idx;
+    s->unet = idx ? m->ref_unet : m->base_unet;
+    s->cfg = r->p.cfg_scale > 1.0f;
+    s->B = B;
+    s->n_per = (size_t)4 * (size_t)r->h * (size_t)r->w;
+    s->T = cd->n_tokens;
+    s->Wc = cd->width;
+    s->P = cd->pooled_dim;
+    s->K = K;
+    int64_t rows = s->cfg ? 2 * B : B;
+    int64_t in_ch = sdxl_unet_config(s->unet)->in_ch;
+    s->ctx = xmalloc((size_t)(rows * s->T), (size_t)s->Wc * sizeof(float));
+    s->pooled = xmalloc((size_t)rows, (size_t)s->P * sizeof(float));
+    s->tids = xmalloc((size_t)rows, (size_t)K * sizeof(float));
+    s->xin = xmalloc((size_t)rows, (size_t)in_ch * (size_t)r->h * (size_t)r->w * sizeof(float));
+    s->out = xmalloc((size_t)rows, s->n_per * sizeof(float));
+    s->tt = xmalloc((size_t)rows, sizeof(float));
+    s->blend_tmp = xmalloc((size_t)B, s->n_per * sizeof(float));
+    if (!s->ctx || !s->pooled || !s->tids || !s->xin || !s->out || !s->tt || !s->blend_tmp) {
+        stage_free(s);
+        return sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory for a UNet batch of %lld", (long long)rows);
+    }
+    size_t cs = (size_t)(s->T * s->Wc);
+    for (int64_t i = 0; i < rows; i++) {
+        int which = s->cfg ? (i >= B) : 1; /* 0 uncond, 1 cond */
+        memcpy(s->ctx + i * cs, cd->context + which * cs, cs * sizeof(float));
+        memcpy(s->pooled + i * s->P, cd->pooled + which * s->P, (size_t)s->P * sizeof(float));
+        memcpy(s->tids + i * K, tid + which * K, (size_t)K * sizeof(float));
+    }
+    sdxl_sampler_config sc = r->sc;
+    int st = sdxl_sampler_new(&sc, (size_t)B * s->n_per, &s->sampler, e);
+    if (st) {
+        stage_free(s);
+        return sdxl_err_prefix(e, "sampler");
+    }
+    return SDXL_OK;
+}
+
+/* diffusers rescale_noise_cfg per image: std over the image's values (unbiased, as torch.std). */
+static void rescale_cfg(float *cfg, const float *text, size_t n, float phi) {
+    double mc = 0, mt = 0, vc = 0, vt = 0;
+    for (size_t i = 0; i < n; i++) {
+        mc += cfg[i];
+        mt += text[i];
+    }
+    mc /= (double)n;
+    mt /= (double)n;
+    for (size_t i = 0; i < n; i++) {
+        vc += (cfg[i] - mc) * (cfg[i] - mc);
+        vt += (text[i] - mt) * (text[i] - mt);
+    }
+    double sc = sqrt(vc / (double)(n > 1 ? n - 1 : 1)), stx = sqrt(vt / (double)(n > 1 ? n - 1 : 1));
+    float f = sc > 0 ? (float)(stx / sc) : 1.0f;
+    for (size_t i = 0; i < n; i++) {
+        float rs = cfg[i] * f;
+        cfg[i] = phi * rs + (1.0f - phi) * cfg[i];
+    }
+}
+
+static int model_cb(void *user, const float *x_in, size_t n, double t, double sigma, float *eps, sdxl_err *e) {
+    (void)sigma;
+    stage *s = user;
+    const req *r = s->r;
+    int B = s->B;
+    int rows = s->cfg ? 2 * B : B;
+    size_t hw = (size_t)r->h * (size_t)r->w;
+    int64_t in_ch = sdxl_unet_config(s->unet)->in_ch;
+    if (s->cancel && *s->cancel) return sdxl_seterr(e, SDXL_ERR_CANCELLED, "cancelled");
+    for (int i = 0; i < rows; i++) {
+        const float *src = x_in + (size_t)(i % B) * s->n_per;
+        float *dst = s->xin + (size_t)i * (size_t)in_ch * hw;
+        memcpy(dst, src, s->n_per * sizeof(float));
+        if (in_ch == 9) {
+            memcpy(dst + 4 * hw, s->mask_lat, hw * sizeof(float));
+            memcpy(dst + 5 * hw, s->masked_lat + (size_t)(i % B) * s->n_per, s->n_per * sizeof(float));
+        }
+        s->tt[i] = (float)t;
+    }
+    sdxl_unet_in in = {.batch = rows, .h = r->h, .w = r->w, .x = s->xin, .t = s->tt, .context = s->ctx,
+                       .ctx_len = s->T, .pooled = s->pooled, .pooled_dim = s->P, .time_ids = s->tids,
+                       .n_time_ids = s->K};
+    pthread_mutex_lock(&s->m->mu);
+    int st = sdxl_unet_forward(s->unet, &in, s->out, e);
+    pthread_mutex_unlock(&s->m->mu);
+    if (st) return st;
+    if (s->trace && s->trace->unet) s->trace->unet(s->trace->user, s->idx, s->calls, t, s->xin, s->out, rows, s->n_per);
+    s->calls++;
+    (*s->calls_total)++;
+    if (!s->cfg) {
+        memcpy(eps, s->out, n * sizeof(float));
+        return SDXL_OK;
+    }
+    const float g = r->p.cfg_scale;
+    const float *u = s->out, *c = s->out + n;
+    for (size_t i = 0; i < n; i++) eps[i] = u[i] + g * (c[i] - u[i]);
+    if (r->p.guidance_rescale > 0)
+        for (int b = 0; b < B; b++)
+            rescale_cfg(eps + (size_t)b * s->n_per, c + (size_t)b * s->n_per, s->n_per, r->p.guidance_rescale);
+    return SDXL_OK;
+}
+
+static int step_cb(void *user, int step, int total, double sigma, const float *x, size_t n) {
+    (void)sigma;
+    stage *s = user;
+    /* masked blending (standard UNet inpainting): keep the init image outside the mask, noised
+     * to the level the next step starts from (diffusers StableDiffusionXLInpaintPipeline) */
+    if (s->init_clean && sdxl_unet_config(s->unet)->in_ch == 4) {
+        float *xx = (float *)x;
+        size_t hw = (size_t)s->r->h * (size_t)s->r->w;
+        const float *ref = s->init_clean;
+        if (step + 1 < total) {
+            sdxl_sampler_add_noise(s->sampler, step + 1, s->init_clean, s->blend_noise, s->blend_tmp);
+            ref = s->blend_tmp;
+        }
+        for (size_t i = 0; i < n; i++) {
+            float mk = s->mask_lat[i % hw];
+            xx[i] = (1.0f - mk) * ref[i] + mk * xx[i];
+        }
+    }
+    if (s->trace && s->trace->step) s->trace->step(s->trace->user, s->idx, step, x, n);
+    (*s->steps_done)++;
+    if (s->progress) {
+        double t = now_s();
+        double per = (t - *s->t_steps0) / (double)*s->steps_done;
+        sdxl_progress pr = {.phase = s->idx ? SDXL_PHASE_REFINER : SDXL_PHASE_BASE, .step = step + 1,
+                            .total = total, .image = s->image0, .n_images = s->r->n_images,
+                            .elapsed = t - s->t_start, .eta = per * (double)(s->steps_total - *s->steps_done)};
+        if (s->progress(s->progress_user, &pr)) return 1;
+    }
+    return 0;
+}
+
+static int stage_run(stage *s, float *x, sdxl_rng *rng, int start, int end, sdxl_err *e) {
+    sdxl_sampler_run_opts o = {.model = model_cb, .model_user = s, .on_step = step_cb, .step_user = s,
+                               .cancel = s->cancel, .rng = rng, .start_step = start, .end_step = end};
+    return sdxl_sampler_run(s->sampler, x, &o, e);
+}
+
+/* Request-wide state the stages share: cancellation, trace, progress counters, the latent mask. */
+static void stage_bind(stage *sb, stage *sr, const req *r, const volatile int *cancel, const sdxl_pl_trace *tr,
+                       double t0, double *t_steps0, int *steps_done, int steps_total, const float *mask_lat,
+                       int *calls_total) {
+    stage *stages[2] = {sb, sr};
+    for (int k = 0; k < 2; k++) {
+        stage *s = stages[k];
+        s->cancel = cancel;
+        s->trace = tr;
+        s->progress = r->p.progress;
+        s->progress_user = r->p.progress_user;
+        s->t_start = t0;
+        s->t_steps0 = t_steps0;
+        s->steps_done = steps_done;
+        s->steps_total = steps_total;
+        s->mask_lat = mask_lat;
+        s->calls_total = calls_total;
+    }
+}
+
+/* ---- helpers ------------------------------------------------------------------------------ */
+
+static uint64_t random_seed(void) {
+    uint32_t v = 0;
+    int fd = open("/dev/urandom", O_RDONLY);
+    if (fd >= 0) {
+        if (read(fd, &v, sizeof v) != (ssize_t)sizeof v) v = 0;
+        close(fd);
+    }
+    if (!v) v = (uint32_t)time(NULL) ^ (uint32_t)getpid();
+    return v % 4294967294u;
+}
+
+/* NCHW [B, C, h, w] <-> NHWC. */
+static void nchw_to_nhwc(const float *x, float *y, int64_t B, int64_t C, int64_t hw) {
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t i = 0; i < hw; i++) y[(b * hw + i) * C + c] = x[(b * C + c) * hw + i];
+}
+
+/* Separable Gaussian blur (sigma = radius / 2, cut at the radius) of a float mask. */
+static int blur_mask(float *m, int W, int H, int radius, sdxl_err *e) {
+    if (radius <= 0) return SDXL_OK;
+    float *k = malloc(sizeof(float) * (size_t)(2 * radius + 1));
+    float *tmp = xmalloc((size_t)W * (size_t)H, sizeof(float));
+    if (!k || !tmp) {
+        free(k);
+        free(tmp);
+        return sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory blurring the mask");
+    }
+    double sg = radius / 2.0, sum = 0;
+    for (int i = -radius; i <= radius; i++) sum += k[i + radius] = (float)exp(-0.5 * i * i / (sg * sg));
+    for (int i = 0; i <= 2 * radius; i++) k[i] = (float)(k[i] / sum);
+    for (int y = 0; y < H; y++)
+        for (int x = 0; x < W; x++) {
+            float a = 0;
+            for (int i = -radius; i <= radius; i++) {
+                int xx = x + i < 0 ? 0 : x + i >= W ? W - 1 : x + i;
+                a += k[i + radius] * m[(size_t)y * W + xx];
+            }
+            tmp[(size_t)y * W + x] = a;
+        }
+    for (int y = 0; y < H; y++)
+        for (int x = 0; x < W; x++) {
+            float a = 0;
+            for (int i = -radius; i <= radius; i++) {
+                int yy = y + i < 0 ? 0 : y + i >= H ? H - 1 : y + i;
+                a += k[i + radius] * tmp[(size_t)yy * W + x];
+            }
+            m[(size_t)y * W + x] = a;
+        }
+    free(k);
+    free(tmp);
+    return SDXL_OK;
+}
+
+/* ---- planner glue ------------------------------------------------------------------------ */
+
+typedef struct est_ctx {
+    sdxl_pl_model *m;
+    const req *r;
+    int64_t T, T_ref;
+} est_ctx;
+
+static int estimate(void *user, int b, uint64_t *bytes, sdxl_err *e) {
+    est_ctx *x = user;
+    const req *r = x->r;
+    int rows = r->p.cfg_scale > 1.0f ? 2 * b : b;
+    size_t ub = 0, rb = 0;
+    pthread_mutex_lock(&x->m->mu);
+    int st = sdxl_unet_estimate(x->m->base_unet, rows, r->h, r->w, x->T, &ub, e);
+    if (!st && r->refine) st = sdxl_unet_estimate(x->m->ref_unet, rows, r->h, r->w, x->T_ref, &rb, e);
+    pthread_mutex_unlock(&x->m->mu);
+    if (st) return st;
+    sdxl_vae_run run;
+    sdxl_vae_run_init(&run);
+    uint64_t vb = sdxl_vae_decode_bytes(sdxl_vae_get_config(x->m->vae), b, r->h, r->w, SDXL_PREC_F32, &run);
+    /* sampler buffers (about 8 latent copies), CFG batch inputs and the decoded images */
+    uint64_t lat = (uint64_t)b * 4 * (uint64_t)r->h * (uint64_t)r->w * sizeof(float);
+    uint64_t img = (uint64_t)b * 3 * (uint64_t)r->H * (uint64_t)r->W * (sizeof(float) + 1);
+    uint64_t unet = ub > rb ? ub : rb;
+    *bytes = (unet > vb ? unet : vb) + 12 * lat + img;
+    return SDXL_OK;
+}
+
+/* ---- generate ---------------------------------------------------------------------------- */
+
+void sdxl_pl_result_free(sdxl_pl_result *r) {
+    if (!r) return;
+    for (int i = 0; i < r->n; i++) {
+        free(r->img[i].rgb);
+        free(r->img[i].infotext);
+        free(r->img[i].request);
+    }
+    free(r->img);
+    memset(r, 0, sizeof *r);
+}
+
+static int report(const req *r, sdxl_phase ph, int step, int total, int image0, double t0) {
+    if (!r->p.progress) return 0;
+    sdxl_progress pr = {.phase = ph, .step = step, .total = total, .image = image0, .n_images = r->n_images,
+                        .elapsed = now_s() - t0, .eta = -1};
+    return r->p.progress(r->p.progress_user, &pr);
+}
+
+int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile int *cancel, const sdxl_pl_trace *tr,
+                     const sdxl_logger *log, sdxl_pl_result *out, sdxl_err *e) {
+    memset(out, 0, sizeof *out);
+    req r;
+    int st = resolve(m, p, &r, e);
+    if (st) return st;
+    double t0 = now_s();
+    if (r.p.n_threads > 0) sdxl_threads_set(r.p.n_threads);
+    if (r.p.seed < 0) r.p.seed = (int64_t)random_seed();
+    const sdxl_vae_config *vc = sdxl_vae_get_config(m->vae);
+    const size_t hw = (size_t)r.h * (size_t)r.w, n_per = 4 * hw;
+
+    /* schedule: which steps each stage runs */
+    sdxl_sampler *probe = NULL;
+    if ((st = sdxl_sampler_new(&r.sc, 1, &probe, e))) return sdxl_err_prefix(e, "sampler");
+    int base_start = 0, base_end = r.p.steps, ref_start = r.p.steps;
+    if (r.p.init_image) base_start = sdxl_sampler_start_for_strength(probe, r.p.strength);
+    if (r.refine) {
+        base_end = sdxl_sampler_end_for_fraction(probe, r.p.refiner_switch);
+        ref_start = sdxl_sampler_start_for_fraction(probe, r.p.refiner_switch);
+        if (ref_start < base_start) ref_start = base_start;
+        if (ref_start >= r.p.steps) r.refine = 0;
+    }
+    if (!r.refine) base_end = r.p.steps;
+    sdxl_sampler_free(probe);
+    int base_steps = base_end > base_start ? base_end - base_start : 0;
+    int ref_steps = r.refine ? r.p.steps - ref_start : 0;
+    if (base_steps == 0 && ref_steps == 0)
+        return sdxl_seterr(e, SDXL_ERR_ARG, "strength: %g leaves no step of %d to run", r.p.strength, r.p.steps);
+
+    /* text */
+    sdxl_cond cb = {0}, crf = {0};
+    float tid_b[16], tid_r[16];
+    int Kb = 0, Kr = 0;
+    double ts = now_s();
+    if (report(&r, SDXL_PHASE_TEXT, 0, 1 + r.refine, 0, t0)) return sdxl_seterr(e, SDXL_ERR_CANCELLED, "cancelled");
+    if ((st = encode_stage(m, &r, 0, &cb, tid_b, &Kb, cancel, e))) return st;
+    if (r.refine && (st = encode_stage(m, &r, 1, &crf, tid_r, &Kr, cancel, e))) {
+        sdxl_cond_free(&cb);
+        return st;
+    }
+    if (tr && tr->cond) {
+        tr->cond(tr->user, 0, &cb, tid_b, Kb);
+        if (r.refine) tr->cond(tr->user, 1, &crf, tid_r, Kr);
+    }
+    out->st.text_s = now_s() - ts;
+
+    /* plan */
+    sdxl_mem_stats ms;
+    sdxl_mem_query(&ms);
+    uint64_t avail = ms.available ? ms.available : (uint64_t)8 << 30;
+    avail = avail > ((uint64_t)512 << 20) ? avail - avail / 10 : avail / 2; /* keep a 10% margin */
+    int cap = r.p.batch_size > 0 ? r.p.batch_size : r.n_images;
+    if (r.p.max_batch > 0 && cap > r.p.max_batch) cap = r.p.max_batch;
+    if (r.stochastic) cap = 1; /* the sampler's noise stream is per image: batching would change pixels */
+    est_ctx ec = {m, &r, cb.n_tokens, r.refine ? crf.n_tokens : 0};
+    sdxl_pl_plan plan;
+    if ((st = sdxl_pl_plan_make(r.n_images, cap, avail, estimate, &ec, &plan, e))) goto done_cond;
+    sdxl_pl_plan_describe(&plan, r.p.cfg_scale > 1.0f, out->plan, sizeof out->plan);
+    SDXL_INFO(log, "plan: %s", out->plan);
+    out->st.n_images = plan.n_images;
+    out->st.sub_batch = plan.sub_batch;
+    out->st.n_sub_batches = plan.n_sub;
+    out->st.plan_bytes = plan.bytes;
+    out->st.plan_available = plan.available;
+
+    out->img = calloc((size_t)r.n_images, sizeof *out->img);
+    if (!out->img) {
+        st = sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory");
+        goto done_cond;
+    }
+
+    /* img2img / inpaint: posterior moments of the init image, once */
+    float *mean = NULL, *logvar = NULL, *mask_lat = NULL, *masked_mean = NULL;
+    int B = plan.sub_batch;
+    float *x = xmalloc((size_t)B, n_per * sizeof(float));
+    float *clean = xmalloc((size_t)B, n_per * sizeof(float));
+    float *bnoise = xmalloc((size_t)B, n_per * sizeof(float));
+    float *masked = xmalloc((size_t)B, n_per * sizeof(float));
+    float *lat_nhwc = xmalloc((size_t)B, n_per * sizeof(float));
+    float *img = xmalloc((size_t)B * 3, (size_t)r.H * (size_t)r.W * sizeof(float));
+    sdxl_rng *rngs = xmalloc((size_t)B, sizeof(sdxl_rng));
+    stage sb = {0}, sr = {0};
+    if (!x || !clean || !bnoise || !masked || !lat_nhwc || !img || !rngs) {
+        st = sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory for a sub-batch of %d", B);
+        goto done;
+    }
+    if (r.p.init_image) {
+        double te = now_s();
+        if (report(&r, SDXL_PHASE_ENCODE, 0, 1, 0, t0)) {
+            st = sdxl_seterr(e, SDXL_ERR_CANCELLED, "cancelled");
+            goto done;
+        }
+        size_t npx = (size_t)r.H * (size_t)r.W;
+        float *fim = xmalloc(npx, 3 * sizeof(float));
+        mean = xmalloc(hw, 4 * sizeof(float));
+        logvar = xmalloc(hw, 4 * sizeof(float));
+        if (!fim || !mean || !logvar) {
+            free(fim);
+            st = sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory for the init image");
+            goto done;
+        }
+        for (size_t i = 0; i < 3 * npx; i++) {
+            float v = (float)r.p.init_image[i] / 255.0f;
+            fim[i] = 2.0f * v - 1.0f;
+        }
+        if (r.p.mask) {
+            float *mk = xmalloc(npx, sizeof(float));
+            mask_lat = xmalloc(hw, sizeof(float));
+            masked_mean = xmalloc(hw, 4 * sizeof(float));
+            if (!mk || !mask_lat || !masked_mean) {
+                free(mk);
+                free(fim);
+                st = sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory for the mask");
+                goto done;
+            }
+            for (size_t i = 0; i < npx; i++) mk[i] = (float)r.p.mask[i] / 255.0f;
+            if ((st = blur_mask(mk, r.W, r.H, r.p.mask_blur, e))) {
+                free(mk);
+                free(fim);
+                goto done;
+            }
+            for (int y = 0; y < r.h; y++)
+                for (int xx = 0; xx < r.w; xx++) mask_lat[(size_t)y * r.w + xx] = mk[(size_t)(8 * y) * r.W + 8 * xx];
+            if (sdxl_unet_config(m->base_unet)->in_ch == 9) {
+                /* the inpainting UNet sees the image with the repainted area blanked (mask >= 0.5) */
+                float *mim = xmalloc(npx, 3 * sizeof(float));
+                if (!mim) {
+                    free(mk);
+                    free(fim);
+                    st = sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory for the masked image");
+                    goto done;
+                }
+                for (size_t i = 0; i < npx; i++)
+                    for (int c = 0; c < 3; c++) mim[i * 3 + c] = mk[i] < 0.5f ? fim[i * 3 + c] : 0.0f;
+                pthread_mutex_lock(&m->mu);
+                st = sdxl_vae_encode(m->vae, mim, 1, r.H, r.W, NULL, NULL, masked_mean, NULL, NULL, e);
+                pthread_mutex_unlock(&m->mu);
+                free(mim);
+                if (st) {
+                    free(mk);
+                    free(fim);
+                    sdxl_err_prefix(e, "mask");
+                    goto done;
+                }
+            }
+            free(mk);
+        }
+        pthread_mutex_lock(&m->mu);
+        st = sdxl_vae_encode(m->vae, fim, 1, r.H, r.W, NULL, NULL, mean, logvar, NULL, e);
+        pthread_mutex_unlock(&m->mu);
+        free(fim);
+        if (st) {
+            sdxl_err_prefix(e, "init_image");
+            goto done;
+        }
+        out->st.encode_s = now_s() - te;
+    }
+
+    int steps_done = 0, steps_total = plan.n_sub * (base_steps + ref_steps);
+    double t_steps0 = now_s();
+    if ((st = stage_init(&sb, m, &r, 0, &cb, tid_b, Kb, B, e))) goto done;
+    if (r.refine && (st = stage_init(&sr, m, &r, 1, &crf, tid_r, Kr, B, e))) goto done;
+    stage_bind(&sb, &sr, &r, cancel, tr, t0, &t_steps0, &steps_done, steps_total, mask_lat, &out->st.unet_calls);
+    float sf = vc->scaling_factor;
+    for (int b0 = 0; b0 < r.n_images; b0 += B) {
+        int nb = r.n_images - b0 < B ? r.n_images - b0 : B;
+        if (nb < B) { /* last, smaller sub-batch: stages sized for nb */
+            stage_free(&sb);
+            stage_free(&sr);
+            B = nb;
+            if ((st = stage_init(&sb, m, &r, 0, &cb, tid_b, Kb, B, e))) goto done;
+            if (r.refine && (st = stage_init(&sr, m, &r, 1, &crf, tid_r, Kr, B, e))) goto done;
+            stage_bind(&sb, &sr, &r, cancel, tr, t0, &t_steps0, &steps_done, steps_total, mask_lat,
+                       &out->st.unet_calls);
+        }
+        sb.image0 = sr.image0 = b0;
+        /* each image's own generator: initial noise, or posterior sample then add_noise noise */
+        for (int i = 0; i < B; i++) {
+            sdxl_rng_init(&rngs[i], r.rng, (uint64_t)(r.p.seed + b0 + i));
+            float *xi = x + (size_t)i * n_per;
+            if (!r.p.init_image) {
+                sdxl_rng_randn(&rngs[i], xi, n_per);
+                float s0 = sdxl_sampler_init_noise_sigma(sb.sampler);
+                for (size_t j = 0; j < n_per; j++) xi[j] *= s0;
+                continue;
+            }
+            float *ci = clean + (size_t)i * n_per, *ni = bnoise + (size_t)i * n_per;
+            sdxl_rng_randn(&rngs[i], ni, n_per); /* posterior sample noise, NCHW order */
+            for (int c = 0; c < 4; c++)
+                for (size_t q = 0; q < hw; q++) {
+                    float mu = mean[q * 4 + c], lv = logvar[q * 4 + c];
+                    ci[c * hw + q] = sf * (mu + expf(0.5f * lv) * ni[c * hw + q]);
+                }
+            if (masked_mean)
+                for (int c = 0; c < 4; c++)
+                    for (size_t q = 0; q < hw; q++) masked[(size_t)i * n_per + c * hw + q] = sf * masked_mean[q * 4 + c];
+            sdxl_rng_randn(&rngs[i], ni, n_per); /* add_noise noise */
+            int k0 = base_steps ? base_start : ref_start;
+            sdxl_sampler_add_noise(sb.sampler, k0, ci, ni, xi);
+            if (tr && tr->img2img) tr->img2img(tr->user, b0 + i, ci, ni, xi, n_per);
+        }
+        sb.init_clean = sr.init_clean = (r.p.mask && sdxl_unet_config(m->base_unet)->in_ch == 4) ? clean : NULL;
+        sb.blend_noise = sr.blend_noise = bnoise;
+        sb.masked_lat = masked;
+        /* ancestral noise continues image 0's generator when a sub-batch holds one image */
+        sdxl_rng *srng = B == 1 ? &rngs[0] : NULL;
+        if (base_steps) {
+            double tb = now_s();
+            if (tr && tr->init)
+                for (int i = 0; i < B; i++) tr->init(tr->user, 0, b0 + i, x + (size_t)i * n_per, n_per);
+            st = stage_run(&sb, x, srng, base_start, base_end, e);
+            out->st.base_s += now_s() - tb;
+            if (st) goto done;
+        }
+        if (r.refine) {
+            double trf = now_s();
+            if (tr && tr->init)
+                for (int i = 0; i < B; i++) tr->init(tr->user, 1, b0 + i, x + (size_t)i * n_per, n_per);
+            st = stage_run(&sr, x, srng, ref_start, r.p.steps, e);
+            out->st.refiner_s += now_s() - trf;
+            if (st) goto done;
+        }
+        /* decode */
+        double td = now_s();
+        if (report(&r, SDXL_PHASE_DECODE, 0, B, b0, t0) || (cancel && *cancel)) {
+            st = sdxl_seterr(e, SDXL_ERR_CANCELLED, "cancelled before decoding");
+            goto done;
+        }
+        nchw_to_nhwc(x, lat_nhwc, B, 4, (int64_t)hw);
+        pthread_mutex_lock(&m->mu);
+        st = sdxl_vae_decode(m->vae, lat_nhwc, B, r.h, r.w, img, NULL, e);
+        pthread_mutex_unlock(&m->mu);
+        if (st) {
+            sdxl_err_prefix(e, "vae decode");
+            goto done;
+        }
+        size_t npx3 = (size_t)r.H * (size_t)r.W * 3;
+        for (int i = 0; i < B; i++) {
+            sdxl_pl_image *im = &out->img[b0 + i];
+            im->rgb = malloc(npx3);
+            if (!im->rgb) {
+                st = sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory for image %d", b0 + i);
+                goto done;
+            }
+            sdxl_vae_to_uint8(img + (size_t)i * npx3, im->rgb, npx3);
+            im->width = r.W;
+            im->height = r.H;
+            im->seed = r.p.seed + b0 + i;
+            if ((st = sdxl_pl_infotext(m, &r.p, r.W, r.H, im->seed, &im->infotext, e)) ||
+                (st = sdxl_pl_request_json(m, &r.p, r.W, r.H, im->seed, &im->request, e)))
+                goto done;
+            out->n = b0 + i + 1;
+        }
+        out->st.decode_s += now_s() - td;
+        if (report(&r, SDXL_PHASE_DECODE, B, B, b0, t0)) {
+            st = sdxl_seterr(e, SDXL_ERR_CANCELLED, "cancelled");
+            goto done;
+        }
+    }
+done:
+    if (st == SDXL_OK) {
+        out->st.total_s = now_s() - t0;
+        sdxl_mem_query(&ms);
+        out->st.peak_rss = ms.peak_rss;
+    }
+    stage_free(&sb);
+    stage_free(&sr);
+    free(x);
+    free(clean);
+    free(bnoise);
+    free(masked);
+    free(lat_nhwc);
+    free(img);
+    free(rngs);
+    free(mean);
+    free(logvar);
+    free(mask_lat);
+    free(masked_mean);
+done_cond:
+    sdxl_cond_free(&cb);
+    sdxl_cond_free(&crf);
+    if (st) sdxl_pl_result_free(out);
+    return st;
+}

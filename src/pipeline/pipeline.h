@@ -1,0 +1,115 @@
+/* Generation pipeline: txt2img, img2img, inpaint and base -> refiner, with diffusers 0.26.3
+ * semantics (CFG batch [uncond; cond], force_zeros_for_empty_prompt, denoising_end/start hand-off,
+ * img2img start step and noising). The public API in sdxl.h is a thin layer over this file.
+ *
+ * Batching never changes pixels: image i of a request is made from its own generator seeded with
+ * seed + i, so it equals the same image generated alone; sub-batches only batch the UNet and VAE
+ * calls (stochastic samplers run one image per sub-batch, see planner). */
+#ifndef SDXL_PIPELINE_PIPELINE_H
+#define SDXL_PIPELINE_PIPELINE_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/err.h"
+#include "base/log.h"
+#include "decode/vae.h"
+#include "denoise/unet.h"
+#include "io/checkpoint.h"
+#include "tensor/ops.h"
+#include "text/conditioning.h"
+#include "text/tokenizer.h"
+
+/* One loaded model set. Immutable after load except for the networks' internal workspaces,
+ * which is why every network call holds mu. */
+typedef struct sdxl_pl_model {
+    sdxl_prec prec;
+    sdxl_compute *c;     /* text encoders and UNets, in prec */
+    sdxl_compute *c_vae; /* the VAE always runs in f32 (force_upcast) */
+    sdxl_ckpt *base_ck, *ref_ck, *vae_ck;
+    sdxl_cond_model base_cond, ref_cond;
+    int has_ref;
+    sdxl_unet *base_unet, *ref_unet;
+    sdxl_vae *vae;
+    sdxl_tokenizer *tok;
+    int force_zeros;      /* base pipeline's force_zeros_for_empty_prompt (model_index.json, else 1) */
+    char base_name[256];  /* file stem, for the metadata "Model" */
+    char ref_name[256];
+    pthread_mutex_t mu;
+} sdxl_pl_model;
+
+int sdxl_pl_model_load(const sdxl_model_params *p, const sdxl_logger *log, sdxl_pl_model **out, sdxl_err *e);
+void sdxl_pl_model_free(sdxl_pl_model *m);
+
+/* Observation hooks for the golden tests; every member may be NULL. stage: 0 base, 1 refiner. */
+typedef struct sdxl_pl_trace {
+    void *user;
+    /* Conditioning of a stage: context [2, T, W] (uncond, cond), pooled [2, P], time_ids [2, k]. */
+    void (*cond)(void *user, int stage, const sdxl_cond *cd, const float *time_ids, int n_time_ids);
+    /* img2img: clean latents 0.13025 * posterior sample, the add_noise noise, the noised start (NCHW, one image). */
+    void (*img2img)(void *user, int image, const float *clean, const float *noise, const float *noised, size_t n);
+    /* Initial latents of image `image` as the sampler starts them (NCHW, one image). */
+    void (*init)(void *user, int stage, int image, const float *x, size_t n);
+    /* Every UNet call: CFG batch input and raw output [batch, 4, h, w]. */
+    void (*unet)(void *user, int stage, int call, double t, const float *x_in, const float *out, int64_t batch,
+                 size_t n_per);
+    /* Latents of the sub-batch after step `step` (NCHW, n floats = images x 4 x h x w). */
+    void (*step)(void *user, int stage, int step, const float *x, size_t n);
+} sdxl_pl_trace;
+
+typedef struct sdxl_pl_image {
+    int width, height;
+    uint8_t *rgb;
+    int64_t seed;
+    char *infotext; /* A1111 parameters */
+    char *request;  /* JSON request (sdxl_gen_params_from_json reads it back) */
+} sdxl_pl_image;
+
+typedef struct sdxl_pl_result {
+    int n;
+    sdxl_pl_image *img;
+    sdxl_gen_stats st;
+    char plan[256];
+} sdxl_pl_result;
+
+void sdxl_pl_result_free(sdxl_pl_result *r);
+
+/* Field-named validation; m may be NULL (model-dependent rules skipped). */
+int sdxl_pl_check(const sdxl_pl_model *m, const sdxl_gen_params *p, sdxl_err *e);
+
+/* Runs a request. cancel (may be NULL) is polled before every network call. */
+int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile int *cancel, const sdxl_pl_trace *tr,
+                     const sdxl_logger *log, sdxl_pl_result *out, sdxl_err *e);
+
+/* ---- batch planner (planner.c) ----------------------------------------------------------- */
+
+typedef struct sdxl_pl_plan {
+    int n_images;
+    int sub_batch;        /* images per UNet/VAE call group */
+    int n_sub;            /* ceil(n_images / sub_batch) */
+    uint64_t bytes;       /* estimated peak activation bytes at sub_batch */
+    uint64_t available;   /* budget the plan was made against */
+    int memory_bound;     /* 1 when memory, not the cap, limited sub_batch */
+} sdxl_pl_plan;
+
+/* Estimated peak bytes of one sub-batch of b images. */
+typedef int (*sdxl_pl_estimate_fn)(void *user, int b, uint64_t *bytes, sdxl_err *e);
+
+/* Largest sub-batch b <= cap (cap <= 0: n_images) whose estimate fits available; at least 1
+ * (a single image is attempted even when its estimate does not fit; the caller logs that). */
+int sdxl_pl_plan_make(int n_images, int cap, uint64_t available, sdxl_pl_estimate_fn est, void *user,
+                      sdxl_pl_plan *out, sdxl_err *e);
+void sdxl_pl_plan_describe(const sdxl_pl_plan *p, int cfg, char *buf, size_t cap);
+
+/* ---- metadata (meta.c) --------------------------------------------------------------------- */
+
+/* A1111 infotext and JSON request of one image of a resolved request. */
+int sdxl_pl_infotext(const sdxl_pl_model *m, const sdxl_gen_params *p, int width, int height, int64_t seed,
+                     char **out, sdxl_err *e);
+int sdxl_pl_request_json(const sdxl_pl_model *m, const sdxl_gen_params *p, int width, int height, int64_t seed,
+                         char **out, sdxl_err *e);
+/* Reads a request JSON object into p (initialised first); strings go to one malloc'd block *storage. */
+int sdxl_pl_params_from_json(const char *json, size_t len, sdxl_gen_params *p, void **storage, sdxl_err *e);
+
+#endif
