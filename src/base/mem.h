@@ -15,7 +15,7 @@ typedef struct sdxl_mem_stats {
     uint64_t available;     /* min(MemAvailable, cgroup_limit - cgroup_usage): what we may still allocate */
 } sdxl_mem_stats;
 
-/* Reads /proc and the cgroup files under `root` ("" for the real system; tests pass a fake tree). */
+/* Reads /proc and the cgroup files under `root` ("" for the real system; tests pass a synthetic tree). */
 void sdxl_mem_query_at(const char *root, sdxl_mem_stats *out);
 void sdxl_mem_query(sdxl_mem_stats *out);
 

@@ -865,17 +865,13 @@ static void finish_moments(const sdxl_vae_config *cfg, const float *mom, int64_t
 /* ---- tiling ------------------------------------------------------------------------------- */
 
 /* Tile starts along one axis of length len: tiles of t with overlap o, the last one flush with
- * the end so every tile has full size. Returns the count (<= cap). */
-static int tile_starts(int64_t len, int64_t t, int64_t o, int64_t *starts, int cap) {
-    if (len <= t) {
-        starts[0] = 0;
-        return 1;
-    }
+ * the end so every tile has full size. Returns the count; starts may be NULL to only count. */
+static int tile_starts(int64_t len, int64_t t, int64_t o, int64_t *starts) {
     int64_t stride = t - o;
     int k = 0;
     for (int64_t s = 0;; s += stride) {
-        if (s + t >= len) s = len - t;
-        if (k < cap) starts[k] = s;
+        if (s + t >= len) s = len > t ? len - t : 0;
+        if (starts) starts[k] = s;
         k++;
         if (s + t >= len) break;
     }
@@ -906,14 +902,13 @@ static int plan_tiles(const sdxl_vae_run *run, int64_t h, int64_t w, tile_plan *
     p->th = h < t ? h : t;
     p->tw = w < t ? w : t;
     p->o = o;
-    int64_t cy[1], cx[1];
-    p->ny = tile_starts(h, p->th, o, cy, 0);
-    p->nx = tile_starts(w, p->tw, o, cx, 0);
+    p->ny = tile_starts(h, p->th, o, NULL);
+    p->nx = tile_starts(w, p->tw, o, NULL);
     p->ys = malloc(sizeof(int64_t) * (size_t)(p->ny + p->nx));
     if (!p->ys) return sdxl_seterr(e, SDXL_ERR_NOMEM, "vae tiling: out of memory");
     p->xs = p->ys + p->ny;
-    tile_starts(h, p->th, o, p->ys, p->ny);
-    tile_starts(w, p->tw, o, p->xs, p->nx);
+    tile_starts(h, p->th, o, p->ys);
+    tile_starts(w, p->tw, o, p->xs);
     return SDXL_OK;
 }
 

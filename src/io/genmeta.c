@@ -3,6 +3,7 @@
  * pattern  \s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)  scanned left to right, skipping
  * a byte wherever no pair starts, exactly as Python's re.findall does. */
 #include "io/genmeta.h"
+#include "io/strbuf.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -14,67 +15,8 @@
 
 /* ---- growable string ---------------------------------------------------------------------- */
 
-typedef struct sbuf {
-    char *p;
-    size_t n, cap;
-    int oom;
-} sbuf;
-
-static void sb_reserve(sbuf *b, size_t more) {
-    if (b->oom) return;
-    if (more > SIZE_MAX / 2 - b->n) {
-        b->oom = 1;
-        return;
-    }
-    size_t need = b->n + more + 1;
-    if (need <= b->cap) return;
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < need) cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (!p) {
-        b->oom = 1;
-        return;
-    }
-    b->p = p;
-    b->cap = cap;
-}
-
-static void sb_add(sbuf *b, const char *s, size_t len) {
-    sb_reserve(b, len);
-    if (b->oom) return;
-    memcpy(b->p + b->n, s, len);
-    b->n += len;
-    b->p[b->n] = 0;
-}
-
-static void sb_str(sbuf *b, const char *s) { sb_add(b, s, strlen(s)); }
-
-static void sb_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_printf(sbuf *b, const char *fmt, ...) {
-    char tmp[128];
-    va_list ap;
-    va_start(ap, fmt);
-    int k = vsnprintf(tmp, sizeof tmp, fmt, ap);
-    va_end(ap);
-    if (k < 0 || (size_t)k >= sizeof tmp) {
-        b->oom = 1;
-        return;
-    }
-    sb_add(b, tmp, (size_t)k);
-}
-
-/* Appends s as a JSON string literal (UTF-8 kept, as json.dumps(ensure_ascii=False)). */
-static void sb_json(sbuf *b, const char *s) {
-    size_t len = strlen(s);
-    size_t need = sdxl_json_escape(NULL, 0, s, len);
-    sb_reserve(b, need);
-    if (b->oom) return;
-    sdxl_json_escape(b->p + b->n, need + 1, s, len);
-    b->n += need;
-}
-
-static int sb_finish(sbuf *b, char **out, sdxl_err *e) {
-    if (!b->oom && !b->p) sb_add(b, "", 0);
+static int sb_finish(sdxl_strbuf *b, char **out, sdxl_err *e) {
+    if (!b->oom && !b->p) sdxl_sb_put(b, "", 0);
     if (b->oom) {
         free(b->p);
         *out = NULL;
@@ -294,15 +236,15 @@ static int needs_quote(const char *v) {
     return 0;
 }
 
-static void put_pair(sbuf *b, int *first, const char *key, const char *value) {
-    if (!*first) sb_str(b, ", ");
+static void put_pair(sdxl_strbuf *b, int *first, const char *key, const char *value) {
+    if (!*first) sdxl_sb_str(b, ", ");
     *first = 0;
-    sb_str(b, key);
-    sb_str(b, ": ");
+    sdxl_sb_str(b, key);
+    sdxl_sb_str(b, ": ");
     if (needs_quote(value))
-        sb_json(b, value);
+        sdxl_sb_json(b, value);
     else
-        sb_str(b, value);
+        sdxl_sb_str(b, value);
 }
 
 int sdxl_genmeta_format(const sdxl_genmeta *m, char **out, sdxl_err *e) {
@@ -313,13 +255,13 @@ int sdxl_genmeta_format(const sdxl_genmeta *m, char **out, sdxl_err *e) {
             return sdxl_seterr(e, SDXL_ERR_ARG, "generation metadata: extra[%zu] key \"%s\" cannot be written", i,
                                m->extra[i].key);
     }
-    sbuf b = {0};
-    if (m->prompt) sb_str(&b, m->prompt);
+    sdxl_strbuf b = {0};
+    if (m->prompt) sdxl_sb_str(&b, m->prompt);
     if (m->negative_prompt && m->negative_prompt[0]) {
-        sb_str(&b, "\nNegative prompt: ");
-        sb_str(&b, m->negative_prompt);
+        sdxl_sb_str(&b, "\nNegative prompt: ");
+        sdxl_sb_str(&b, m->negative_prompt);
     }
-    sbuf p = {0};
+    sdxl_strbuf p = {0};
     int first = 1;
     char num[64];
     if (m->steps > 0) snprintf(num, sizeof num, "%d", m->steps), put_pair(&p, &first, KNOWN[K_STEPS], num);
@@ -340,8 +282,8 @@ int sdxl_genmeta_format(const sdxl_genmeta *m, char **out, sdxl_err *e) {
     for (size_t i = 0; i < m->n_extra; i++) put_pair(&p, &first, m->extra[i].key, m->extra[i].value);
     if (p.oom) b.oom = 1;
     if (p.n) {
-        sb_str(&b, "\n");
-        sb_add(&b, p.p, p.n);
+        sdxl_sb_str(&b, "\n");
+        sdxl_sb_put(&b, p.p, p.n);
     }
     free(p.p);
     /* A1111 strips the whole text: an empty prompt does not leave a leading newline. */
@@ -544,12 +486,12 @@ static char *utf8_sanitize(const char *s, size_t n, size_t *out_n, int *oom) {
     size_t i = 0;
     while (i < n && utf8_len(u + i, n - i)) i += utf8_len(u + i, n - i);
     if (i == n) return NULL;
-    sbuf b = {0};
-    sb_add(&b, s, i);
+    sdxl_strbuf b = {0};
+    sdxl_sb_put(&b, s, i);
     while (i < n) {
         size_t k = utf8_len(u + i, n - i);
-        if (k) sb_add(&b, s + i, k), i += k;
-        else sb_add(&b, "\xef\xbf\xbd", 3), i++;
+        if (k) sdxl_sb_put(&b, s + i, k), i += k;
+        else sdxl_sb_put(&b, "\xef\xbf\xbd", 3), i++;
     }
     if (b.oom) {
         free(b.p);
@@ -561,9 +503,9 @@ static char *utf8_sanitize(const char *s, size_t n, size_t *out_n, int *oom) {
 }
 
 /* Appends one trimmed prompt line the way A1111 joins them. */
-static void join_line(sbuf *b, const char *s, size_t n) {
-    if (b->n) sb_add(b, "\n", 1);
-    sb_add(b, s, n);
+static void join_line(sdxl_strbuf *b, const char *s, size_t n) {
+    if (b->n) sdxl_sb_put(b, "\n", 1);
+    sdxl_sb_put(b, s, n);
 }
 
 int sdxl_genmeta_parse(const char *text, size_t len, sdxl_genmeta *out, sdxl_err *e) {
@@ -594,7 +536,7 @@ int sdxl_genmeta_parse(const char *text, size_t len, sdxl_genmeta *out, sdxl_err
         body = (size_t)(last - s);
     else
         last = NULL;
-    sbuf pb = {0}, nb = {0};
+    sdxl_strbuf pb = {0}, nb = {0};
     int neg = 0;
     size_t pos = 0;
     while (pos < body) {
@@ -637,54 +579,54 @@ int sdxl_genmeta_parse(const char *text, size_t len, sdxl_genmeta *out, sdxl_err
 
 /* ---- JSON --------------------------------------------------------------------------------- */
 
-static void json_key(sbuf *b, int *first, const char *k) {
-    sb_str(b, *first ? "{" : ",");
+static void json_key(sdxl_strbuf *b, int *first, const char *k) {
+    sdxl_sb_str(b, *first ? "{" : ",");
     *first = 0;
-    sb_json(b, k);
-    sb_str(b, ":");
+    sdxl_sb_json(b, k);
+    sdxl_sb_str(b, ":");
 }
 
-static void json_strf(sbuf *b, int *first, const char *k, const char *v) {
+static void json_strf(sdxl_strbuf *b, int *first, const char *k, const char *v) {
     if (!v) return;
     json_key(b, first, k);
-    sb_json(b, v);
+    sdxl_sb_json(b, v);
 }
 
-static void json_num(sbuf *b, int *first, const char *k, double v) {
+static void json_num(sdxl_strbuf *b, int *first, const char *k, double v) {
     if (!isfinite(v)) return;
     char num[64];
     fmt_double(num, sizeof num, v);
     json_key(b, first, k);
-    sb_str(b, num);
+    sdxl_sb_str(b, num);
 }
 
 int sdxl_genmeta_to_json(const sdxl_genmeta *m, char **out, sdxl_err *e) {
-    sbuf b = {0};
+    sdxl_strbuf b = {0};
     int first = 1;
     json_strf(&b, &first, "prompt", m->prompt);
     json_strf(&b, &first, "negative_prompt", m->negative_prompt);
-    if (m->steps > 0) json_key(&b, &first, "steps"), sb_printf(&b, "%d", m->steps);
+    if (m->steps > 0) json_key(&b, &first, "steps"), sdxl_sb_printf(&b, "%d", m->steps);
     json_strf(&b, &first, "sampler", m->sampler);
     json_strf(&b, &first, "schedule", m->schedule);
     json_num(&b, &first, "cfg_scale", m->cfg_scale);
-    if (m->seed >= 0) json_key(&b, &first, "seed"), sb_printf(&b, "%lld", (long long)m->seed);
+    if (m->seed >= 0) json_key(&b, &first, "seed"), sdxl_sb_printf(&b, "%lld", (long long)m->seed);
     if (m->width > 0 && m->height > 0) {
-        json_key(&b, &first, "width"), sb_printf(&b, "%d", m->width);
-        json_key(&b, &first, "height"), sb_printf(&b, "%d", m->height);
+        json_key(&b, &first, "width"), sdxl_sb_printf(&b, "%d", m->width);
+        json_key(&b, &first, "height"), sdxl_sb_printf(&b, "%d", m->height);
     }
     json_strf(&b, &first, "model", m->model);
     json_strf(&b, &first, "model_hash", m->model_hash);
     json_num(&b, &first, "denoising_strength", m->denoising_strength);
-    if (m->clip_skip > 0) json_key(&b, &first, "clip_skip"), sb_printf(&b, "%d", m->clip_skip);
+    if (m->clip_skip > 0) json_key(&b, &first, "clip_skip"), sdxl_sb_printf(&b, "%d", m->clip_skip);
     json_strf(&b, &first, "refiner", m->refiner);
     json_num(&b, &first, "refiner_switch", m->refiner_switch);
     if (m->n_extra) {
         json_key(&b, &first, "extra");
         int f2 = 1;
         for (size_t i = 0; i < m->n_extra; i++) json_strf(&b, &f2, m->extra[i].key, m->extra[i].value);
-        sb_str(&b, "}");
+        sdxl_sb_str(&b, "}");
     }
-    sb_str(&b, first ? "{}" : "}");
+    sdxl_sb_str(&b, first ? "{}" : "}");
     return sb_finish(&b, out, e);
 }
 

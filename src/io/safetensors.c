@@ -1,6 +1,7 @@
 /* safetensors reader (validate everything, then expose a read-only mapping) and writer.
  * Format: u64 little-endian header length N, N bytes of JSON, then the data region. */
 #include "io/safetensors.h"
+#include "io/strbuf.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -638,44 +639,6 @@ int sdxl_st_writer_meta(sdxl_st_writer *w, const char *key, const char *value, s
     return SDXL_OK;
 }
 
-typedef struct sbuf {
-    char *p;
-    size_t n, cap;
-    int oom;
-} sbuf;
-
-static void sb_put(sbuf *b, const char *s, size_t n) {
-    if (b->oom) return;
-    if (b->cap - b->n < n + 1) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap - b->n < n + 1) cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = 1;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = 0;
-}
-
-static void sb_str(sbuf *b, const char *s) { sb_put(b, s, strlen(s)); }
-
-static void sb_json(sbuf *b, const char *s) {
-    size_t len = strlen(s), need = sdxl_json_escape(NULL, 0, s, len);
-    char small[256], *tmp = need < sizeof small ? small : malloc(need + 1);
-    if (!tmp) {
-        b->oom = 1;
-        return;
-    }
-    sdxl_json_escape(tmp, need + 1, s, len);
-    sb_put(b, tmp, need);
-    if (tmp != small) free(tmp);
-}
-
 static int cmp_str_ptr(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 static int write_all(int fd, const void *buf, uint64_t n) {
@@ -707,36 +670,36 @@ int sdxl_st_writer_finish(sdxl_st_writer *w, const char *path, sdxl_err *e) {
             }
         free(names);
     }
-    sbuf b = {0};
+    sdxl_strbuf b = {0};
     char num[160];
-    sb_str(&b, "{");
+    sdxl_sb_str(&b, "{");
     if (w->nm) {
-        sb_str(&b, "\"__metadata__\":{");
+        sdxl_sb_str(&b, "\"__metadata__\":{");
         for (size_t i = 0; i < w->nm; i++) {
-            if (i) sb_str(&b, ",");
-            sb_json(&b, w->mk[i]);
-            sb_str(&b, ":");
-            sb_json(&b, w->mv[i]);
+            if (i) sdxl_sb_str(&b, ",");
+            sdxl_sb_json(&b, w->mk[i]);
+            sdxl_sb_str(&b, ":");
+            sdxl_sb_json(&b, w->mv[i]);
         }
-        sb_str(&b, "}");
+        sdxl_sb_str(&b, "}");
     }
     uint64_t at = 0;
     for (size_t i = 0; i < w->n; i++) {
         const wentry *t = &w->t[i];
-        if (i || w->nm) sb_str(&b, ",");
-        sb_json(&b, t->name);
-        sb_str(&b, ":{\"dtype\":\"");
-        sb_str(&b, DTYPES[t->dtype].name);
-        sb_str(&b, "\",\"shape\":");
+        if (i || w->nm) sdxl_sb_str(&b, ",");
+        sdxl_sb_json(&b, t->name);
+        sdxl_sb_str(&b, ":{\"dtype\":\"");
+        sdxl_sb_str(&b, DTYPES[t->dtype].name);
+        sdxl_sb_str(&b, "\",\"shape\":");
         shape_str(num, sizeof num, t->shape, t->ndim);
-        sb_str(&b, num);
+        sdxl_sb_str(&b, num);
         snprintf(num, sizeof num, ",\"data_offsets\":[%llu,%llu]}", (unsigned long long)at,
                  (unsigned long long)(at + t->nbytes));
-        sb_str(&b, num);
+        sdxl_sb_str(&b, num);
         at += t->nbytes;
     }
-    sb_str(&b, "}");
-    while (!b.oom && (8 + b.n) % 8) sb_str(&b, " "); /* data starts 8-byte aligned, as the reference writes */
+    sdxl_sb_str(&b, "}");
+    while (!b.oom && (8 + b.n) % 8) sdxl_sb_str(&b, " "); /* data starts 8-byte aligned, as the reference writes */
     if (b.oom) {
         free(b.p);
         return sdxl_seterr(e, SDXL_ERR_NOMEM, "%s: out of memory building the header", path);

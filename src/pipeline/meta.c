@@ -10,6 +10,7 @@
 #include "denoise/registry.h"
 #include "io/genmeta.h"
 #include "io/json.h"
+#include "io/strbuf.h"
 #include "pipeline/pipeline.h"
 
 /* A1111's "Schedule type" display names, by sdxl_schedule_kind. */
@@ -63,84 +64,42 @@ out:
 
 /* ---- JSON writer ----------------------------------------------------------------------------- */
 
-typedef struct sbuf {
-    char *s;
-    size_t n, cap;
-    int oom;
-} sbuf;
-
-static void sb_put(sbuf *b, const char *s, size_t n) {
-    if (b->oom) return;
-    if (b->n + n + 1 > b->cap) {
-        size_t c = b->cap ? b->cap : 256;
-        while (c < b->n + n + 1) c *= 2;
-        char *t = realloc(b->s, c);
-        if (!t) {
-            b->oom = 1;
-            return;
-        }
-        b->s = t;
-        b->cap = c;
-    }
-    memcpy(b->s + b->n, s, n);
-    b->n += n;
-    b->s[b->n] = 0;
-}
-
-static void sb_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_printf(sbuf *b, const char *fmt, ...) {
-    char tmp[128];
-    va_list ap;
-    va_start(ap, fmt);
-    int k = vsnprintf(tmp, sizeof tmp, fmt, ap);
-    va_end(ap);
-    if (k > 0) sb_put(b, tmp, (size_t)k < sizeof tmp ? (size_t)k : sizeof tmp - 1);
-}
-
-static void sb_str(sbuf *b, const char *key, const char *v) {
+static void sb_kstr(sdxl_strbuf *b, const char *key, const char *v) {
     if (!v) return;
-    sb_printf(b, ",\"%s\":", key);
-    size_t need = sdxl_json_escape(NULL, 0, v, strlen(v));
-    char *t = malloc(need + 1);
-    if (!t) {
-        b->oom = 1;
-        return;
-    }
-    sdxl_json_escape(t, need + 1, v, strlen(v));
-    sb_put(b, t, strlen(t));
-    free(t);
+    sdxl_sb_printf(b, ",\"%s\":", key);
+    sdxl_sb_json(b, v);
 }
 
-static void sb_int(sbuf *b, const char *key, long long v) { sb_printf(b, ",\"%s\":%lld", key, v); }
+static void sb_int(sdxl_strbuf *b, const char *key, long long v) { sdxl_sb_printf(b, ",\"%s\":%lld", key, v); }
 /* Shortest text that reads back as the same float. */
-static void sb_num(sbuf *b, const char *key, float v) {
+static void sb_num(sdxl_strbuf *b, const char *key, float v) {
     char t[32];
     for (int prec = 6; prec <= 9; prec++) {
         snprintf(t, sizeof t, "%.*g", prec, (double)v);
         if ((float)strtod(t, NULL) == v) break;
     }
-    sb_printf(b, ",\"%s\":%s", key, t);
+    sdxl_sb_printf(b, ",\"%s\":%s", key, t);
 }
 
 int sdxl_pl_request_json(const sdxl_pl_model *m, const sdxl_gen_params *p, int width, int height, int64_t seed,
                          char **out, sdxl_err *e) {
-    sbuf b = {0};
-    sb_printf(&b, "{\"version\":1");
-    sb_str(&b, "model", m ? m->base_name : NULL);
-    if (m && m->has_ref) sb_str(&b, "refiner_model", m->ref_name);
-    sb_str(&b, "prompt", p->prompt ? p->prompt : "");
-    sb_str(&b, "negative_prompt", p->negative_prompt);
-    sb_str(&b, "prompt_2", p->prompt_2);
-    sb_str(&b, "negative_prompt_2", p->negative_prompt_2);
+    sdxl_strbuf b = {0};
+    sdxl_sb_printf(&b, "{\"version\":1");
+    sb_kstr(&b, "model", m ? m->base_name : NULL);
+    if (m && m->has_ref) sb_kstr(&b, "refiner_model", m->ref_name);
+    sb_kstr(&b, "prompt", p->prompt ? p->prompt : "");
+    sb_kstr(&b, "negative_prompt", p->negative_prompt);
+    sb_kstr(&b, "prompt_2", p->prompt_2);
+    sb_kstr(&b, "negative_prompt_2", p->negative_prompt_2);
     sb_int(&b, "width", width);
     sb_int(&b, "height", height);
     sb_int(&b, "steps", p->steps);
     sb_num(&b, "cfg_scale", p->cfg_scale);
     sb_num(&b, "guidance_rescale", p->guidance_rescale);
-    sb_str(&b, "sampler", p->sampler && *p->sampler ? p->sampler : "Euler");
-    sb_str(&b, "schedule", p->schedule && *p->schedule ? p->schedule : "Automatic");
+    sb_kstr(&b, "sampler", p->sampler && *p->sampler ? p->sampler : "Euler");
+    sb_kstr(&b, "schedule", p->schedule && *p->schedule ? p->schedule : "Automatic");
     sb_int(&b, "seed", (long long)seed);
-    sb_str(&b, "rng", p->rng && *p->rng ? p->rng : "torch");
+    sb_kstr(&b, "rng", p->rng && *p->rng ? p->rng : "torch");
     sb_int(&b, "original_width", p->original_width);
     sb_int(&b, "original_height", p->original_height);
     sb_int(&b, "crop_left", p->crop_left);
@@ -159,12 +118,12 @@ int sdxl_pl_request_json(const sdxl_pl_model *m, const sdxl_gen_params *p, int w
     if (p->init_image) sb_num(&b, "strength", p->strength);
     if (p->mask) sb_int(&b, "mask_blur", p->mask_blur);
     sb_int(&b, "clip_skip", p->clip_skip);
-    sb_put(&b, "}", 1);
+    sdxl_sb_put(&b, "}", 1);
     if (b.oom) {
-        free(b.s);
+        free(b.p);
         return sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory writing the request JSON");
     }
-    *out = b.s;
+    *out = b.p;
     return SDXL_OK;
 }
 

@@ -1,4 +1,4 @@
-/* base/: error text, arena, memory monitor (against a fake /proc + cgroup tree), cpu report. */
+/* base/: error text, arena, memory monitor (against a synthetic /proc + cgroup tree), cpu report. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,7 +103,7 @@ static void test_mem(void) {
 
     /* No cgroup files: MemAvailable decides. */
     sdxl_mem_query_at(root, &s);
-    CHECK(s.rss == 1024u * 1024 && s.peak_rss == 2048u * 1024, "fake rss");
+    CHECK(s.rss == 1024u * 1024 && s.peak_rss == 2048u * 1024, "synthetic rss");
     CHECK(s.cgroup_limit == UINT64_MAX && s.available == 8000000ull * 1024, "no cgroup");
 
     /* cgroup v2 limit tighter than MemAvailable. */
