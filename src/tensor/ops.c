@@ -50,17 +50,50 @@ static void gn_sums_c(const float *x, int64_t hw, int64_t c, int64_t c0, int64_t
     }
 }
 
+/* Pixels in chunks of about 64 KB of the nc channels; within a chunk, channels in 64-wide strips
+ * swept with their sums in registers (8 + 8 vectors of doubles), then added to s1/s2. The chunk
+ * is read from memory once, front to back, and the strips after the first find it in L2. */
 AVX512 static void gn_sums_avx512(const float *x, int64_t hw, int64_t c, int64_t c0, int64_t nc, const float *shift,
                                   double *s1, double *s2) {
     for (int64_t k = 0; k < nc; k++) s1[k] = s2[k] = 0;
-    for (int64_t p = 0; p < hw; p++) {
-        const float *r = x + p * c + c0;
-        for (int64_t k = 0; k < nc; k += 8) {
-            __mmask8 m = nc - k >= 8 ? 0xff : (__mmask8)((1u << (nc - k)) - 1);
-            __m512d v = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(m, r + k));
-            __m512d d = _mm512_sub_pd(v, _mm512_cvtps_pd(_mm256_maskz_loadu_ps(m, shift + k)));
-            _mm512_mask_storeu_pd(s1 + k, m, _mm512_add_pd(_mm512_maskz_loadu_pd(m, s1 + k), d));
-            _mm512_mask_storeu_pd(s2 + k, m, _mm512_fmadd_pd(d, d, _mm512_maskz_loadu_pd(m, s2 + k)));
+    const int64_t chunk = nc < 16384 ? 16384 / nc : 1;
+    for (int64_t p0 = 0; p0 < hw; p0 += chunk) {
+        const int64_t np = hw - p0 < chunk ? hw - p0 : chunk;
+        for (int64_t k = 0; k < nc; k += 64) {
+            __mmask16 m[4];
+            __m512d sh[8], a1[8], a2[8];
+#pragma GCC unroll 4
+            for (int v = 0; v < 4; v++) {
+                int64_t n = nc - k - 16 * v;
+                m[v] = n >= 16 ? 0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
+                __m512 f = _mm512_maskz_loadu_ps(m[v], shift + k + 16 * v);
+                sh[2 * v] = _mm512_cvtps_pd(_mm512_castps512_ps256(f));
+                sh[2 * v + 1] = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1)));
+            }
+#pragma GCC unroll 8
+            for (int v = 0; v < 8; v++) a1[v] = a2[v] = _mm512_setzero_pd();
+            const float *r = x + p0 * c + c0 + k;
+            for (int64_t p = 0; p < np; p++, r += c) {
+#pragma GCC unroll 4
+                for (int v = 0; v < 4; v++) {
+                    __m512 f = _mm512_maskz_loadu_ps(m[v], r + 16 * v);
+                    __m512d lo = _mm512_sub_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(f)), sh[2 * v]);
+                    __m512d hi = _mm512_sub_pd(
+                        _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1))),
+                        sh[2 * v + 1]);
+                    a1[2 * v] = _mm512_add_pd(a1[2 * v], lo);
+                    a2[2 * v] = _mm512_fmadd_pd(lo, lo, a2[2 * v]);
+                    a1[2 * v + 1] = _mm512_add_pd(a1[2 * v + 1], hi);
+                    a2[2 * v + 1] = _mm512_fmadd_pd(hi, hi, a2[2 * v + 1]);
+                }
+            }
+#pragma GCC unroll 8
+            for (int v = 0; v < 8; v++) {
+                __mmask8 mk = (__mmask8)(v & 1 ? m[v / 2] >> 8 : m[v / 2] & 0xff);
+                double *d1 = s1 + k + 8 * v, *d2 = s2 + k + 8 * v;
+                _mm512_mask_storeu_pd(d1, mk, _mm512_add_pd(_mm512_maskz_loadu_pd(mk, d1), a1[v]));
+                _mm512_mask_storeu_pd(d2, mk, _mm512_add_pd(_mm512_maskz_loadu_pd(mk, d2), a2[v]));
+            }
         }
     }
 }
@@ -79,11 +112,40 @@ static void gn_apply_c(const float *x, float *y, int64_t hw, int64_t c, int64_t 
     }
 }
 
-AVX512 static inline __m512 silu16(__m512 v) {
-    __m512 one = _mm512_set1_ps(1.0f);
-    __m512 ex = _ZGVeN16v_expf(_mm512_sub_ps(_mm512_setzero_ps(), v));
-    return _mm512_div_ps(v, _mm512_add_ps(one, ex));
+/* e^x for x <= 0 to ~1 ulp, inline (a libmvec call costs a spill of every vector register):
+ * n = round(x log2 e), r = x - n ln 2 in two FMA steps (Cody-Waite), e^r by its Taylor series to
+ * degree 7 (truncation < 5e-9 relative for |r| <= ln2/2), scaled by 2^n into the subnormals. */
+AVX512 static inline __m512 exp16(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x); /* ln2 high part: 9 bits, exact product */
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);      /* ln2 - 0.693359375 */
+    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
 }
+
+/* v * sigmoid(t) = v / (1 + e^-t) for t >= 0 and v e^t / (1 + e^t) for t < 0: the exponential
+ * never overflows, and a tiny result keeps its relative accuracy down to the subnormals. */
+AVX512 static inline __m512 mul_sigmoid16(__m512 v, __m512 t) {
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    __m512 ex = exp16(_mm512_or_ps(t, sign)); /* e^-|t| */
+    __mmask16 neg = _mm512_cmp_ps_mask(t, _mm512_setzero_ps(), _CMP_LT_OQ);
+    __m512 num = _mm512_mask_mul_ps(v, neg, v, ex);
+    /* 1 / d for d in [1, 2]: vrcp14ps and one Newton step (~1 ulp), 3x the throughput of vdivps */
+    __m512 d = _mm512_add_ps(_mm512_set1_ps(1.0f), ex), r = _mm512_rcp14_ps(d);
+    r = _mm512_fmadd_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(1.0f)), r);
+    return _mm512_mul_ps(num, r);
+}
+
+AVX512 static inline __m512 silu16(__m512 v) { return mul_sigmoid16(v, v); }
 
 AVX512 static void gn_apply_avx512(const float *x, float *y, int64_t hw, int64_t c, int64_t c0, int64_t nc,
                                    const float *a, const float *b, int silu) {
@@ -281,24 +343,23 @@ static float act1(int kind, float v) {
 }
 
 /* GELU(x) = x * Phi(x) = 0.5 x erfc(-x / sqrt 2): erfc keeps full relative accuracy in the
- * negative tail, where 1 + erf(x / sqrt 2) would cancel. */
+ * negative tail, where 1 + erf(x / sqrt 2) would cancel. libmvec's erfcf (4 ulp) stays: an own
+ * piecewise erfc measured only 15% faster on arguments spread over [-3, 3]. */
 AVX512 static inline __m512 act16(int kind, __m512 v) {
-    const __m512 half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f);
     switch (kind) {
     case ACT_GELU: {
         __m512 z = _mm512_mul_ps(v, _mm512_set1_ps(-(float)M_SQRT1_2));
-        return _mm512_mul_ps(_mm512_mul_ps(half, v), _ZGVeN16v_erfcf(z));
+        return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v), _ZGVeN16v_erfcf(z));
     }
     case ACT_GELU_TANH: {
-        /* 0.5 x (1 + tanh u) = x / (1 + exp(-2u)): no cancellation for negative x */
+        /* 0.5 x (1 + tanh u) = x sigmoid(2u): no cancellation for negative x */
         __m512 v3 = _mm512_mul_ps(_mm512_mul_ps(v, v), v);
-        __m512 in = _mm512_mul_ps(_mm512_set1_ps(-2.0f * 0.7978845608028654f),
+        __m512 u2 = _mm512_mul_ps(_mm512_set1_ps(2.0f * 0.7978845608028654f),
                                   _mm512_add_ps(v, _mm512_mul_ps(_mm512_set1_ps(0.044715f), v3)));
-        return _mm512_div_ps(v, _mm512_add_ps(one, _ZGVeN16v_expf(in)));
+        return mul_sigmoid16(v, u2);
     }
     case ACT_QUICK_GELU: {
-        __m512 ex = _ZGVeN16v_expf(_mm512_mul_ps(_mm512_set1_ps(-1.702f), v));
-        return _mm512_div_ps(v, _mm512_add_ps(one, ex));
+        return mul_sigmoid16(v, _mm512_mul_ps(_mm512_set1_ps(1.702f), v));
     }
     default: return silu16(v);
     }

@@ -24,6 +24,9 @@
 
 static uint64_t rng = 99;
 static const char *path_name = "avx512";
+/* Inputs are uniform in [-amp, amp]: 1.5 keeps scores within a few units; 4 spreads them over
+ * +-100 (log2 units), so a row's running max moves many times and the rescaling runs. */
+static float amp = 1.5f;
 
 static float *rnd(int64_t n, float lo, float hi) {
     float *x = malloc((size_t)n * 4);
@@ -67,11 +70,11 @@ static void test_case(sdxl_compute *c, int64_t batch, int64_t lq, int64_t lk, in
     float *qkv = NULL, *q, *k, *v, *kvbuf = NULL;
     if (fused) { /* self-attention on one fused projection: lk == lq */
         lk = lq;
-        qkv = rnd(batch * lq * ld, -1.5f, 1.5f);
+        qkv = rnd(batch * lq * ld, -amp, amp);
         q = qkv, k = qkv + hd, v = qkv + 2 * hd;
     } else {
-        qkv = rnd(batch * lq * hd, -1.5f, 1.5f);
-        kvbuf = rnd(batch * lk * 2 * hd, -1.5f, 1.5f);
+        qkv = rnd(batch * lq * hd, -amp, amp);
+        kvbuf = rnd(batch * lk * 2 * hd, -amp, amp);
         q = qkv, k = kvbuf, v = kvbuf + hd;
         ld = 2 * hd;
     }
@@ -152,6 +155,20 @@ static void run_prec(sdxl_prec prec, int big) {
     test_case(c, 1, 3, 200, 2, 7, 0, 0); /* odd head dim */
     test_case(c, 1, 70, 70, 1, 80, 0, 1);
     test_case(c, 1, 96, 96, 1, 512, 0, 0); /* VAE mid-attention: one head of 512 */
+    /* bf16 keeps up to 80 keys in one block (all heads packed at once, output written
+     * directly); more keys go in blocks of 64 with a partial last block. */
+    test_case(c, 1, 50, 50, 2, 40, 0, 0);
+    test_case(c, 2, 33, 77, 1, 512, 0, 0);
+    test_case(c, 1, 9, 80, 3, 64, 0, 0);
+    test_case(c, 1, 9, 81, 3, 64, 0, 0);
+    test_case(c, 1, 200, 300, 2, 64, 1, 0); /* causal with lk > lq */
+    test_case(c, 1, 5, 1, 2, 64, 0, 0);     /* a single key */
+    test_case(c, 1, 9, 77, 420, 64, 0, 0);  /* too many heads to pack at once: one head per task */
+    amp = 4.0f;
+    test_case(c, 1, 70, 333, 2, 64, 0, 0);
+    test_case(c, 1, 70, 77, 2, 64, 0, 0);
+    test_case(c, 1, 130, 131, 1, 40, 1, 0);
+    amp = 1.5f;
     if (big) test_case(c, 1, 1024, 1024, 2, 64, 0, 1);
     test_errors(c);
     if (big) test_memory(c);
