@@ -8,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -385,15 +384,9 @@ static void fmt_shape(char *b, size_t n, int ndim, const int64_t *s) {
     if (k < n) snprintf(b + k, n - k, "]");
 }
 
-/* Once a tensor is converted its mapped pages are only needed again to re-convert (LoRA undo):
- * ask the kernel to reclaim them so they stop counting as resident. MADV_PAGEOUT never changes
- * contents (unlike DONTNEED on anonymous memory); where unsupported it is a no-op. */
-static void release_pages(const sdxl_st_tensor *t) {
-    long pg = sysconf(_SC_PAGESIZE);
-    if (pg <= 0 || !t->data) return;
-    uintptr_t a = ((uintptr_t)t->data + (uintptr_t)pg - 1) & ~((uintptr_t)pg - 1);
-    uintptr_t b = ((uintptr_t)t->data + (uintptr_t)t->nbytes) & ~((uintptr_t)pg - 1);
-    if (b > a) madvise((void *)a, b - a, MADV_PAGEOUT);
+/* Once a tensor is converted its mapped pages are only needed again to re-convert (LoRA undo). */
+static void release_pages(const walker *w, const sdxl_st_tensor *t) {
+    sdxl_st_release_tensor(sdxl_ckpt_file(w->ck, SDXL_PART_UNET), t);
 }
 
 /* Finds pre+suf and, when validating, checks dtype and shape and records the name. */
@@ -448,7 +441,7 @@ static int w_vec(walker *w, const char *pre, int64_t n, float **g, float **b) {
         *dst[i] = malloc((size_t)n * sizeof(float));
         if (!*dst[i]) return sdxl_seterr(w->e, SDXL_ERR_NOMEM, "UNet: out of memory for '%s%s'", pre, suf[i]);
         sdxl_to_f32(t->data, dt, *dst[i], (size_t)n);
-        release_pages(t);
+        release_pages(w, t);
         w->u->weight_bytes += (uint64_t)n * sizeof(float);
     }
     return SDXL_OK;
@@ -507,8 +500,8 @@ static int w_lin(walker *w, const char *pre, const char *const *sufs, int nparts
         free(buf);
     }
     if (rc != SDXL_OK) return sdxl_err_prefix(w->e, "UNet '%s%s'", pre, sufs[0]);
-    for (int i = 0; i < nparts; i++) release_pages(t[i]);
-    if (tb) release_pages(tb);
+    for (int i = 0; i < nparts; i++) release_pages(w, t[i]);
+    if (tb) release_pages(w, tb);
     w->u->weight_bytes += gemm_bytes(w->u, out_each * nparts * in) + (bias ? (uint64_t)out_each * 4u : 0u);
     return SDXL_OK;
 }
@@ -542,8 +535,8 @@ static int w_conv(walker *w, const char *pre, int64_t cout, int64_t cin, int k, 
     to_dtype(tb->dtype, &bdt);
     if (sdxl_conv2d_init(w->u->c, cv, cin, cout, k, k, stride, p, p, p, p, tw->data, dt, tb->data, bdt, w->e) != SDXL_OK)
         return sdxl_err_prefix(w->e, "UNet '%sweight'", pre);
-    release_pages(tw);
-    release_pages(tb);
+    release_pages(w, tw);
+    release_pages(w, tb);
     w->u->weight_bytes += gemm_bytes(w->u, cout * cin * k * k) + (uint64_t)cout * 4u;
     return SDXL_OK;
 }

@@ -468,3 +468,8 @@ int sdxl_ckpt_read_f32(const sdxl_ckpt *c, sdxl_part p, const char *name, int nd
     if (st) sdxl_err_prefix(e, "%s", PART_NAMES[p]);
     return st;
 }
+
+void sdxl_ckpt_release_pages(const sdxl_ckpt *c) {
+    if (!c) return;
+    for (size_t i = 0; i < c->n_files; i++) sdxl_st_release_all(c->files[i]);
+}

@@ -59,6 +59,9 @@ const sdxl_st_tensor *sdxl_ckpt_other_at(const sdxl_ckpt *c, size_t i);
 /* Parameter count (sum of numel) of a part; 0 when absent. */
 uint64_t sdxl_ckpt_params(const sdxl_ckpt *c, sdxl_part p);
 
+/* Drops every file's mapped pages from the resident set once the networks are converted. */
+void sdxl_ckpt_release_pages(const sdxl_ckpt *c);
+
 /* Reads a part's tensor into f32 after checking its shape; errors name the part and tensor. */
 int sdxl_ckpt_read_f32(const sdxl_ckpt *c, sdxl_part p, const char *name, int ndim, const int64_t *shape,
                        float *dst, sdxl_err *e);

@@ -50,6 +50,12 @@ const char *sdxl_st_meta_get(const sdxl_st_file *f, const char *key);
 const char *sdxl_st_dtype_name(sdxl_st_dtype t);
 size_t sdxl_st_dtype_size(sdxl_st_dtype t);
 
+/* Tells the kernel it may drop the mapped pages of a tensor (or of the whole data region) from
+ * this process's resident set, once their contents have been converted. The mapping stays valid:
+ * a later read faults the bytes back in from the file. No-op for in-memory images. */
+void sdxl_st_release_tensor(const sdxl_st_file *f, const sdxl_st_tensor *t);
+void sdxl_st_release_all(const sdxl_st_file *f);
+
 /* Copies a tensor into f32, converting from F64/F32/F16/BF16 (and integer types). dst holds numel floats. */
 int sdxl_st_to_f32(const sdxl_st_file *f, const sdxl_st_tensor *t, float *dst, sdxl_err *e);
 

@@ -154,6 +154,10 @@ int sdxl_pl_model_load(const sdxl_model_params *p, const sdxl_logger *log, sdxl_
         }
         stem_of(p->refiner, m->ref_name, sizeof m->ref_name);
     }
+    /* Every network now holds its converted weights: the mapped files need not stay resident. */
+    sdxl_ckpt_release_pages(m->base_ck);
+    sdxl_ckpt_release_pages(m->vae_ck);
+    sdxl_ckpt_release_pages(m->ref_ck);
     SDXL_INFO(log, "model loaded in %.2f s (%s)%s", now_s() - t0, prec == SDXL_PREC_BF16 ? "bf16" : "f32",
               m->has_ref ? " with refiner" : "");
     *out = m;
