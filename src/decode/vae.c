@@ -716,22 +716,25 @@ static int mid_fwd(fwd *F, const vae_resnet *m1, const vae_attn *at, const vae_r
 }
 
 /* x [n, h, w, c] -> x [n, 2h, 2w, c] (x holds the larger size); the four phases go to ph. */
-static int upconv_fwd(fwd *F, const sdxl_conv2d *cv, int x, int ph, int64_t n, int64_t h, int64_t w, int64_t c) {
+/* Nearest x2 + 3x3 conv as four 2x2 phase convs on the small image: x [n, h, w, c] ->
+ * y [n, 2h, 2w, c]. One phase at a time goes through ph and is scattered into y, so the
+ * scratch is one small image rather than all four phases. */
+static int upconv_fwd(fwd *F, const sdxl_conv2d *cv, int x, int ph, int y, int64_t n, int64_t h, int64_t w,
+                      int64_t c) {
     const int64_t np = n * h * w * c;
-    float *X = buf(F, x, 4 * np), *P = buf(F, ph, 4 * np);
+    float *X = buf(F, x, np), *P = buf(F, ph, np), *Y = buf(F, y, 4 * np);
     for (int p = 0; p < 4; p++) {
-        int rc = conv(F, &cv[p], c, X, n, h, w, F->plan ? NULL : P + p * np, 0);
+        int rc = conv(F, &cv[p], c, X, n, h, w, P, 0);
         if (rc) return rc;
-    }
-    if (F->plan) return SDXL_OK;
+        if (F->plan) continue;
+        const int a = p / 2, q = p % 2;
 #pragma omp parallel for schedule(static)
-    for (int64_t row = 0; row < n * 2 * h; row++) {
-        const int64_t b = row / (2 * h), y = row % (2 * h), i = y / 2, a = y % 2;
-        float *dst = X + row * 2 * w * c;
-        for (int64_t j = 0; j < w; j++)
-            for (int q = 0; q < 2; q++)
-                memcpy(dst + (2 * j + q) * c, P + (a * 2 + q) * np + ((b * h + i) * w + j) * c,
-                       (size_t)c * sizeof(float));
+        for (int64_t row = 0; row < n * h; row++) {
+            const int64_t b = row / h, i = row % h;
+            float *dst = Y + ((b * 2 * h + 2 * i + a) * 2 * w + q) * c;
+            const float *src = P + row * w * c;
+            for (int64_t j = 0; j < w; j++) memcpy(dst + 2 * j * c, src + j * c, (size_t)c * sizeof(float));
+        }
     }
     return SDXL_OK;
 }
@@ -760,7 +763,8 @@ static int dec_forward(fwd *F, const float *z, int64_t n, int64_t h, int64_t w, 
             cin = cfg->ch[i];
         }
         if (i == 0) break;
-        if ((rc = upconv_fwd(F, D->upsample[i], x, t1, n, h, w, cin))) return rc;
+        if ((rc = upconv_fwd(F, D->upsample[i], x, t1, t2, n, h, w, cin))) return rc;
+        swap_idx(&x, &t2);
         h *= 2;
         w *= 2;
     }

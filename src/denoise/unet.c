@@ -1189,6 +1189,14 @@ double sdxl_unet_flops(sdxl_unet *u, int64_t batch, int64_t h, int64_t w, int64_
     return u->flops;
 }
 
+void sdxl_unet_trim(sdxl_unet *u) {
+    if (!u) return;
+    free(u->ws);
+    u->ws = NULL;
+    u->ws_cap = 0;
+    u->plan_b = 0;
+}
+
 int sdxl_unet_forward(sdxl_unet *u, const sdxl_unet_in *in, float *out, sdxl_err *e) {
     if (u->validate_only) return sdxl_seterr(e, SDXL_ERR_ARG, "unet: loaded in validate-only mode, cannot run");
     if (!out) return sdxl_seterr(e, SDXL_ERR_ARG, "unet: output buffer is NULL");

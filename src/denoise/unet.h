@@ -85,6 +85,10 @@ typedef struct sdxl_unet_in {
  * measure pass of the same code) and reused: no allocation per call after the first. */
 int sdxl_unet_forward(sdxl_unet *u, const sdxl_unet_in *in, float *out, sdxl_err *e);
 
+/* Frees the activation workspace (the next forward plans and allocates it again), so a later
+ * stage such as the VAE decode does not sit on top of it. */
+void sdxl_unet_trim(sdxl_unet *u);
+
 /* Number of skips (ControlNet residuals) and the shape of the i-th one for a latent h x w. */
 int sdxl_unet_n_skips(const sdxl_unet *u);
 void sdxl_unet_skip_shape(const sdxl_unet *u, int i, int64_t h, int64_t w, int64_t *oh, int64_t *ow, int64_t *oc);

@@ -811,6 +811,7 @@ int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile 
                     for (int c = 0; c < 3; c++) mim[i * 3 + c] = mk[i] < 0.5f ? fim[i * 3 + c] : 0.0f;
                 pthread_mutex_lock(&m->mu);
                 st = sdxl_vae_encode(m->vae, mim, 1, r.H, r.W, NULL, NULL, masked_mean, NULL, NULL, e);
+                sdxl_vae_trim(m->vae);
                 pthread_mutex_unlock(&m->mu);
                 free(mim);
                 if (st) {
@@ -824,6 +825,7 @@ int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile 
         }
         pthread_mutex_lock(&m->mu);
         st = sdxl_vae_encode(m->vae, fim, 1, r.H, r.W, NULL, NULL, mean, logvar, NULL, e);
+        sdxl_vae_trim(m->vae);
         pthread_mutex_unlock(&m->mu);
         free(fim);
         if (st) {
@@ -905,7 +907,11 @@ int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile 
         }
         nchw_to_nhwc(x, lat_nhwc, B, 4, (int64_t)hw);
         pthread_mutex_lock(&m->mu);
+        /* The UNet and VAE workspaces never need to be resident together. */
+        sdxl_unet_trim(m->base_unet);
+        sdxl_unet_trim(m->ref_unet);
         st = sdxl_vae_decode(m->vae, lat_nhwc, B, r.h, r.w, img, NULL, e);
+        sdxl_vae_trim(m->vae);
         pthread_mutex_unlock(&m->mu);
         if (st) {
             sdxl_err_prefix(e, "vae decode");
