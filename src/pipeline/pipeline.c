@@ -124,6 +124,9 @@ int sdxl_pl_model_load(const sdxl_model_params *p, const sdxl_logger *log, sdxl_
         st = sdxl_seterr(e, SDXL_ERR_FORMAT, "base %s: has no first text encoder (a refiner checkpoint?)", p->base);
         goto fail;
     }
+    /* Each network holds converted weights once loaded: drop the file pages it faulted in, so
+     * the load peak is one network's pages, not the whole file's. */
+    sdxl_ckpt_release_pages(m->base_ck);
     if ((st = sdxl_unet_load(m->c, m->base_ck, &uo, &m->base_unet, e))) {
         sdxl_err_prefix(e, "base %s", p->base);
         goto fail;
@@ -147,6 +150,7 @@ int sdxl_pl_model_load(const sdxl_model_params *p, const sdxl_logger *log, sdxl_
             sdxl_err_prefix(e, "refiner %s", p->refiner);
             goto fail;
         }
+        sdxl_ckpt_release_pages(m->ref_ck);
         m->has_ref = 1;
         if ((st = sdxl_unet_load(m->c, m->ref_ck, &uo, &m->ref_unet, e))) {
             sdxl_err_prefix(e, "refiner %s", p->refiner);
@@ -154,7 +158,7 @@ int sdxl_pl_model_load(const sdxl_model_params *p, const sdxl_logger *log, sdxl_
         }
         stem_of(p->refiner, m->ref_name, sizeof m->ref_name);
     }
-    /* Every network now holds its converted weights: the mapped files need not stay resident. */
+    /* The VAE's and the last UNet's pages. */
     sdxl_ckpt_release_pages(m->base_ck);
     sdxl_ckpt_release_pages(m->vae_ck);
     sdxl_ckpt_release_pages(m->ref_ck);
