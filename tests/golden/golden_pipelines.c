@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "denoise/registry.h"
 #include "denoise/sampler.h"
 #include "golden.h"
 #include "pipeline/pipeline.h"
@@ -154,7 +155,20 @@ static void run_case(golden_ctx *g, golden_set *s, sdxl_pl_model *m, const char 
     p.steps = (int)sdxl_json_i64(c, "num_inference_steps", sdxl_json_i64(c, "steps", 0));
     p.cfg_scale = (float)sdxl_json_num(c, "guidance_scale", 5.0);
     p.seed = sdxl_json_i64(c, "seed", sdxl_json_i64(c, "base_seed", 0));
-    p.sampler = "Euler"; /* every case: EulerDiscreteScheduler with the SDXL config */
+    /* "scheduler": a diffusers class name, optionally followed by " (note)"; absent means the
+     * SDXL default, EulerDiscreteScheduler. Any dialect the registry knows is accepted. */
+    char sched[128] = "Euler";
+    const char *sj = sdxl_json_str(c, "scheduler", NULL);
+    if (sj) {
+        size_t k = strcspn(sj, " (");
+        if (k == 0 || k >= sizeof sched) {
+            golden_fail(g, "pipelines", t.case_name, "unreadable scheduler \"%s\"", sj);
+            return;
+        }
+        memcpy(sched, sj, k);
+        sched[k] = 0;
+    }
+    p.sampler = sched;
     p.height = (int)sdxl_json_i64(c, "height", 0);
     p.width = (int)sdxl_json_i64(c, "width", 0);
     dims_pair(c, "original_size", &p.original_height, &p.original_width);
@@ -190,6 +204,15 @@ static void run_case(golden_ctx *g, golden_set *s, sdxl_pl_model *m, const char 
     sc.steps = p.steps;
     sdxl_sampler *probe = NULL;
     sdxl_err e = {0};
+    sdxl_sched_choice ch;
+    if (sdxl_sched_resolve(sched, NULL, &ch, &e) != SDXL_OK) {
+        golden_fail(g, "pipelines", t.case_name, "scheduler: %s", e.msg);
+        free(init);
+        return;
+    }
+    sc.sampler = ch.sampler;
+    sc.schedule = ch.schedule;
+    sc.diffusers_karras = ch.diffusers_karras;
     if (p.steps > 0 && sdxl_sampler_new(&sc, 1, &probe, &e) == SDXL_OK) {
         t.init_sigma = sdxl_sampler_init_noise_sigma(probe);
         t.have_noise = 1;
