@@ -92,9 +92,9 @@ int sdxl_schedule_parse(const char *name, sdxl_schedule_kind *out, sdxl_err *e);
 typedef struct sdxl_sigma_cache sdxl_sigma_cache;
 int sdxl_sigma_cache_new(int capacity, sdxl_sigma_cache **out, sdxl_err *e);
 void sdxl_sigma_cache_free(sdxl_sigma_cache *c);
-/* The schedule's sigmas/timesteps for c, computed once; pointers stay valid until the entry is
+/* The schedule's sigmas/timesteps for cfg, computed once; pointers stay valid until the entry is
  * evicted (least recently used) or the cache is freed. */
-int sdxl_sigma_cache_get(sdxl_sigma_cache *cache, const sdxl_sampler_config *c, const float **sigmas, int *n_sigmas,
+int sdxl_sigma_cache_get(sdxl_sigma_cache *c, const sdxl_sampler_config *cfg, const float **sigmas, int *n_sigmas,
                          const float **timesteps, int *n_timesteps, sdxl_err *e);
 void sdxl_sigma_cache_stats(const sdxl_sigma_cache *c, int *hits, int *misses);
 
