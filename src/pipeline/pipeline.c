@@ -15,6 +15,7 @@
 #include "base/rng.h"
 #include "base/threads.h"
 #include "denoise/registry.h"
+#include "io/resize.h"
 #include "denoise/sampler.h"
 
 #define MAX_SIDE 8192 /* pixels per side accepted by default */
@@ -204,10 +205,6 @@ static int resolve(const sdxl_pl_model *m, const sdxl_gen_params *in, req *r, sd
         return sdxl_seterr(e, SDXL_ERR_ARG, "width: must be a multiple of 8 in 8..%d, got %d", MAX_SIDE, p->width);
     if (p->height < 8 || p->height > MAX_SIDE || p->height % 8)
         return sdxl_seterr(e, SDXL_ERR_ARG, "height: must be a multiple of 8 in 8..%d, got %d", MAX_SIDE, p->height);
-    if (p->init_image && (p->init_width != p->width || p->init_height != p->height))
-        return sdxl_seterr(e, SDXL_ERR_ARG,
-                           "init_image: is %dx%d but the request is %dx%d (resize the image or leave width/height 0)",
-                           p->init_width, p->init_height, p->width, p->height);
     if (p->steps < 0 || p->steps > SDXL_MAX_STEPS)
         return sdxl_seterr(e, SDXL_ERR_ARG, "steps: must be 1..%d, got %d", SDXL_MAX_STEPS, p->steps);
     if (p->steps == 0) return sdxl_seterr(e, SDXL_ERR_ARG, "steps: must be 1..%d, got 0", SDXL_MAX_STEPS);
@@ -772,18 +769,42 @@ int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile 
             goto done;
         }
         size_t npx = (size_t)r.H * (size_t)r.W;
+        /* an init image (and its mask) of another size is resized like A1111's "Just resize" */
+        const uint8_t *init_px = r.p.init_image, *mask_px = r.p.mask;
+        uint8_t *init_rs = NULL, *mask_rs = NULL;
+        if (r.p.init_width != r.W || r.p.init_height != r.H) {
+            init_rs = xmalloc(npx, 3);
+            mask_rs = r.p.mask ? xmalloc(npx, 1) : NULL;
+            if (!init_rs || (r.p.mask && !mask_rs)) {
+                st = sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory resizing the init image");
+            } else if (!(st = sdxl_resize_u8(r.p.init_image, r.p.init_width, r.p.init_height, 3, init_rs, r.W, r.H,
+                                             "init_image", e)) &&
+                       r.p.mask) {
+                st = sdxl_resize_u8(r.p.mask, r.p.init_width, r.p.init_height, 1, mask_rs, r.W, r.H, "mask", e);
+            }
+            if (st) {
+                free(init_rs);
+                free(mask_rs);
+                goto done;
+            }
+            init_px = init_rs;
+            mask_px = mask_rs;
+        }
         float *fim = xmalloc(npx, 3 * sizeof(float));
         mean = xmalloc(hw, 4 * sizeof(float));
         logvar = xmalloc(hw, 4 * sizeof(float));
         if (!fim || !mean || !logvar) {
             free(fim);
+            free(init_rs);
+            free(mask_rs);
             st = sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory for the init image");
             goto done;
         }
         for (size_t i = 0; i < 3 * npx; i++) {
-            float v = (float)r.p.init_image[i] / 255.0f;
+            float v = (float)init_px[i] / 255.0f;
             fim[i] = 2.0f * v - 1.0f;
         }
+        free(init_rs);
         if (r.p.mask) {
             float *mk = xmalloc(npx, sizeof(float));
             mask_lat = xmalloc(hw, sizeof(float));
@@ -791,10 +812,13 @@ int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile 
             if (!mk || !mask_lat || !masked_mean) {
                 free(mk);
                 free(fim);
+                free(mask_rs);
                 st = sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory for the mask");
                 goto done;
             }
-            for (size_t i = 0; i < npx; i++) mk[i] = (float)r.p.mask[i] / 255.0f;
+            for (size_t i = 0; i < npx; i++) mk[i] = (float)mask_px[i] / 255.0f;
+            free(mask_rs);
+            mask_rs = NULL;
             if ((st = blur_mask(mk, r.W, r.H, r.p.mask_blur, e))) {
                 free(mk);
                 free(fim);

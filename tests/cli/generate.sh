@@ -42,4 +42,14 @@ while [ $i -lt 4 ]; do
         || bad "batch image $((i + 1)) != single seed $seed"
     i=$((i + 1))
 done
+# 5. img2img with an init image of another size (96x64) resizes it to the request (64x64)
+$SDXL generate -m "$MODEL" -W 96 -H 64 --steps 2 --cfg 5 --precision f32 -t 2 -q -p "a field" -s 5 -o "$W/init96.png" \
+    || bad "96x64 init image exited non-zero"
+if $SDXL generate $COMMON -p "a field" -s 6 -i "$W/init96.png" -o "$W/resized.png"; then
+    size=$(od -An -tu1 -j16 -N8 "$W/resized.png" | tr -s ' ' | sed 's/^ //')
+    [ "$size" = "0 0 0 64 0 0 0 64" ] && ok "96x64 init image with -W 64 -H 64 gives a 64x64 PNG" \
+        || bad "resized img2img PNG header size is [$size], want 64x64"
+else
+    bad "img2img with a 96x64 init image and -W 64 -H 64 exited $?"
+fi
 exit $fail
