@@ -938,8 +938,10 @@ int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile 
         /* The UNet and VAE workspaces never need to be resident together. */
         sdxl_unet_trim(m->base_unet);
         sdxl_unet_trim(m->ref_unet);
+        sdxl_compute_trim(m->c);
         st = sdxl_vae_decode(m->vae, lat_nhwc, B, r.h, r.w, img, NULL, e);
         sdxl_vae_trim(m->vae);
+        sdxl_compute_trim(m->c_vae);
         pthread_mutex_unlock(&m->mu);
         if (st) {
             sdxl_err_prefix(e, "vae decode");

@@ -141,6 +141,13 @@ void sdxl_compute_free(sdxl_compute *c) {
 sdxl_prec sdxl_compute_prec(const sdxl_compute *c) { return c->prec; }
 int64_t sdxl_compute_n_primitives(const sdxl_compute *c) { return c->n_prims; }
 
+void sdxl_compute_trim(sdxl_compute *c) {
+    if (!c) return;
+    sdxl_buf_free(&c->xbuf);
+    sdxl_buf_free(&c->dnnl_scratch);
+    sdxl_buf_free(&c->attn);
+}
+
 /* Id of a weights layout; equal descriptors share an id so their layers share primitives. */
 static int layout_id(sdxl_compute *c, const dnnl_memory_desc_t *md) {
     for (int i = 0; i < c->n_layouts; i++)

@@ -18,6 +18,9 @@ void sdxl_compute_free(sdxl_compute *c);
 sdxl_prec sdxl_compute_prec(const sdxl_compute *c);
 /* Primitives created so far (tests check the cache is hit). */
 int64_t sdxl_compute_n_primitives(const sdxl_compute *c);
+/* Frees the scratch buffers (GEMM-input copies, oneDNN scratchpad, attention tiles); the next
+ * op regrows them. For handing memory to another stage between phases, not per step. */
+void sdxl_compute_trim(sdxl_compute *c);
 
 /* ---- linear: y[M, out] = x[M, in] . W^T + b ------------------------------------------- */
 
