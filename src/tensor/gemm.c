@@ -417,6 +417,30 @@ static int bias_init(const void *b, sdxl_dtype bdt, int64_t n, float **out, sdxl
     return *out ? SDXL_OK : sdxl_seterr(e, SDXL_ERR_NOMEM, "bias: out of memory");
 }
 
+/* The part of linear and conv init they share: the layer record, and the weights (torch order,
+ * given by dims + tag) converted and laid out for the typical primitive key k, which already
+ * reflects the bias. On failure the caller's *_free releases whatever was set. */
+static int layer_weights(sdxl_compute *c, int op, const void *w, sdxl_dtype wdt, int ndims, const dnnl_dims_t dims,
+                         dnnl_format_tag_t tag, const prim_key *k, void **impl, void **w_out, sdxl_err *e) {
+    int64_t nw = 1;
+    for (int i = 0; i < ndims; i++) nw *= dims[i];
+    gemm_layer *gl = calloc(1, sizeof *gl);
+    float *wf = to_f32_copy(w, wdt, nw);
+    int st = SDXL_OK;
+    if (!gl || !wf) {
+        free(gl);
+        st = sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory");
+    } else {
+        gl->op = op;
+        *impl = gl;
+        dnnl_memory_desc_t plain;
+        dnnl_status_t s = dnnl_memory_desc_init_by_tag(&plain, ndims, dims, dnnl_f32, tag);
+        st = s != dnnl_success ? dnnl_fail(e, s, "weights descriptor") : weights_init(c, k, &plain, wf, gl, w_out, e);
+    }
+    free(wf);
+    return st;
+}
+
 /* ---- linear ---- */
 
 /* The M whose preferred weights layout is stored; other M first try the same layout. */
@@ -444,30 +468,14 @@ int sdxl_linear_init(sdxl_compute *c, sdxl_linear *l, int64_t in, int64_t out, c
     l->in = in;
     l->out = out;
     l->prec = c->prec;
-    gemm_layer *gl = calloc(1, sizeof *gl);
-    float *wf = to_f32_copy(w, wdt, in * out);
-    if (!gl || !wf) {
-        free(gl);
-        free(wf);
-        return sdxl_seterr(e, SDXL_ERR_NOMEM, "linear %lldx%lld: out of memory", (long long)out, (long long)in);
-    }
-    gl->op = OP_LINEAR;
-    l->impl = gl;
     int st = bias_init(b, bdt, out, &l->bias, e);
     if (!st) {
         /* torch [out, in] row-major is the {K=in, N=out} matrix in "ba" order. */
-        dnnl_memory_desc_t plain;
         dnnl_dims_t dims = {in, out};
-        dnnl_status_t s = dnnl_memory_desc_init_by_tag(&plain, 2, dims, dnnl_f32, dnnl_ba);
-        if (s != dnnl_success) {
-            st = dnnl_fail(e, s, "weights descriptor");
-        } else {
-            prim_key k;
-            linear_key(l, NULL, LINEAR_TYPICAL_M, 0, &k);
-            st = weights_init(c, &k, &plain, wf, gl, &l->w, e);
-        }
+        prim_key k;
+        linear_key(l, NULL, LINEAR_TYPICAL_M, 0, &k);
+        st = layer_weights(c, OP_LINEAR, w, wdt, 2, dims, dnnl_ba, &k, &l->impl, &l->w, e);
     }
-    free(wf);
     if (st) {
         sdxl_linear_free(l);
         return sdxl_err_prefix(e, "linear %lldx%lld", (long long)out, (long long)in);
@@ -552,33 +560,16 @@ int sdxl_conv2d_init(sdxl_compute *c, sdxl_conv2d *cv, int64_t cin, int64_t cout
     cv->pad_b = pad_b;
     cv->pad_r = pad_r;
     cv->prec = c->prec;
-    int64_t nw = cout * cin * kh * kw;
-    gemm_layer *gl = calloc(1, sizeof *gl);
-    float *wf = to_f32_copy(w, wdt, nw);
-    if (!gl || !wf) {
-        free(gl);
-        free(wf);
-        return sdxl_seterr(e, SDXL_ERR_NOMEM, "conv2d %lld->%lld: out of memory", (long long)cin, (long long)cout);
-    }
-    gl->op = OP_CONV;
-    cv->impl = gl;
     int st = bias_init(b, bdt, cout, &cv->bias, e);
     if (!st) {
-        dnnl_memory_desc_t plain;
         dnnl_dims_t dims = {cout, cin, kh, kw};
-        dnnl_status_t s = dnnl_memory_desc_init_by_tag(&plain, 4, dims, dnnl_f32, dnnl_oihw);
-        if (s != dnnl_success) {
-            st = dnnl_fail(e, s, "weights descriptor");
-        } else {
-            int64_t hw = CONV_TYPICAL_HW * stride;
-            if (hw < kh) hw = kh;
-            if (hw < kw) hw = kw;
-            prim_key k;
-            conv_key(cv, NULL, 1, hw, hw, 0, &k);
-            st = weights_init(c, &k, &plain, wf, gl, &cv->w, e);
-        }
+        int64_t hw = CONV_TYPICAL_HW * stride;
+        if (hw < kh) hw = kh;
+        if (hw < kw) hw = kw;
+        prim_key k;
+        conv_key(cv, NULL, 1, hw, hw, 0, &k);
+        st = layer_weights(c, OP_CONV, w, wdt, 4, dims, dnnl_oihw, &k, &cv->impl, &cv->w, e);
     }
-    free(wf);
     if (st) {
         sdxl_conv2d_free(cv);
         return sdxl_err_prefix(e, "conv2d %lld->%lld %dx%d", (long long)cin, (long long)cout, kh, kw);
