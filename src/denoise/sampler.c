@@ -355,7 +355,8 @@ static int plan(sdxl_sampler *s, sdxl_err *e) {
         set_init_sigma_ve(s);
         return SDXL_OK;
     }
-    default: return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "sampler: %s not implemented", sdxl_sampler_name(c->sampler));
+    default: /* sdxl_sampler_config_check has already refused kinds outside the enum */
+        return sdxl_seterr(e, SDXL_ERR_INTERNAL, "sampler: no schedule rule for kind %d", (int)c->sampler);
     }
     /* calls -> steps */
     int n = s->steps;

@@ -254,9 +254,6 @@ static int resolve(const sdxl_pl_model *m, const sdxl_gen_params *in, req *r, sd
     sdxl_sched_choice ch;
     int st = sdxl_sched_resolve(p->sampler && *p->sampler ? p->sampler : "Euler", p->schedule, &ch, e);
     if (st) return st; /* the registry's message names the field and lists the closest names */
-    const sdxl_sampler_traits *tr = sdxl_sampler_traits_get(ch.sampler);
-    if (tr && !tr->implemented)
-        return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "sampler: %s is not implemented in this build", tr->name);
     sdxl_sampler_config_init(&r->sc);
     r->sc.sampler = ch.sampler;
     r->sc.schedule = ch.schedule;
