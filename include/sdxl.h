@@ -189,6 +189,33 @@ typedef struct sdxl_progress {
 /* Called from the generating thread; returning nonzero cancels the request. */
 typedef int (*sdxl_progress_fn)(void *user, const sdxl_progress *p);
 
+/* One LoRA of a request. path is a file, or a name/stem resolved only inside lora_dirs. */
+typedef struct sdxl_lora_spec {
+    const char *path;
+    float unet_weight;             /* multiplier on the UNet's deltas (negative allowed) */
+    float te_weight;               /* multiplier on the text encoders' deltas */
+} sdxl_lora_spec;
+
+/* How a control image of another size is fitted to the output (A1111's resize modes). */
+typedef enum sdxl_resize_mode {
+    SDXL_RESIZE_JUST = 0,          /* stretch to the output size */
+    SDXL_RESIZE_CROP = 1,          /* scale to cover, centre crop */
+    SDXL_RESIZE_FILL = 2           /* scale to fit, pad the borders */
+} sdxl_resize_mode;
+
+/* One ControlNet unit of a request (diffusers controlnet_conditioning_scale, control_guidance_start/end). */
+typedef struct sdxl_control_spec {
+    const char *model;             /* ControlNet file/folder, or a name resolved inside control_dirs */
+    const uint8_t *image;          /* RGB, rows packed, image_width x image_height */
+    int image_width, image_height;
+    float scale;                   /* conditioning scale, default 1 */
+    float guidance_start;          /* fraction of the schedule where control starts, default 0 */
+    float guidance_end;            /* fraction where it ends, default 1 */
+    const char *preprocess;        /* NULL/"none", "canny:LOW:HIGH", "invert", ... (docs/controlnet.md) */
+    sdxl_resize_mode resize;
+    int guess_mode;                /* control only the conditional half of the CFG batch */
+} sdxl_control_spec;
+
 /* One request. Strings are borrowed for the duration of sdxl_generate. 0 / NULL = default. */
 typedef struct sdxl_gen_params {
     const char *prompt;            /* A1111 syntax: (emphasis:1.2), [less], BREAK */
@@ -223,6 +250,14 @@ typedef struct sdxl_gen_params {
     int clip_skip;                 /* A1111 numbering: 0/1 = penultimate layer (SDXL default), k = k-th from the end */
     int n_threads;                 /* 0 = the context's */
     int max_batch;                 /* 0 = no limit; else an upper bound on UNet batch images */
+    const sdxl_lora_spec *loras;   /* LoRAs merged for this request only; also <lora:name:w> prompt tags */
+    int n_loras;
+    const char *const *lora_dirs;  /* folders LoRA names resolve in; NULL-free array of n_lora_dirs */
+    int n_lora_dirs;
+    const sdxl_control_spec *controls; /* ControlNet units, residuals summed */
+    int n_controls;
+    const char *const *control_dirs;
+    int n_control_dirs;
     sdxl_progress_fn progress;
     void *progress_user;
 } sdxl_gen_params;

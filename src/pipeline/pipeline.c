@@ -222,6 +222,12 @@ static int resolve(const sdxl_pl_model *m, const sdxl_gen_params *in, req *r, sd
     if (p->batch_size < 0 || p->batch_size > 64)
         return sdxl_seterr(e, SDXL_ERR_ARG, "batch_size: must be 0 (auto) or 1..64, got %d", p->batch_size);
     if (p->max_batch < 0) return sdxl_seterr(e, SDXL_ERR_ARG, "max_batch: must be >= 0, got %d", p->max_batch);
+    if (p->n_loras < 0 || (p->n_loras && !p->loras))
+        return sdxl_seterr(e, SDXL_ERR_ARG, "loras: n_loras %d without a list", p->n_loras);
+    if (p->n_loras) return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "loras: LoRA merging is not in this build");
+    if (p->n_controls < 0 || (p->n_controls && !p->controls))
+        return sdxl_seterr(e, SDXL_ERR_ARG, "controls: n_controls %d without a list", p->n_controls);
+    if (p->n_controls) return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "controls: ControlNet is not in this build");
     r->n_images = p->batch_count * (p->batch_size > 0 ? p->batch_size : 1);
     if (r->n_images > MAX_IMAGES)
         return sdxl_seterr(e, SDXL_ERR_ARG, "batch_count x batch_size: at most %d images, got %d", MAX_IMAGES,
