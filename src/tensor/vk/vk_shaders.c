@@ -1,0 +1,31 @@
+/* The embedded SPIR-V, indexed by sdxl_vk_shader. */
+#include "tensor/vk/vk_shaders.h"
+
+#include "tensor/vk/vk.h"
+
+static const uint32_t gemm_spv[] = {
+#include "gemm.spv.inc"
+};
+static const uint32_t attention_spv[] = {
+#include "attention.spv.inc"
+};
+static const uint32_t norm_spv[] = {
+#include "norm.spv.inc"
+};
+static const uint32_t eltwise_spv[] = {
+#include "eltwise.spv.inc"
+};
+static const uint32_t convert_spv[] = {
+#include "convert.spv.inc"
+};
+
+const uint32_t *sdxl_vk_spirv(int shader, size_t *words) {
+    switch (shader) {
+    case SDXL_VK_SH_GEMM: *words = sizeof gemm_spv / 4; return gemm_spv;
+    case SDXL_VK_SH_ATTN: *words = sizeof attention_spv / 4; return attention_spv;
+    case SDXL_VK_SH_NORM: *words = sizeof norm_spv / 4; return norm_spv;
+    case SDXL_VK_SH_ELTWISE: *words = sizeof eltwise_spv / 4; return eltwise_spv;
+    case SDXL_VK_SH_CONVERT: *words = sizeof convert_spv / 4; return convert_spv;
+    default: *words = 0; return NULL;
+    }
+}
