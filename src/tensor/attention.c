@@ -736,6 +736,9 @@ int sdxl_attention(sdxl_compute *c, const float *q, int64_t q_ld, const float *k
     if (batch < 0 || lq < 0 || lk < 0 || heads <= 0 || head_dim <= 0 || head_dim > 2048)
         return sdxl_seterr(e, SDXL_ERR_ARG, "attention: bad shape batch=%lld lq=%lld lk=%lld heads=%d head_dim=%d",
                            (long long)batch, (long long)lq, (long long)lk, heads, head_dim);
+    if (sdxl_compute_dev(c))
+        return sdxl_dev_attention(sdxl_compute_dev(c), q, q_ld, k, v, kv_ld, out, out_ld, batch, lq, lk, heads, head_dim,
+                                  scale, causal, e);
     if (batch == 0 || lq == 0) return SDXL_OK;
     if (lk == 0) return sdxl_seterr(e, SDXL_ERR_ARG, "attention: no keys (lk=0)");
     int64_t hd = (int64_t)heads * head_dim;

@@ -61,7 +61,11 @@ struct sdxl_compute {
     sdxl_buf dnnl_scratch;
     sdxl_buf attn;       /* attention per-thread tiles */
     uint64_t next_serial;
+    sdxl_dev *dev;       /* Vulkan device, or NULL for the CPU */
 };
+
+sdxl_dev *sdxl_compute_dev(const sdxl_compute *c) { return c ? c->dev : NULL; }
+void sdxl_compute_set_dev(sdxl_compute *c, sdxl_dev *d) { c->dev = d; }
 
 static int dnnl_fail(sdxl_err *e, dnnl_status_t s, const char *what) {
     int st = s == dnnl_out_of_memory ? SDXL_ERR_NOMEM
@@ -117,6 +121,7 @@ int sdxl_compute_new(sdxl_prec prec, sdxl_compute **out, sdxl_err *e) {
 
 void sdxl_compute_free(sdxl_compute *c) {
     if (!c) return;
+    sdxl_dev_free(c->dev);
     for (int64_t i = 0; i < c->n_prims; i++) {
         prim_entry *p = &c->prims[i];
         dnnl_primitive_destroy(p->prim);
@@ -143,6 +148,7 @@ int64_t sdxl_compute_n_primitives(const sdxl_compute *c) { return c->n_prims; }
 
 void sdxl_compute_trim(sdxl_compute *c) {
     if (!c) return;
+    sdxl_dev_trim(c->dev);
     sdxl_buf_free(&c->xbuf);
     sdxl_buf_free(&c->dnnl_scratch);
     sdxl_buf_free(&c->attn);
@@ -468,6 +474,7 @@ int sdxl_linear_init(sdxl_compute *c, sdxl_linear *l, int64_t in, int64_t out, c
     l->in = in;
     l->out = out;
     l->prec = c->prec;
+    if (c->dev) return sdxl_dev_layer_init(c->dev, &l->impl, in, out, 1, 1, 1, 0, 0, 0, 0, w, wdt, b, bdt, e);
     int st = bias_init(b, bdt, out, &l->bias, e);
     if (!st) {
         /* torch [out, in] row-major is the {K=in, N=out} matrix in "ba" order. */
@@ -485,6 +492,10 @@ int sdxl_linear_init(sdxl_compute *c, sdxl_linear *l, int64_t in, int64_t out, c
 
 void sdxl_linear_free(sdxl_linear *l) {
     if (!l) return;
+    if (!l->w && l->impl) { /* a device layer: its weights live on the device */
+        sdxl_dev_layer_free(l->impl);
+        l->impl = NULL;
+    }
     free(l->w);
     free(l->bias);
     free(l->impl);
@@ -493,6 +504,10 @@ void sdxl_linear_free(sdxl_linear *l) {
 
 int sdxl_linear_fwd(sdxl_compute *c, const sdxl_linear *l, const float *x, int64_t M, float *y, int flags,
                     sdxl_err *e) {
+    if (c->dev && l->impl && !l->w) {
+        if (M < 0 || M > INT32_MAX) return sdxl_seterr(e, SDXL_ERR_ARG, "linear: bad row count %lld", (long long)M);
+        return M ? sdxl_dev_linear_fwd(c->dev, l->impl, x, M, y, flags, e) : SDXL_OK;
+    }
     const gemm_layer *gl = l->impl;
     if (!gl || !l->w) return sdxl_seterr(e, SDXL_ERR_ARG, "linear: not initialised");
     if (l->prec != c->prec)
@@ -560,6 +575,9 @@ int sdxl_conv2d_init(sdxl_compute *c, sdxl_conv2d *cv, int64_t cin, int64_t cout
     cv->pad_b = pad_b;
     cv->pad_r = pad_r;
     cv->prec = c->prec;
+    if (c->dev)
+        return sdxl_dev_layer_init(c->dev, &cv->impl, cin, cout, kh, kw, stride, pad_t, pad_l, pad_b, pad_r, w, wdt, b,
+                                   bdt, e);
     int st = bias_init(b, bdt, cout, &cv->bias, e);
     if (!st) {
         dnnl_dims_t dims = {cout, cin, kh, kw};
@@ -579,6 +597,10 @@ int sdxl_conv2d_init(sdxl_compute *c, sdxl_conv2d *cv, int64_t cin, int64_t cout
 
 void sdxl_conv2d_free(sdxl_conv2d *cv) {
     if (!cv) return;
+    if (!cv->w && cv->impl) {
+        sdxl_dev_layer_free(cv->impl);
+        cv->impl = NULL;
+    }
     free(cv->w);
     free(cv->bias);
     free(cv->impl);
@@ -587,6 +609,7 @@ void sdxl_conv2d_free(sdxl_conv2d *cv) {
 
 int sdxl_conv2d_fwd(sdxl_compute *c, const sdxl_conv2d *cv, const float *x, int64_t n, int64_t h, int64_t w,
                     float *y, int flags, sdxl_err *e) {
+    if (c->dev && cv->impl && !cv->w) return sdxl_dev_conv2d_fwd(c->dev, cv->impl, x, n, h, w, y, flags, e);
     const gemm_layer *gl = cv->impl;
     if (!gl || !cv->w) return sdxl_seterr(e, SDXL_ERR_ARG, "conv2d: not initialised");
     if (cv->prec != c->prec)

@@ -107,4 +107,52 @@ int sdxl_attention(sdxl_compute *c, const float *q, int64_t q_ld, const float *k
                    float *out, int64_t out_ld, int64_t batch, int64_t lq, int64_t lk, int heads, int head_dim,
                    float scale, int causal, sdxl_err *e);
 
+/* ---- one forward, two backends --------------------------------------------------------------
+ * A context made on a Vulkan device runs every op above and below there: layers created on it
+ * keep their weights on the device (uploaded once, f32 or bf16 as the precision says), and
+ * memory from sdxl_compute_alloc is device memory, addressed by pointers the CPU must not
+ * touch (they fault); move data with sdxl_op_copy. Ops also accept host pointers there (copied
+ * in, and out for outputs), so a network runs correctly before its activations move to the
+ * device. On the CPU, sdxl_compute_alloc is aligned_alloc and the sdxl_op_* are the plain ops. */
+
+/* device: NULL or "cpu"; "vulkan" / "vulkan:N"; "auto" (a Vulkan GPU if there is one, else cpu). */
+int sdxl_compute_new_device(sdxl_prec prec, const char *device, sdxl_compute **out, sdxl_err *e);
+/* 1 on a Vulkan device. */
+int sdxl_compute_is_device(const sdxl_compute *c);
+/* The device's name ("cpu" on the CPU). */
+const char *sdxl_compute_device_name(const sdxl_compute *c);
+/* Activation memory (64-byte aligned); NULL with e set on failure. Free with sdxl_compute_release. */
+void *sdxl_compute_alloc(sdxl_compute *c, size_t bytes, sdxl_err *e);
+void sdxl_compute_release(sdxl_compute *c, void *p);
+/* Bytes the device's memory budget allows this process (VK_EXT_memory_budget, else the heap
+ * size) and the bytes its blocks hold; 0, 0 on the CPU. */
+void sdxl_compute_device_memory(sdxl_compute *c, uint64_t *budget, uint64_t *held);
+/* memmove between any mix of host and device memory (bytes a multiple of 4 device to device). */
+int sdxl_op_copy(sdxl_compute *c, void *dst, const void *src, size_t bytes, sdxl_err *e);
+/* Waits for recorded device work (no-op on the CPU). */
+int sdxl_compute_sync(sdxl_compute *c, sdxl_err *e);
+
+int sdxl_op_group_norm(sdxl_compute *c, const float *x, float *y, int64_t n, int64_t hw, int64_t ch, int groups,
+                       float eps, const float *gamma, const float *beta, int silu, sdxl_err *e);
+int sdxl_op_layer_norm(sdxl_compute *c, const float *x, float *y, int64_t rows, int64_t ch, float eps,
+                       const float *gamma, const float *beta, sdxl_err *e);
+int sdxl_op_softmax_rows(sdxl_compute *c, float *x, int64_t rows, int64_t n, sdxl_err *e);
+int sdxl_op_gelu(sdxl_compute *c, float *x, int64_t n, sdxl_err *e);
+int sdxl_op_gelu_tanh(sdxl_compute *c, float *x, int64_t n, sdxl_err *e);
+int sdxl_op_quick_gelu(sdxl_compute *c, float *x, int64_t n, sdxl_err *e);
+int sdxl_op_silu(sdxl_compute *c, float *x, int64_t n, sdxl_err *e);
+int sdxl_op_geglu(sdxl_compute *c, const float *x, float *y, int64_t rows, int64_t f, sdxl_err *e);
+int sdxl_op_upsample_nearest2x(sdxl_compute *c, const float *x, float *y, int64_t n, int64_t h, int64_t w, int64_t ch,
+                               sdxl_err *e);
+int sdxl_op_resize_nearest(sdxl_compute *c, const float *x, float *y, int64_t n, int64_t h, int64_t w, int64_t ch,
+                           int64_t oh, int64_t ow, sdxl_err *e);
+int sdxl_op_concat_channels(sdxl_compute *c, const float *a, int64_t ca, const float *b, int64_t cb, float *y,
+                            int64_t rows, sdxl_err *e);
+int sdxl_op_add(sdxl_compute *c, const float *a, const float *b, float *y, int64_t n, sdxl_err *e);
+int sdxl_op_axpy(sdxl_compute *c, float s, const float *x, float *y, int64_t n, sdxl_err *e);
+int sdxl_op_scale(sdxl_compute *c, float *x, float s, int64_t n, sdxl_err *e);
+int sdxl_op_add_bias(sdxl_compute *c, float *x, const float *bias, int64_t rows, int64_t ch, sdxl_err *e);
+int sdxl_op_timestep_embedding(sdxl_compute *c, const float *t, int64_t n, int dim, int flip_sin_to_cos,
+                               float downscale_freq_shift, float max_period, float *out, sdxl_err *e);
+
 #endif

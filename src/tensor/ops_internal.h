@@ -6,6 +6,7 @@
 #include <stddef.h>
 
 #include "tensor/ops.h"
+#include "tensor/vk/dev.h"
 
 /* 64-byte aligned buffer that only grows (warm-up), so steady-state passes never allocate. */
 typedef struct sdxl_buf {
@@ -16,6 +17,10 @@ typedef struct sdxl_buf {
 /* Ensures cap >= bytes; old contents are not kept. Returns SDXL_OK or SDXL_ERR_NOMEM. */
 int sdxl_buf_reserve(sdxl_buf *b, size_t bytes);
 void sdxl_buf_free(sdxl_buf *b);
+
+/* The context's Vulkan device (NULL on the CPU); set once by sdxl_compute_new_device. */
+sdxl_dev *sdxl_compute_dev(const sdxl_compute *c);
+void sdxl_compute_set_dev(sdxl_compute *c, sdxl_dev *d);
 
 /* The context's buffer for attention's per-thread tiles. */
 sdxl_buf *sdxl_compute_attn_buf(sdxl_compute *c);

@@ -474,6 +474,10 @@ void sdxl_vk_release(sdxl_vk *v, sdxl_vk_buf *x) {
         range_drop(b, at);
     }
     if (b->nfree == 1 && b->free[0].size == b->size) { /* whole block free: give it back */
+        if (v->recording) {                              /* once recorded work that may use it ran */
+            sdxl_err e;
+            sdxl_vk_flush(v, &e);
+        }
         v->f.vkDestroyBuffer(v->dev, b->buf, NULL);
         v->f.vkFreeMemory(v->dev, b->mem, NULL);
         v->held -= b->size;

@@ -359,6 +359,10 @@ int sdxl_vk_axpy(sdxl_vk *v, float s, const sdxl_vk_buf *x, const sdxl_vk_buf *y
     return elt(v, OP_AXPY, x, n, NULL, 0, y, n, NULL, s, e);
 }
 
+int sdxl_vk_copy(sdxl_vk *v, const sdxl_vk_buf *x, const sdxl_vk_buf *y, int64_t n, sdxl_err *e) {
+    return elt(v, OP_SCALE, x, n, NULL, 0, y, n, NULL, 1.0f, e);
+}
+
 int sdxl_vk_scale(sdxl_vk *v, const sdxl_vk_buf *x, float s, int64_t n, sdxl_err *e) {
     return elt(v, OP_SCALE, x, n, NULL, 0, x, n, NULL, s, e);
 }

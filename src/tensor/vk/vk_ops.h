@@ -61,6 +61,8 @@ int sdxl_vk_concat_channels(sdxl_vk *v, const sdxl_vk_buf *a, int64_t ca, const 
                             const sdxl_vk_buf *y, int64_t rows, sdxl_err *e);
 int sdxl_vk_add(sdxl_vk *v, const sdxl_vk_buf *a, const sdxl_vk_buf *b, const sdxl_vk_buf *y, int64_t n, sdxl_err *e);
 int sdxl_vk_axpy(sdxl_vk *v, float s, const sdxl_vk_buf *x, const sdxl_vk_buf *y, int64_t n, sdxl_err *e);
+/* y = x, n floats (views may be unaligned). */
+int sdxl_vk_copy(sdxl_vk *v, const sdxl_vk_buf *x, const sdxl_vk_buf *y, int64_t n, sdxl_err *e);
 int sdxl_vk_scale(sdxl_vk *v, const sdxl_vk_buf *x, float s, int64_t n, sdxl_err *e);
 /* x [rows, c] += bias [c]. */
 int sdxl_vk_add_bias(sdxl_vk *v, const sdxl_vk_buf *x, const sdxl_vk_buf *bias, int64_t rows, int64_t c,
