@@ -92,6 +92,9 @@ struct sdxl_unet {
     double flops;
     int64_t plan_b, plan_h, plan_w, plan_l;
 
+    int op_st;      /* first failure of an op that returns no status (device ops can fail) */
+    sdxl_err op_err;
+
     int profile;
     double prof_s[SDXL_UNET_OP_COUNT];
     int64_t prof_n[SDXL_UNET_OP_COUNT];
@@ -693,7 +696,7 @@ void sdxl_unet_free(sdxl_unet *u) {
         walker w = {.mode = W_FREE, .u = u};
         walk(&w);
     }
-    free(u->ws);
+    sdxl_compute_release(u->c, u->ws);
     free(u);
 }
 
@@ -795,7 +798,8 @@ static float *ws_alloc(sdxl_unet *u, int64_t nfloats, size_t *off) {
 static float *ws_collapse(sdxl_unet *u, size_t dst, size_t src, int64_t nfloats) {
     size_t bytes = (size_t)nfloats * sizeof(float);
     double t0 = u->profile ? now_s() : 0;
-    if (!u->measure && dst != src) memmove(u->ws + dst, u->ws + src, bytes);
+    if (!u->measure && dst != src && !u->op_st)
+        u->op_st = sdxl_op_copy(u->c, u->ws + dst, u->ws + src, bytes, &u->op_err);
     if (u->profile && !u->measure) {
         u->prof_s[SDXL_UNET_OP_OTHER] += now_s() - t0;
         u->prof_n[SDXL_UNET_OP_OTHER]++;
@@ -805,6 +809,12 @@ static float *ws_collapse(sdxl_unet *u, size_t dst, size_t src, int64_t nfloats)
 }
 
 /* ---- op wrappers: skip the math in measure mode, count FLOPs, time per op type -------------- */
+
+/* Runs an op that returns a status unless one failed already; the forward reports the first. */
+#define OP(u, call)                                   \
+    do {                                              \
+        if (!(u)->op_st) (u)->op_st = (call);         \
+    } while (0)
 
 #define PROF_BEGIN(u) double t0_ = (u)->profile ? now_s() : 0
 #define PROF_END(u, k)                                                                                           \
@@ -857,49 +867,49 @@ static void op_gn(sdxl_unet *u, const float *x, float *y, int64_t n, int64_t hw,
                   const float *b, int silu) {
     if (u->measure) return;
     PROF_BEGIN(u);
-    sdxl_group_norm(x, y, n, hw, c, GN_GROUPS, eps, g, b, silu);
+    OP(u, sdxl_op_group_norm(u->c, x, y, n, hw, c, GN_GROUPS, eps, g, b, silu, &u->op_err));
     PROF_END(u, SDXL_UNET_OP_GROUPNORM);
 }
 
 static void op_ln(sdxl_unet *u, const float *x, float *y, int64_t rows, int64_t c, const float *g, const float *b) {
     if (u->measure) return;
     PROF_BEGIN(u);
-    sdxl_layer_norm(x, y, rows, c, LN_EPS, g, b);
+    OP(u, sdxl_op_layer_norm(u->c, x, y, rows, c, LN_EPS, g, b, &u->op_err));
     PROF_END(u, SDXL_UNET_OP_LAYERNORM);
 }
 
 static void op_geglu(sdxl_unet *u, const float *x, float *y, int64_t rows, int64_t f) {
     if (u->measure) return;
     PROF_BEGIN(u);
-    sdxl_geglu(x, y, rows, f);
+    OP(u, sdxl_op_geglu(u->c, x, y, rows, f, &u->op_err));
     PROF_END(u, SDXL_UNET_OP_GEGLU);
 }
 
 static void op_silu(sdxl_unet *u, float *x, int64_t n) {
     if (u->measure) return;
     PROF_BEGIN(u);
-    sdxl_silu(x, n);
+    OP(u, sdxl_op_silu(u->c, x, n, &u->op_err));
     PROF_END(u, SDXL_UNET_OP_OTHER);
 }
 
 static void op_copy(sdxl_unet *u, float *dst, const float *src, int64_t n) {
     if (u->measure) return;
     PROF_BEGIN(u);
-    memcpy(dst, src, (size_t)n * sizeof(float));
+    OP(u, sdxl_op_copy(u->c, dst, src, (size_t)n * sizeof(float), &u->op_err));
     PROF_END(u, SDXL_UNET_OP_OTHER);
 }
 
 static void op_add(sdxl_unet *u, const float *a, float *y, int64_t n) {
     if (u->measure || !a) return;
     PROF_BEGIN(u);
-    sdxl_add(a, y, y, n);
+    OP(u, sdxl_op_add(u->c, a, y, y, n, &u->op_err));
     PROF_END(u, SDXL_UNET_OP_OTHER);
 }
 
 static void op_concat(sdxl_unet *u, const float *a, int64_t ca, const float *b, int64_t cb, float *y, int64_t rows) {
     if (u->measure) return;
     PROF_BEGIN(u);
-    sdxl_concat_channels(a, ca, b, cb, y, rows);
+    OP(u, sdxl_op_concat_channels(u->c, a, ca, b, cb, y, rows, &u->op_err));
     PROF_END(u, SDXL_UNET_OP_OTHER);
 }
 
@@ -907,7 +917,7 @@ static void op_concat(sdxl_unet *u, const float *a, int64_t ca, const float *b, 
 static void op_add_rows(sdxl_unet *u, float *y, const float *v, int64_t n, int64_t hw, int64_t c) {
     if (u->measure) return;
     PROF_BEGIN(u);
-    for (int64_t b = 0; b < n; b++) sdxl_add_bias(y + b * hw * c, v + b * c, hw, c);
+    for (int64_t b = 0; b < n; b++) OP(u, sdxl_op_add_bias(u->c, y + b * hw * c, v + b * c, hw, c, &u->op_err));
     PROF_END(u, SDXL_UNET_OP_OTHER);
 }
 
@@ -915,8 +925,8 @@ static void op_resize(sdxl_unet *u, const float *x, float *y, int64_t n, int64_t
                       int64_t ow) {
     if (u->measure) return;
     PROF_BEGIN(u);
-    if (oh == 2 * h && ow == 2 * w) sdxl_upsample_nearest2x(x, y, n, h, w, c);
-    else sdxl_resize_nearest(x, y, n, h, w, c, oh, ow);
+    if (oh == 2 * h && ow == 2 * w) OP(u, sdxl_op_upsample_nearest2x(u->c, x, y, n, h, w, c, &u->op_err));
+    else OP(u, sdxl_op_resize_nearest(u->c, x, y, n, h, w, c, oh, ow, &u->op_err));
     PROF_END(u, SDXL_UNET_OP_OTHER);
 }
 
@@ -926,16 +936,17 @@ static void op_adm(sdxl_unet *u, const sdxl_unet_in *in, float *adm) {
     PROF_BEGIN(u);
     int64_t w = u->cfg.adm_in;
     for (int64_t b = 0; b < in->batch; b++) {
-        memcpy(adm + b * w, in->pooled + b * in->pooled_dim, (size_t)in->pooled_dim * sizeof(float));
-        sdxl_timestep_embedding(in->time_ids + b * in->n_time_ids, in->n_time_ids, TIME_ID_DIM, 1, 0.0f, 10000.0f,
-                                adm + b * w + in->pooled_dim);
+        OP(u, sdxl_op_copy(u->c, adm + b * w, in->pooled + b * in->pooled_dim, (size_t)in->pooled_dim * sizeof(float),
+                           &u->op_err));
+        OP(u, sdxl_op_timestep_embedding(u->c, in->time_ids + b * in->n_time_ids, in->n_time_ids, TIME_ID_DIM, 1, 0.0f,
+                                         10000.0f, adm + b * w + in->pooled_dim, &u->op_err));
     }
     PROF_END(u, SDXL_UNET_OP_OTHER);
 }
 
 static void op_tembed(sdxl_unet *u, const float *t, int64_t n, int64_t dim, float *out) {
     if (u->measure) return;
-    sdxl_timestep_embedding(t, n, (int)dim, 1, 0.0f, 10000.0f, out);
+    OP(u, sdxl_op_timestep_embedding(u->c, t, n, (int)dim, 1, 0.0f, 10000.0f, out, &u->op_err));
 }
 
 /* ---- blocks ------------------------------------------------------------------------------- */
@@ -1054,7 +1065,7 @@ static int body(sdxl_unet *u, const sdxl_unet_in *in, float *out, sdxl_err *e) {
     float *x0 = ws_alloc(u, n * H * W * g->in_ch, NULL);
     if (!u->measure) {
         PROF_BEGIN(u);
-        sdxl_nchw_to_nhwc(in->x, x0, n, g->in_ch, H, W);
+        OP(u, sdxl_op_nchw_to_nhwc(u->c, in->x, x0, n, g->in_ch, H, W, &u->op_err));
         PROF_END(u, SDXL_UNET_OP_OTHER);
     }
     TRY(op_conv(u, &u->conv_in, x0, n, H, W, h, 0, e));
@@ -1134,7 +1145,7 @@ static int body(sdxl_unet *u, const sdxl_unet_in *in, float *out, sdxl_err *e) {
     TRY(op_conv(u, &u->conv_out, h, n, hh, ww, o, 0, e));
     if (!u->measure) {
         PROF_BEGIN(u);
-        sdxl_nhwc_to_nchw(o, out, n, hh, ww, g->out_ch);
+        OP(u, sdxl_op_nhwc_to_nchw(u->c, o, out, n, hh, ww, g->out_ch, &u->op_err));
         PROF_END(u, SDXL_UNET_OP_OTHER);
     }
     return SDXL_OK;
@@ -1191,7 +1202,7 @@ double sdxl_unet_flops(sdxl_unet *u, int64_t batch, int64_t h, int64_t w, int64_
 
 void sdxl_unet_trim(sdxl_unet *u) {
     if (!u) return;
-    free(u->ws);
+    sdxl_compute_release(u->c, u->ws);
     u->ws = NULL;
     u->ws_cap = 0;
     u->plan_b = 0;
@@ -1205,13 +1216,12 @@ int sdxl_unet_forward(sdxl_unet *u, const sdxl_unet_in *in, float *out, sdxl_err
         TRY(measure(u, in, e));
         size_t need = u->ws_peak;
         if (need > u->ws_cap) {
-            free(u->ws);
+            sdxl_compute_release(u->c, u->ws);
             u->ws = NULL;
             u->ws_cap = 0;
             u->plan_b = 0;
-            void *p = NULL;
-            if (posix_memalign(&p, WS_ALIGN, need) != 0)
-                return sdxl_seterr(e, SDXL_ERR_NOMEM, "unet: cannot allocate %zu bytes of activations", need);
+            void *p = sdxl_compute_alloc(u->c, need, NULL);
+            if (!p) return sdxl_seterr(e, SDXL_ERR_NOMEM, "unet: cannot allocate %zu bytes of activations", need);
             u->ws = p;
             u->ws_cap = need;
         }
@@ -1220,7 +1230,13 @@ int sdxl_unet_forward(sdxl_unet *u, const sdxl_unet_in *in, float *out, sdxl_err
         u->plan_w = in->w;
         u->plan_l = in->ctx_len;
     }
-    return body(u, in, out, e);
+    u->op_st = 0;
+    int rc = body(u, in, out, e);
+    if (!rc && u->op_st) {
+        rc = u->op_st;
+        if (e) *e = u->op_err;
+    }
+    return rc;
 }
 
 /* ---- profile ------------------------------------------------------------------------------- */

@@ -150,3 +150,13 @@ int sdxl_op_timestep_embedding(sdxl_compute *c, const float *t, int64_t n, int d
     DEV_OR(sdxl_dev_timestep_embedding(d_, t, n, dim, flip_sin_to_cos, downscale_freq_shift, max_period, out, e),
            sdxl_timestep_embedding(t, n, dim, flip_sin_to_cos, downscale_freq_shift, max_period, out));
 }
+
+int sdxl_op_nchw_to_nhwc(sdxl_compute *c, const float *src, float *dst, int64_t n, int64_t ch, int64_t h, int64_t w,
+                         sdxl_err *e) {
+    DEV_OR(sdxl_dev_transpose(d_, src, dst, n, ch, h * w, e), sdxl_nchw_to_nhwc(src, dst, n, ch, h, w));
+}
+
+int sdxl_op_nhwc_to_nchw(sdxl_compute *c, const float *src, float *dst, int64_t n, int64_t h, int64_t w, int64_t ch,
+                         sdxl_err *e) {
+    DEV_OR(sdxl_dev_transpose(d_, src, dst, n, h * w, ch, e), sdxl_nhwc_to_nchw(src, dst, n, h, w, ch));
+}

@@ -152,6 +152,11 @@ int sdxl_op_add(sdxl_compute *c, const float *a, const float *b, float *y, int64
 int sdxl_op_axpy(sdxl_compute *c, float s, const float *x, float *y, int64_t n, sdxl_err *e);
 int sdxl_op_scale(sdxl_compute *c, float *x, float s, int64_t n, sdxl_err *e);
 int sdxl_op_add_bias(sdxl_compute *c, float *x, const float *bias, int64_t rows, int64_t ch, sdxl_err *e);
+/* Layout edges: NCHW <-> NHWC (either side host or context memory). */
+int sdxl_op_nchw_to_nhwc(sdxl_compute *c, const float *src, float *dst, int64_t n, int64_t ch, int64_t h, int64_t w,
+                         sdxl_err *e);
+int sdxl_op_nhwc_to_nchw(sdxl_compute *c, const float *src, float *dst, int64_t n, int64_t h, int64_t w, int64_t ch,
+                         sdxl_err *e);
 int sdxl_op_timestep_embedding(sdxl_compute *c, const float *t, int64_t n, int dim, int flip_sin_to_cos,
                                float downscale_freq_shift, float max_period, float *out, sdxl_err *e);
 

@@ -462,11 +462,8 @@ int64_t sdxl_clip_scratch_bytes(const sdxl_clip *m, int64_t batch, int64_t len) 
     return batch * len * (6 * m->cfg.width + m->cfg.mlp) * (int64_t)sizeof(float);
 }
 
-static void act_fwd(sdxl_clip_act a, float *x, int64_t n) {
-    if (a == SDXL_CLIP_QUICK_GELU)
-        sdxl_quick_gelu(x, n);
-    else
-        sdxl_gelu(x, n);
+static int act_fwd(sdxl_compute *c, sdxl_clip_act a, float *x, int64_t n, sdxl_err *e) {
+    return a == SDXL_CLIP_QUICK_GELU ? sdxl_op_quick_gelu(c, x, n, e) : sdxl_op_gelu(c, x, n, e);
 }
 
 /* x += attn(LN1(x)); x += mlp(LN2(x)). */
@@ -476,15 +473,15 @@ static int block_fwd(sdxl_compute *c, const sdxl_clip *m, const sdxl_clip_block 
     const int64_t W = cf->width, M = B * L;
     const int hd = (int)(W / cf->heads);
     int rc;
-    sdxl_layer_norm(x, h, M, W, cf->ln_eps, b->ln1_g, b->ln1_b);
+    if ((rc = sdxl_op_layer_norm(c, x, h, M, W, cf->ln_eps, b->ln1_g, b->ln1_b, e))) return rc;
     if ((rc = sdxl_linear_fwd(c, &b->qkv, h, M, qkv, 0, e))) return rc;
     if ((rc = sdxl_attention(c, qkv, 3 * W, qkv + W, qkv + 2 * W, 3 * W, att, W, B, L, L, (int)cf->heads, hd,
                              1.0f / sqrtf((float)hd), 1, e)))
         return rc;
     if ((rc = sdxl_linear_fwd(c, &b->out, att, M, x, SDXL_OP_ACCUM, e))) return rc;
-    sdxl_layer_norm(x, h, M, W, cf->ln_eps, b->ln2_g, b->ln2_b);
+    if ((rc = sdxl_op_layer_norm(c, x, h, M, W, cf->ln_eps, b->ln2_g, b->ln2_b, e))) return rc;
     if ((rc = sdxl_linear_fwd(c, &b->fc1, h, M, ff, 0, e))) return rc;
-    act_fwd(cf->act, ff, M * cf->mlp);
+    if ((rc = act_fwd(c, cf->act, ff, M * cf->mlp, e))) return rc;
     return sdxl_linear_fwd(c, &b->fc2, ff, M, x, SDXL_OP_ACCUM, e);
 }
 
@@ -505,28 +502,35 @@ int sdxl_clip_forward(sdxl_compute *c, const sdxl_clip *m, const sdxl_clip_io *i
     int need_all = io->pooled || io->last_normed || io->all;
     int64_t nblk = need_all ? cf->layers : io->hidden ? io->layer : 0;
 
-    float *x = malloc((size_t)sdxl_clip_scratch_bytes(m, B, L));
-    if (!x) return sdxl_seterr(e, SDXL_ERR_NOMEM, "clip: scratch for %lld tokens", (long long)M);
+    /* Activations in the context's memory (the device's on a GPU); embeddings are gathered here. */
+    float *x = sdxl_compute_alloc(c, (size_t)sdxl_clip_scratch_bytes(m, B, L), e);
+    float *emb = malloc((size_t)(M * W) * sizeof(float));
+    if (!x || !emb) {
+        sdxl_compute_release(c, x);
+        free(emb);
+        return sdxl_seterr(e, SDXL_ERR_NOMEM, "clip: scratch for %lld tokens", (long long)M);
+    }
     float *h = x + M * W, *att = h + M * W, *qkv = att + M * W, *ff = qkv + 3 * M * W;
 
     const size_t esz = sdxl_dtype_size(m->tok_dtype);
     for (int64_t i = 0; i < M; i++) {
-        float *row = x + i * W;
+        float *row = emb + i * W;
         sdxl_to_f32((const char *)m->tok_emb + (size_t)io->ids[i] * (size_t)W * esz, m->tok_dtype, row, (size_t)W);
         sdxl_add(row, m->pos_emb + (i % L) * W, row, W);
     }
     size_t hs_bytes = (size_t)(M * W) * sizeof(float);
-    if (io->all) memcpy(io->all[0], x, hs_bytes);
-    if (io->hidden && io->layer == 0) memcpy(io->hidden, x, hs_bytes);
+    int rc = sdxl_op_copy(c, x, emb, hs_bytes, e);
+    free(emb);
+    if (!rc && io->all) rc = sdxl_op_copy(c, io->all[0], x, hs_bytes, e);
+    if (!rc && io->hidden && io->layer == 0) rc = sdxl_op_copy(c, io->hidden, x, hs_bytes, e);
 
-    int rc = SDXL_OK;
     for (int64_t i = 0; i < nblk && !rc; i++) {
         rc = block_fwd(c, m, &m->blocks[i], x, h, qkv, att, ff, B, L, e);
         if (rc) break;
-        if (io->all) memcpy(io->all[i + 1], x, hs_bytes);
-        if (io->hidden && io->layer == i + 1) memcpy(io->hidden, x, hs_bytes);
+        if (io->all) rc = sdxl_op_copy(c, io->all[i + 1], x, hs_bytes, e);
+        if (!rc && io->hidden && io->layer == i + 1) rc = sdxl_op_copy(c, io->hidden, x, hs_bytes, e);
     }
-    if (!rc && io->last_normed) sdxl_layer_norm(x, io->last_normed, M, W, cf->ln_eps, m->lnf_g, m->lnf_b);
+    if (!rc && io->last_normed) rc = sdxl_op_layer_norm(c, x, io->last_normed, M, W, cf->ln_eps, m->lnf_g, m->lnf_b, e);
     if (!rc && io->pooled) {
         /* The EOS row: argmax of the ids (first maximum), as HF and open_clip pick it. */
         for (int64_t b = 0; b < B; b++) {
@@ -534,13 +538,12 @@ int sdxl_clip_forward(sdxl_compute *c, const sdxl_clip *m, const sdxl_clip_io *i
             int64_t at = 0;
             for (int64_t t = 1; t < L; t++)
                 if (ids[t] > ids[at]) at = t;
-            sdxl_layer_norm(x + (b * L + at) * W, h + b * W, 1, W, cf->ln_eps, m->lnf_g, m->lnf_b);
+            if (!rc) rc = sdxl_op_layer_norm(c, x + (b * L + at) * W, h + b * W, 1, W, cf->ln_eps, m->lnf_g, m->lnf_b, e);
         }
-        if (cf->proj)
-            rc = sdxl_linear_fwd(c, &m->proj, h, B, io->pooled, 0, e);
-        else
-            memcpy(io->pooled, h, (size_t)(B * W) * sizeof(float));
+        if (!rc)
+            rc = cf->proj ? sdxl_linear_fwd(c, &m->proj, h, B, io->pooled, 0, e)
+                          : sdxl_op_copy(c, io->pooled, h, (size_t)(B * W) * sizeof(float), e);
     }
-    free(x);
+    sdxl_compute_release(c, x);
     return rc;
 }

@@ -133,7 +133,7 @@ double golden_nmse(const float *a, const float *b, size_t n) {
 
 static int usage(void) {
     fprintf(stderr,
-            "usage: sdxl-golden --golden DIR --models DIR [--only NAME[,NAME...]]\n"
+            "usage: sdxl-golden --golden DIR --models DIR [--only NAME[,NAME...]] [--device cpu|vulkan[:N]]\n"
             "components:");
     for (const component *c = COMPONENTS; c->name; c++) fprintf(stderr, " %s", c->name);
     fprintf(stderr, "\n");
@@ -161,6 +161,8 @@ int main(int argc, char **argv) {
             g.models_dir = argv[++i];
         else if (!strcmp(argv[i], "--only") && i + 1 < argc)
             only = argv[++i];
+        else if (!strcmp(argv[i], "--device") && i + 1 < argc)
+            g.device = argv[++i];
         else
             return usage();
     }

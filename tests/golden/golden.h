@@ -13,6 +13,7 @@
 typedef struct golden_ctx {
     const char *golden_dir; /* holds <component>.json + <component>.safetensors */
     const char *models_dir;
+    const char *device; /* --device: NULL (cpu), vulkan, vulkan:N */
     int n_pass, n_fail;
 } golden_ctx;
 

@@ -194,7 +194,7 @@ static void run_layout(golden_ctx *g, golden_set *s, const char *case_name, cons
     int64_t B1 = 0, L1 = 0, B2 = 0, L2 = 0;
     int32_t *ids1 = NULL, *ids2 = NULL;
     float *pen1 = NULL, *pen2 = NULL, *ctx = NULL, *pooled = NULL;
-    if (sdxl_ckpt_open(path, &ck, &e) || sdxl_compute_new(SDXL_PREC_F32, &c, &e) ||
+    if (sdxl_ckpt_open(path, &ck, &e) || sdxl_compute_new_device(SDXL_PREC_F32, g->device, &c, &e) ||
         sdxl_cond_model_load(c, ck, &m, &e)) {
         golden_fail(g, COMP, tc.label, "%s", e.msg);
         goto done;
@@ -321,7 +321,7 @@ static void run_pipeline_prompts(golden_ctx *g) {
     sdxl_tokenizer *tok = NULL;
     sdxl_err e = {0};
     const sdxl_json *cases = sdxl_json_get(s.json, "cases");
-    if (sdxl_compute_new(SDXL_PREC_F32, &c, &e) || sdxl_tokenizer_new(&tok, &e)) {
+    if (sdxl_compute_new_device(SDXL_PREC_F32, g->device, &c, &e) || sdxl_tokenizer_new(&tok, &e)) {
         golden_fail(g, COMP, "pipelines", "%s", e.msg);
         goto done;
     }

@@ -61,7 +61,7 @@ static void run_layout(golden_ctx *g, golden_set *s, const char *comp, const cha
     sdxl_ckpt *ck = NULL;
     sdxl_compute *c = NULL;
     sdxl_unet *u = NULL;
-    if (sdxl_ckpt_open(path, &ck, &e) != SDXL_OK || sdxl_compute_new(SDXL_PREC_F32, &c, &e) != SDXL_OK ||
+    if (sdxl_ckpt_open(path, &ck, &e) != SDXL_OK || sdxl_compute_new_device(SDXL_PREC_F32, g->device, &c, &e) != SDXL_OK ||
         sdxl_unet_load(c, ck, NULL, &u, &e) != SDXL_OK) {
         golden_fail(g, comp, layout, "load %s: %s", path, e.msg);
         goto done;

@@ -195,11 +195,11 @@ static void run_model(golden_ctx *g, golden_set *gs, const model *m, int with_bf
     sdxl_ckpt *ck = NULL;
     sdxl_compute *c32 = NULL, *c16 = NULL;
     sdxl_vae *v = NULL, *vb = NULL;
-    if (sdxl_ckpt_open(path, &ck, &e) || sdxl_compute_new(SDXL_PREC_F32, &c32, &e) || sdxl_vae_load(ck, c32, &v, &e)) {
+    if (sdxl_ckpt_open(path, &ck, &e) || sdxl_compute_new_device(SDXL_PREC_F32, g->device, &c32, &e) || sdxl_vae_load(ck, c32, &v, &e)) {
         golden_fail(g, "vae", m->tag, "load %s: %s", path, e.msg);
         goto done;
     }
-    if (with_bf16 && sdxl_compute_new(SDXL_PREC_BF16, &c16, &e) != SDXL_OK) {
+    if (with_bf16 && sdxl_compute_new_device(SDXL_PREC_BF16, g->device, &c16, &e) != SDXL_OK) {
         printf("SKIP vae/%s bf16 (%s)\n", m->tag, e.msg);
         c16 = NULL;
     } else if (with_bf16 && sdxl_vae_load(ck, c16, &vb, &e)) {

@@ -229,7 +229,26 @@ int sdxl_dev_copy(sdxl_dev *d, void *dst, const void *src, size_t bytes, sdxl_er
     sdxl_vk_buf a, b;
     int st = in_(d, src, bytes, &a, e);
     if (!st) st = in_(d, dst, bytes, &b, e);
-    return st ? st : sdxl_vk_copy(d->vk, &a, &b, (int64_t)(bytes / 4), e);
+    if (st) return st;
+    const char *s0 = src, *d0 = dst;
+    if (s0 < d0 + bytes && d0 < s0 + bytes) { /* overlapping: through a temporary, threads run in any order */
+        int t = 0;
+        if ((st = tmp_new(d, bytes, &t, e))) return st;
+        sdxl_vk_buf tb = sdxl_vk_view(&d->tmp[t], 0, bytes);
+        st = sdxl_vk_copy(d->vk, &a, &tb, (int64_t)(bytes / 4), e);
+        if (!st) st = sdxl_vk_copy(d->vk, &tb, &b, (int64_t)(bytes / 4), e);
+        return done(d, st, e);
+    }
+    return sdxl_vk_copy(d->vk, &a, &b, (int64_t)(bytes / 4), e);
+}
+
+int sdxl_dev_transpose(sdxl_dev *d, const float *x, float *y, int64_t n, int64_t rows, int64_t cols, sdxl_err *e) {
+    sdxl_vk_buf bx, by;
+    if (n <= 0 || rows <= 0 || cols <= 0) return SDXL_OK;
+    int st = in_(d, x, fb(n * rows * cols), &bx, e);
+    if (!st) st = out_(d, y, fb(n * rows * cols), &by, e);
+    if (!st) st = sdxl_vk_transpose(d->vk, &bx, &by, n, rows, cols, e);
+    return done(d, st, e);
 }
 
 /* ---- GEMM layers ------------------------------------------------------------------------------ */

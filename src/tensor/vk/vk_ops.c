@@ -301,7 +301,7 @@ int sdxl_vk_softmax_rows(sdxl_vk *v, const sdxl_vk_buf *x, int64_t rows, int64_t
 /* ---- elementwise ---------------------------------------------------------------------------- */
 
 enum { OP_ADD = 0, OP_AXPY = 1, OP_SCALE = 2, OP_ADD_BIAS = 7, OP_GEGLU = 8, OP_CONCAT = 9, OP_RESIZE = 10,
-       OP_TIMESTEP = 11, OP_ADD_ROWVEC = 12 };
+       OP_TIMESTEP = 11, OP_ADD_ROWVEC = 12, OP_TRANSPOSE = 13 };
 
 static int elt(sdxl_vk *v, int op, const sdxl_vk_buf *a, int64_t na, const sdxl_vk_buf *b, int64_t nb,
                const sdxl_vk_buf *y, int64_t ny, const uint32_t args[6], float s, sdxl_err *e) {
@@ -379,6 +379,14 @@ int sdxl_vk_add_rowvec(sdxl_vk *v, const sdxl_vk_buf *x, const sdxl_vk_buf *vec,
     if (n <= 0 || hw <= 0 || c <= 0) return sdxl_seterr(e, SDXL_ERR_ARG, "vulkan add_rowvec: bad shape");
     uint32_t a[6] = {(uint32_t)hw, (uint32_t)c};
     return elt(v, OP_ADD_ROWVEC, x, mul3(n, hw, c), vec, mul3(n, c, 1), x, mul3(n, hw, c), a, 0.0f, e);
+}
+
+int sdxl_vk_transpose(sdxl_vk *v, const sdxl_vk_buf *x, const sdxl_vk_buf *y, int64_t n, int64_t rows, int64_t cols,
+                      sdxl_err *e) {
+    if (n <= 0 || rows <= 0 || cols <= 0) return sdxl_seterr(e, SDXL_ERR_ARG, "vulkan transpose: bad shape");
+    int64_t all = mul3(n, rows, cols);
+    uint32_t a[6] = {(uint32_t)rows, (uint32_t)cols};
+    return elt(v, OP_TRANSPOSE, x, all, NULL, 0, y, all, a, 0.0f, e);
 }
 
 int sdxl_vk_timestep_freqs(sdxl_vk *v, int dim, float downscale_freq_shift, float max_period, sdxl_vk_buf *out,

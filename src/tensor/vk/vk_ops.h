@@ -71,6 +71,10 @@ int sdxl_vk_add_bias(sdxl_vk *v, const sdxl_vk_buf *x, const sdxl_vk_buf *bias, 
 int sdxl_vk_add_rowvec(sdxl_vk *v, const sdxl_vk_buf *x, const sdxl_vk_buf *vec, int64_t n, int64_t hw, int64_t c,
                        sdxl_err *e);
 
+/* x [n][rows][cols] -> y [n][cols][rows] (NCHW <-> NHWC). */
+int sdxl_vk_transpose(sdxl_vk *v, const sdxl_vk_buf *x, const sdxl_vk_buf *y, int64_t n, int64_t rows, int64_t cols,
+                      sdxl_err *e);
+
 /* Frequencies of sdxl_timestep_embedding, computed on the host exactly as the CPU does. */
 int sdxl_vk_timestep_freqs(sdxl_vk *v, int dim, float downscale_freq_shift, float max_period, sdxl_vk_buf *out,
                            sdxl_err *e);
