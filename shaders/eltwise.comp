@@ -11,7 +11,8 @@ layout(std430, binding = 3) buffer Y { float y[]; };
 // u: 0 op, 1 n (outputs), 2..7 op arguments, 8 a_off, 9 b_off, 10 y_off; f[0] scalar
 const uint OP_ADD = 0u, OP_AXPY = 1u, OP_SCALE = 2u, OP_SILU = 3u, OP_GELU = 4u, OP_GELU_TANH = 5u,
            OP_QUICK_GELU = 6u, OP_ADD_BIAS = 7u, OP_GEGLU = 8u, OP_CONCAT = 9u, OP_RESIZE = 10u,
-           OP_TIMESTEP = 11u, OP_ADD_ROWVEC = 12u, OP_TRANSPOSE = 13u;
+           OP_TIMESTEP = 11u, OP_ADD_ROWVEC = 12u, OP_TRANSPOSE = 13u, OP_DIV = 14u,
+           OP_PHASE = 15u;
 
 float sigmoid(float v) {
     if (v >= 0.0) return 1.0 / (1.0 + exp(-v));
@@ -85,6 +86,11 @@ void main() {
     } else if (op == OP_ADD_ROWVEC) {
         uint hw = pc.u[2], c = pc.u[3];
         y[yo + i] = a[ao + i] + b[bo + (i / (hw * c)) * c + i % c];
+    } else if (op == OP_DIV) y[yo + i] = a[ao + i] / s;
+    else if (op == OP_PHASE) { // p [n, h, w, c] -> y [n, 2h, 2w, c] at rows 2i+pa, columns 2j+pq
+        uint h = pc.u[2], w = pc.u[3], c = pc.u[4], pa = pc.u[5], pq = pc.u[6];
+        uint ch = i % c, t = i / c, j = t % w, t2 = t / w, r = t2 % h, n = t2 / h;
+        y[yo + ((n * 2u * h + 2u * r + pa) * 2u * w + 2u * j + pq) * c + ch] = a[ao + i];
     } else if (op == OP_TRANSPOSE) { // [n][r][c] -> [n][c][r]
         uint r = pc.u[2], c = pc.u[3], m = i % (r * c), n = i / (r * c);
         uint oc = m / r, orow = m % r;

@@ -541,7 +541,7 @@ static void attn_free(vae_attn *a) {
 
 void sdxl_vae_trim(sdxl_vae *v) {
     for (int i = 0; i < 3; i++) {
-        free(v->ws[i]);
+        sdxl_compute_release(v->comp, v->ws[i]);
         v->ws[i] = NULL;
     }
     v->ws_cap[0] = v->ws_cap[1] = v->ws_cap[2] = 0;
@@ -636,6 +636,7 @@ typedef struct fwd {
     int64_t need[3];
     int64_t max_in; /* largest GEMM input, floats (the bf16 conversion buffer) */
     sdxl_err *e;
+    int st; /* first failure of a step that returns no status */
 } fwd;
 
 static float *buf(fwd *F, int i, int64_t floats) {
@@ -651,6 +652,7 @@ static void note_in(fwd *F, int64_t floats) {
 static int conv(fwd *F, const sdxl_conv2d *cv, int64_t cin, const float *x, int64_t n, int64_t h, int64_t w, float *y,
                 int flags) {
     note_in(F, n * h * w * cin);
+    if (F->st) return F->st;
     return F->plan ? SDXL_OK : sdxl_conv2d_fwd(F->v->comp, cv, x, n, h, w, y, flags, F->e);
 }
 
@@ -661,7 +663,7 @@ static int linear(fwd *F, const sdxl_linear *l, int64_t in, const float *x, int6
 
 static void gn(fwd *F, const float *x, float *y, int64_t n, int64_t hw, int64_t c, const float *g, const float *b,
                int silu) {
-    if (!F->plan) sdxl_group_norm(x, y, n, hw, c, F->v->cfg.groups, F->v->cfg.eps, g, b, silu);
+    if (!F->plan && !F->st) F->st = sdxl_op_group_norm(F->v->comp, x, y, n, hw, c, F->v->cfg.groups, F->v->cfg.eps, g, b, silu, F->e);
 }
 
 static void swap_idx(int *a, int *b) {
@@ -727,14 +729,7 @@ static int upconv_fwd(fwd *F, const sdxl_conv2d *cv, int x, int ph, int y, int64
         int rc = conv(F, &cv[p], c, X, n, h, w, P, 0);
         if (rc) return rc;
         if (F->plan) continue;
-        const int a = p / 2, q = p % 2;
-#pragma omp parallel for schedule(static)
-        for (int64_t row = 0; row < n * h; row++) {
-            const int64_t b = row / h, i = row % h;
-            float *dst = Y + ((b * 2 * h + 2 * i + a) * 2 * w + q) * c;
-            const float *src = P + row * w * c;
-            for (int64_t j = 0; j < w; j++) memcpy(dst + 2 * j * c, src + j * c, (size_t)c * sizeof(float));
-        }
+        if ((rc = sdxl_op_place_phase(F->v->comp, P, Y, n, h, w, c, p / 2, p % 2, F->e))) return rc;
     }
     return SDXL_OK;
 }
@@ -750,9 +745,9 @@ static int dec_forward(fwd *F, const float *z, int64_t n, int64_t h, int64_t w, 
     const int64_t lc = cfg->latent_channels, cl = cfg->ch[nl - 1], nz = n * h * w * lc;
     int x = 0, t1 = 1, t2 = 2, rc;
     float *T1 = buf(F, t1, nz), *T2 = buf(F, t2, nz);
-    if (!F->plan)
-        for (int64_t i = 0; i < nz; i++)
-            T1[i] = z[i] / cfg->scaling_factor; /* division, as the reference does */
+    if (!F->plan && ((rc = sdxl_op_copy(F->v->comp, T1, z, (size_t)nz * sizeof(float), F->e)) ||
+                     (rc = sdxl_op_div(F->v->comp, T1, cfg->scaling_factor, nz, F->e)))) /* division, as the reference does */
+        return rc;
     if ((rc = conv(F, &D->post_quant_conv, lc, T1, n, h, w, T2, 0))) return rc;
     if ((rc = conv(F, &D->conv_in, lc, T2, n, h, w, buf(F, x, n * h * w * cl), 0))) return rc;
     if ((rc = mid_fwd(F, &D->mid1, &D->mid_attn, &D->mid2, &x, &t1, &t2, n, h, w))) return rc;
@@ -813,7 +808,7 @@ static int plan(const sdxl_vae_config *cfg, int enc, int64_t n, int64_t h, int64
     sdxl_vae *t = calloc(1, sizeof *t);
     if (!t) return SDXL_ERR_NOMEM;
     t->cfg = *cfg;
-    fwd F = {t, 1, {0, 0, 0}, 0, NULL};
+    fwd F = {t, 1, {0, 0, 0}, 0, NULL, 0};
     int res;
     if (enc)
         enc_forward(&F, NULL, n, h, w, &res);
@@ -837,10 +832,10 @@ static int ws_reserve(sdxl_vae *v, const int64_t need[3], sdxl_err *e) {
         if ((uint64_t)need[i] > SIZE_MAX / sizeof(float) - 64)
             return sdxl_seterr(e, SDXL_ERR_LIMIT, "vae: workspace of %lld floats does not fit in memory",
                                (long long)need[i]);
-        free(v->ws[i]);
+        sdxl_compute_release(v->comp, v->ws[i]);
         v->ws_cap[i] = 0;
         size_t bytes = ((size_t)need[i] * sizeof(float) + 63) & ~(size_t)63;
-        if (!(v->ws[i] = aligned_alloc(64, bytes)))
+        if (!(v->ws[i] = sdxl_compute_alloc(v->comp, bytes, NULL)))
             return sdxl_seterr(e, SDXL_ERR_NOMEM, "vae: cannot allocate a %zu-byte activation buffer", bytes);
         v->ws_cap[i] = (size_t)need[i];
     }
@@ -1048,7 +1043,7 @@ int sdxl_vae_decode(sdxl_vae *v, const float *latents, int64_t n, int64_t h, int
         if (plan(cfg, 0, nb, h, w, need, &max_in)) return sdxl_seterr(e, SDXL_ERR_NOMEM, "vae decode: out of memory");
         if ((rc = ws_reserve(v, need, e))) return rc;
         v->last_bytes = need_bytes(need);
-        fwd F = {v, 0, {0, 0, 0}, 0, e};
+        fwd F = {v, 0, {0, 0, 0}, 0, e, 0};
         for (int64_t b = 0; b < n; b += nb)
             if ((rc = dec_forward(&F, latents + b * zsz, nb, h, w, image + b * isz)))
                 return sdxl_err_prefix(e, "vae decode");
@@ -1070,7 +1065,7 @@ int sdxl_vae_decode(sdxl_vae *v, const float *latents, int64_t n, int64_t h, int
     }
     v->last_bytes = need_bytes(need) + (uint64_t)(tz + ti + H * W) * sizeof(float);
     float *it = zt + tz, *wsum = it + ti;
-    fwd F = {v, 0, {0, 0, 0}, 0, e};
+    fwd F = {v, 0, {0, 0, 0}, 0, e, 0};
     for (int64_t b = 0; b < n && !rc; b++) {
         float *img = image + b * isz;
         memset(img, 0, sizeof(float) * (size_t)isz);
@@ -1165,20 +1160,29 @@ int sdxl_vae_encode(sdxl_vae *v, const float *image, int64_t n, int64_t H, int64
         if (plan(cfg, 1, nb, H, W, need, &max_in)) return sdxl_seterr(e, SDXL_ERR_NOMEM, "vae encode: out of memory");
         if ((rc = ws_reserve(v, need, e))) return rc;
         v->last_bytes = need_bytes(need);
-        fwd F = {v, 0, {0, 0, 0}, 0, e};
+        fwd F = {v, 0, {0, 0, 0}, 0, e, 0};
         for (int64_t b = 0; b < n; b += nb) {
             int res;
             if ((rc = enc_forward(&F, image + b * isz, nb, H, W, &res))) return sdxl_err_prefix(e, "vae encode");
-            const float *mom = v->ws[res];
+            /* the moments come to the host (the workspace may be device memory) */
+            size_t mb = (size_t)(nb * h * w * 2 * lc) * sizeof(float);
+            float *mom = malloc(mb);
+            if (!mom) return sdxl_seterr(e, SDXL_ERR_NOMEM, "vae encode: out of memory for the moments");
+            if ((rc = sdxl_op_copy(v->comp, mom, v->ws[res], mb, e))) {
+                free(mom);
+                return sdxl_err_prefix(e, "vae encode");
+            }
             finish_moments(cfg, mom, nb * h * w, noise ? noise + b * zsz : NULL, latents ? latents + b * zsz : NULL,
                            mean ? mean + b * zsz : NULL, logvar ? logvar + b * zsz : NULL);
+            free(mom);
         }
         return SDXL_OK;
     }
     tile_plan p;
     if ((rc = plan_tiles(run, h, w, &p, e))) return rc;
     int64_t need[3], max_in;
-    const int64_t ti = p.th * f * p.tw * f * ic, nm = h * w * 2 * lc;
+    const int64_t tm = p.th * p.tw * 2 * lc, ti0 = p.th * f * p.tw * f * ic, ti = ti0 > tm ? ti0 : tm,
+                  nm = h * w * 2 * lc; /* it holds the image tile, then the tile's moments */
     float *it = malloc(sizeof(float) * (size_t)(ti + nm + h * w));
     if (it && plan(cfg, 1, 1, p.th * f, p.tw * f, need, &max_in)) {
         free(it);
@@ -1191,7 +1195,7 @@ int sdxl_vae_encode(sdxl_vae *v, const float *image, int64_t n, int64_t H, int64
     }
     v->last_bytes = need_bytes(need) + (uint64_t)(ti + nm + h * w) * sizeof(float);
     float *mom = it + ti, *wsum = mom + nm;
-    fwd F = {v, 0, {0, 0, 0}, 0, e};
+    fwd F = {v, 0, {0, 0, 0}, 0, e, 0};
     for (int64_t b = 0; b < n && !rc; b++) {
         memset(mom, 0, sizeof(float) * (size_t)nm);
         memset(wsum, 0, sizeof(float) * (size_t)(h * w));
@@ -1203,7 +1207,8 @@ int sdxl_vae_encode(sdxl_vae *v, const float *image, int64_t n, int64_t H, int64
                     sdxl_err_prefix(e, "vae tiled encode, tile (%d, %d)", iy, ix);
                     break;
                 }
-                blend_add(&p, iy, ix, 1, v->ws[res], 2 * lc, mom, wsum, w);
+                if ((rc = sdxl_op_copy(v->comp, it, v->ws[res], (size_t)tm * sizeof(float), e))) break;
+                blend_add(&p, iy, ix, 1, it, 2 * lc, mom, wsum, w);
             }
         if (rc) break;
         blend_norm(mom, wsum, h * w, 2 * lc);

@@ -160,3 +160,22 @@ int sdxl_op_nhwc_to_nchw(sdxl_compute *c, const float *src, float *dst, int64_t 
                          sdxl_err *e) {
     DEV_OR(sdxl_dev_transpose(d_, src, dst, n, h * w, ch, e), sdxl_nhwc_to_nchw(src, dst, n, h, w, ch));
 }
+
+int sdxl_op_div(sdxl_compute *c, float *x, float s, int64_t n, sdxl_err *e) {
+    DEV_OR(sdxl_dev_div(d_, x, s, n, e), for (int64_t i = 0; i < n; i++) x[i] = x[i] / s);
+}
+
+static void place_phase(const float *p, float *y, int64_t n, int64_t h, int64_t w, int64_t ch, int a, int q) {
+#pragma omp parallel for schedule(static)
+    for (int64_t row = 0; row < n * h; row++) {
+        const int64_t b = row / h, i = row % h;
+        float *dst = y + ((b * 2 * h + 2 * i + a) * 2 * w + q) * ch;
+        const float *src = p + row * w * ch;
+        for (int64_t j = 0; j < w; j++) memcpy(dst + 2 * j * ch, src + j * ch, (size_t)ch * sizeof(float));
+    }
+}
+
+int sdxl_op_place_phase(sdxl_compute *c, const float *p, float *y, int64_t n, int64_t h, int64_t w, int64_t ch, int a,
+                        int q, sdxl_err *e) {
+    DEV_OR(sdxl_dev_place_phase(d_, p, y, n, h, w, ch, a, q, e), place_phase(p, y, n, h, w, ch, a, q));
+}

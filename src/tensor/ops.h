@@ -151,6 +151,11 @@ int sdxl_op_concat_channels(sdxl_compute *c, const float *a, int64_t ca, const f
 int sdxl_op_add(sdxl_compute *c, const float *a, const float *b, float *y, int64_t n, sdxl_err *e);
 int sdxl_op_axpy(sdxl_compute *c, float s, const float *x, float *y, int64_t n, sdxl_err *e);
 int sdxl_op_scale(sdxl_compute *c, float *x, float s, int64_t n, sdxl_err *e);
+/* x[i] /= s, a true division (x * (1/s) rounds differently). */
+int sdxl_op_div(sdxl_compute *c, float *x, float s, int64_t n, sdxl_err *e);
+/* One phase of a 2x upsample: p [n, h, w, ch] -> y [n, 2h, 2w, ch] at rows 2i+a, columns 2j+q. */
+int sdxl_op_place_phase(sdxl_compute *c, const float *p, float *y, int64_t n, int64_t h, int64_t w, int64_t ch, int a,
+                        int q, sdxl_err *e);
 int sdxl_op_add_bias(sdxl_compute *c, float *x, const float *bias, int64_t rows, int64_t ch, sdxl_err *e);
 /* Layout edges: NCHW <-> NHWC (either side host or context memory). */
 int sdxl_op_nchw_to_nhwc(sdxl_compute *c, const float *src, float *dst, int64_t n, int64_t ch, int64_t h, int64_t w,

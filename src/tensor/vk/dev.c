@@ -242,6 +242,23 @@ int sdxl_dev_copy(sdxl_dev *d, void *dst, const void *src, size_t bytes, sdxl_er
     return sdxl_vk_copy(d->vk, &a, &b, (int64_t)(bytes / 4), e);
 }
 
+int sdxl_dev_div(sdxl_dev *d, float *x, float s, int64_t n, sdxl_err *e) {
+    sdxl_vk_buf bx;
+    if (n <= 0) return SDXL_OK;
+    int st = out_(d, x, fb(n), &bx, e);
+    if (!st) st = sdxl_vk_div(d->vk, &bx, s, n, e);
+    return done(d, st, e);
+}
+
+int sdxl_dev_place_phase(sdxl_dev *d, const float *p, float *y, int64_t n, int64_t h, int64_t w, int64_t c, int a,
+                         int q, sdxl_err *e) {
+    sdxl_vk_buf bp, by;
+    int st = in_(d, p, fb(n * h * w * c), &bp, e);
+    if (!st) st = out_(d, y, fb(4 * n * h * w * c), &by, e);
+    if (!st) st = sdxl_vk_place_phase(d->vk, &bp, &by, n, h, w, c, a, q, e);
+    return done(d, st, e);
+}
+
 int sdxl_dev_transpose(sdxl_dev *d, const float *x, float *y, int64_t n, int64_t rows, int64_t cols, sdxl_err *e) {
     sdxl_vk_buf bx, by;
     if (n <= 0 || rows <= 0 || cols <= 0) return SDXL_OK;

@@ -51,6 +51,9 @@ int sdxl_dev_add(sdxl_dev *d, const float *a, const float *b, float *y, int64_t 
 int sdxl_dev_axpy(sdxl_dev *d, float s, const float *x, float *y, int64_t n, sdxl_err *e);
 int sdxl_dev_scale(sdxl_dev *d, float *x, float s, int64_t n, sdxl_err *e);
 int sdxl_dev_add_bias(sdxl_dev *d, float *x, const float *bias, int64_t rows, int64_t c, sdxl_err *e);
+int sdxl_dev_div(sdxl_dev *d, float *x, float s, int64_t n, sdxl_err *e);
+int sdxl_dev_place_phase(sdxl_dev *d, const float *p, float *y, int64_t n, int64_t h, int64_t w, int64_t c, int a,
+                         int q, sdxl_err *e);
 int sdxl_dev_transpose(sdxl_dev *d, const float *x, float *y, int64_t n, int64_t rows, int64_t cols, sdxl_err *e);
 int sdxl_dev_timestep_embedding(sdxl_dev *d, const float *t, int64_t n, int dim, int flip_sin_to_cos,
                                 float downscale_freq_shift, float max_period, float *out, sdxl_err *e);

@@ -301,7 +301,8 @@ int sdxl_vk_softmax_rows(sdxl_vk *v, const sdxl_vk_buf *x, int64_t rows, int64_t
 /* ---- elementwise ---------------------------------------------------------------------------- */
 
 enum { OP_ADD = 0, OP_AXPY = 1, OP_SCALE = 2, OP_ADD_BIAS = 7, OP_GEGLU = 8, OP_CONCAT = 9, OP_RESIZE = 10,
-       OP_TIMESTEP = 11, OP_ADD_ROWVEC = 12, OP_TRANSPOSE = 13 };
+       OP_TIMESTEP = 11, OP_ADD_ROWVEC = 12, OP_TRANSPOSE = 13, OP_DIV = 14,
+       OP_PHASE = 15 };
 
 static int elt(sdxl_vk *v, int op, const sdxl_vk_buf *a, int64_t na, const sdxl_vk_buf *b, int64_t nb,
                const sdxl_vk_buf *y, int64_t ny, const uint32_t args[6], float s, sdxl_err *e) {
@@ -361,6 +362,30 @@ int sdxl_vk_axpy(sdxl_vk *v, float s, const sdxl_vk_buf *x, const sdxl_vk_buf *y
 
 int sdxl_vk_copy(sdxl_vk *v, const sdxl_vk_buf *x, const sdxl_vk_buf *y, int64_t n, sdxl_err *e) {
     return elt(v, OP_SCALE, x, n, NULL, 0, y, n, NULL, 1.0f, e);
+}
+
+int sdxl_vk_div(sdxl_vk *v, const sdxl_vk_buf *x, float s, int64_t n, sdxl_err *e) {
+    return elt(v, OP_DIV, x, n, NULL, 0, x, n, NULL, s, e);
+}
+
+int sdxl_vk_place_phase(sdxl_vk *v, const sdxl_vk_buf *p, const sdxl_vk_buf *y, int64_t n, int64_t h, int64_t w,
+                        int64_t c, int a, int q, sdxl_err *e) {
+    if (n <= 0 || h <= 0 || w <= 0 || c <= 0 || a < 0 || a > 1 || q < 0 || q > 1)
+        return sdxl_seterr(e, SDXL_ERR_ARG, "vulkan place_phase: bad shape");
+    uint32_t args[6] = {(uint32_t)h, (uint32_t)w, (uint32_t)c, (uint32_t)a, (uint32_t)q};
+    int64_t np = mul3(mul3(n, h, w), c, 1);
+    bound bp, by;
+    int st;
+    if (np < 0) return sdxl_seterr(e, SDXL_ERR_LIMIT, "vulkan place_phase: too large");
+    if ((st = bind(v, p, np, "phase input", &bp, e)) || (st = bind(v, y, 4 * np, "phase output", &by, e))) return st;
+    push pc = {0};
+    pc.u[0] = OP_PHASE;
+    pc.u[1] = (uint32_t)np;
+    for (int i = 0; i < 6; i++) pc.u[2 + i] = args[i];
+    pc.u[8] = bp.eoff;
+    pc.u[10] = by.eoff;
+    const sdxl_vk_buf *bufs[4] = {&bp.b, NULL, NULL, &by.b};
+    return run1d(v, SDXL_VK_SH_ELTWISE, bufs, &pc, np, e);
 }
 
 int sdxl_vk_scale(sdxl_vk *v, const sdxl_vk_buf *x, float s, int64_t n, sdxl_err *e) {

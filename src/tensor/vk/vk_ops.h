@@ -63,6 +63,11 @@ int sdxl_vk_add(sdxl_vk *v, const sdxl_vk_buf *a, const sdxl_vk_buf *b, const sd
 int sdxl_vk_axpy(sdxl_vk *v, float s, const sdxl_vk_buf *x, const sdxl_vk_buf *y, int64_t n, sdxl_err *e);
 /* y = x, n floats (views may be unaligned). */
 int sdxl_vk_copy(sdxl_vk *v, const sdxl_vk_buf *x, const sdxl_vk_buf *y, int64_t n, sdxl_err *e);
+/* x[i] /= s (a true division). */
+int sdxl_vk_div(sdxl_vk *v, const sdxl_vk_buf *x, float s, int64_t n, sdxl_err *e);
+/* p [n, h, w, c] -> y [n, 2h, 2w, c] at rows 2i+a and columns 2j+q (one phase of a 2x upsample). */
+int sdxl_vk_place_phase(sdxl_vk *v, const sdxl_vk_buf *p, const sdxl_vk_buf *y, int64_t n, int64_t h, int64_t w,
+                        int64_t c, int a, int q, sdxl_err *e);
 int sdxl_vk_scale(sdxl_vk *v, const sdxl_vk_buf *x, float s, int64_t n, sdxl_err *e);
 /* x [rows, c] += bias [c]. */
 int sdxl_vk_add_bias(sdxl_vk *v, const sdxl_vk_buf *x, const sdxl_vk_buf *bias, int64_t rows, int64_t c,
