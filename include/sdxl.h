@@ -149,6 +149,7 @@ typedef struct sdxl_model_params {
     const char *precision; /* "f32", "bf16" or NULL/"auto" (bf16 where the CPU has avx512_bf16);
                               the VAE always runs in f32 (SDXL's force_upcast) */
     int head_dim;          /* > 0 forces the UNet head width; 0 = config.json / yaml / 64 */
+    const char *device;    /* NULL/"cpu", "vulkan", "vulkan:N" (`sdxl devices`), or "auto" (a GPU if any) */
 } sdxl_model_params;
 
 void sdxl_model_params_init(sdxl_model_params *p);

@@ -114,7 +114,9 @@ int sdxl_pl_model_load(const sdxl_model_params *p, const sdxl_logger *log, sdxl_
     sdxl_unet_opts_init(&uo);
     uo.head_dim = p->head_dim;
     uo.log = log;
-    if ((st = sdxl_compute_new(prec, &m->c, e)) || (st = sdxl_compute_new(SDXL_PREC_F32, &m->c_vae, e))) goto fail;
+    if ((st = sdxl_compute_new_device(prec, p->device, &m->c, e)) ||
+        (st = sdxl_compute_new_device(SDXL_PREC_F32, p->device, &m->c_vae, e)))
+        goto fail;
     if ((st = sdxl_tokenizer_new(&m->tok, e))) goto fail;
     if ((st = sdxl_ckpt_open(p->base, &m->base_ck, e))) goto fail;
     if ((st = sdxl_cond_model_load(m->c, m->base_ck, &m->base_cond, e))) {
@@ -730,6 +732,13 @@ int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile 
     sdxl_mem_query(&ms);
     uint64_t avail = ms.available ? ms.available : (uint64_t)8 << 30;
     avail = avail > ((uint64_t)512 << 20) ? avail - avail / 10 : avail / 2; /* keep a 10% margin */
+    uint64_t dev_budget, dev_held; /* on a GPU the activations live in its memory: its budget binds too */
+    sdxl_compute_device_memory(m->c, &dev_budget, &dev_held);
+    if (dev_budget) {
+        uint64_t dev_free = dev_budget > dev_held ? dev_budget - dev_held : 0;
+        dev_free -= dev_free / 10;
+        if (dev_free < avail) avail = dev_free;
+    }
     int cap = r.p.batch_size > 0 ? r.p.batch_size : r.n_images;
     if (r.p.max_batch > 0 && cap > r.p.max_batch) cap = r.p.max_batch;
     if (r.stochastic) cap = 1; /* the sampler's noise stream is per image: batching would change pixels */

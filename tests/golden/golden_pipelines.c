@@ -287,6 +287,7 @@ int golden_pipelines(golden_ctx *g) {
         mp.base = base;
         mp.refiner = ref;
         mp.precision = "f32";
+        mp.device = g->device;
         sdxl_pl_model *m = NULL;
         sdxl_err e = {0};
         if (sdxl_pl_model_load(&mp, NULL, &m, &e)) {
