@@ -399,6 +399,58 @@ static void test_alloc(sdxl_vk *v) {
     sdxl_vk_release(v, &s);
 }
 
+/* The seam: one op sequence on a CPU context and on a Vulkan context, device memory, host
+ * operands (staged in and out), overlapping device copies, layout edges. */
+static void test_seam(void) {
+    sdxl_err e = {0};
+    sdxl_compute *cc = NULL, *cv = NULL;
+    CHECK(!sdxl_compute_new_device(SDXL_PREC_F32, "cpu", &cc, &e), "cpu context: %s", e.msg);
+    if (sdxl_compute_new_device(SDXL_PREC_F32, "vulkan", &cv, &e)) {
+        CHECK(0, "vulkan context: %s", e.msg);
+        sdxl_compute_free(cc);
+        return;
+    }
+    CHECK(sdxl_compute_is_device(cv) && !sdxl_compute_is_device(cc), "device flag");
+    const int64_t n = 2, C = 6, H = 5, Wd = 7, hw = H * Wd, M = n * hw, N = 12;
+    float *img = rnd(n * C * hw, -1, 1), *w = rnd(N * C, -0.5f, 0.5f), *b = rnd(N, -1, 1), *g = rnd(N, 0.5f, 1.5f),
+          *be = rnd(N, -1, 1), *acc = rnd(M * N, -1, 1);
+    float *out[2];
+    for (int k = 0; k < 2; k++) {
+        sdxl_compute *c = k ? cv : cc;
+        sdxl_linear l;
+        CHECK(!sdxl_linear_init(c, &l, C, N, w, SDXL_F32, b, SDXL_F32, &e), "linear init: %s", e.msg);
+        float *x = sdxl_compute_alloc(c, (size_t)(M * C) * 4, &e), *y = sdxl_compute_alloc(c, (size_t)(M * N) * 4, &e);
+        float *z = sdxl_compute_alloc(c, (size_t)(4 * M * N) * 4, &e);
+        CHECK(x && y && z, "alloc: %s", e.msg);
+        int st = sdxl_op_nchw_to_nhwc(c, img, x, n, C, H, Wd, &e);
+        if (!st) st = sdxl_linear_fwd(c, &l, x, M, y, 0, &e);
+        if (!st) st = sdxl_op_group_norm(c, y, y, n, hw, N, 3, 1e-5f, g, be, 1, &e);
+        if (!st) st = sdxl_op_copy(c, y + 5, y, (size_t)(M * N - 5) * 4, &e);  /* overlapping, upwards */
+        if (!st) st = sdxl_op_copy(c, y, y + 3, (size_t)(M * N - 3) * 4, &e);  /* overlapping, downwards */
+        if (!st) st = sdxl_op_div(c, y, 0.13025f, M * N, &e);
+        for (int p = 0; p < 4 && !st; p++) st = sdxl_op_place_phase(c, y, z, n, H, Wd, N, p / 2, p % 2, &e);
+        out[k] = malloc((size_t)(4 * M * N + M * N) * 4);
+        memcpy(out[k] + 4 * M * N, acc, (size_t)(M * N) * 4);
+        /* a host output that accumulates */
+        if (!st) st = sdxl_linear_fwd(c, &l, x, M, out[k] + 4 * M * N, SDXL_OP_ACCUM, &e);
+        if (!st) st = sdxl_op_nhwc_to_nchw(c, z, out[k], n, 2 * H, 2 * Wd, N, &e);
+        if (!st) st = sdxl_compute_sync(c, &e);
+        CHECK(!st, "seam ops on %s: %s", sdxl_compute_device_name(c), e.msg);
+        sdxl_compute_release(c, x);
+        sdxl_compute_release(c, y);
+        sdxl_compute_release(c, z);
+        sdxl_linear_free(&l);
+    }
+    cmp("seam: nchw->nhwc, linear, group norm+silu, copies, div, phases, accumulate into host", out[1], out[0],
+        5 * M * N, 1e-10);
+    uint64_t budget, held;
+    sdxl_compute_device_memory(cv, &budget, &held);
+    CHECK(budget > 0, "device budget reported (%llu)", (unsigned long long)budget);
+    free(out[0]), free(out[1]), free(img), free(w), free(b), free(g), free(be), free(acc);
+    sdxl_compute_free(cc);
+    sdxl_compute_free(cv);
+}
+
 int main(void) {
     sdxl_err e = {0};
     sdxl_vk_devinfo *devs = NULL;
@@ -419,6 +471,7 @@ int main(void) {
     sdxl_vk *bad = NULL;
     CHECK(sdxl_vk_new(999, &bad, &e) == SDXL_ERR_ARG && !bad, "missing device refused: %s", e.msg);
 
+    test_seam();
     test_alloc(v);
     test_convert(v);
     test_eltwise(v);
