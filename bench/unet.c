@@ -23,6 +23,8 @@ static void fill(float *x, size_t n, float scale, unsigned *s) {
 
 int main(int argc, char **argv) {
     const char *model = "bench/models/sdxl_base_random.safetensors", *sizes = "64,128";
+    const char *device = NULL;
+    double given_peak = 0;
     int threads = 2, runs = 1;
     int64_t batch = 2;
     sdxl_prec prec = SDXL_PREC_BF16;
@@ -34,9 +36,12 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--sizes") && has) sizes = argv[++i];
         else if (!strcmp(argv[i], "--batch") && has) batch = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--runs") && has) runs = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--device") && has) device = argv[++i];
+        else if (!strcmp(argv[i], "--peak") && has) given_peak = atof(argv[++i]);
         else {
             fprintf(stderr, "usage: bench-unet [--model PATH] [--threads N] [--prec bf16|f32] [--sizes 64,128] "
-                            "[--batch 2] [--runs 1]\n");
+                            "[--batch 2] [--runs 1] [--device cpu|vulkan[:N]] [--peak GFLOPS]\n"
+                            "  --peak: the device's measured matmul peak (a GPU's is not measured here)\n");
             return 2;
         }
     }
@@ -44,14 +49,17 @@ int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     sdxl_threads_set(threads);
     const char *pname = prec == SDXL_PREC_BF16 ? "bf16" : "f32";
-    double peak = bench_peak_gflops(prec, threads);
-    printf("machine peak (%s, %d threads): %.0f GFLOP/s\n", pname, threads, peak);
+    int on_device = device && strcmp(device, "cpu");
+    double peak = given_peak > 0 ? given_peak : on_device ? 0 : bench_peak_gflops(prec, threads);
+    if (given_peak > 0 || !on_device)
+        printf("%s peak (%s%s): %.0f GFLOP/s\n", on_device ? "device" : "machine", pname,
+               given_peak > 0 ? ", given" : "", peak);
 
     sdxl_err e = {0};
     sdxl_ckpt *ck = NULL;
     sdxl_compute *c = NULL;
     sdxl_unet *u = NULL;
-    if (sdxl_ckpt_open(model, &ck, &e) != SDXL_OK || sdxl_compute_new(prec, &c, &e) != SDXL_OK ||
+    if (sdxl_ckpt_open(model, &ck, &e) != SDXL_OK || sdxl_compute_new_device(prec, device, &c, &e) != SDXL_OK ||
         sdxl_unet_load(c, ck, NULL, &u, &e) != SDXL_OK) {
         fprintf(stderr, "bench-unet: %s\n", e.msg);
         return 1;
@@ -61,6 +69,7 @@ int main(int argc, char **argv) {
     sdxl_unet_stats_get(u, &st);
     sdxl_mem_stats m;
     sdxl_mem_query(&m);
+    printf("device: %s%s\n", sdxl_compute_device_name(c), on_device ? " (per-op times below are recording times)" : "");
     printf("model %s: %s UNet, %lld params, load %.1f s, weights %.2f GB (%s), RSS %.2f GB\n", model,
            g->is_refiner ? "refiner" : "base", (long long)g->n_params, st.load_seconds, st.weight_bytes / 1e9, pname,
            m.rss / 1e9);
@@ -108,7 +117,7 @@ int main(int argc, char **argv) {
         printf("\nlatent %lldx%lld batch %lld (%s, %d threads): %.2f s (first call %.2f s), %.0f GFLOP, %.0f GFLOP/s = "
                "%.1f%% of peak; activations %.0f MB\n",
                (long long)s, (long long)s, (long long)batch, pname, threads, best, warm, flops / 1e9, gf,
-               100.0 * gf / peak, est / 1e6);
+               peak > 0 ? 100.0 * gf / peak : 0.0, est / 1e6);
         double tot = 0;
         for (int k = 0; k < SDXL_UNET_OP_COUNT; k++) tot += secs[k];
         for (int k = 0; k < SDXL_UNET_OP_COUNT; k++)

@@ -132,7 +132,15 @@ static int has(const char *list, const char *item) {
     return 0;
 }
 
+/* The CPU's measured peak, or on a device the peak given with --peak (a GPU's is not measured here). */
+static double peak_for(const char *device, double given, sdxl_prec prec, int threads) {
+    if (given > 0) return given;
+    return device && strcmp(device, "cpu") ? 1e-9 : bench_peak_gflops(prec, threads);
+}
+
 int main(int argc, char **argv) {
+    const char *device = NULL;
+    double given_peak = 0;
     const char *model = NULL, *keys = DEFAULT_KEYS, *sizes = "512,1024", *precs = "f32,bf16";
     int threads = 2, reps = 1, tile = 0;
     for (int i = 1; i < argc; i++) {
@@ -151,9 +159,13 @@ int main(int argc, char **argv) {
             reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--tile") && more)
             tile = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--device") && more)
+            device = argv[++i];
+        else if (!strcmp(argv[i], "--peak") && more)
+            given_peak = atof(argv[++i]);
         else {
             fprintf(stderr, "usage: bench-vae [--model CKPT] [--keys TABLE.tsv] [--sizes 512,1024] [--prec f32,bf16] "
-                            "[--threads N] [--reps N] [--tile LATENT]\n");
+                            "[--threads N] [--reps N] [--tile LATENT] [--device cpu|vulkan[:N]] [--peak GFLOPS]\n");
             return 2;
         }
     }
@@ -179,7 +191,7 @@ int main(int argc, char **argv) {
     for (int pi = 0; pi < 2; pi++) {
         if (!has(precs, pnames[pi])) continue;
         sdxl_prec prec = pi ? SDXL_PREC_BF16 : SDXL_PREC_F32;
-        double peak = bench_peak_gflops(prec, threads);
+        double peak = peak_for(device, given_peak, prec, threads);
         if (peak <= 0) {
             printf("%s: no peak on this CPU, skipped\n", pnames[pi]);
             continue;
@@ -187,11 +199,12 @@ int main(int argc, char **argv) {
         sdxl_compute *c = NULL;
         sdxl_vae *v = NULL;
         double t0 = bench_now();
-        if (sdxl_compute_new(prec, &c, &e) || sdxl_vae_load(ck, c, &v, &e)) {
+        if (sdxl_compute_new_device(prec, device, &c, &e) || sdxl_vae_load(ck, c, &v, &e)) {
             fprintf(stderr, "bench-vae: %s\n", e.msg);
             return 1;
         }
         const sdxl_vae_config *cfg = sdxl_vae_get_config(v);
+        printf("device: %s\n", sdxl_compute_device_name(c));
         printf("%s: peak %.0f GFLOP/s; load %.2f s, weights %.1f MB, %lld params\n", pnames[pi], peak, bench_now() - t0,
                sdxl_vae_weight_bytes(v) / 1e6, (long long)cfg->n_params);
         for (const char *p = sizes; *p;) {
@@ -210,7 +223,7 @@ int main(int argc, char **argv) {
             run.tile = tile ? SDXL_VAE_TILE_ON : SDXL_VAE_TILE_OFF;
             if (tile) run.tile_latent = tile;
             uint64_t est = sdxl_vae_decode_bytes(cfg, 1, h, w, prec, &run);
-            double best = 1e30, best_cpu = 1e30, pk0 = bench_peak_gflops(prec, threads);
+            double best = 1e30, best_cpu = 1e30, pk0 = peak_for(device, given_peak, prec, threads);
             if (pk0 > peak) peak = pk0;
             for (int r = 0; r < reps; r++) {
                 double t1 = bench_now(), c1 = cpu_now();
@@ -225,7 +238,7 @@ int main(int argc, char **argv) {
             /* The peak is sampled before and after every decode and the best sample of the run is
              * used: a low sample is interference, the machine never runs faster than its peak. The
              * CPU-time rate, work / (CPU seconds / threads), counts only the time the threads ran. */
-            double pk1 = bench_peak_gflops(prec, threads);
+            double pk1 = peak_for(device, given_peak, prec, threads);
             if (pk1 > peak) peak = pk1;
             double pk = peak;
             double done, gf = decode_flops(cfg, (double)h, (double)w, &done) / 1e9;
