@@ -8,6 +8,7 @@
 
 #define KONST_MAX_BYTES ((uint64_t)4 << 20)
 #define KONST_MAX 4096
+#define KONST_MAX_TOTAL ((uint64_t)256 << 20) /* host copies kept, all entries together */
 #define TMP_MAX 8
 
 typedef struct shadow {
@@ -36,6 +37,7 @@ struct sdxl_dev {
     int nsh, capsh;
     konst *k;
     int nk, capk;
+    uint64_t kbytes;
     sdxl_vk_buf tmp[TMP_MAX];
     int ntmp;
     readback rb[2];
@@ -64,6 +66,7 @@ static void konst_drop_all(sdxl_dev *d) {
         free(d->k[i].copy);
     }
     d->nk = 0;
+    d->kbytes = 0;
 }
 
 void sdxl_dev_trim(sdxl_dev *d) {
@@ -160,7 +163,6 @@ static int in_(sdxl_dev *d, const void *p, uint64_t bytes, sdxl_vk_buf *v, sdxl_
         *v = sdxl_vk_view(&k->buf, 0, bytes);
         return SDXL_OK;
     }
-    if (d->nk == KONST_MAX) konst_drop_all(d);
     if (d->nk == d->capk) {
         int cap = d->capk ? 2 * d->capk : 64;
         konst *q = realloc(d->k, (size_t)cap * sizeof *q);
@@ -177,6 +179,7 @@ static int in_(sdxl_dev *d, const void *p, uint64_t bytes, sdxl_vk_buf *v, sdxl_
         return st;
     }
     d->k[d->nk++] = k;
+    d->kbytes += bytes;
     *v = sdxl_vk_view(&k.buf, 0, bytes);
     return SDXL_OK;
 }
@@ -201,6 +204,8 @@ static int done(sdxl_dev *d, int st, sdxl_err *e) {
     if (d->ntmp && !d->nrb && !st) st = sdxl_vk_flush(d->vk, e); /* temporaries are read by recorded work */
     for (int i = 0; i < d->ntmp; i++) sdxl_vk_release(d->vk, &d->tmp[i]);
     d->ntmp = d->nrb = 0;
+    /* The cache is bounded between ops, never inside one (its views are in use there). */
+    if (d->nk >= KONST_MAX || d->kbytes > KONST_MAX_TOTAL) konst_drop_all(d);
     return st;
 }
 
