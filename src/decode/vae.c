@@ -112,7 +112,9 @@ typedef struct loader {
     sdxl_err *e;
 } loader;
 
-static int is_float(sdxl_st_dtype t) { return t == SDXL_ST_F32 || t == SDXL_ST_F16 || t == SDXL_ST_BF16; }
+static int is_float(sdxl_st_dtype t) {
+    return t == SDXL_ST_F32 || t == SDXL_ST_F16 || t == SDXL_ST_BF16 || t == SDXL_ST_F8_E4M3 || t == SDXL_ST_F8_E5M2;
+}
 
 static int add_name(loader *L, const char *name) {
     if (L->n_names == L->cap_names) {
@@ -133,7 +135,7 @@ static int check(loader *L, const char *name, int ndim, const int64_t *shape, in
     const sdxl_st_tensor *t = sdxl_ckpt_find(L->ck, SDXL_PART_VAE, name);
     if (!t) return sdxl_seterr(L->e, SDXL_ERR_FORMAT, "vae tensor \"%s\": missing", name);
     if (!is_float(t->dtype))
-        return sdxl_seterr(L->e, SDXL_ERR_FORMAT, "vae tensor \"%s\": dtype %s, expected F32, F16 or BF16", name,
+        return sdxl_seterr(L->e, SDXL_ERR_FORMAT, "vae tensor \"%s\": dtype %s, expected F32, F16, BF16, F8_E4M3 or F8_E5M2", name,
                            sdxl_st_dtype_name(t->dtype));
     int ok = t->ndim == ndim;
     for (int i = 0; ok && i < ndim; i++)

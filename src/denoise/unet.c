@@ -374,6 +374,8 @@ static int to_dtype(sdxl_st_dtype t, sdxl_dtype *out) {
     case SDXL_ST_F32: *out = SDXL_F32; return 1;
     case SDXL_ST_F16: *out = SDXL_F16; return 1;
     case SDXL_ST_BF16: *out = SDXL_BF16; return 1;
+    case SDXL_ST_F8_E4M3: *out = SDXL_F8_E4M3; return 1;
+    case SDXL_ST_F8_E5M2: *out = SDXL_F8_E5M2; return 1;
     default: return 0;
     }
 }
@@ -400,7 +402,7 @@ static int w_tensor(walker *w, const char *pre, const char *suf, int ndim, const
     if (w->mode != W_VALIDATE) return SDXL_OK;
     sdxl_dtype dt;
     if (!to_dtype(t->dtype, &dt))
-        return sdxl_seterr(w->e, SDXL_ERR_FORMAT, "UNet tensor '%s': dtype %s, expected F32, F16 or BF16", name,
+        return sdxl_seterr(w->e, SDXL_ERR_FORMAT, "UNet tensor '%s': dtype %s, expected F32, F16, BF16, F8_E4M3 or F8_E5M2", name,
                            sdxl_st_dtype_name(t->dtype));
     int ok = t->ndim == ndim;
     for (int i = 0; ok && i < ndim; i++) ok = t->shape[i] == shape[i];

@@ -388,7 +388,7 @@ static float *to_f32_copy(const void *src, sdxl_dtype t, int64_t n) {
     return d;
 }
 
-static int valid_dtype(sdxl_dtype t) { return t == SDXL_F32 || t == SDXL_F16 || t == SDXL_BF16; }
+static int valid_dtype(sdxl_dtype t) { return t >= SDXL_F32 && t <= SDXL_F8_E5M2; }
 
 /* Chooses the layout for (op at a typical shape) and stores the reordered weights in *w_out. */
 static int weights_init(sdxl_compute *c, const prim_key *typical, const dnnl_memory_desc_t *plain_f32,
