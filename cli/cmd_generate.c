@@ -31,6 +31,7 @@ static int usage(FILE *out) {
             "      --refiner PATH         refiner checkpoint; runs after --refiner-switch of the schedule\n"
             "      --vae PATH             standalone VAE replacing the base's\n"
             "      --precision P          f32 | bf16 | auto (default auto: bf16 where the CPU has avx512_bf16)\n"
+            "      --vae-precision P      f32 | bf16 | auto (default auto: as --precision)\n"
             "      --head-dim N           force the UNet attention head width (default: from the model)\n"
             "prompt:\n"
             "  -p, --prompt TEXT          A1111 syntax: (word:1.2), [word], BREAK\n"
@@ -171,6 +172,7 @@ static int parse_args(int argc, char **argv, opts *o) {
             else if (IS("--refiner")) o->mp.refiner = v;
             else if (IS("--vae")) o->mp.vae = v;
             else if (IS("--precision")) o->mp.precision = v;
+            else if (IS("--vae-precision")) o->mp.vae_precision = v;
             else if (IS("--head-dim")) r = parse_int(a, v, 0, 4096, &o->mp.head_dim);
             else if (IS("-p") || IS("--prompt")) g->prompt = v;
             else if (IS("-n") || IS("--negative-prompt")) g->negative_prompt = v;

@@ -146,8 +146,9 @@ typedef struct sdxl_model_params {
     const char *base;      /* single-file checkpoint or diffusers folder (required) */
     const char *refiner;   /* refiner checkpoint or folder, or NULL */
     const char *vae;       /* standalone VAE file replacing the base's, or NULL */
-    const char *precision; /* "f32", "bf16" or NULL/"auto" (bf16 where the CPU has avx512_bf16);
-                              the VAE always runs in f32 (SDXL's force_upcast) */
+    const char *precision; /* "f32", "bf16" or NULL/"auto" (bf16 where the CPU has avx512_bf16) */
+    const char *vae_precision; /* "f32", "bf16" or NULL/"auto" (= precision). bf16 has f32's range,
+                                  so SDXL's fp16 overflow (force_upcast) does not occur in it */
     int head_dim;          /* > 0 forces the UNet head width; 0 = config.json / yaml / 64 */
 } sdxl_model_params;
 

@@ -102,19 +102,24 @@ int sdxl_pl_model_load(const sdxl_model_params *p, const sdxl_logger *log, sdxl_
     *out = NULL;
     if (!p || !p->base || !*p->base) return sdxl_seterr(e, SDXL_ERR_ARG, "base: a model path is required");
     if (p->head_dim < 0) return sdxl_seterr(e, SDXL_ERR_ARG, "head_dim: must be >= 0, got %d", p->head_dim);
-    sdxl_prec prec = SDXL_PREC_F32;
+    sdxl_prec prec = SDXL_PREC_F32, vae_prec;
     int st = parse_prec(p->precision, &prec, e);
     if (st) return st;
+    vae_prec = prec;
+    if (p->vae_precision && *p->vae_precision && strcmp(p->vae_precision, "auto") &&
+        (st = parse_prec(p->vae_precision, &vae_prec, e)))
+        return sdxl_err_prefix(e, "vae");
     sdxl_pl_model *m = calloc(1, sizeof *m);
     if (!m) return sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory");
     pthread_mutex_init(&m->mu, NULL);
     m->prec = prec;
+    m->vae_prec = vae_prec;
     double t0 = now_s();
     sdxl_unet_opts uo;
     sdxl_unet_opts_init(&uo);
     uo.head_dim = p->head_dim;
     uo.log = log;
-    if ((st = sdxl_compute_new(prec, &m->c, e)) || (st = sdxl_compute_new(SDXL_PREC_F32, &m->c_vae, e))) goto fail;
+    if ((st = sdxl_compute_new(prec, &m->c, e)) || (st = sdxl_compute_new(vae_prec, &m->c_vae, e))) goto fail;
     if ((st = sdxl_tokenizer_new(&m->tok, e))) goto fail;
     if ((st = sdxl_ckpt_open(p->base, &m->base_ck, e))) goto fail;
     if ((st = sdxl_cond_model_load(m->c, m->base_ck, &m->base_cond, e))) {
@@ -163,7 +168,8 @@ int sdxl_pl_model_load(const sdxl_model_params *p, const sdxl_logger *log, sdxl_
     sdxl_ckpt_release_pages(m->base_ck);
     sdxl_ckpt_release_pages(m->vae_ck);
     sdxl_ckpt_release_pages(m->ref_ck);
-    SDXL_INFO(log, "model loaded in %.2f s (%s)%s", now_s() - t0, prec == SDXL_PREC_BF16 ? "bf16" : "f32",
+    SDXL_INFO(log, "model loaded in %.2f s (%s, vae %s)%s", now_s() - t0, prec == SDXL_PREC_BF16 ? "bf16" : "f32",
+              vae_prec == SDXL_PREC_BF16 ? "bf16" : "f32",
               m->has_ref ? " with refiner" : "");
     *out = m;
     return SDXL_OK;
@@ -649,7 +655,7 @@ static int estimate(void *user, int b, uint64_t *bytes, sdxl_err *e) {
     if (st) return st;
     sdxl_vae_run run;
     sdxl_vae_run_init(&run);
-    uint64_t vb = sdxl_vae_decode_bytes(sdxl_vae_get_config(x->m->vae), b, r->h, r->w, SDXL_PREC_F32, &run);
+    uint64_t vb = sdxl_vae_decode_bytes(sdxl_vae_get_config(x->m->vae), b, r->h, r->w, x->m->vae_prec, &run);
     /* sampler buffers (about 8 latent copies), CFG batch inputs and the decoded images */
     uint64_t lat = (uint64_t)b * 4 * (uint64_t)r->h * (uint64_t)r->w * sizeof(float);
     uint64_t img = (uint64_t)b * 3 * (uint64_t)r->H * (uint64_t)r->W * (sizeof(float) + 1);

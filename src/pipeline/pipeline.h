@@ -24,9 +24,9 @@
 /* One loaded model set. Immutable after load except for the networks' internal workspaces,
  * which is why every network call holds mu. */
 typedef struct sdxl_pl_model {
-    sdxl_prec prec;
+    sdxl_prec prec, vae_prec;
     sdxl_compute *c;     /* text encoders and UNets, in prec */
-    sdxl_compute *c_vae; /* the VAE always runs in f32 (force_upcast) */
+    sdxl_compute *c_vae; /* the VAE, in vae_prec */
     sdxl_ckpt *base_ck, *ref_ck, *vae_ck;
     sdxl_cond_model base_cond, ref_cond;
     int has_ref;
