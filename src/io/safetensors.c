@@ -741,14 +741,15 @@ int sdxl_st_writer_finish(sdxl_st_writer *w, const char *path, sdxl_err *e) {
     return SDXL_OK;
 }
 
-/* MADV_PAGEOUT reclaims the pages without changing what a later read sees (file-backed, private,
- * never written); where the kernel lacks it the call fails harmlessly. */
+/* MADV_DONTNEED unmaps the pages from this process without changing what a later read sees
+ * (file-backed, private, never written) and leaves them in the page cache: MADV_PAGEOUT would
+ * also evict them, so the next load of the same file would read it from disk again. */
 static void release_range(const sdxl_st_file *f, const void *p, uint64_t n) {
     long pg = sysconf(_SC_PAGESIZE);
     if (!f->mapped || pg <= 0 || !p || n == 0) return;
     uintptr_t a = ((uintptr_t)p + (uintptr_t)pg - 1) & ~((uintptr_t)pg - 1);
     uintptr_t b = ((uintptr_t)p + (uintptr_t)n) & ~((uintptr_t)pg - 1);
-    if (b > a) madvise((void *)a, b - a, MADV_PAGEOUT);
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
 }
 
 void sdxl_st_release_tensor(const sdxl_st_file *f, const sdxl_st_tensor *t) {

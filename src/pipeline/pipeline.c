@@ -9,6 +9,9 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "base/cpu.h"
 #include "base/mem.h"
@@ -83,6 +86,14 @@ void sdxl_pl_model_free(sdxl_pl_model *m) {
     sdxl_compute_free(m->c_vae);
     pthread_mutex_destroy(&m->mu);
     free(m);
+}
+
+/* Returns freed heap pages to the kernel. Weights under malloc's (dynamic) mmap threshold live
+ * in the heap, and free() alone keeps those pages resident: freed networks would still count. */
+static void give_back_heap(void) {
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
 }
 
 static int parse_prec(const char *s, sdxl_prec *out, sdxl_err *e) {
@@ -171,6 +182,7 @@ int sdxl_pl_model_load(const sdxl_model_params *p, const sdxl_logger *log, sdxl_
     sdxl_ckpt_release_pages(m->base_ck);
     sdxl_ckpt_release_pages(m->vae_ck);
     sdxl_ckpt_release_pages(m->ref_ck);
+    give_back_heap(); /* the conversion buffers */
     SDXL_INFO(log, "model loaded in %.2f s (%s, vae %s)%s", now_s() - t0, prec == SDXL_PREC_BF16 ? "bf16" : "f32",
               vae_prec == SDXL_PREC_BF16 ? "bf16" : "f32",
               m->has_ref ? " with refiner" : "");
@@ -762,6 +774,7 @@ int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile 
         sdxl_cond_model_free(&m->base_cond);
         sdxl_cond_model_free(&m->ref_cond);
         sdxl_compute_trim(m->c);
+        give_back_heap();
     }
 
     /* plan */
@@ -1005,6 +1018,7 @@ int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile 
             sdxl_unet_free(m->base_unet);
             sdxl_unet_free(m->ref_unet);
             m->base_unet = m->ref_unet = NULL;
+            give_back_heap();
         }
         sdxl_compute_trim(m->c);
         sdxl_vae_run vr;
