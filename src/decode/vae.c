@@ -842,7 +842,7 @@ static int ws_reserve(sdxl_vae *v, const int64_t need[3], sdxl_err *e) {
         free(v->ws[i]);
         v->ws_cap[i] = 0;
         size_t bytes = ((size_t)need[i] * sizeof(float) + 63) & ~(size_t)63;
-        if (!(v->ws[i] = aligned_alloc(64, bytes)))
+        if (!(v->ws[i] = sdxl_alloc_big(bytes)))
             return sdxl_seterr(e, SDXL_ERR_NOMEM, "vae: cannot allocate a %zu-byte activation buffer", bytes);
         v->ws_cap[i] = (size_t)need[i];
     }

@@ -1211,8 +1211,8 @@ int sdxl_unet_forward(sdxl_unet *u, const sdxl_unet_in *in, float *out, sdxl_err
             u->ws = NULL;
             u->ws_cap = 0;
             u->plan_b = 0;
-            void *p = NULL;
-            if (posix_memalign(&p, WS_ALIGN, need) != 0)
+            void *p = sdxl_alloc_big(need); /* 64-byte aligned at least (WS_ALIGN) */
+            if (!p)
                 return sdxl_seterr(e, SDXL_ERR_NOMEM, "unet: cannot allocate %zu bytes of activations", need);
             u->ws = p;
             u->ws_cap = need;

@@ -10,6 +10,7 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include <oneapi/dnnl/dnnl.h>
 
@@ -76,13 +77,23 @@ static int dnnl_fail(sdxl_err *e, dnnl_status_t s, const char *what) {
         if (s_ != dnnl_success) return dnnl_fail(e, s_, what);                                                  \
     } while (0)
 
+void *sdxl_alloc_big(size_t bytes) {
+    const size_t huge = (size_t)2 << 20;
+    if (bytes < huge) return aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    size_t sz = (bytes + huge - 1) & ~(huge - 1);
+    if (sz < bytes) return NULL;
+    void *p = aligned_alloc(huge, sz);
+    if (p) madvise(p, sz, MADV_HUGEPAGE); /* advice only: where THP is off nothing changes */
+    return p;
+}
+
 int sdxl_buf_reserve(sdxl_buf *b, size_t bytes) {
     if (bytes <= b->cap) return SDXL_OK;
     size_t cap = bytes + bytes / 4;
     if (cap < bytes) cap = bytes;
     cap = (cap + 63) & ~(size_t)63;
     if (cap < bytes) return SDXL_ERR_NOMEM;
-    void *p = aligned_alloc(64, cap);
+    void *p = sdxl_alloc_big(cap);
     if (!p) return SDXL_ERR_NOMEM;
     free(b->p);
     b->p = p;
@@ -227,7 +238,7 @@ static int reorder_new(sdxl_compute *c, const dnnl_memory_desc_t *smd, const voi
                        void **out, sdxl_err *e) {
     *out = NULL;
     size_t bytes = dnnl_memory_desc_get_size(dmd);
-    void *dst = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    void *dst = sdxl_alloc_big(bytes);
     if (!dst) return sdxl_seterr(e, SDXL_ERR_NOMEM, "weights reorder: out of memory (%zu bytes)", bytes);
     dnnl_primitive_desc_t pd = NULL;
     dnnl_primitive_t r = NULL;
@@ -380,11 +391,19 @@ static int run_prim(sdxl_compute *c, prim_entry *p, const void *src, const void 
     return SDXL_OK;
 }
 
-/* Copies n values of dtype t into f32 (new buffer). */
+/* Copies n values of dtype t into f32 (new buffer), in chunks across the threads: the source
+ * is usually the file mapping, so this is where a load reads the checkpoint. */
 static float *to_f32_copy(const void *src, sdxl_dtype t, int64_t n) {
     if (n <= 0 || (uint64_t)n > SIZE_MAX / 4) return NULL;
-    float *d = malloc((size_t)n * 4);
-    if (d) sdxl_to_f32(src, t, d, (size_t)n);
+    float *d = sdxl_alloc_big((size_t)n * 4);
+    if (!d) return NULL;
+    const int64_t chunk = 1 << 18;
+    const size_t es = sdxl_dtype_size(t);
+#pragma omp parallel for schedule(static) if (n > 2 * chunk)
+    for (int64_t i = 0; i < n; i += chunk) {
+        int64_t len = n - i < chunk ? n - i : chunk;
+        sdxl_to_f32((const char *)src + (size_t)i * es, t, d + i, (size_t)len);
+    }
     return d;
 }
 

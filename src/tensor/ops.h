@@ -22,6 +22,11 @@ int64_t sdxl_compute_n_primitives(const sdxl_compute *c);
  * op regrows them. For handing memory to another stage between phases, not per step. */
 void sdxl_compute_trim(sdxl_compute *c);
 
+/* malloc for large, long-lived buffers (weights, workspaces); release with free(). From 2 MiB up
+ * the start is 2 MiB-aligned and the whole 2 MiB pages are marked for transparent huge pages,
+ * so first touching the buffer faults once per 2 MiB instead of once per 4 KiB. */
+void *sdxl_alloc_big(size_t bytes);
+
 /* ---- linear: y[M, out] = x[M, in] . W^T + b ------------------------------------------- */
 
 typedef struct sdxl_linear {
