@@ -353,6 +353,15 @@ static int weights_for(sdxl_compute *c, const prim_entry *p, const gemm_layer *g
     return SDXL_OK;
 }
 
+uint16_t *sdxl_compute_src_bf16(sdxl_compute *c, int64_t n) {
+    if (n < 0 || (uint64_t)n > SIZE_MAX / 2 || sdxl_buf_reserve(&c->xbuf, (size_t)(n ? n : 1) * 2)) return NULL;
+    return c->xbuf.p;
+}
+
+/* The GEMM's bf16 input: x converted into the context's input buffer, in parallel, or x itself
+ * when the caller converted it already (SDXL_OP_SRC_BF16). */
+static int src_bf16(sdxl_compute *c, const float *x, int64_t n, int flags, const void **out, sdxl_err *e);
+
 /* Converts n floats of x to bf16 in the context's input buffer, in parallel. */
 static int input_bf16(sdxl_compute *c, const float *x, int64_t n, const void **out, sdxl_err *e) {
     if ((uint64_t)n > SIZE_MAX / 2 || sdxl_buf_reserve(&c->xbuf, (size_t)n * 2))
@@ -367,6 +376,16 @@ static int input_bf16(sdxl_compute *c, const float *x, int64_t n, const void **o
     }
     *out = d;
     return SDXL_OK;
+}
+
+static int src_bf16(sdxl_compute *c, const float *x, int64_t n, int flags, const void **out, sdxl_err *e) {
+    if (flags & SDXL_OP_SRC_BF16) {
+        if (c->prec != SDXL_PREC_BF16)
+            return sdxl_seterr(e, SDXL_ERR_ARG, "GEMM: a bf16 input given to an f32 context");
+        *out = x;
+        return SDXL_OK;
+    }
+    return c->prec == SDXL_PREC_BF16 ? input_bf16(c, x, n, out, e) : SDXL_OK;
 }
 
 static int run_prim(sdxl_compute *c, prim_entry *p, const void *src, const void *w, const float *bias, float *dst,
@@ -524,7 +543,7 @@ int sdxl_linear_fwd(sdxl_compute *c, const sdxl_linear *l, const float *x, int64
     int st = find_or_create(c, &k, gl, &p, e);
     const void *src = x, *w;
     if (!st) st = weights_for(c, p, gl, l->w, &w, e);
-    if (!st && c->prec == SDXL_PREC_BF16) st = input_bf16(c, x, M * l->in, &src, e);
+    if (!st) st = src_bf16(c, x, M * l->in, flags, &src, e);
     if (!st) st = run_prim(c, p, src, w, l->bias, y, e);
     if (st) return sdxl_err_prefix(e, "linear %lldx%lld, M=%lld", (long long)l->out, (long long)l->in, (long long)M);
     return SDXL_OK;
@@ -625,7 +644,7 @@ int sdxl_conv2d_fwd(sdxl_compute *c, const sdxl_conv2d *cv, const float *x, int6
     int st = find_or_create(c, &k, gl, &p, e);
     const void *src = x, *wt;
     if (!st) st = weights_for(c, p, gl, cv->w, &wt, e);
-    if (!st && c->prec == SDXL_PREC_BF16) st = input_bf16(c, x, n * h * w * cv->cin, &src, e);
+    if (!st) st = src_bf16(c, x, n * h * w * cv->cin, flags, &src, e);
     if (!st) st = run_prim(c, p, src, wt, cv->bias, y, e);
     if (st)
         return sdxl_err_prefix(e, "conv2d %lld->%lld %dx%d at %lldx%lldx%lld", (long long)cv->cin,
