@@ -208,6 +208,8 @@ typedef struct req {
 
 static int resolve(const sdxl_pl_model *m, const sdxl_gen_params *in, req *r, sdxl_err *e) {
     memset(r, 0, sizeof *r);
+    if (m && m->one_shot && m->used)
+        return sdxl_seterr(e, SDXL_ERR_ARG, "model: loaded for one request (one_shot) and has served it");
     r->p = *in;
     sdxl_gen_params *p = &r->p;
     if (!p->prompt) p->prompt = "";
@@ -750,8 +752,6 @@ int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile 
     if (base_steps == 0 && ref_steps == 0)
         return sdxl_seterr(e, SDXL_ERR_ARG, "strength: %g leaves no step of %d to run", r.p.strength, r.p.steps);
 
-    if (m->one_shot && m->used)
-        return sdxl_seterr(e, SDXL_ERR_ARG, "model: loaded for one request (one_shot) and has served it");
     m->used = 1;
 
     /* text */
