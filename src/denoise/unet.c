@@ -870,11 +870,24 @@ static void op_ln(sdxl_unet *u, const float *x, float *y, int64_t rows, int64_t 
     PROF_END(u, SDXL_UNET_OP_LAYERNORM);
 }
 
-static void op_geglu(sdxl_unet *u, const float *x, float *y, int64_t rows, int64_t f) {
-    if (u->measure) return;
+/* In bf16 the GEGLU writes the next GEMM's bf16 input itself: *src and *flags are what to pass it. */
+static int op_geglu(sdxl_unet *u, const float *x, float *y, int64_t rows, int64_t f, const float **src, int *flags,
+                    sdxl_err *e) {
+    *src = y;
+    *flags = 0;
+    if (u->measure) return SDXL_OK;
     PROF_BEGIN(u);
-    sdxl_geglu(x, y, rows, f);
+    if (sdxl_compute_prec(u->c) == SDXL_PREC_BF16) {
+        uint16_t *yb = sdxl_compute_src_bf16(u->c, rows * f);
+        if (!yb) return sdxl_seterr(e, SDXL_ERR_NOMEM, "unet: GEGLU output of %lld values", (long long)(rows * f));
+        sdxl_geglu_bf16(x, yb, rows, f);
+        *src = (const float *)(const void *)yb;
+        *flags = SDXL_OP_SRC_BF16;
+    } else {
+        sdxl_geglu(x, y, rows, f);
+    }
     PROF_END(u, SDXL_UNET_OP_GEGLU);
+    return SDXL_OK;
 }
 
 static void op_silu(sdxl_unet *u, float *x, int64_t n) {
@@ -1007,8 +1020,10 @@ static int xformer(sdxl_unet *u, const unet_xf *xf, float *x, int64_t n, int64_t
         for (int64_t r0 = 0; r0 < m; r0 += fr) {
             int64_t rows = m - r0 < fr ? m - r0 : fr;
             TRY(op_linear(u, &b->ff1, at(nb, r0 * c), rows, p, 0, e));
-            op_geglu(u, p, gg, rows, 4 * c);
-            TRY(op_linear(u, &b->ff2, gg, rows, at(h, r0 * c), SDXL_OP_ACCUM, e));
+            const float *gin;
+            int gfl;
+            TRY(op_geglu(u, p, gg, rows, 4 * c, &gin, &gfl, e));
+            TRY(op_linear(u, &b->ff2, gin, rows, at(h, r0 * c), SDXL_OP_ACCUM | gfl, e));
         }
     }
     TRY(op_linear(u, &xf->proj_out, h, m, x, SDXL_OP_ACCUM, e));

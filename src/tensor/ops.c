@@ -441,13 +441,16 @@ void sdxl_gelu_tanh(float *x, int64_t n) { act_run(ACT_GELU_TANH, x, n); }
 void sdxl_quick_gelu(float *x, int64_t n) { act_run(ACT_QUICK_GELU, x, n); }
 void sdxl_silu(float *x, int64_t n) { act_run(ACT_SILU, x, n); }
 
-AVX512 static void geglu_row_avx512(const float *x, float *y, int64_t f) {
-    for (int64_t i = 0; i < f; i += 16) {
-        __mmask16 m = f - i >= 16 ? 0xffff : (__mmask16)((1u << (f - i)) - 1);
-        __m512 g = act16(ACT_GELU, _mm512_maskz_loadu_ps(m, x + f + i));
-        _mm512_mask_storeu_ps(y + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), g));
+/* y = a * gelu(g) over n values. */
+AVX512 static void geglu_span_avx512(const float *a, const float *gt, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        __m512 g = act16(ACT_GELU, _mm512_maskz_loadu_ps(m, gt + i));
+        _mm512_mask_storeu_ps(y + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, a + i), g));
     }
 }
+
+static void geglu_row_avx512(const float *x, float *y, int64_t f) { geglu_span_avx512(x, x + f, y, f); }
 
 void sdxl_geglu(const float *x, float *y, int64_t rows, int64_t f) {
     if (rows <= 0 || f <= 0) return;
@@ -460,6 +463,37 @@ void sdxl_geglu(const float *x, float *y, int64_t rows, int64_t f) {
             geglu_row_avx512(xr, yr, f);
         } else {
             for (int64_t i = 0; i < f; i++) yr[i] = xr[i] * act1(ACT_GELU, xr[f + i]);
+        }
+    }
+}
+
+AVX512BF16 static void geglu_row_bf16_avx512(const float *x, uint16_t *y, int64_t f) {
+    for (int64_t i = 0; i < f; i += 16) {
+        __mmask16 m = f - i >= 16 ? 0xffff : (__mmask16)((1u << (f - i)) - 1);
+        __m512 g = act16(ACT_GELU, _mm512_maskz_loadu_ps(m, x + f + i));
+        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), g);
+        _mm256_mask_storeu_epi16(y + i, m, (__m256i)_mm512_cvtneps_pbh(v));
+    }
+}
+
+void sdxl_geglu_bf16(const float *x, uint16_t *y, int64_t rows, int64_t f) {
+    if (rows <= 0 || f <= 0) return;
+    const int simd = sdxl_simd_level();
+#pragma omp parallel for schedule(static) if (rows * f > EW_CHUNK)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * 2 * f;
+        uint16_t *yr = y + r * f;
+        if (simd >= 2) {
+            geglu_row_bf16_avx512(xr, yr, f);
+        } else {
+            float v[256];
+            for (int64_t i0 = 0; i0 < f; i0 += 256) {
+                int64_t k = f - i0 < 256 ? f - i0 : 256;
+                if (simd) geglu_span_avx512(xr + i0, xr + f + i0, v, k);
+                else
+                    for (int64_t i = 0; i < k; i++) v[i] = xr[i0 + i] * act1(ACT_GELU, xr[f + i0 + i]);
+                sdxl_f32_to_bf16(v, yr + i0, (size_t)k);
+            }
         }
     }
 }

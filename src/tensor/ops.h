@@ -94,6 +94,9 @@ void sdxl_quick_gelu(float *x, int64_t n); /* x * sigmoid(1.702 x) */
 void sdxl_silu(float *x, int64_t n);
 /* x [rows, 2f] = [h | gate] -> y [rows, f] = h * gelu(gate). y must not alias x. */
 void sdxl_geglu(const float *x, float *y, int64_t rows, int64_t f);
+/* The same, written as bf16 for the next GEMM's input (SDXL_OP_SRC_BF16), rounded as that GEMM's
+ * own conversion would round the f32 result. */
+void sdxl_geglu_bf16(const float *x, uint16_t *y, int64_t rows, int64_t f);
 /* x [n, h, w, c] -> y [n, 2h, 2w, c]. */
 void sdxl_upsample_nearest2x(const float *x, float *y, int64_t n, int64_t h, int64_t w, int64_t c);
 /* torch 'nearest': src index = floor(dst * in / out). */

@@ -207,6 +207,20 @@ static void test_src_bf16(sdxl_compute *c) {
         CHECK(sdxl_conv2d_fwd(c, &cv, x, n, h, wd, y2, SDXL_OP_SRC_BF16, &e) == SDXL_ERR_ARG, "f32 context refuses a bf16 input");
     }
     sdxl_conv2d_free(&cv);
+    /* GEGLU to bf16: the f32 GEGLU's values rounded like the GEMM input conversion, odd widths too */
+    for (int64_t f = 300; f <= 640; f += 340) {
+        const int64_t rows = 5;
+        float *gx = rnd(rows * 2 * f, -4, 4), *gy = malloc(sizeof(float) * (size_t)(rows * f));
+        uint16_t *r1 = malloc(2 * (size_t)(rows * f)), *r2 = malloc(2 * (size_t)(rows * f));
+        sdxl_geglu(gx, gy, rows, f);
+        sdxl_f32_to_bf16(gy, r1, (size_t)(rows * f));
+        sdxl_geglu_bf16(gx, r2, rows, f);
+        CHECK(!memcmp(r1, r2, 2 * (size_t)(rows * f)), "GEGLU to bf16 equals the rounded f32 GEGLU (f = %lld)", (long long)f);
+        free(gx);
+        free(gy);
+        free(r1);
+        free(r2);
+    }
     free(x);
     free(w);
     free(b);
