@@ -2,7 +2,8 @@
  * f32 and bf16. Prints seconds, GFLOP/s (conv/matmul/attention multiply-adds x 2, counted from
  * the config: 2,515 GFLOP at 512^2 and 10,470 at 1024^2) and the percentage of this run's
  * machine peak of the precision it runs in, the same for the multiply-adds actually executed
- * (the upsamplers run as 2x2 phase convs), the memory estimate and the RSS.
+ * (the upsamplers run as 2x2 phase convs), the memory estimate and the RSS. When both precisions
+ * run, the bf16 image is compared with the f32 one of the same latents (NMSE, max abs, uint8).
  *
  *   bench-vae [--model CKPT] [--keys TABLE.tsv] [--sizes 512,1024] [--prec f32,bf16]
  *             [--threads 2] [--reps 1] [--tile LATENT]
@@ -188,6 +189,8 @@ int main(int argc, char **argv) {
     }
     printf("threads %d, model %s\n", sdxl_threads_get(), model);
     const char *pnames[2] = {"f32", "bf16"};
+    enum { MAX_SIZES = 8 };
+    float *ref[MAX_SIZES] = {0}; /* f32 images, to compare bf16 with */
     for (int pi = 0; pi < 2; pi++) {
         if (!has(precs, pnames[pi])) continue;
         sdxl_prec prec = pi ? SDXL_PREC_BF16 : SDXL_PREC_F32;
@@ -207,7 +210,9 @@ int main(int argc, char **argv) {
         printf("device: %s\n", sdxl_compute_device_name(c));
         printf("%s: peak %.0f GFLOP/s; load %.2f s, weights %.1f MB, %lld params\n", pnames[pi], peak, bench_now() - t0,
                sdxl_vae_weight_bytes(v) / 1e6, (long long)cfg->n_params);
-        for (const char *p = sizes; *p;) {
+        rng_state = 0x5eed; /* both precisions decode the same latents */
+        int si = 0;
+        for (const char *p = sizes; *p; si++) {
             int px = atoi(p);
             const char *q = strchr(p, ',');
             p = q ? q + 1 : p + strlen(p);
@@ -251,6 +256,28 @@ int main(int argc, char **argv) {
                    pnames[pi], px, px, tile ? " (tiled)" : "", best, gf, gf / best, 100.0 * gf / best / pk, pk, done,
                    100.0 * done / best / pk, best_cpu, gf / (best_cpu / threads), est / 1e6, m.rss / 1e6,
                    m.peak_rss / 1e6);
+            if (si < MAX_SIZES && !pi) {
+                free(ref[si]);
+                ref[si] = img;
+                img = NULL;
+            } else if (si < MAX_SIZES && ref[si]) {
+                double se = 0, ss = 0, mx = 0;
+                int64_t ndiff = 0, mxu = 0;
+                for (int64_t i = 0; i < ni; i++) {
+                    double d = (double)img[i] - ref[si][i];
+                    se += d * d;
+                    ss += (double)ref[si][i] * ref[si][i];
+                    if (fabs(d) > mx) mx = fabs(d);
+                    uint8_t a, b;
+                    sdxl_vae_to_uint8(img + i, &a, 1);
+                    sdxl_vae_to_uint8(ref[si] + i, &b, 1);
+                    int64_t du = a > b ? a - b : b - a;
+                    ndiff += du != 0;
+                    if (du > mxu) mxu = du;
+                }
+                printf("bf16 vs f32 decode %dx%d: NMSE %.2e, max abs %.3g; uint8: %.2f%% of values differ, max by %lld\n", px,
+                       px, ss > 0 ? se / ss : 0.0, mx, 100.0 * (double)ndiff / (double)ni, (long long)mxu);
+            }
             fflush(stdout);
             free(z);
             free(img);
@@ -258,6 +285,7 @@ int main(int argc, char **argv) {
         sdxl_vae_free(v);
         sdxl_compute_free(c);
     }
+    for (int k = 0; k < MAX_SIZES; k++) free(ref[k]);
     sdxl_ckpt_close(ck);
     return 0;
 }

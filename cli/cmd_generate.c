@@ -32,6 +32,7 @@ static int usage(FILE *out) {
             "      --vae PATH             standalone VAE replacing the base's\n"
             "      --precision P          f32 | bf16 | auto (default auto: bf16 where the CPU has avx512_bf16)\n"
             "      --device D             cpu | vulkan | vulkan:N | auto (default cpu; `sdxl devices` lists them)\n"
+            "      --vae-precision P      f32 | bf16 | auto (default auto: as --precision)\n"
             "      --head-dim N           force the UNet attention head width (default: from the model)\n"
             "prompt:\n"
             "  -p, --prompt TEXT          A1111 syntax: (word:1.2), [word], BREAK\n"
@@ -54,6 +55,8 @@ static int usage(FILE *out) {
             "      --batch-size N|auto    images per batch (default auto: images = batch-count, the planner\n"
             "                             picks the UNet batch from free memory)\n"
             "      --max-batch N          cap on the planner's UNet batch (images)\n"
+            "      --max-memory SIZE      peak memory bound (6G, 800M; K/M/G = 2^10/2^20/2^30 bytes): the plan\n"
+            "                             (batch, VAE tiling) fits it or the run fails before any step\n"
             "      --original-size WxH    SDXL micro-conditioning (default: the image size)\n"
             "      --target-size WxH      (default: the image size)\n"
             "      --crops-coords-top-left TOP,LEFT  (default 0,0)\n"
@@ -85,6 +88,25 @@ typedef struct opts {
     int json, quiet, verbose, threads;
     void *from_storage;
 } opts;
+
+/* "6G", "6.5G", "800M", "7000000000": K, M, G, T are powers of 1024. */
+static int parse_size(const char *flag, const char *v, uint64_t *out) {
+    char *end;
+    errno = 0;
+    double x = strtod(v, &end);
+    double mul = 1;
+    if (end != v && *end) {
+        const char *u = "KMGT", *q = strchr(u, *end);
+        if (q && *q) mul = (double)(1ull << (10 * (q - u + 1)));
+        if (q && *q && (!end[1] || !strcmp(end + 1, "B") || !strcmp(end + 1, "iB"))) end += strlen(end);
+    }
+    if (errno || end == v || *end || !(x > 0) || x * mul >= 1.8e19) {
+        fprintf(stderr, "sdxl generate: %s: expected a size such as 6G, 800M or a byte count, got \"%s\"\n", flag, v);
+        return -1;
+    }
+    *out = (uint64_t)(x * mul);
+    return 0;
+}
 
 static int parse_int(const char *flag, const char *v, long lo, long hi, int *out) {
     char *end;
@@ -173,6 +195,7 @@ static int parse_args(int argc, char **argv, opts *o) {
             else if (IS("--vae")) o->mp.vae = v;
             else if (IS("--precision")) o->mp.precision = v;
             else if (IS("--device")) o->mp.device = v;
+            else if (IS("--vae-precision")) o->mp.vae_precision = v;
             else if (IS("--head-dim")) r = parse_int(a, v, 0, 4096, &o->mp.head_dim);
             else if (IS("-p") || IS("--prompt")) g->prompt = v;
             else if (IS("-n") || IS("--negative-prompt")) g->negative_prompt = v;
@@ -201,6 +224,7 @@ static int parse_args(int argc, char **argv, opts *o) {
                 if (!strcmp(v, "auto")) g->batch_size = 0;
                 else r = parse_int(a, v, 1, 1 << 20, &g->batch_size);
             } else if (IS("--max-batch")) r = parse_int(a, v, 0, 1 << 20, &g->max_batch);
+            else if (IS("--max-memory")) r = parse_size(a, v, &g->max_memory);
             else if (IS("--original-size")) r = parse_pair(a, v, 'x', &g->original_width, &g->original_height);
             else if (IS("--target-size")) r = parse_pair(a, v, 'x', &g->target_width, &g->target_height);
             else if (IS("--crops-coords-top-left")) r = parse_pair(a, v, ',', &g->crop_top, &g->crop_left);
@@ -368,6 +392,7 @@ int cmd_generate(int argc, char **argv) {
         goto out;
     }
     rc = EXIT_FAIL;
+    o.mp.one_shot = 1; /* one request: each network is freed after its last use */
     sdxl_status lst = sdxl_model_load(ctx, &o.mp, &m);
     if (lst != SDXL_OK) {
         fprintf(stderr, "sdxl generate: %s\n", sdxl_errmsg(ctx));

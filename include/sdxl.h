@@ -146,10 +146,14 @@ typedef struct sdxl_model_params {
     const char *base;      /* single-file checkpoint or diffusers folder (required) */
     const char *refiner;   /* refiner checkpoint or folder, or NULL */
     const char *vae;       /* standalone VAE file replacing the base's, or NULL */
-    const char *precision; /* "f32", "bf16" or NULL/"auto" (bf16 where the CPU has avx512_bf16);
-                              the VAE always runs in f32 (SDXL's force_upcast) */
+    const char *precision; /* "f32", "bf16" or NULL/"auto" (bf16 where the CPU has avx512_bf16) */
+    const char *vae_precision; /* "f32", "bf16" or NULL/"auto" (= precision). bf16 has f32's range,
+                                  so SDXL's fp16 overflow (force_upcast) does not occur in it */
     int head_dim;          /* > 0 forces the UNet head width; 0 = config.json / yaml / 64 */
     const char *device;    /* NULL/"cpu", "vulkan", "vulkan:N" (`sdxl devices`), or "auto" (a GPU if any) */
+    int one_shot;          /* 1: the model serves one request in the least memory: the UNets are
+                              converted once the prompt is encoded, the text encoders freed after
+                              encoding, the UNets before the last decode; a second request fails */
 } sdxl_model_params;
 
 void sdxl_model_params_init(sdxl_model_params *p);
@@ -251,6 +255,9 @@ typedef struct sdxl_gen_params {
     int clip_skip;                 /* A1111 numbering: 0/1 = penultimate layer (SDXL default), k = k-th from the end */
     int n_threads;                 /* 0 = the context's */
     int max_batch;                 /* 0 = no limit; else an upper bound on UNet batch images */
+    uint64_t max_memory;           /* 0 = no cap; else bytes of process RSS the request must stay
+                                      under: the plan (batch, VAE tiling) fits it or the request
+                                      fails before any step, naming the plan */
     const sdxl_lora_spec *loras;   /* LoRAs merged for this request only; also <lora:name:w> prompt tags */
     int n_loras;
     const char *const *lora_dirs;  /* folders LoRA names resolve in; NULL-free array of n_lora_dirs */

@@ -112,7 +112,9 @@ typedef struct loader {
     sdxl_err *e;
 } loader;
 
-static int is_float(sdxl_st_dtype t) { return t == SDXL_ST_F32 || t == SDXL_ST_F16 || t == SDXL_ST_BF16; }
+static int is_float(sdxl_st_dtype t) {
+    return t == SDXL_ST_F32 || t == SDXL_ST_F16 || t == SDXL_ST_BF16 || t == SDXL_ST_F8_E4M3 || t == SDXL_ST_F8_E5M2;
+}
 
 static int add_name(loader *L, const char *name) {
     if (L->n_names == L->cap_names) {
@@ -133,7 +135,7 @@ static int check(loader *L, const char *name, int ndim, const int64_t *shape, in
     const sdxl_st_tensor *t = sdxl_ckpt_find(L->ck, SDXL_PART_VAE, name);
     if (!t) return sdxl_seterr(L->e, SDXL_ERR_FORMAT, "vae tensor \"%s\": missing", name);
     if (!is_float(t->dtype))
-        return sdxl_seterr(L->e, SDXL_ERR_FORMAT, "vae tensor \"%s\": dtype %s, expected F32, F16 or BF16", name,
+        return sdxl_seterr(L->e, SDXL_ERR_FORMAT, "vae tensor \"%s\": dtype %s, expected F32, F16, BF16, F8_E4M3 or F8_E5M2", name,
                            sdxl_st_dtype_name(t->dtype));
     int ok = t->ndim == ndim;
     for (int i = 0; ok && i < ndim; i++)
@@ -666,6 +668,24 @@ static void gn(fwd *F, const float *x, float *y, int64_t n, int64_t hw, int64_t 
     if (!F->plan && !F->st) F->st = sdxl_op_group_norm(F->v->comp, x, y, n, hw, c, F->v->cfg.groups, F->v->cfg.eps, g, b, silu, F->e);
 }
 
+/* Group norm feeding one GEMM: in a bf16 VAE it writes the GEMM's bf16 input directly (no f32
+ * copy to write, read back and convert); *src and *flags are what to pass to that GEMM. */
+static int gn_in(fwd *F, const float *x, float *y, int64_t n, int64_t hw, int64_t c, const float *g, const float *b,
+                 int silu, const float **src, int *flags) {
+    *src = y;
+    *flags = 0;
+    if (F->plan || sdxl_compute_prec(F->v->comp) != SDXL_PREC_BF16 || sdxl_compute_is_device(F->v->comp)) {
+        gn(F, x, y, n, hw, c, g, b, silu);
+        return SDXL_OK;
+    }
+    uint16_t *yb = sdxl_compute_src_bf16(F->v->comp, n * hw * c);
+    if (!yb) return sdxl_seterr(F->e, SDXL_ERR_NOMEM, "vae: cannot hold %lld bf16 values", (long long)(n * hw * c));
+    sdxl_group_norm_bf16(x, yb, n, hw, c, F->v->cfg.groups, F->v->cfg.eps, g, b, silu);
+    *src = (const float *)(const void *)yb;
+    *flags = SDXL_OP_SRC_BF16;
+    return SDXL_OK;
+}
+
 static void swap_idx(int *a, int *b) {
     int t = *a;
     *a = *b;
@@ -676,22 +696,23 @@ static void swap_idx(int *a, int *b) {
 static int resnet_fwd(fwd *F, const vae_resnet *r, int64_t cin, int64_t cout, int *x, int *t1, int *t2, int64_t n,
                       int64_t h, int64_t w) {
     const int64_t m = n * h * w;
-    int rc;
+    const float *s;
+    int rc, fl;
     if (cin != cout) {
         float *X = buf(F, *x, m * cin), *T1 = buf(F, *t1, m * cout), *T2 = buf(F, *t2, m * cout);
         /* shortcut first, so norm1 can overwrite x */
         if ((rc = conv(F, &r->shortcut, cin, X, n, h, w, T2, 0))) return rc;
-        gn(F, X, X, n, h * w, cin, r->norm1_w, r->norm1_b, 1);
-        if ((rc = conv(F, &r->conv1, cin, X, n, h, w, T1, 0))) return rc;
-        gn(F, T1, T1, n, h * w, cout, r->norm2_w, r->norm2_b, 1);
-        if ((rc = conv(F, &r->conv2, cout, T1, n, h, w, T2, SDXL_OP_ACCUM))) return rc;
+        if ((rc = gn_in(F, X, X, n, h * w, cin, r->norm1_w, r->norm1_b, 1, &s, &fl))) return rc;
+        if ((rc = conv(F, &r->conv1, cin, s, n, h, w, T1, fl))) return rc;
+        if ((rc = gn_in(F, T1, T1, n, h * w, cout, r->norm2_w, r->norm2_b, 1, &s, &fl))) return rc;
+        if ((rc = conv(F, &r->conv2, cout, s, n, h, w, T2, SDXL_OP_ACCUM | fl))) return rc;
         swap_idx(x, t2);
     } else {
         float *X = buf(F, *x, m * cin), *T1 = buf(F, *t1, m * cin), *T2 = buf(F, *t2, m * cout);
-        gn(F, X, T1, n, h * w, cin, r->norm1_w, r->norm1_b, 1);
-        if ((rc = conv(F, &r->conv1, cin, T1, n, h, w, T2, 0))) return rc;
-        gn(F, T2, T2, n, h * w, cout, r->norm2_w, r->norm2_b, 1);
-        if ((rc = conv(F, &r->conv2, cout, T2, n, h, w, X, SDXL_OP_ACCUM))) return rc;
+        if ((rc = gn_in(F, X, T1, n, h * w, cin, r->norm1_w, r->norm1_b, 1, &s, &fl))) return rc;
+        if ((rc = conv(F, &r->conv1, cin, s, n, h, w, T2, fl))) return rc;
+        if ((rc = gn_in(F, T2, T2, n, h * w, cout, r->norm2_w, r->norm2_b, 1, &s, &fl))) return rc;
+        if ((rc = conv(F, &r->conv2, cout, s, n, h, w, X, SDXL_OP_ACCUM | fl))) return rc;
     }
     return SDXL_OK;
 }
@@ -699,9 +720,10 @@ static int resnet_fwd(fwd *F, const vae_resnet *r, int64_t cin, int64_t cout, in
 /* x += proj(attention(norm(x))) over the hw tokens of each image; t1 holds [n*hw, c], t2 [n*hw, 3c]. */
 static int attn_fwd(fwd *F, const vae_attn *a, int64_t c, int x, int t1, int t2, int64_t n, int64_t hw) {
     float *X = buf(F, x, n * hw * c), *T1 = buf(F, t1, n * hw * c), *T2 = buf(F, t2, n * hw * 3 * c);
-    int rc;
-    gn(F, X, T1, n, hw, c, a->norm_w, a->norm_b, 0);
-    if ((rc = linear(F, &a->qkv, c, T1, n * hw, T2, 0))) return rc;
+    const float *s;
+    int rc, fl;
+    if ((rc = gn_in(F, X, T1, n, hw, c, a->norm_w, a->norm_b, 0, &s, &fl))) return rc;
+    if ((rc = linear(F, &a->qkv, c, s, n * hw, T2, fl))) return rc;
     if (!F->plan && (rc = sdxl_attention(F->v->comp, T2, 3 * c, T2 + c, T2 + 2 * c, 3 * c, T1, c, n, hw, hw, 1, (int)c,
                                          1.0f / sqrtf((float)c), 0, F->e)))
         return rc;
@@ -725,8 +747,17 @@ static int upconv_fwd(fwd *F, const sdxl_conv2d *cv, int x, int ph, int y, int64
                       int64_t c) {
     const int64_t np = n * h * w * c;
     float *X = buf(F, x, np), *P = buf(F, ph, np), *Y = buf(F, y, 4 * np);
+    const int bf = !F->plan && sdxl_compute_prec(F->v->comp) == SDXL_PREC_BF16 && !sdxl_compute_is_device(F->v->comp);
     for (int p = 0; p < 4; p++) {
-        int rc = conv(F, &cv[p], c, X, n, h, w, P, 0);
+        /* the four phases read the same input: a bf16 VAE converts it once, for the first */
+        const float *s = X;
+        int fl = 0;
+        if (p && bf && !F->plan) {
+            s = (const float *)(const void *)sdxl_compute_src_bf16(F->v->comp, np);
+            fl = SDXL_OP_SRC_BF16;
+            if (!s) return sdxl_seterr(F->e, SDXL_ERR_NOMEM, "vae: upsampler input");
+        }
+        int rc = conv(F, &cv[p], c, s, n, h, w, P, fl);
         if (rc) return rc;
         if (F->plan) continue;
         if ((rc = sdxl_op_place_phase(F->v->comp, P, Y, n, h, w, c, p / 2, p % 2, F->e))) return rc;
@@ -764,8 +795,10 @@ static int dec_forward(fwd *F, const float *z, int64_t n, int64_t h, int64_t w, 
         w *= 2;
     }
     float *X = buf(F, x, n * h * w * cfg->ch[0]);
-    gn(F, X, X, n, h * w, cfg->ch[0], D->norm_out_w, D->norm_out_b, 1);
-    return conv(F, &D->conv_out, cfg->ch[0], X, n, h, w, img, 0);
+    const float *s;
+    int fl;
+    if ((rc = gn_in(F, X, X, n, h * w, cfg->ch[0], D->norm_out_w, D->norm_out_b, 1, &s, &fl))) return rc;
+    return conv(F, &D->conv_out, cfg->ch[0], s, n, h, w, img, fl);
 }
 
 /* img [n, H, W, in] -> moments [n, h, w, 2 lc], left in workspace buffer *res. */
@@ -794,8 +827,10 @@ static int enc_forward(fwd *F, const float *img, int64_t n, int64_t H, int64_t W
     if ((rc = mid_fwd(F, &E->mid1, &E->mid_attn, &E->mid2, &x, &t1, &t2, n, h, w))) return rc;
     const int64_t m = n * h * w;
     float *X = buf(F, x, m * cl), *T1 = buf(F, t1, m * lc2), *T2 = buf(F, t2, m * lc2);
-    gn(F, X, X, n, h * w, cl, E->norm_out_w, E->norm_out_b, 1);
-    if ((rc = conv(F, &E->conv_out, cl, X, n, h, w, T1, 0))) return rc;
+    const float *s;
+    int fl;
+    if ((rc = gn_in(F, X, X, n, h * w, cl, E->norm_out_w, E->norm_out_b, 1, &s, &fl))) return rc;
+    if ((rc = conv(F, &E->conv_out, cl, s, n, h, w, T1, fl))) return rc;
     if ((rc = conv(F, &E->quant_conv, lc2, T1, n, h, w, T2, 0))) return rc;
     *res = t2;
     return SDXL_OK;

@@ -377,6 +377,8 @@ static int to_dtype(sdxl_st_dtype t, sdxl_dtype *out) {
     case SDXL_ST_F32: *out = SDXL_F32; return 1;
     case SDXL_ST_F16: *out = SDXL_F16; return 1;
     case SDXL_ST_BF16: *out = SDXL_BF16; return 1;
+    case SDXL_ST_F8_E4M3: *out = SDXL_F8_E4M3; return 1;
+    case SDXL_ST_F8_E5M2: *out = SDXL_F8_E5M2; return 1;
     default: return 0;
     }
 }
@@ -403,7 +405,7 @@ static int w_tensor(walker *w, const char *pre, const char *suf, int ndim, const
     if (w->mode != W_VALIDATE) return SDXL_OK;
     sdxl_dtype dt;
     if (!to_dtype(t->dtype, &dt))
-        return sdxl_seterr(w->e, SDXL_ERR_FORMAT, "UNet tensor '%s': dtype %s, expected F32, F16 or BF16", name,
+        return sdxl_seterr(w->e, SDXL_ERR_FORMAT, "UNet tensor '%s': dtype %s, expected F32, F16, BF16, F8_E4M3 or F8_E5M2", name,
                            sdxl_st_dtype_name(t->dtype));
     int ok = t->ndim == ndim;
     for (int i = 0; ok && i < ndim; i++) ok = t->shape[i] == shape[i];
@@ -878,11 +880,24 @@ static void op_ln(sdxl_unet *u, const float *x, float *y, int64_t rows, int64_t 
     PROF_END(u, SDXL_UNET_OP_LAYERNORM);
 }
 
-static void op_geglu(sdxl_unet *u, const float *x, float *y, int64_t rows, int64_t f) {
-    if (u->measure) return;
+/* In bf16 the GEGLU writes the next GEMM's bf16 input itself: *src and *flags are what to pass it. */
+static int op_geglu(sdxl_unet *u, const float *x, float *y, int64_t rows, int64_t f, const float **src, int *flags,
+                    sdxl_err *e) {
+    *src = y;
+    *flags = 0;
+    if (u->measure) return SDXL_OK;
     PROF_BEGIN(u);
-    OP(u, sdxl_op_geglu(u->c, x, y, rows, f, &u->op_err));
+    if (sdxl_compute_prec(u->c) == SDXL_PREC_BF16 && !sdxl_compute_is_device(u->c)) {
+        uint16_t *yb = sdxl_compute_src_bf16(u->c, rows * f);
+        if (!yb) return sdxl_seterr(e, SDXL_ERR_NOMEM, "unet: GEGLU output of %lld values", (long long)(rows * f));
+        sdxl_geglu_bf16(x, yb, rows, f);
+        *src = (const float *)(const void *)yb;
+        *flags = SDXL_OP_SRC_BF16;
+    } else {
+        OP(u, sdxl_op_geglu(u->c, x, y, rows, f, &u->op_err));
+    }
     PROF_END(u, SDXL_UNET_OP_GEGLU);
+    return SDXL_OK;
 }
 
 static void op_silu(sdxl_unet *u, float *x, int64_t n) {
@@ -1016,8 +1031,10 @@ static int xformer(sdxl_unet *u, const unet_xf *xf, float *x, int64_t n, int64_t
         for (int64_t r0 = 0; r0 < m; r0 += fr) {
             int64_t rows = m - r0 < fr ? m - r0 : fr;
             TRY(op_linear(u, &b->ff1, at(nb, r0 * c), rows, p, 0, e));
-            op_geglu(u, p, gg, rows, 4 * c);
-            TRY(op_linear(u, &b->ff2, gg, rows, at(h, r0 * c), SDXL_OP_ACCUM, e));
+            const float *gin;
+            int gfl;
+            TRY(op_geglu(u, p, gg, rows, 4 * c, &gin, &gfl, e));
+            TRY(op_linear(u, &b->ff2, gin, rows, at(h, r0 * c), SDXL_OP_ACCUM | gfl, e));
         }
     }
     TRY(op_linear(u, &xf->proj_out, h, m, x, SDXL_OP_ACCUM, e));

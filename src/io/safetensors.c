@@ -44,6 +44,7 @@ static const struct {
     [SDXL_ST_F64] = {"F64", 8}, [SDXL_ST_F32] = {"F32", 4}, [SDXL_ST_F16] = {"F16", 2},
     [SDXL_ST_BF16] = {"BF16", 2}, [SDXL_ST_I64] = {"I64", 8}, [SDXL_ST_I32] = {"I32", 4},
     [SDXL_ST_I16] = {"I16", 2}, [SDXL_ST_I8] = {"I8", 1}, [SDXL_ST_U8] = {"U8", 1}, [SDXL_ST_BOOL] = {"BOOL", 1},
+    [SDXL_ST_F8_E4M3] = {"F8_E4M3", 1}, [SDXL_ST_F8_E5M2] = {"F8_E5M2", 1},
 };
 #define N_DTYPES (sizeof DTYPES / sizeof DTYPES[0])
 
@@ -133,7 +134,7 @@ static int check_entry(const char *what, const char *tn, const sdxl_json *v, uin
     if (d == N_DTYPES) {
         char dq[64];
         return sdxl_seterr(e, SDXL_ERR_FORMAT,
-                           "%s: tensor %s: unknown dtype %s (allowed: F64 F32 F16 BF16 I64 I32 I16 I8 U8 BOOL)", what, tn,
+                           "%s: tensor %s: unknown dtype %s (allowed: F64 F32 F16 BF16 F8_E4M3 F8_E5M2 I64 I32 I16 I8 U8 BOOL)", what, tn,
                            qname(dq, sizeof dq, dt->str, dt->len));
     }
     p->dtype = (sdxl_st_dtype)d;
@@ -492,6 +493,8 @@ int sdxl_st_to_f32(const sdxl_st_file *f, const sdxl_st_tensor *t, float *dst, s
     case SDXL_ST_F32: memcpy(dst, s, n * 4); break;
     case SDXL_ST_F16: half_to_f32(s, dst, n, 0); break;
     case SDXL_ST_BF16: half_to_f32(s, dst, n, 1); break;
+    case SDXL_ST_F8_E4M3: sdxl_f8e4m3_to_f32(s, dst, n); break;
+    case SDXL_ST_F8_E5M2: sdxl_f8e5m2_to_f32(s, dst, n); break;
     case SDXL_ST_F64:
         for (size_t i = 0; i < n; i++) {
             double d;
@@ -738,14 +741,15 @@ int sdxl_st_writer_finish(sdxl_st_writer *w, const char *path, sdxl_err *e) {
     return SDXL_OK;
 }
 
-/* MADV_PAGEOUT reclaims the pages without changing what a later read sees (file-backed, private,
- * never written); where the kernel lacks it the call fails harmlessly. */
+/* MADV_DONTNEED unmaps the pages from this process without changing what a later read sees
+ * (file-backed, private, never written) and leaves them in the page cache: MADV_PAGEOUT would
+ * also evict them, so the next load of the same file would read it from disk again. */
 static void release_range(const sdxl_st_file *f, const void *p, uint64_t n) {
     long pg = sysconf(_SC_PAGESIZE);
     if (!f->mapped || pg <= 0 || !p || n == 0) return;
     uintptr_t a = ((uintptr_t)p + (uintptr_t)pg - 1) & ~((uintptr_t)pg - 1);
     uintptr_t b = ((uintptr_t)p + (uintptr_t)n) & ~((uintptr_t)pg - 1);
-    if (b > a) madvise((void *)a, b - a, MADV_PAGEOUT);
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
 }
 
 void sdxl_st_release_tensor(const sdxl_st_file *f, const sdxl_st_tensor *t) {

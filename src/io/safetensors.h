@@ -15,7 +15,8 @@
 
 typedef enum sdxl_st_dtype {
     SDXL_ST_F64, SDXL_ST_F32, SDXL_ST_F16, SDXL_ST_BF16,
-    SDXL_ST_I64, SDXL_ST_I32, SDXL_ST_I16, SDXL_ST_I8, SDXL_ST_U8, SDXL_ST_BOOL
+    SDXL_ST_I64, SDXL_ST_I32, SDXL_ST_I16, SDXL_ST_I8, SDXL_ST_U8, SDXL_ST_BOOL,
+    SDXL_ST_F8_E4M3, SDXL_ST_F8_E5M2 /* torch float8_e4m3fn / float8_e5m2 */
 } sdxl_st_dtype;
 
 typedef struct sdxl_st_tensor {
@@ -56,7 +57,8 @@ size_t sdxl_st_dtype_size(sdxl_st_dtype t);
 void sdxl_st_release_tensor(const sdxl_st_file *f, const sdxl_st_tensor *t);
 void sdxl_st_release_all(const sdxl_st_file *f);
 
-/* Copies a tensor into f32, converting from F64/F32/F16/BF16 (and integer types). dst holds numel floats. */
+/* Copies a tensor into f32, converting from F64/F32/F16/BF16/F8_E4M3/F8_E5M2 (and integer types);
+ * every value but F64's is exact. dst holds numel floats. */
 int sdxl_st_to_f32(const sdxl_st_file *f, const sdxl_st_tensor *t, float *dst, sdxl_err *e);
 
 /* Writer: add tensors (data copied or referenced until finish), then write the file.

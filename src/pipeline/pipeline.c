@@ -9,6 +9,9 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "base/cpu.h"
 #include "base/mem.h"
@@ -85,6 +88,14 @@ void sdxl_pl_model_free(sdxl_pl_model *m) {
     free(m);
 }
 
+/* Returns freed heap pages to the kernel. Weights under malloc's (dynamic) mmap threshold live
+ * in the heap, and free() alone keeps those pages resident: freed networks would still count. */
+static void give_back_heap(void) {
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
+}
+
 static int parse_prec(const char *s, sdxl_prec *out, sdxl_err *e) {
     if (!s || !*s || !strcmp(s, "auto")) {
         sdxl_cpu cpu;
@@ -102,20 +113,28 @@ int sdxl_pl_model_load(const sdxl_model_params *p, const sdxl_logger *log, sdxl_
     *out = NULL;
     if (!p || !p->base || !*p->base) return sdxl_seterr(e, SDXL_ERR_ARG, "base: a model path is required");
     if (p->head_dim < 0) return sdxl_seterr(e, SDXL_ERR_ARG, "head_dim: must be >= 0, got %d", p->head_dim);
-    sdxl_prec prec = SDXL_PREC_F32;
+    sdxl_prec prec = SDXL_PREC_F32, vae_prec;
     int st = parse_prec(p->precision, &prec, e);
     if (st) return st;
+    vae_prec = prec;
+    if (p->vae_precision && *p->vae_precision && strcmp(p->vae_precision, "auto") &&
+        (st = parse_prec(p->vae_precision, &vae_prec, e)))
+        return sdxl_err_prefix(e, "vae");
     sdxl_pl_model *m = calloc(1, sizeof *m);
     if (!m) return sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory");
     pthread_mutex_init(&m->mu, NULL);
     m->prec = prec;
+    m->vae_prec = vae_prec;
     double t0 = now_s();
     sdxl_unet_opts uo;
     sdxl_unet_opts_init(&uo);
     uo.head_dim = p->head_dim;
     uo.log = log;
+    m->uo = uo;
+    m->one_shot = p->one_shot != 0;
+    uo.validate_only = m->one_shot; /* converted after the text encoders are freed */
     if ((st = sdxl_compute_new_device(prec, p->device, &m->c, e)) ||
-        (st = sdxl_compute_new_device(SDXL_PREC_F32, p->device, &m->c_vae, e)))
+        (st = sdxl_compute_new_device(vae_prec, p->device, &m->c_vae, e)))
         goto fail;
     if ((st = sdxl_tokenizer_new(&m->tok, e))) goto fail;
     if ((st = sdxl_ckpt_open(p->base, &m->base_ck, e))) goto fail;
@@ -165,7 +184,9 @@ int sdxl_pl_model_load(const sdxl_model_params *p, const sdxl_logger *log, sdxl_
     sdxl_ckpt_release_pages(m->base_ck);
     sdxl_ckpt_release_pages(m->vae_ck);
     sdxl_ckpt_release_pages(m->ref_ck);
-    SDXL_INFO(log, "model loaded in %.2f s (%s)%s", now_s() - t0, prec == SDXL_PREC_BF16 ? "bf16" : "f32",
+    give_back_heap(); /* the conversion buffers */
+    SDXL_INFO(log, "model loaded in %.2f s (%s, vae %s)%s", now_s() - t0, prec == SDXL_PREC_BF16 ? "bf16" : "f32",
+              vae_prec == SDXL_PREC_BF16 ? "bf16" : "f32",
               m->has_ref ? " with refiner" : "");
     *out = m;
     return SDXL_OK;
@@ -189,6 +210,8 @@ typedef struct req {
 
 static int resolve(const sdxl_pl_model *m, const sdxl_gen_params *in, req *r, sdxl_err *e) {
     memset(r, 0, sizeof *r);
+    if (m && m->one_shot && m->used)
+        return sdxl_seterr(e, SDXL_ERR_ARG, "model: loaded for one request (one_shot) and has served it");
     r->p = *in;
     sdxl_gen_params *p = &r->p;
     if (!p->prompt) p->prompt = "";
@@ -637,7 +660,27 @@ typedef struct est_ctx {
     sdxl_pl_model *m;
     const req *r;
     int64_t T, T_ref;
+    uint64_t vae_budget; /* tiling budget of the decode; 0 = the VAE's default */
 } est_ctx;
+
+/* Bytes a UNet's converted weights take (for one_shot UNets not converted yet). */
+static uint64_t unet_bytes(const sdxl_pl_model *m, const sdxl_unet *u) {
+    return u ? (uint64_t)sdxl_unet_config(u)->n_params * (m->prec == SDXL_PREC_BF16 ? 2u : 4u) : 0;
+}
+
+/* one_shot: converts the UNets the request runs, validated at load, once the text encoders are gone. */
+static int one_shot_unets(sdxl_pl_model *m, int refine, sdxl_err *e) {
+    sdxl_unet **u[2] = {&m->base_unet, &m->ref_unet};
+    const sdxl_ckpt *ck[2] = {m->base_ck, m->ref_ck};
+    for (int i = 0; i < 1 + (refine != 0); i++) {
+        sdxl_unet_free(*u[i]);
+        *u[i] = NULL;
+        int st = sdxl_unet_load(m->c, ck[i], &m->uo, u[i], e);
+        sdxl_ckpt_release_pages(ck[i]);
+        if (st) return sdxl_err_prefix(e, "%s", i ? "refiner" : "base");
+    }
+    return SDXL_OK;
+}
 
 static int estimate(void *user, int b, uint64_t *bytes, sdxl_err *e) {
     est_ctx *x = user;
@@ -651,7 +694,8 @@ static int estimate(void *user, int b, uint64_t *bytes, sdxl_err *e) {
     if (st) return st;
     sdxl_vae_run run;
     sdxl_vae_run_init(&run);
-    uint64_t vb = sdxl_vae_decode_bytes(sdxl_vae_get_config(x->m->vae), b, r->h, r->w, SDXL_PREC_F32, &run);
+    run.max_bytes = x->vae_budget;
+    uint64_t vb = sdxl_vae_decode_bytes(sdxl_vae_get_config(x->m->vae), b, r->h, r->w, x->m->vae_prec, &run);
     /* sampler buffers (about 8 latent copies), CFG batch inputs and the decoded images */
     uint64_t lat = (uint64_t)b * 4 * (uint64_t)r->h * (uint64_t)r->w * sizeof(float);
     uint64_t img = (uint64_t)b * 3 * (uint64_t)r->H * (uint64_t)r->W * (sizeof(float) + 1);
@@ -710,6 +754,8 @@ int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile 
     if (base_steps == 0 && ref_steps == 0)
         return sdxl_seterr(e, SDXL_ERR_ARG, "strength: %g leaves no step of %d to run", r.p.strength, r.p.steps);
 
+    m->used = 1;
+
     /* text */
     sdxl_cond cb = {0}, crf = {0};
     float tid_b[16], tid_r[16];
@@ -726,6 +772,12 @@ int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile 
         if (r.refine) tr->cond(tr->user, 1, &crf, tid_r, Kr);
     }
     out->st.text_s = now_s() - ts;
+    if (m->one_shot) { /* the prompt is encoded: the text encoders' memory goes to the UNet */
+        sdxl_cond_model_free(&m->base_cond);
+        sdxl_cond_model_free(&m->ref_cond);
+        sdxl_compute_trim(m->c);
+        give_back_heap();
+    }
 
     /* plan */
     sdxl_mem_stats ms;
@@ -742,11 +794,32 @@ int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile 
     int cap = r.p.batch_size > 0 ? r.p.batch_size : r.n_images;
     if (r.p.max_batch > 0 && cap > r.p.max_batch) cap = r.p.max_batch;
     if (r.stochastic) cap = 1; /* the sampler's noise stream is per image: batching would change pixels */
-    est_ctx ec = {m, &r, cb.n_tokens, r.refine ? crf.n_tokens : 0};
+    /* max_memory: what is resident now and the UNet weights still to convert come first */
+    uint64_t pending = m->one_shot ? unet_bytes(m, m->base_unet) + (r.refine ? unet_bytes(m, m->ref_unet) : 0) : 0;
+    uint64_t fixed = ms.rss + pending;
+    if (r.p.max_memory) {
+        uint64_t room = r.p.max_memory > fixed ? r.p.max_memory - fixed : 0;
+        if (room < avail) avail = room;
+    }
+    est_ctx ec = {m, &r, cb.n_tokens, r.refine ? crf.n_tokens : 0, r.p.max_memory ? (avail ? avail : 1) : 0};
     sdxl_pl_plan plan;
     if ((st = sdxl_pl_plan_make(r.n_images, cap, avail, estimate, &ec, &plan, e))) goto done_cond;
     sdxl_pl_plan_describe(&plan, r.p.cfg_scale > 1.0f, out->plan, sizeof out->plan);
     SDXL_INFO(log, "plan: %s", out->plan);
+    if (r.p.max_memory && fixed + plan.bytes > r.p.max_memory) {
+        st = sdxl_seterr(e, SDXL_ERR_LIMIT,
+                         "max_memory: %.2f GiB cannot hold this request: resident %.2f GiB + UNet weights to convert "
+                         "%.2f GiB + plan (%s)",
+                         (double)r.p.max_memory / (1 << 30), (double)ms.rss / (1 << 30), (double)pending / (1 << 30),
+                         out->plan);
+        goto done_cond;
+    }
+    if (m->one_shot) {
+        pthread_mutex_lock(&m->mu);
+        st = one_shot_unets(m, r.refine, e);
+        pthread_mutex_unlock(&m->mu);
+        if (st) goto done_cond;
+    }
     out->st.n_images = plan.n_images;
     out->st.sub_batch = plan.sub_batch;
     out->st.n_sub_batches = plan.n_sub;
@@ -950,8 +1023,21 @@ int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile 
         /* The UNet and VAE workspaces never need to be resident together. */
         sdxl_unet_trim(m->base_unet);
         sdxl_unet_trim(m->ref_unet);
+        if (m->one_shot && b0 + B >= r.n_images) { /* the last decode: the UNets are done */
+            sdxl_unet_free(m->base_unet);
+            sdxl_unet_free(m->ref_unet);
+            m->base_unet = m->ref_unet = NULL;
+            give_back_heap();
+        }
         sdxl_compute_trim(m->c);
-        st = sdxl_vae_decode(m->vae, lat_nhwc, B, r.h, r.w, img, NULL, e);
+        sdxl_vae_run vr;
+        sdxl_vae_run_init(&vr);
+        if (r.p.max_memory) { /* tiles when the untiled decode would not fit what is left */
+            sdxl_mem_stats md;
+            sdxl_mem_query(&md);
+            vr.max_bytes = r.p.max_memory > md.rss ? r.p.max_memory - md.rss : 1;
+        }
+        st = sdxl_vae_decode(m->vae, lat_nhwc, B, r.h, r.w, img, &vr, e);
         sdxl_vae_trim(m->vae);
         sdxl_compute_trim(m->c_vae);
         pthread_mutex_unlock(&m->mu);

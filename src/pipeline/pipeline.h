@@ -24,9 +24,9 @@
 /* One loaded model set. Immutable after load except for the networks' internal workspaces,
  * which is why every network call holds mu. */
 typedef struct sdxl_pl_model {
-    sdxl_prec prec;
+    sdxl_prec prec, vae_prec;
     sdxl_compute *c;     /* text encoders and UNets, in prec */
-    sdxl_compute *c_vae; /* the VAE always runs in f32 (force_upcast) */
+    sdxl_compute *c_vae; /* the VAE, in vae_prec */
     sdxl_ckpt *base_ck, *ref_ck, *vae_ck;
     sdxl_cond_model base_cond, ref_cond;
     int has_ref;
@@ -34,6 +34,8 @@ typedef struct sdxl_pl_model {
     sdxl_vae *vae;
     sdxl_tokenizer *tok;
     int force_zeros;      /* base pipeline's force_zeros_for_empty_prompt (model_index.json, else 1) */
+    int one_shot, used;   /* one_shot: UNets validated only until the request converts them */
+    sdxl_unet_opts uo;
     char base_name[256];  /* file stem, for the metadata "Model" */
     char ref_name[256];
     pthread_mutex_t mu;

@@ -39,7 +39,7 @@ const char *sdxl_compute_device_name(const sdxl_compute *c) {
 void *sdxl_compute_alloc(sdxl_compute *c, size_t bytes, sdxl_err *e) {
     sdxl_dev *d = sdxl_compute_dev(c);
     if (d) return sdxl_dev_alloc(d, bytes, e);
-    void *p = aligned_alloc(64, (bytes + 63) / 64 * 64 + 64 * !bytes);
+    void *p = sdxl_alloc_big(bytes ? bytes : 64);
     if (!p) sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory for %zu bytes of activations", bytes);
     return p;
 }

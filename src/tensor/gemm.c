@@ -10,6 +10,7 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include <oneapi/dnnl/dnnl.h>
 
@@ -80,13 +81,23 @@ static int dnnl_fail(sdxl_err *e, dnnl_status_t s, const char *what) {
         if (s_ != dnnl_success) return dnnl_fail(e, s_, what);                                                  \
     } while (0)
 
+void *sdxl_alloc_big(size_t bytes) {
+    const size_t huge = (size_t)2 << 20;
+    if (bytes < huge) return aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    size_t sz = (bytes + huge - 1) & ~(huge - 1);
+    if (sz < bytes) return NULL;
+    void *p = aligned_alloc(huge, sz);
+    if (p) madvise(p, sz, MADV_HUGEPAGE); /* advice only: where THP is off nothing changes */
+    return p;
+}
+
 int sdxl_buf_reserve(sdxl_buf *b, size_t bytes) {
     if (bytes <= b->cap) return SDXL_OK;
     size_t cap = bytes + bytes / 4;
     if (cap < bytes) cap = bytes;
     cap = (cap + 63) & ~(size_t)63;
     if (cap < bytes) return SDXL_ERR_NOMEM;
-    void *p = aligned_alloc(64, cap);
+    void *p = sdxl_alloc_big(cap);
     if (!p) return SDXL_ERR_NOMEM;
     free(b->p);
     b->p = p;
@@ -233,7 +244,7 @@ static int reorder_new(sdxl_compute *c, const dnnl_memory_desc_t *smd, const voi
                        void **out, sdxl_err *e) {
     *out = NULL;
     size_t bytes = dnnl_memory_desc_get_size(dmd);
-    void *dst = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    void *dst = sdxl_alloc_big(bytes);
     if (!dst) return sdxl_seterr(e, SDXL_ERR_NOMEM, "weights reorder: out of memory (%zu bytes)", bytes);
     dnnl_primitive_desc_t pd = NULL;
     dnnl_primitive_t r = NULL;
@@ -348,6 +359,15 @@ static int weights_for(sdxl_compute *c, const prim_entry *p, const gemm_layer *g
     return SDXL_OK;
 }
 
+uint16_t *sdxl_compute_src_bf16(sdxl_compute *c, int64_t n) {
+    if (n < 0 || (uint64_t)n > SIZE_MAX / 2 || sdxl_buf_reserve(&c->xbuf, (size_t)(n ? n : 1) * 2)) return NULL;
+    return c->xbuf.p;
+}
+
+/* The GEMM's bf16 input: x converted into the context's input buffer, in parallel, or x itself
+ * when the caller converted it already (SDXL_OP_SRC_BF16). */
+static int src_bf16(sdxl_compute *c, const float *x, int64_t n, int flags, const void **out, sdxl_err *e);
+
 /* Converts n floats of x to bf16 in the context's input buffer, in parallel. */
 static int input_bf16(sdxl_compute *c, const float *x, int64_t n, const void **out, sdxl_err *e) {
     if ((uint64_t)n > SIZE_MAX / 2 || sdxl_buf_reserve(&c->xbuf, (size_t)n * 2))
@@ -362,6 +382,16 @@ static int input_bf16(sdxl_compute *c, const float *x, int64_t n, const void **o
     }
     *out = d;
     return SDXL_OK;
+}
+
+static int src_bf16(sdxl_compute *c, const float *x, int64_t n, int flags, const void **out, sdxl_err *e) {
+    if (flags & SDXL_OP_SRC_BF16) {
+        if (c->prec != SDXL_PREC_BF16)
+            return sdxl_seterr(e, SDXL_ERR_ARG, "GEMM: a bf16 input given to an f32 context");
+        *out = x;
+        return SDXL_OK;
+    }
+    return c->prec == SDXL_PREC_BF16 ? input_bf16(c, x, n, out, e) : SDXL_OK;
 }
 
 static int run_prim(sdxl_compute *c, prim_entry *p, const void *src, const void *w, const float *bias, float *dst,
@@ -386,15 +416,23 @@ static int run_prim(sdxl_compute *c, prim_entry *p, const void *src, const void 
     return SDXL_OK;
 }
 
-/* Copies n values of dtype t into f32 (new buffer). */
+/* Copies n values of dtype t into f32 (new buffer), in chunks across the threads: the source
+ * is usually the file mapping, so this is where a load reads the checkpoint. */
 static float *to_f32_copy(const void *src, sdxl_dtype t, int64_t n) {
     if (n <= 0 || (uint64_t)n > SIZE_MAX / 4) return NULL;
-    float *d = malloc((size_t)n * 4);
-    if (d) sdxl_to_f32(src, t, d, (size_t)n);
+    float *d = sdxl_alloc_big((size_t)n * 4);
+    if (!d) return NULL;
+    const int64_t chunk = 1 << 18;
+    const size_t es = sdxl_dtype_size(t);
+#pragma omp parallel for schedule(static) if (n > 2 * chunk)
+    for (int64_t i = 0; i < n; i += chunk) {
+        int64_t len = n - i < chunk ? n - i : chunk;
+        sdxl_to_f32((const char *)src + (size_t)i * es, t, d + i, (size_t)len);
+    }
     return d;
 }
 
-static int valid_dtype(sdxl_dtype t) { return t == SDXL_F32 || t == SDXL_F16 || t == SDXL_BF16; }
+static int valid_dtype(sdxl_dtype t) { return t >= SDXL_F32 && t <= SDXL_F8_E5M2; }
 
 /* Chooses the layout for (op at a typical shape) and stores the reordered weights in *w_out. */
 static int weights_init(sdxl_compute *c, const prim_key *typical, const dnnl_memory_desc_t *plain_f32,
@@ -520,7 +558,7 @@ int sdxl_linear_fwd(sdxl_compute *c, const sdxl_linear *l, const float *x, int64
     int st = find_or_create(c, &k, gl, &p, e);
     const void *src = x, *w;
     if (!st) st = weights_for(c, p, gl, l->w, &w, e);
-    if (!st && c->prec == SDXL_PREC_BF16) st = input_bf16(c, x, M * l->in, &src, e);
+    if (!st) st = src_bf16(c, x, M * l->in, flags, &src, e);
     if (!st) st = run_prim(c, p, src, w, l->bias, y, e);
     if (st) return sdxl_err_prefix(e, "linear %lldx%lld, M=%lld", (long long)l->out, (long long)l->in, (long long)M);
     return SDXL_OK;
@@ -629,7 +667,7 @@ int sdxl_conv2d_fwd(sdxl_compute *c, const sdxl_conv2d *cv, const float *x, int6
     int st = find_or_create(c, &k, gl, &p, e);
     const void *src = x, *wt;
     if (!st) st = weights_for(c, p, gl, cv->w, &wt, e);
-    if (!st && c->prec == SDXL_PREC_BF16) st = input_bf16(c, x, n * h * w * cv->cin, &src, e);
+    if (!st) st = src_bf16(c, x, n * h * w * cv->cin, flags, &src, e);
     if (!st) st = run_prim(c, p, src, wt, cv->bias, y, e);
     if (st)
         return sdxl_err_prefix(e, "conv2d %lld->%lld %dx%d at %lldx%lldx%lld", (long long)cv->cin,

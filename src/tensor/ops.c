@@ -12,6 +12,7 @@
 #include "tensor/ops_internal.h"
 
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+#define AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 
 /* glibc libmvec (linked through libm's AS_NEEDED script): 16-lane AVX-512 variants. */
 AVX512 __m512 _ZGVeN16v_expf(__m512 x);
@@ -162,8 +163,51 @@ AVX512 static void gn_apply_avx512(const float *x, float *y, int64_t hw, int64_t
     }
 }
 
+/* bf16 output, rounded as sdxl_f32_to_bf16 rounds: the GEMM input a later conv would make. */
+static void gn_apply_bf16_c(const float *x, uint16_t *y, int64_t hw, int64_t c, int64_t c0, int64_t nc, const float *a,
+                            const float *b, int silu) {
+    float v[GN_BLOCK];
+    for (int64_t p = 0; p < hw; p++) {
+        const float *r = x + p * c + c0;
+        for (int64_t k = 0; k < nc; k++) {
+            v[k] = r[k] * a[k] + b[k];
+            if (silu) v[k] = silu1(v[k]);
+        }
+        sdxl_f32_to_bf16(v, y + p * c + c0, (size_t)nc);
+    }
+}
+
+AVX512BF16 static void gn_apply_bf16_avx512(const float *x, uint16_t *y, int64_t hw, int64_t c, int64_t c0, int64_t nc,
+                                            const float *a, const float *b, int silu) {
+    for (int64_t p = 0; p < hw; p++) {
+        const float *r = x + p * c + c0;
+        uint16_t *o = y + p * c + c0;
+        for (int64_t k = 0; k < nc; k += 16) {
+            __mmask16 m = nc - k >= 16 ? 0xffff : (__mmask16)((1u << (nc - k)) - 1);
+            __m512 v = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, r + k), _mm512_maskz_loadu_ps(m, a + k),
+                                       _mm512_maskz_loadu_ps(m, b + k));
+            if (silu) v = silu16(v);
+            _mm256_mask_storeu_epi16(o + k, m, (__m256i)_mm512_cvtneps_pbh(v));
+        }
+    }
+}
+
+static void gn_run(const float *x, float *y, uint16_t *ybf, int64_t n, int64_t hw, int64_t c, int groups, float eps,
+                   const float *gamma, const float *beta, int silu);
+
 void sdxl_group_norm(const float *x, float *y, int64_t n, int64_t hw, int64_t c, int groups, float eps,
                      const float *gamma, const float *beta, int silu) {
+    gn_run(x, y, NULL, n, hw, c, groups, eps, gamma, beta, silu);
+}
+
+void sdxl_group_norm_bf16(const float *x, uint16_t *y, int64_t n, int64_t hw, int64_t c, int groups, float eps,
+                          const float *gamma, const float *beta, int silu) {
+    gn_run(x, NULL, y, n, hw, c, groups, eps, gamma, beta, silu);
+}
+
+/* One of y (f32) and ybf (bf16) receives the result. */
+static void gn_run(const float *x, float *y, uint16_t *ybf, int64_t n, int64_t hw, int64_t c, int groups, float eps,
+                   const float *gamma, const float *beta, int silu) {
     if (n <= 0 || hw <= 0 || c <= 0 || groups <= 0 || c % groups) return;
     const int64_t cpg = c / groups;
     const int simd = sdxl_simd_level();
@@ -178,7 +222,8 @@ void sdxl_group_norm(const float *x, float *y, int64_t n, int64_t hw, int64_t c,
         int64_t bi = t / per_batch, part = t % per_batch;
         int64_t g0 = groups * part / per_batch, g1 = groups * (part + 1) / per_batch;
         const float *xb = x + bi * hw * c;
-        float *yb = y + bi * hw * c;
+        float *yb = y ? y + bi * hw * c : NULL;
+        uint16_t *ybb = ybf ? ybf + bi * hw * c : NULL;
         double s1[GN_BLOCK], s2[GN_BLOCK];
         float shift[GN_BLOCK], a[GN_BLOCK], b[GN_BLOCK];
         /* Groups are processed in blocks of whole groups when they fit, else channel blocks
@@ -218,7 +263,9 @@ void sdxl_group_norm(const float *x, float *y, int64_t n, int64_t hw, int64_t c,
                     a[k] = (float)sc;
                     b[k] = (float)((beta ? beta[ch] : 0.0) - gmean[j] * sc);
                 }
-                if (simd) gn_apply_avx512(xb, yb, hw, c, cs, nc, a, b, silu);
+                if (ybb && simd >= 2) gn_apply_bf16_avx512(xb, ybb, hw, c, cs, nc, a, b, silu);
+                else if (ybb) gn_apply_bf16_c(xb, ybb, hw, c, cs, nc, a, b, silu);
+                else if (simd) gn_apply_avx512(xb, yb, hw, c, cs, nc, a, b, silu);
                 else gn_apply_c(xb, yb, hw, c, cs, nc, a, b, silu);
             }
             g += ng;
@@ -394,13 +441,16 @@ void sdxl_gelu_tanh(float *x, int64_t n) { act_run(ACT_GELU_TANH, x, n); }
 void sdxl_quick_gelu(float *x, int64_t n) { act_run(ACT_QUICK_GELU, x, n); }
 void sdxl_silu(float *x, int64_t n) { act_run(ACT_SILU, x, n); }
 
-AVX512 static void geglu_row_avx512(const float *x, float *y, int64_t f) {
-    for (int64_t i = 0; i < f; i += 16) {
-        __mmask16 m = f - i >= 16 ? 0xffff : (__mmask16)((1u << (f - i)) - 1);
-        __m512 g = act16(ACT_GELU, _mm512_maskz_loadu_ps(m, x + f + i));
-        _mm512_mask_storeu_ps(y + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), g));
+/* y = a * gelu(g) over n values. */
+AVX512 static void geglu_span_avx512(const float *a, const float *gt, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        __m512 g = act16(ACT_GELU, _mm512_maskz_loadu_ps(m, gt + i));
+        _mm512_mask_storeu_ps(y + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, a + i), g));
     }
 }
+
+static void geglu_row_avx512(const float *x, float *y, int64_t f) { geglu_span_avx512(x, x + f, y, f); }
 
 void sdxl_geglu(const float *x, float *y, int64_t rows, int64_t f) {
     if (rows <= 0 || f <= 0) return;
@@ -413,6 +463,37 @@ void sdxl_geglu(const float *x, float *y, int64_t rows, int64_t f) {
             geglu_row_avx512(xr, yr, f);
         } else {
             for (int64_t i = 0; i < f; i++) yr[i] = xr[i] * act1(ACT_GELU, xr[f + i]);
+        }
+    }
+}
+
+AVX512BF16 static void geglu_row_bf16_avx512(const float *x, uint16_t *y, int64_t f) {
+    for (int64_t i = 0; i < f; i += 16) {
+        __mmask16 m = f - i >= 16 ? 0xffff : (__mmask16)((1u << (f - i)) - 1);
+        __m512 g = act16(ACT_GELU, _mm512_maskz_loadu_ps(m, x + f + i));
+        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), g);
+        _mm256_mask_storeu_epi16(y + i, m, (__m256i)_mm512_cvtneps_pbh(v));
+    }
+}
+
+void sdxl_geglu_bf16(const float *x, uint16_t *y, int64_t rows, int64_t f) {
+    if (rows <= 0 || f <= 0) return;
+    const int simd = sdxl_simd_level();
+#pragma omp parallel for schedule(static) if (rows * f > EW_CHUNK)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * 2 * f;
+        uint16_t *yr = y + r * f;
+        if (simd >= 2) {
+            geglu_row_bf16_avx512(xr, yr, f);
+        } else {
+            float v[256];
+            for (int64_t i0 = 0; i0 < f; i0 += 256) {
+                int64_t k = f - i0 < 256 ? f - i0 : 256;
+                if (simd) geglu_span_avx512(xr + i0, xr + f + i0, v, k);
+                else
+                    for (int64_t i = 0; i < k; i++) v[i] = xr[i0 + i] * act1(ACT_GELU, xr[f + i0 + i]);
+                sdxl_f32_to_bf16(v, yr + i0, (size_t)k);
+            }
         }
     }
 }

@@ -22,6 +22,15 @@ int64_t sdxl_compute_n_primitives(const sdxl_compute *c);
  * op regrows them. For handing memory to another stage between phases, not per step. */
 void sdxl_compute_trim(sdxl_compute *c);
 
+/* malloc for large, long-lived buffers (weights, workspaces); release with free(). From 2 MiB up
+ * the start is 2 MiB-aligned and the whole 2 MiB pages are marked for transparent huge pages,
+ * so first touching the buffer faults once per 2 MiB instead of once per 4 KiB. */
+void *sdxl_alloc_big(size_t bytes);
+
+/* The context's GEMM-input buffer, grown to n bf16 values (contents kept unless it must grow);
+ * NULL when out of memory. Valid until the next GEMM without SDXL_OP_SRC_BF16 or the next trim. */
+uint16_t *sdxl_compute_src_bf16(sdxl_compute *c, int64_t n);
+
 /* ---- linear: y[M, out] = x[M, in] . W^T + b ------------------------------------------- */
 
 typedef struct sdxl_linear {
@@ -33,6 +42,10 @@ typedef struct sdxl_linear {
 } sdxl_linear;
 
 #define SDXL_OP_ACCUM 1 /* y += result instead of y = result (residual fused into the GEMM) */
+/* bf16 contexts only: x points at n bf16 values in the context's GEMM-input buffer
+ * (sdxl_compute_src_bf16), already converted, e.g. by the op that produced them; several GEMMs
+ * may read one such input in turn while nothing else converts into the buffer. */
+#define SDXL_OP_SRC_BF16 2
 
 /* w: torch layout [out, in] row-major, of dtype wdt; b: [out] or NULL. Weights are copied. */
 int sdxl_linear_init(sdxl_compute *c, sdxl_linear *l, int64_t in, int64_t out, const void *w, sdxl_dtype wdt,
@@ -68,6 +81,10 @@ int sdxl_conv2d_fwd(sdxl_compute *c, const sdxl_conv2d *cv, const float *x, int6
 /* x [n, hw, c] channels-last; groups divide c. gamma/beta [c]. silu fuses SiLU after the affine. */
 void sdxl_group_norm(const float *x, float *y, int64_t n, int64_t hw, int64_t c, int groups, float eps,
                      const float *gamma, const float *beta, int silu);
+/* The same, written as bf16 (a GEMM input: see SDXL_OP_SRC_BF16); the values are the f32 ones
+ * rounded as the GEMM's own input conversion rounds them, so results do not change. */
+void sdxl_group_norm_bf16(const float *x, uint16_t *y, int64_t n, int64_t hw, int64_t c, int groups, float eps,
+                          const float *gamma, const float *beta, int silu);
 void sdxl_layer_norm(const float *x, float *y, int64_t rows, int64_t c, float eps, const float *gamma,
                      const float *beta);
 void sdxl_softmax_rows(float *x, int64_t rows, int64_t n);
@@ -77,6 +94,9 @@ void sdxl_quick_gelu(float *x, int64_t n); /* x * sigmoid(1.702 x) */
 void sdxl_silu(float *x, int64_t n);
 /* x [rows, 2f] = [h | gate] -> y [rows, f] = h * gelu(gate). y must not alias x. */
 void sdxl_geglu(const float *x, float *y, int64_t rows, int64_t f);
+/* The same, written as bf16 for the next GEMM's input (SDXL_OP_SRC_BF16), rounded as that GEMM's
+ * own conversion would round the f32 result. */
+void sdxl_geglu_bf16(const float *x, uint16_t *y, int64_t rows, int64_t f);
 /* x [n, h, w, c] -> y [n, 2h, 2w, c]. */
 void sdxl_upsample_nearest2x(const float *x, float *y, int64_t n, int64_t h, int64_t w, int64_t c);
 /* torch 'nearest': src index = floor(dst * in / out). */

@@ -2,10 +2,11 @@
 #include "tensor/ops_internal.h"
 
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 
-size_t sdxl_dtype_size(sdxl_dtype t) { return t == SDXL_F32 ? 4 : 2; }
+size_t sdxl_dtype_size(sdxl_dtype t) { return t == SDXL_F32 ? 4 : t == SDXL_F8_E4M3 || t == SDXL_F8_E5M2 ? 1 : 2; }
 
 sdxl_tensor sdxl_tensor_make(sdxl_dtype t, void *data, int ndim, const int64_t *ne) {
     sdxl_tensor x;
@@ -106,6 +107,17 @@ static uint16_t f32_to_bf16_1(float f) {
     return (uint16_t)(x >> 16);
 }
 
+/* E5M2 is the top byte of an f16. E4M3 without its sign, shifted left by 7, is an f16 (normal
+ * or subnormal alike) of 2^-8 times its value; the scaling by 256 is exact. */
+static uint16_t f8e4m3_as_f16(uint8_t x) { return (uint16_t)(((x & 0x80) << 8) | ((x & 0x7f) << 7)); }
+
+static float f8e4m3_to_f32_1(uint8_t x) {
+    if ((x & 0x7f) == 0x7f) return (x & 0x80) ? -NAN : NAN;
+    return f16_to_f32_1(f8e4m3_as_f16(x)) * 256.0f;
+}
+
+static float f8e5m2_to_f32_1(uint8_t x) { return f16_to_f32_1((uint16_t)(x << 8)); }
+
 /* ---- AVX-512 paths ---- */
 
 __attribute__((target("avx512f,f16c"))) static void f16_to_f32_avx512(const uint16_t *s, float *d, size_t n) {
@@ -140,6 +152,32 @@ __attribute__((target("avx512f,avx512bf16,avx512vl"))) static void f32_to_bf16_a
         _mm256_storeu_si256((__m256i *)(d + i), (__m256i)v);
     }
     for (; i < n; i++) d[i] = f32_to_bf16_1(s[i]);
+}
+
+__attribute__((target("avx512f,avx512bw,f16c"))) static void f8e5m2_to_f32_avx512(const uint8_t *s, float *d, size_t n) {
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256i h = _mm256_slli_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(s + i))), 8);
+        _mm512_storeu_ps(d + i, _mm512_cvtph_ps(h));
+    }
+    for (; i < n; i++) d[i] = f8e5m2_to_f32_1(s[i]);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) static void f8e4m3_to_f32_avx512(const uint8_t *s, float *d, size_t n) {
+    const __m256i mag = _mm256_set1_epi16(0x7f), sign = _mm256_set1_epi16(0x80);
+    const __m512 scale = _mm512_set1_ps(256.0f);
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256i x = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(s + i)));
+        __m256i m = _mm256_and_si256(x, mag);
+        __m256i h = _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(x, sign), 8), _mm256_slli_epi16(m, 7));
+        __m512 f = _mm512_mul_ps(_mm512_cvtph_ps(h), scale);
+        __mmask16 nan = _mm256_cmpeq_epi16_mask(m, mag);
+        __m512i qnan = _mm512_or_si512(_mm512_castps_si512(f), _mm512_set1_epi32(0x7fc00000)); /* keeps the sign */
+        f = _mm512_mask_mov_ps(f, nan, _mm512_castsi512_ps(qnan));
+        _mm512_storeu_ps(d + i, f);
+    }
+    for (; i < n; i++) d[i] = f8e4m3_to_f32_1(s[i]);
 }
 
 /* sdxl_simd_level is cheap (cached cpuid) and honours SDXL_NO_AVX512, so tests reach the scalar paths. */
@@ -180,11 +218,29 @@ void sdxl_f32_to_bf16(const float *src, uint16_t *dst, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] = f32_to_bf16_1(src[i]);
 }
 
+void sdxl_f8e4m3_to_f32(const uint8_t *src, float *dst, size_t n) {
+    if (n >= 16 && have_avx512()) {
+        f8e4m3_to_f32_avx512(src, dst, n);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) dst[i] = f8e4m3_to_f32_1(src[i]);
+}
+
+void sdxl_f8e5m2_to_f32(const uint8_t *src, float *dst, size_t n) {
+    if (n >= 16 && have_avx512()) {
+        f8e5m2_to_f32_avx512(src, dst, n);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) dst[i] = f8e5m2_to_f32_1(src[i]);
+}
+
 void sdxl_to_f32(const void *src, sdxl_dtype t, float *dst, size_t n) {
     switch (t) {
     case SDXL_F32: memmove(dst, src, n * sizeof(float)); break;
     case SDXL_F16: sdxl_f16_to_f32(src, dst, n); break;
     case SDXL_BF16: sdxl_bf16_to_f32(src, dst, n); break;
+    case SDXL_F8_E4M3: sdxl_f8e4m3_to_f32(src, dst, n); break;
+    case SDXL_F8_E5M2: sdxl_f8e5m2_to_f32(src, dst, n); break;
     }
 }
 

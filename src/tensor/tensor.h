@@ -6,7 +6,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef enum sdxl_dtype { SDXL_F32 = 0, SDXL_F16 = 1, SDXL_BF16 = 2 } sdxl_dtype;
+/* F8_E4M3 is the "fn" variant (no infinities, S.1111.111 is NaN); F8_E5M2 is IEEE-like. Both only
+ * as stored weights: every value of either is exact in f32, bf16 and (E5M2) f16. */
+typedef enum sdxl_dtype { SDXL_F32 = 0, SDXL_F16 = 1, SDXL_BF16 = 2, SDXL_F8_E4M3 = 3, SDXL_F8_E5M2 = 4 } sdxl_dtype;
 
 /* Compute precision of GEMMs: f32 is the reference; bf16 feeds bf16 inputs, accumulates in f32. */
 typedef enum sdxl_prec { SDXL_PREC_F32 = 0, SDXL_PREC_BF16 = 1 } sdxl_prec;
@@ -36,7 +38,10 @@ void sdxl_f16_to_f32(const uint16_t *src, float *dst, size_t n);
 void sdxl_f32_to_f16(const float *src, uint16_t *dst, size_t n);
 void sdxl_bf16_to_f32(const uint16_t *src, float *dst, size_t n);
 void sdxl_f32_to_bf16(const float *src, uint16_t *dst, size_t n);
-/* Any of the three to f32. */
+/* fp8 to f32, exact. */
+void sdxl_f8e4m3_to_f32(const uint8_t *src, float *dst, size_t n);
+void sdxl_f8e5m2_to_f32(const uint8_t *src, float *dst, size_t n);
+/* Any of the five to f32. */
 void sdxl_to_f32(const void *src, sdxl_dtype t, float *dst, size_t n);
 
 /* Layout edges: NCHW <-> NHWC (golden files and images are NCHW). */

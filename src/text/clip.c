@@ -98,6 +98,8 @@ static int st_to_dtype(const sdxl_st_tensor *t, sdxl_dtype *out) {
     case SDXL_ST_F32: *out = SDXL_F32; return 1;
     case SDXL_ST_F16: *out = SDXL_F16; return 1;
     case SDXL_ST_BF16: *out = SDXL_BF16; return 1;
+    case SDXL_ST_F8_E4M3: *out = SDXL_F8_E4M3; return 1;
+    case SDXL_ST_F8_E5M2: *out = SDXL_F8_E5M2; return 1;
     default: return 0;
     }
 }
@@ -141,7 +143,7 @@ static int fetch(const loader *L, const char *name, int hf_inner, int d0, int d1
     }
     sdxl_dtype dt;
     if (!st_to_dtype(t, &dt))
-        return sdxl_seterr(e, SDXL_ERR_FORMAT, "%s: tensor \"%s%s\" has dtype %s, expected F16, BF16 or F32",
+        return sdxl_seterr(e, SDXL_ERR_FORMAT, "%s: tensor \"%s%s\" has dtype %s, expected F16, BF16, F32, F8_E4M3 or F8_E5M2",
                            L->src->what, pre, name, sdxl_st_dtype_name(t->dtype));
     *out = t;
     return SDXL_OK;

@@ -159,6 +159,7 @@ int main(void) {
         SDXL_TEST_DATA "/golden/cases/tokenizer.safetensors",
         SDXL_TEST_DATA "/golden/cases/unet_refiner.safetensors",
         SDXL_TEST_DATA "/golden/cases/lora.safetensors",
+        SDXL_SOURCE_DIR "/tests/fuzz/corpus/safetensors/fp8.safetensors",
     };
     enum { NF = sizeof files / sizeof *files };
     seed seeds[NF];

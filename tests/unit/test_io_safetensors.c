@@ -79,8 +79,12 @@ static void test_rules(void) {
     reject("{" T("w", "\"dtype\":\"F16\",\"shape\":[]") "}", 2, "tensor \"w\"", "missing field \"data_offsets\"", "no offsets");
     reject("{" T("w", "\"dtype\":16,\"shape\":[],\"data_offsets\":[0,2]") "}", 2, "tensor \"w\"", "dtype must be a string",
            "dtype type");
-    reject("{" T("w", "\"dtype\":\"F8_E4M3\",\"shape\":[],\"data_offsets\":[0,1]") "}", 1, "tensor \"w\"",
-           "unknown dtype \"F8_E4M3\"", "unknown dtype");
+    reject("{" T("w", "\"dtype\":\"F8_E3M4\",\"shape\":[],\"data_offsets\":[0,1]") "}", 1, "tensor \"w\"",
+           "unknown dtype \"F8_E3M4\"", "unknown dtype");
+    reject("{" T("w", "\"dtype\":\"F8_E4M3\",\"shape\":[3],\"data_offsets\":[0,6]") "}", 6, "tensor \"w\"",
+           "shape [3] x F8_E4M3 = 3 bytes but data_offsets span 6", "fp8 size rule");
+    reject("{" T("w", "\"dtype\":\"F8_E5M2\",\"shape\":[4],\"data_offsets\":[0,4]") "}", 3, "tensor \"w\"",
+           "run past the end", "fp8 offset rule");
     reject("{" T("w", "\"dtype\":\"f16\",\"shape\":[],\"data_offsets\":[0,2]") "}", 2, "tensor \"w\"", "unknown dtype",
            "dtype is case-sensitive");
     reject("{" T("w", "\"dtype\":\"F16\",\"shape\":3,\"data_offsets\":[0,6]") "}", 6, "tensor \"w\"", "shape must be an array",
@@ -369,9 +373,65 @@ static void test_real_files(void) {
     }
 }
 
+/* Plain decodes from the format definitions (torch float8_e4m3fn, float8_e5m2). */
+static float ref_e4m3(unsigned b) {
+    int e = (b >> 3) & 15, m = b & 7;
+    float v = e == 15 && m == 7 ? NAN : e == 0 ? ldexpf((float)m, -9) : ldexpf((float)(8 + m), e - 10);
+    return b & 0x80 ? -v : v;
+}
+
+static float ref_e5m2(unsigned b) {
+    int e = (b >> 2) & 31, m = b & 3;
+    float v = e == 31 ? (m ? NAN : INFINITY) : e == 0 ? ldexpf((float)m, -16) : ldexpf((float)(4 + m), e - 17);
+    return b & 0x80 ? -v : v;
+}
+
+static int same_value(float a, float b) {
+    if (isnan(a) || isnan(b)) return isnan(a) && isnan(b) && signbit(a) == signbit(b);
+    return !memcmp(&a, &b, sizeof a);
+}
+
+/* Every fp8 code through the gate, on the vector path and the scalar one, odd address included. */
+static void test_fp8(void) {
+    const char *path = "test_io_safetensors_fp8.safetensors";
+    unsigned char codes[256];
+    for (int i = 0; i < 256; i++) codes[i] = (unsigned char)i;
+    sdxl_st_writer *w;
+    sdxl_err e = {0};
+    int64_t s256[2] = {16, 16}, s1[1] = {1};
+    sdxl_st_writer_new(&w, &e);
+    sdxl_st_writer_add(w, "a_pad", SDXL_ST_U8, 1, s1, codes, &e);
+    sdxl_st_writer_add(w, "e4m3", SDXL_ST_F8_E4M3, 2, s256, codes, &e);
+    sdxl_st_writer_add(w, "e5m2", SDXL_ST_F8_E5M2, 2, s256, codes, &e);
+    CHECK(sdxl_st_writer_finish(w, path, &e) == SDXL_OK, "fp8 write: %s", e.msg);
+    sdxl_st_writer_free(w);
+    sdxl_st_file *f = NULL;
+    CHECK(sdxl_st_open(path, &f, &e) == SDXL_OK, "fp8 reopen: %s", e.msg);
+    if (!f) return;
+    const sdxl_st_tensor *t4 = sdxl_st_find(f, "e4m3"), *t5 = sdxl_st_find(f, "e5m2");
+    CHECK(t4 && t5 && t4->nbytes == 256 && t5->nbytes == 256 && !strcmp(sdxl_st_dtype_name(t4->dtype), "F8_E4M3") &&
+              !strcmp(sdxl_st_dtype_name(t5->dtype), "F8_E5M2") && sdxl_st_dtype_size(t4->dtype) == 1,
+          "fp8 entries: 1 byte per element");
+    for (int scalar = 0; scalar < 2 && t4 && t5; scalar++) {
+        if (scalar) setenv("SDXL_NO_AVX512", "1", 1);
+        float out[256];
+        int bad4 = 0, bad5 = 0;
+        sdxl_st_to_f32(f, t4, out, &e);
+        for (int i = 0; i < 256; i++) bad4 += !same_value(out[i], ref_e4m3((unsigned)i));
+        sdxl_st_to_f32(f, t5, out, &e);
+        for (int i = 0; i < 256; i++) bad5 += !same_value(out[i], ref_e5m2((unsigned)i));
+        CHECK(bad4 == 0, "F8_E4M3: all 256 codes exact (%s path): %d differ", scalar ? "scalar" : "vector", bad4);
+        CHECK(bad5 == 0, "F8_E5M2: all 256 codes exact (%s path): %d differ", scalar ? "scalar" : "vector", bad5);
+    }
+    unsetenv("SDXL_NO_AVX512");
+    sdxl_st_close(f);
+    unlink(path);
+}
+
 int main(void) {
     test_rules();
     test_writer();
+    test_fp8();
     test_real_files();
     sparse_table("sdxl_base_keys.tsv");
     sparse_table("sdxl_refiner_keys.tsv");

@@ -179,6 +179,58 @@ static void test_errors(sdxl_compute *c) {
     sdxl_linear_free(&l2);
 }
 
+/* GroupNorm+SiLU written as bf16 and fed with SDXL_OP_SRC_BF16 gives the very bits of the f32
+ * norm fed plainly (the GEMM converts it the same way); an f32 context refuses the flag. */
+static void test_src_bf16(sdxl_compute *c) {
+    const int64_t n = 2, h = 9, wd = 7, ci = 64, co = 48, m = n * h * wd;
+    float *x = rnd(m * ci, -2, 3), *w = rnd(co * ci * 9, -0.2f, 0.2f), *b = rnd(co, -1, 1), *g = rnd(ci, 0.5f, 1.5f),
+          *be = rnd(ci, -0.5f, 0.5f), *t = malloc(sizeof(float) * (size_t)(m * ci)),
+          *y1 = malloc(sizeof(float) * (size_t)(m * co)), *y2 = malloc(sizeof(float) * (size_t)(m * co));
+    sdxl_conv2d cv;
+    sdxl_err e = {0};
+    CHECK(sdxl_conv2d_init(c, &cv, ci, co, 3, 3, 1, 1, 1, 1, 1, w, SDXL_F32, b, SDXL_F32, &e) == SDXL_OK, "%s", e.msg);
+    sdxl_group_norm(x, t, n, h * wd, ci, 32, 1e-6f, g, be, 1);
+    CHECK(sdxl_conv2d_fwd(c, &cv, t, n, h, wd, y1, 0, &e) == SDXL_OK, "plain conv: %s", e.msg);
+    uint16_t *xb = sdxl_compute_src_bf16(c, m * ci);
+    CHECK(xb != NULL, "GEMM-input buffer");
+    if (sdxl_compute_prec(c) == SDXL_PREC_BF16 && xb) {
+        sdxl_group_norm_bf16(x, xb, n, h * wd, ci, 32, 1e-6f, g, be, 1);
+        CHECK(sdxl_conv2d_fwd(c, &cv, (const float *)(const void *)xb, n, h, wd, y2, SDXL_OP_SRC_BF16, &e) == SDXL_OK,
+              "bf16-input conv: %s", e.msg);
+        CHECK(!memcmp(y1, y2, sizeof(float) * (size_t)(m * co)), "group norm to bf16 + SRC_BF16 conv equals the f32 path bit for bit");
+        /* the buffer keeps its contents while it need not grow: a second GEMM reads the same input */
+        CHECK(sdxl_compute_src_bf16(c, m * ci) == xb, "same buffer");
+        CHECK(sdxl_conv2d_fwd(c, &cv, (const float *)(const void *)xb, n, h, wd, y2, SDXL_OP_SRC_BF16, &e) == SDXL_OK &&
+                  !memcmp(y1, y2, sizeof(float) * (size_t)(m * co)),
+              "second GEMM on the same bf16 input");
+    } else {
+        CHECK(sdxl_conv2d_fwd(c, &cv, x, n, h, wd, y2, SDXL_OP_SRC_BF16, &e) == SDXL_ERR_ARG, "f32 context refuses a bf16 input");
+    }
+    sdxl_conv2d_free(&cv);
+    /* GEGLU to bf16: the f32 GEGLU's values rounded like the GEMM input conversion, odd widths too */
+    for (int64_t f = 300; f <= 640; f += 340) {
+        const int64_t rows = 5;
+        float *gx = rnd(rows * 2 * f, -4, 4), *gy = malloc(sizeof(float) * (size_t)(rows * f));
+        uint16_t *r1 = malloc(2 * (size_t)(rows * f)), *r2 = malloc(2 * (size_t)(rows * f));
+        sdxl_geglu(gx, gy, rows, f);
+        sdxl_f32_to_bf16(gy, r1, (size_t)(rows * f));
+        sdxl_geglu_bf16(gx, r2, rows, f);
+        CHECK(!memcmp(r1, r2, 2 * (size_t)(rows * f)), "GEGLU to bf16 equals the rounded f32 GEGLU (f = %lld)", (long long)f);
+        free(gx);
+        free(gy);
+        free(r1);
+        free(r2);
+    }
+    free(x);
+    free(w);
+    free(b);
+    free(g);
+    free(be);
+    free(t);
+    free(y1);
+    free(y2);
+}
+
 static void run_prec(sdxl_prec prec) {
     sdxl_compute *c;
     sdxl_err e = {0};
@@ -203,6 +255,7 @@ static void run_prec(sdxl_prec prec) {
     test_conv(c, 1, 3, 3, 5, 3, 3, 1, 0, 0, 0, 0, 1);
     test_cache(c);
     test_errors(c);
+    test_src_bf16(c);
     sdxl_compute_free(c);
 }
 
