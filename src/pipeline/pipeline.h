@@ -36,6 +36,7 @@ typedef struct sdxl_pl_model {
     int force_zeros;      /* base pipeline's force_zeros_for_empty_prompt (model_index.json, else 1) */
     char base_name[256];  /* file stem, for the metadata "Model" */
     char ref_name[256];
+    struct sdxl_pl_cn_cache *cn_cache; /* ControlNets loaded by requests, by path (control.c) */
     pthread_mutex_t mu;
 } sdxl_pl_model;
 
@@ -56,6 +57,10 @@ typedef struct sdxl_pl_trace {
                  size_t n_per);
     /* Latents of the sub-batch after step `step` (NCHW, n floats = images x 4 x h x w). */
     void (*step)(void *user, int stage, int step, const float *x, size_t n);
+    /* Every base UNet call of a request with ControlNet units: the step, the units active there
+     * (bit k = unit k) and the UNet input with the summed residuals (ctrl_down/ctrl_mid NULL when
+     * none is active). */
+    void (*control)(void *user, int call, int step, unsigned active, const sdxl_unet_in *in);
 } sdxl_pl_trace;
 
 typedef struct sdxl_pl_image {
