@@ -34,6 +34,7 @@ struct sdxl_controlnet {
     int64_t n_params;
     int lora_rank;
     uint64_t weight_bytes;
+    uint8_t *merged;    /* Control-LoRA: the merged trunk's safetensors image, during load only */
     float *scratch;     /* zero-conv output of one feature map */
     size_t scratch_cap; /* floats */
 };
@@ -295,6 +296,7 @@ void sdxl_controlnet_free(sdxl_controlnet *cn) {
     free_convs(cn);
     sdxl_unet_free(cn->trunk);
     sdxl_ckpt_close(cn->ck);
+    free(cn->merged);
     free(cn->scratch);
     free(cn);
 }
@@ -359,6 +361,8 @@ int sdxl_controlnet_load(sdxl_compute *c, const char *path, const sdxl_unet *bas
         /* the trunk is converted: its merged source goes, the Control-LoRA file stays for the rest */
         sdxl_ckpt_close(cn->ck);
         cn->ck = NULL;
+        free(cn->merged);
+        cn->merged = NULL;
         if (!st) st = sdxl_ckpt_wrap(f, SDXL_PART_UNET, "", NULL, path, &cn->ck, e);
         else sdxl_st_close(f);
     }
@@ -520,12 +524,208 @@ void sdxl_controlnet_trim(sdxl_controlnet *cn) {
 
 /* ---- Control-LoRA ------------------------------------------------------------------------------- */
 
+/* Stability's Control-LoRA (as ComfyUI's ControlLora loads it): sgm names without prefix; a
+ * "lora_controlnet" marker; for a LoRA'd layer "<module>.up" [out, r(, 1, 1)] and "<module>.down"
+ * [r, in(, kh, kw)] with W = W_base + up.flatten(1) @ down.flatten(1); any other trunk tensor
+ * present in the file replaces the base's; absent ones are the base UNet's. The merged trunk is
+ * built in memory as a safetensors image (in the base's dtype) and converted like any trunk. */
+
+typedef struct merge_item {
+    char *name;            /* sgm name */
+    const sdxl_st_tensor *src; /* base or file tensor */
+    const sdxl_st_tensor *up, *down;
+    int ndim;
+    int64_t shape[4];
+    uint64_t numel, off;
+    sdxl_st_dtype dt;
+} merge_item;
+
+typedef struct merge_ctx {
+    const sdxl_st_file *f;
+    const sdxl_ckpt *base_ck;
+    const char *path;
+    merge_item *it;
+    size_t n, cap;
+    int rank;
+} merge_ctx;
+
+static int merge_add(void *user, const char *orig, const char *diff, int ndim, const int64_t *shape, sdxl_err *e) {
+    merge_ctx *m = user;
+    if (m->n == m->cap) {
+        size_t nc = m->cap ? 2 * m->cap : 1024;
+        merge_item *ni = realloc(m->it, nc * sizeof *ni);
+        if (!ni) return sdxl_seterr(e, SDXL_ERR_NOMEM, "Control-LoRA: out of memory");
+        m->it = ni;
+        m->cap = nc;
+    }
+    merge_item *it = &m->it[m->n];
+    memset(it, 0, sizeof *it);
+    if (!(it->name = strdup(orig))) return sdxl_seterr(e, SDXL_ERR_NOMEM, "Control-LoRA: out of memory");
+    m->n++;
+    it->ndim = ndim;
+    it->numel = 1;
+    for (int i = 0; i < ndim; i++) {
+        it->shape[i] = shape[i];
+        it->numel *= (uint64_t)shape[i];
+    }
+    const sdxl_st_tensor *t = sdxl_st_find(m->f, orig);
+    const sdxl_st_tensor *b = sdxl_ckpt_find(m->base_ck, SDXL_PART_UNET,
+                                             sdxl_ckpt_naming(m->base_ck, SDXL_PART_UNET) == SDXL_NAMING_DIFFUSERS ? diff : orig);
+    it->src = t ? t : b;
+    if (!it->src)
+        return sdxl_seterr(e, SDXL_ERR_FORMAT, "%s: Control-LoRA tensor '%s' is neither in the file nor in the base UNet",
+                           m->path, orig);
+    int ok = it->src->ndim == ndim && it->src->numel == it->numel;
+    for (int i = 0; ok && i < ndim; i++) ok = it->src->shape[i] == shape[i];
+    sdxl_dtype dd;
+    if (!ok || !to_dtype(it->src->dtype, &dd))
+        return sdxl_seterr(e, SDXL_ERR_FORMAT, "%s: Control-LoRA trunk tensor '%s' (%s): wrong shape or dtype", m->path,
+                           orig, t ? "from the file" : "from the base UNet");
+    it->dt = it->src->dtype == SDXL_ST_F32 && b ? b->dtype : it->src->dtype;
+    if (it->dt == SDXL_ST_F32 && t && b) it->dt = b->dtype;
+    size_t nl = strlen(orig);
+    if (nl > 7 && !strcmp(orig + nl - 7, ".weight") && nl < 240) {
+        char mod[256];
+        snprintf(mod, sizeof mod, "%.*s.up", (int)(nl - 7), orig);
+        it->up = sdxl_st_find(m->f, mod);
+        snprintf(mod, sizeof mod, "%.*s.down", (int)(nl - 7), orig);
+        it->down = sdxl_st_find(m->f, mod);
+        if (!it->up != !it->down)
+            return sdxl_seterr(e, SDXL_ERR_FORMAT, "%s: Control-LoRA '%.*s' has only one of .up/.down", m->path,
+                               (int)(nl - 7), orig);
+        if (it->up) {
+            int64_t r = it->down->shape[0];
+            sdxl_dtype ud, dd2;
+            int good = it->up->ndim >= 2 && it->down->ndim >= 2 && r > 0 && it->up->shape[0] == shape[0] &&
+                       (uint64_t)r * (uint64_t)shape[0] == it->up->numel && it->up->numel / (uint64_t)shape[0] == (uint64_t)r &&
+                       it->down->numel == (uint64_t)r * (it->numel / (uint64_t)shape[0]) && to_dtype(it->up->dtype, &ud) &&
+                       to_dtype(it->down->dtype, &dd2);
+            if (!good)
+                return sdxl_seterr(e, SDXL_ERR_FORMAT, "%s: Control-LoRA '%.*s.up/.down': shapes do not make [%lld, ...]",
+                                   m->path, (int)(nl - 7), orig, (long long)shape[0]);
+            if (r > m->rank) m->rank = (int)r;
+        }
+    }
+    return SDXL_OK;
+}
+
+/* Every .up/.down of the file must belong to a trunk weight (catches a LoRA for another model). */
+static int check_lora_keys(const merge_ctx *m, sdxl_err *e) {
+    size_t n = sdxl_st_count(m->f);
+    for (size_t i = 0; i < n; i++) {
+        const sdxl_st_tensor *t = sdxl_st_at(m->f, i);
+        size_t nl = strlen(t->name);
+        int up = nl > 3 && !strcmp(t->name + nl - 3, ".up"), down = nl > 5 && !strcmp(t->name + nl - 5, ".down");
+        if (!up && !down) continue;
+        int found = 0;
+        for (size_t k = 0; k < m->n && !found; k++) found = m->it[k].up == t || m->it[k].down == t;
+        if (!found)
+            return sdxl_seterr(e, SDXL_ERR_FORMAT, "%s: Control-LoRA tensor '%s' matches no layer of the base UNet's trunk",
+                               m->path, t->name);
+    }
+    return SDXL_OK;
+}
+
 static int lora_trunk(sdxl_controlnet *cn, const char *path, const sdxl_st_file *f, const sdxl_ckpt *base_ck,
-                               const sdxl_unet *base, sdxl_ckpt **out, sdxl_err *e) {
-    (void)cn;
-    (void)f;
-    (void)base_ck;
-    (void)base;
+                      const sdxl_unet *base, sdxl_ckpt **out, sdxl_err *e) {
     *out = NULL;
-    return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "%s: Control-LoRA", path);
+    if (!base_ck) return sdxl_seterr(e, SDXL_ERR_ARG, "%s: a Control-LoRA needs the base checkpoint", path);
+    merge_ctx m = {.f = f, .base_ck = base_ck, .path = path};
+    int st = sdxl_unet_list_names(base, 1, merge_add, &m, e);
+    if (!st) st = check_lora_keys(&m, e);
+    /* header: {"name":{"dtype":..,"shape":[..],"data_offsets":[a,b]},...} padded to 8 */
+    size_t hcap = 64, hlen = 0;
+    uint64_t data = 0;
+    for (size_t i = 0; !st && i < m.n; i++) {
+        merge_item *it = &m.it[i];
+        it->off = data;
+        data += it->numel * sdxl_st_dtype_size(it->dt);
+        hcap += strlen(it->name) + 160;
+    }
+    char *hdr = st ? NULL : malloc(hcap);
+    if (!st && !hdr) st = sdxl_seterr(e, SDXL_ERR_NOMEM, "Control-LoRA: out of memory");
+    if (!st) {
+        hlen += (size_t)snprintf(hdr + hlen, hcap - hlen, "{");
+        for (size_t i = 0; i < m.n; i++) {
+            merge_item *it = &m.it[i];
+            hlen += (size_t)snprintf(hdr + hlen, hcap - hlen, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[", i ? "," : "",
+                                     it->name, sdxl_st_dtype_name(it->dt));
+            for (int k = 0; k < it->ndim; k++)
+                hlen += (size_t)snprintf(hdr + hlen, hcap - hlen, "%s%lld", k ? "," : "", (long long)it->shape[k]);
+            uint64_t end = it->off + it->numel * sdxl_st_dtype_size(it->dt);
+            hlen += (size_t)snprintf(hdr + hlen, hcap - hlen, "],\"data_offsets\":[%llu,%llu]}",
+                                     (unsigned long long)it->off, (unsigned long long)end);
+        }
+        hlen += (size_t)snprintf(hdr + hlen, hcap - hlen, "}");
+        while (hlen % 8) hdr[hlen++] = ' ';
+    }
+    uint8_t *buf = NULL;
+    size_t total = 8 + hlen + (size_t)data;
+    if (!st && !(buf = malloc(total))) st = sdxl_seterr(e, SDXL_ERR_NOMEM, "Control-LoRA: out of memory for %zu bytes", total);
+    float *w = NULL, *u = NULL, *d = NULL;
+    if (!st) {
+        for (int k = 0; k < 8; k++) buf[k] = (uint8_t)((uint64_t)hlen >> (8 * k));
+        memcpy(buf + 8, hdr, hlen);
+        uint8_t *dst = buf + 8 + hlen;
+        for (size_t i = 0; !st && i < m.n; i++) {
+            merge_item *it = &m.it[i];
+            sdxl_dtype sd = SDXL_F32, od = SDXL_F32;
+            to_dtype(it->src->dtype, &sd);
+            to_dtype(it->dt, &od);
+            if (!it->up && it->src->dtype == it->dt) {
+                memcpy(dst + it->off, it->src->data, it->src->nbytes);
+                continue;
+            }
+            w = malloc(it->numel * sizeof(float));
+            if (!w) {
+                st = sdxl_seterr(e, SDXL_ERR_NOMEM, "Control-LoRA: out of memory");
+                break;
+            }
+            sdxl_to_f32(it->src->data, sd, w, it->numel);
+            if (it->up) {
+                int64_t O = it->shape[0], r = it->down->shape[0], K = (int64_t)(it->numel / (uint64_t)O);
+                u = malloc((size_t)(O * r) * sizeof(float));
+                d = malloc((size_t)(r * K) * sizeof(float));
+                if (!u || !d) {
+                    st = sdxl_seterr(e, SDXL_ERR_NOMEM, "Control-LoRA: out of memory");
+                    break;
+                }
+                sdxl_dtype ud = SDXL_F32, dd = SDXL_F32;
+                to_dtype(it->up->dtype, &ud);
+                to_dtype(it->down->dtype, &dd);
+                sdxl_to_f32(it->up->data, ud, u, (size_t)(O * r));
+                sdxl_to_f32(it->down->data, dd, d, (size_t)(r * K));
+                for (int64_t o = 0; o < O; o++)
+                    for (int64_t q = 0; q < r; q++) {
+                        float a = u[o * r + q];
+                        if (a != 0)
+                            for (int64_t k = 0; k < K; k++) w[o * K + k] += a * d[q * K + k];
+                    }
+                free(u);
+                free(d);
+                u = d = NULL;
+            }
+            if (od == SDXL_F16) sdxl_f32_to_f16(w, (uint16_t *)(void *)(dst + it->off), it->numel);
+            else if (od == SDXL_BF16) sdxl_f32_to_bf16(w, (uint16_t *)(void *)(dst + it->off), it->numel);
+            else memcpy(dst + it->off, w, it->numel * sizeof(float));
+            free(w);
+            w = NULL;
+        }
+    }
+    free(w);
+    free(u);
+    free(d);
+    free(hdr);
+    for (size_t i = 0; i < m.n; i++) free(m.it[i].name);
+    free(m.it);
+    sdxl_st_file *mf = NULL;
+    if (!st) st = sdxl_st_open_memory(buf, total, path, &mf, e);
+    if (!st) {
+        cn->merged = buf;
+        buf = NULL;
+        st = sdxl_ckpt_wrap(mf, SDXL_PART_UNET, "", NULL, path, out, e);
+    }
+    free(buf);
+    cn->lora_rank = m.rank;
+    return st;
 }

@@ -362,16 +362,17 @@ static int detect(sdxl_unet *u, const sdxl_ckpt *ck, const sdxl_unet_opts *o, sd
 
 /* ---- the weight walker --------------------------------------------------------------------- */
 
-enum { W_VALIDATE = 0, W_LOAD, W_FREE };
+enum { W_VALIDATE = 0, W_LOAD, W_FREE, W_LIST };
 
 typedef struct walker {
     int mode;
     sdxl_unet *u;
     const sdxl_ckpt *ck;
     sdxl_err *e;
-    char **names; /* validate: every expected name, to find unexpected tensors */
+    char **names; /* validate: every expected name, to find unexpected tensors; list: every name */
     size_t n_names, cap_names;
     int64_t n_params;
+    int64_t (*shapes)[5]; /* list: ndim, then the dims */
 } walker;
 
 static int to_dtype(sdxl_st_dtype t, sdxl_dtype *out) {
@@ -400,6 +401,24 @@ static int w_tensor(walker *w, const char *pre, const char *suf, int ndim, const
                     const sdxl_st_tensor **out) {
     char name[256];
     snprintf(name, sizeof name, "%s%s", pre, suf);
+    if (w->mode == W_LIST) {
+        *out = NULL;
+        if (w->n_names == w->cap_names) {
+            size_t nc = w->cap_names ? 2 * w->cap_names : 1024;
+            char **nn = realloc(w->names, nc * sizeof *nn);
+            if (nn) w->names = nn;
+            int64_t(*ns)[5] = realloc(w->shapes, nc * sizeof *ns);
+            if (ns) w->shapes = ns;
+            if (!nn || !ns) return sdxl_seterr(w->e, SDXL_ERR_NOMEM, "UNet: out of memory listing tensor names");
+            w->cap_names = nc;
+        }
+        if (!(w->names[w->n_names] = strdup(name)))
+            return sdxl_seterr(w->e, SDXL_ERR_NOMEM, "UNet: out of memory listing tensor names");
+        w->shapes[w->n_names][0] = ndim;
+        for (int i = 0; i < ndim && i < 4; i++) w->shapes[w->n_names][1 + i] = shape[i];
+        w->n_names++;
+        return SDXL_OK;
+    }
     const sdxl_st_tensor *t = sdxl_ckpt_find(w->ck, SDXL_PART_UNET, name);
     *out = t;
     if (!t) return sdxl_seterr(w->e, SDXL_ERR_FORMAT, "UNet tensor '%s' is missing (%s)", name, sdxl_ckpt_path(w->ck));
@@ -1290,4 +1309,43 @@ void sdxl_unet_profile_get(const sdxl_unet *u, double seconds[SDXL_UNET_OP_COUNT
     memcpy(seconds, u->prof_s, sizeof u->prof_s);
     memcpy(calls, u->prof_n, sizeof u->prof_n);
     memcpy(flops, u->prof_f, sizeof u->prof_f);
+}
+
+/* ---- names in both namings ----------------------------------------------------------------- */
+
+/* Walks a geometry-only copy of u once per naming: both walks visit the tensors in one order. */
+static int list_pass(const sdxl_unet *u, int encoder_only, sdxl_naming nm, walker *w, sdxl_err *e) {
+    sdxl_unet *s = calloc(1, sizeof *s);
+    if (!s) return sdxl_seterr(e, SDXL_ERR_NOMEM, "UNet: out of memory");
+    s->cfg = u->cfg;
+    s->cfg.naming = nm;
+    s->encoder_only = encoder_only || u->encoder_only;
+    s->n_skips = u->n_skips;
+    memcpy(s->skip_ch, u->skip_ch, sizeof s->skip_ch);
+    *w = (walker){.mode = W_LIST, .u = s, .e = e};
+    int rc = walk(w);
+    walker wf = {.mode = W_FREE, .u = s};
+    walk(&wf);
+    free(s);
+    return rc;
+}
+
+static void list_free(walker *w) {
+    for (size_t i = 0; i < w->n_names; i++) free(w->names[i]);
+    free(w->names);
+    free(w->shapes);
+}
+
+int sdxl_unet_list_names(const sdxl_unet *u, int encoder_only, sdxl_unet_name_fn fn, void *user, sdxl_err *e) {
+    walker a, b;
+    int rc = list_pass(u, encoder_only, SDXL_NAMING_ORIGINAL, &a, e);
+    if (rc == SDXL_OK) rc = list_pass(u, encoder_only, SDXL_NAMING_DIFFUSERS, &b, e);
+    else memset(&b, 0, sizeof b);
+    if (rc == SDXL_OK && a.n_names != b.n_names)
+        rc = sdxl_seterr(e, SDXL_ERR_INTERNAL, "UNet: the namings list %zu and %zu tensors", a.n_names, b.n_names);
+    for (size_t i = 0; rc == SDXL_OK && i < a.n_names; i++)
+        rc = fn(user, a.names[i], b.names[i], (int)a.shapes[i][0], &a.shapes[i][1], e);
+    list_free(&a);
+    list_free(&b);
+    return rc;
 }

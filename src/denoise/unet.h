@@ -100,6 +100,12 @@ typedef int (*sdxl_unet_feature_fn)(void *user, int i, const float *x, int64_t b
                                     sdxl_err *e);
 int sdxl_unet_encode(sdxl_unet *u, const sdxl_unet_in *in, sdxl_unet_feature_fn sink, void *user, sdxl_err *e);
 
+/* Every tensor of u's network (its trunk when encoder_only is set) in walk order, with its name
+ * in both namings and its shape: how a Control-LoRA maps its sgm names onto a diffusers base. */
+typedef int (*sdxl_unet_name_fn)(void *user, const char *original, const char *diffusers, int ndim,
+                                 const int64_t *shape, sdxl_err *e);
+int sdxl_unet_list_names(const sdxl_unet *u, int encoder_only, sdxl_unet_name_fn fn, void *user, sdxl_err *e);
+
 /* Frees the activation workspace (the next forward plans and allocates it again), so a later
  * stage such as the VAE decode does not sit on top of it. */
 void sdxl_unet_trim(sdxl_unet *u);

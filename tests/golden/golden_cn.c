@@ -11,6 +11,7 @@
 
 #include "io/json.h"
 #include "io/safetensors.h"
+#include "tensor/tensor.h"
 
 static int starts(const char *s, const char *p) { return !strncmp(s, p, strlen(p)); }
 
@@ -125,4 +126,74 @@ void golden_cn_remove_sgm(const char *out_path) {
     yaml_path(out_path, yp, sizeof yp);
     remove(out_path);
     remove(yp);
+}
+
+int golden_cn_write_control_lora(const char *dir, const char *base_dir, const char *out_path, sdxl_err *e) {
+    char wp[4200], bp[4200], cp[4200];
+    snprintf(wp, sizeof wp, "%s/diffusion_pytorch_model.safetensors", dir);
+    snprintf(bp, sizeof bp, "%s/diffusion_pytorch_model.safetensors", base_dir);
+    snprintf(cp, sizeof cp, "%s/config.json", dir);
+    sdxl_json *cfg = NULL;
+    sdxl_st_file *f = NULL, *b = NULL;
+    sdxl_st_writer *w = NULL;
+    float **keep = NULL;
+    size_t n_keep = 0;
+    int st = sdxl_json_parse_file(cp, 1 << 20, NULL, &cfg, e);
+    if (!st) st = sdxl_st_open(wp, &f, e);
+    if (!st) st = sdxl_st_open(bp, &b, e);
+    if (!st) st = sdxl_st_writer_new(&w, e);
+    if (!st && !(keep = calloc(2 * sdxl_st_count(f) + 1, sizeof *keep)))
+        st = sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory");
+    if (st) goto done;
+    int R = (int)sdxl_json_i64(cfg, "layers_per_block", 2);
+    const sdxl_json *emb = sdxl_json_get(cfg, "conditioning_embedding_out_channels");
+    int n_hint = emb && emb->type == SDXL_JSON_ARRAY ? 2 * ((int)emb->len - 1) : 6;
+    static const float one = 1.0f;
+    int64_t s1 = 1;
+    st = sdxl_st_writer_add(w, "lora_controlnet", SDXL_ST_F32, 1, &s1, &one, e);
+    for (size_t i = 0; i < sdxl_st_count(f) && !st; i++) {
+        const sdxl_st_tensor *t = sdxl_st_at(f, i);
+        char name[300], full[360];
+        if (!map_name(t->name, R, n_hint, name, sizeof name)) {
+            st = sdxl_seterr(e, SDXL_ERR_FORMAT, "%s: no sgm name for '%s'", wp, t->name);
+            break;
+        }
+        const sdxl_st_tensor *bt = starts(t->name, "controlnet_") ? NULL : sdxl_st_find(b, t->name);
+        size_t nl = strlen(name);
+        if (!bt || t->ndim < 2 || starts(t->name, "add_embedding.") || nl < 7 || strcmp(name + nl - 7, ".weight")) {
+            st = sdxl_st_writer_add(w, name, t->dtype, t->ndim, t->shape, t->data, e);
+            continue;
+        }
+        int64_t O = t->shape[0], K = (int64_t)(t->numel / (uint64_t)O);
+        float *up = malloc(t->numel * sizeof(float)), *bw = malloc(t->numel * sizeof(float));
+        float *id = calloc((size_t)(K * K), sizeof(float));
+        keep[n_keep++] = up;
+        keep[n_keep++] = id;
+        if (!up || !bw || !id) {
+            free(bw);
+            st = sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory");
+            break;
+        }
+        if ((st = sdxl_st_to_f32(f, t, up, e)) || (st = sdxl_st_to_f32(b, bt, bw, e))) {
+            free(bw);
+            break;
+        }
+        for (uint64_t q = 0; q < t->numel; q++) up[q] -= bw[q]; /* exact: both are f16 values */
+        free(bw);
+        for (int64_t k = 0; k < K; k++) id[k * K + k] = 1.0f;
+        int64_t su[2] = {O, K}, sd[2] = {K, K};
+        snprintf(full, sizeof full, "%.*s.up", (int)(nl - 7), name);
+        st = sdxl_st_writer_add(w, full, SDXL_ST_F32, 2, su, up, e);
+        snprintf(full, sizeof full, "%.*s.down", (int)(nl - 7), name);
+        if (!st) st = sdxl_st_writer_add(w, full, SDXL_ST_F32, 2, sd, id, e);
+    }
+    if (!st) st = sdxl_st_writer_finish(w, out_path, e);
+done:
+    for (size_t i = 0; i < n_keep; i++) free(keep[i]);
+    free(keep);
+    sdxl_st_writer_free(w);
+    sdxl_st_close(f);
+    sdxl_st_close(b);
+    sdxl_json_free(cfg);
+    return st;
 }

@@ -7,6 +7,12 @@
 
 /* prefix: "control_model." (A1111-style files) or "". Writes out_path and out_path's .yaml. */
 int golden_cn_write_sgm(const char *diffusers_dir, const char *out_path, const char *prefix, sdxl_err *e);
+/* A Control-LoRA (sgm names, lora_controlnet marker) that rebuilds the same ControlNet on the base
+ * UNet's trunk: every trunk matrix/conv as W_base + up @ down with up = W_cn - W_base and down the
+ * identity (full rank, exact in f32), add-embedding weights, 1-D tensors, hint block and zero
+ * convs as full tensors. base_unet_dir: the base's diffusers unet/ folder. */
+int golden_cn_write_control_lora(const char *diffusers_dir, const char *base_unet_dir, const char *out_path,
+                                 sdxl_err *e);
 /* Removes the file and its .yaml. */
 void golden_cn_remove_sgm(const char *out_path);
 

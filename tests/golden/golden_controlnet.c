@@ -1,6 +1,7 @@
 /* ControlNet goldens: every case of controlnet.json (ControlNet residuals, then the UNet with them)
  * from the diffusers folder and from an sgm-named single file (control_model.*, input_hint_block,
- * zero_convs, middle_block_out) that this test writes from the folder with its own name map. */
+ * zero_convs, middle_block_out) that this test writes from the folder with its own name map, and
+ * from a Control-LoRA it writes too (base UNet trunk + full-rank up/down deltas, see golden_cn.h). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -170,6 +171,13 @@ int golden_controlnet(golden_ctx *g) {
     if (golden_cn_write_sgm(cnd, sgm, "control_model.", &e)) golden_fail(g, "controlnet", "sgm", "convert: %s", e.msg);
     else run_layout(g, &s, u, ck, c, sgm, "sgm-single-file");
     golden_cn_remove_sgm(sgm);
+    /* Control-LoRA: the same ControlNet as the base UNet's trunk plus full-rank deltas */
+    char unetdir[4200], cl[4200];
+    snprintf(unetdir, sizeof unetdir, "%s/unet", base);
+    snprintf(cl, sizeof cl, "%s/tiny_control_lora.safetensors", dir);
+    if (golden_cn_write_control_lora(cnd, unetdir, cl, &e)) golden_fail(g, "controlnet", "control-lora", "convert: %s", e.msg);
+    else run_layout(g, &s, u, ck, c, cl, "control-lora");
+    remove(cl);
     rmdir(dir);
 done:
     sdxl_unet_free(u);
