@@ -302,7 +302,15 @@ void sdxl_controlnet_free(sdxl_controlnet *cn) {
 }
 
 static int lora_trunk(sdxl_controlnet *cn, const char *path, const sdxl_st_file *f, const sdxl_ckpt *base_ck,
-                               const sdxl_unet *base, sdxl_ckpt **out, sdxl_err *e);
+                      const sdxl_unet *base, sdxl_ckpt **out, sdxl_err *e);
+
+/* Head width of the base UNet's first attention (SDXL: 64 everywhere). */
+static int base_head_dim(const sdxl_unet *base) {
+    const sdxl_unet_cfg *g = sdxl_unet_config(base);
+    for (int l = 0; l < g->levels; l++)
+        if (g->down_depth[l] && g->heads[l] > 0) return (int)(g->ch[l] / g->heads[l]);
+    return (int)(g->ch[g->levels - 1] / (g->mid_heads > 0 ? g->mid_heads : 1));
+}
 
 int sdxl_controlnet_load(sdxl_compute *c, const char *path, const sdxl_unet *base, const sdxl_ckpt *base_ck,
                          const sdxl_logger *log, sdxl_controlnet **out, sdxl_err *e) {
@@ -346,10 +354,15 @@ int sdxl_controlnet_load(sdxl_compute *c, const char *path, const sdxl_unet *bas
     if (cn->layout == SDXL_CN_CONTROL_LORA) {
         sdxl_json_free(cfg);
         /* the trunk's heads follow the base UNet's */
-        const sdxl_unet_cfg *bg = sdxl_unet_config(base);
-        uo.head_dim = (int)(bg->ch[bg->levels - 1] / bg->mid_heads);
+        uo.head_dim = base_head_dim(base);
         st = lora_trunk(cn, path, f, base_ck, base, &cn->ck, e);
     } else {
+        /* heads: config.json, else a .yaml beside the file, else the base UNet's head width */
+        char yp[4200];
+        size_t pl = strlen(path);
+        snprintf(yp, sizeof yp, "%.*s.yaml", (int)(pl > 12 && !strcmp(path + pl - 12, ".safetensors") ? pl - 12 : pl),
+                 path);
+        if (!cfg && !is_file(yp)) uo.head_dim = base_head_dim(base);
         st = sdxl_ckpt_wrap(f, SDXL_PART_UNET, prefix, cfg, path, &cn->ck, e);
         f = NULL; /* owned by cn->ck */
     }
