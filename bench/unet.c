@@ -3,6 +3,11 @@
  * load time, weight bytes and peak RSS.
  *
  *   bench-unet [--model PATH] [--threads N] [--prec bf16|f32] [--sizes 64,128] [--batch 2] [--runs 1]
+ *              [--control CONTROLNET]
+ *
+ * --control adds one ControlNet per step: the ControlNet pass (trunk + zero convs, on the same batch)
+ * is timed alone and together with the UNet forward it feeds; its extra time per step and its own
+ * GFLOP/s as a % of the peak are printed (the hint embedding, once per request, is reported apart).
  *
  * PATH defaults to bench/models/sdxl_base_random.safetensors (made by bench-make_checkpoint). */
 #include <stdio.h>
@@ -11,6 +16,7 @@
 
 #include "base/mem.h"
 #include "base/threads.h"
+#include "adapters/controlnet.h"
 #include "denoise/unet.h"
 #include "peak.h"
 
@@ -21,8 +27,80 @@ static void fill(float *x, size_t n, float scale, unsigned *s) {
     }
 }
 
+/* One ControlNet per step at this shape: hint embedding (once), the pass alone, and pass + UNet. */
+static int bench_control(sdxl_controlnet *cn, sdxl_unet *u, const sdxl_unet_in *in0, float *y, double unet_s,
+                         double peak, int runs, sdxl_err *e) {
+    const sdxl_unet_cfg *g = sdxl_unet_config(u);
+    int64_t H = 8 * in0->h, W = 8 * in0->w, ns = sdxl_unet_n_skips(u), oh = 0, ow = 0, oc = 0;
+    float *img = malloc((size_t)(H * W * 3) * sizeof(float)), *hint = malloc((size_t)(in0->h * in0->w * g->ch[0]) * sizeof(float));
+    float *acc[64] = {0}, *mid = NULL;
+    unsigned sd = 7;
+    fill(img, (size_t)(H * W * 3), 0.5f, &sd);
+    for (int64_t i = 0; i < H * W * 3; i++) img[i] += 0.5f;
+    for (int i = 0; i < ns && i < 64; i++) {
+        sdxl_unet_skip_shape(u, i, in0->h, in0->w, &oh, &ow, &oc);
+        acc[i] = calloc((size_t)(in0->batch * oh * ow * oc), sizeof(float));
+    }
+    mid = calloc((size_t)(in0->batch * oh * ow * g->ch[g->levels - 1]), sizeof(float));
+    double t0 = bench_now();
+    int st = sdxl_controlnet_hint(cn, img, 1, H, W, hint, e);
+    double th = bench_now() - t0;
+    sdxl_unet_in in = *in0;
+    in.ctrl_hint = hint;
+    in.ctrl_hint_rows = 1;
+    if (!st) st = sdxl_controlnet_apply(cn, &in, 1.0f, 0, acc, mid, 0, e); /* warm-up: plans the workspace */
+    double best_cn = 1e30, best_step = 1e30;
+    sdxl_unet *trunk = sdxl_controlnet_trunk(cn);
+    sdxl_unet_profile(trunk, 1);
+    for (int r = 0; r < runs && !st; r++) {
+        t0 = bench_now();
+        st = sdxl_controlnet_apply(cn, &in, 1.0f, 0, acc, mid, 0, e);
+        double dt = bench_now() - t0;
+        if (dt < best_cn) best_cn = dt;
+    }
+    double secs[SDXL_UNET_OP_COUNT], opf[SDXL_UNET_OP_COUNT];
+    int64_t calls[SDXL_UNET_OP_COUNT];
+    sdxl_unet_profile_get(trunk, secs, calls, opf);
+    sdxl_unet_profile(trunk, 0);
+    sdxl_unet_in un = *in0;
+    un.ctrl_down = (const float *const *)acc;
+    un.n_ctrl_down = (int)ns;
+    un.ctrl_mid = mid;
+    for (int r = 0; r < runs && !st; r++) {
+        t0 = bench_now();
+        st = sdxl_controlnet_apply(cn, &in, 1.0f, 0, acc, mid, 0, e);
+        if (!st) st = sdxl_unet_forward(u, &un, y, e);
+        double dt = bench_now() - t0;
+        if (dt < best_step) best_step = dt;
+    }
+    if (!st) {
+        /* the ControlNet's work: the trunk's products plus one 1x1 conv per residual */
+        double fl = sdxl_unet_flops(trunk, in0->batch, in0->h, in0->w, in0->ctx_len);
+        for (int i = 0; i <= ns; i++) {
+            int64_t c = g->ch[g->levels - 1];
+            if (i < ns) sdxl_unet_skip_shape(u, i, in0->h, in0->w, &oh, &ow, &c);
+            fl += 2.0 * (double)in0->batch * (double)(oh * ow) * (double)c * (double)c;
+        }
+        double gf = fl / best_cn / 1e9;
+        printf("  controlnet: hint embedding %.2f s (once per request); pass %.2f s, %.0f GFLOP, %.0f GFLOP/s = "
+               "%.1f%% of peak; step with it %.2f s = +%.0f%% over the UNet alone\n",
+               th, best_cn, fl / 1e9, gf, 100.0 * gf / peak, best_step, 100.0 * (best_step - unet_s) / unet_s);
+        double tot = 0;
+        for (int k = 0; k < SDXL_UNET_OP_COUNT; k++) tot += secs[k];
+        for (int k = 0; k < SDXL_UNET_OP_COUNT; k++)
+            printf("    %-10s %8.2f s %5.1f%%  %7.0f GFLOP  %5.0f GFLOP/s\n", sdxl_unet_op_name((sdxl_unet_op)k),
+                   secs[k] / runs, tot > 0 ? 100.0 * secs[k] / tot : 0.0, opf[k] / runs / 1e9,
+                   secs[k] > 0 ? opf[k] / secs[k] / 1e9 : 0.0);
+    }
+    for (int i = 0; i < 64; i++) free(acc[i]);
+    free(mid);
+    free(img);
+    free(hint);
+    return st;
+}
+
 int main(int argc, char **argv) {
-    const char *model = "bench/models/sdxl_base_random.safetensors", *sizes = "64,128";
+    const char *model = "bench/models/sdxl_base_random.safetensors", *sizes = "64,128", *control = NULL;
     const char *device = NULL;
     double given_peak = 0;
     int threads = 2, runs = 1;
@@ -36,11 +114,12 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--sizes") && has) sizes = argv[++i];
         else if (!strcmp(argv[i], "--batch") && has) batch = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--runs") && has) runs = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--control") && has) control = argv[++i];
         else if (!strcmp(argv[i], "--device") && has) device = argv[++i];
         else if (!strcmp(argv[i], "--peak") && has) given_peak = atof(argv[++i]);
         else {
             fprintf(stderr, "usage: bench-unet [--model PATH] [--threads N] [--prec bf16|f32] [--sizes 64,128] "
-                            "[--batch 2] [--runs 1] [--device cpu|vulkan[:N]] [--peak GFLOPS]\n"
+                            "[--batch 2] [--runs 1] [--device cpu|vulkan[:N]] [--peak GFLOPS] [--control CONTROLNET]\n"
                             "  --peak: the device's measured matmul peak (a GPU's is not measured here)\n");
             return 2;
         }
@@ -65,6 +144,19 @@ int main(int argc, char **argv) {
         return 1;
     }
     const sdxl_unet_cfg *g = sdxl_unet_config(u);
+    sdxl_controlnet *cn = NULL;
+    if (control) {
+        double tl = bench_now();
+        if (sdxl_controlnet_load(c, control, u, ck, NULL, &cn, &e) != SDXL_OK) {
+            fprintf(stderr, "bench-unet: %s\n", e.msg);
+            return 1;
+        }
+        sdxl_controlnet_info ci;
+        sdxl_controlnet_get_info(cn, &ci);
+        printf("controlnet %s: %s, %lld params, load %.1f s, weights %.2f GB (%s)\n", control,
+               sdxl_controlnet_layout_name(ci.layout), (long long)ci.n_params, bench_now() - tl,
+               sdxl_controlnet_weight_bytes(cn) / 1e9, prec == SDXL_PREC_BF16 ? "bf16" : "f32");
+    }
     sdxl_unet_stats st;
     sdxl_unet_stats_get(u, &st);
     sdxl_mem_stats m;
@@ -118,6 +210,10 @@ int main(int argc, char **argv) {
                "%.1f%% of peak; activations %.0f MB\n",
                (long long)s, (long long)s, (long long)batch, pname, threads, best, warm, flops / 1e9, gf,
                peak > 0 ? 100.0 * gf / peak : 0.0, est / 1e6);
+        if (cn && bench_control(cn, u, &in, y, best, peak, runs, &e)) {
+            fprintf(stderr, "bench-unet: %s\n", e.msg);
+            return 1;
+        }
         double tot = 0;
         for (int k = 0; k < SDXL_UNET_OP_COUNT; k++) tot += secs[k];
         for (int k = 0; k < SDXL_UNET_OP_COUNT; k++)
@@ -133,6 +229,7 @@ int main(int argc, char **argv) {
     }
     sdxl_mem_query(&m);
     printf("\npeak RSS %.2f GB\n", m.peak_rss / 1e9);
+    sdxl_controlnet_free(cn);
     sdxl_unet_free(u);
     sdxl_compute_free(c);
     sdxl_ckpt_close(ck);

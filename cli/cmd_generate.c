@@ -68,6 +68,18 @@ static int usage(FILE *out) {
             "      --strength X           0 < X <= 1 (default 0.75)\n"
             "      --mask PATH            inpaint mask, white = repaint (init image size)\n"
             "      --mask-blur N          mask blur radius in pixels (default 4)\n"
+            "controlnet (repeat the group for several units; residuals are summed):\n"
+            "      --control MODEL        SDXL ControlNet (diffusers folder, .safetensors in any layout, Control-LoRA,\n"
+            "                             or a name inside --control-dir); starts a unit\n"
+            "      --control-image PATH   its control image (resized to the output size)\n"
+            "      --control-scale X      conditioning scale 0..2 (default 1)\n"
+            "      --control-start X      fraction of the schedule where it starts (default 0)\n"
+            "      --control-end X        fraction where it ends (default 1)\n"
+            "      --control-preprocess S none | canny:LOW:HIGH | invert | grayscale | threshold:T | tile:F:SIGMA |\n"
+            "                             blur:SIGMA (default none: the image is already a control map)\n"
+            "      --control-resize M     just | crop | fill (A1111's resize modes; default just)\n"
+            "      --control-guess        guess mode (control on the conditional half only)\n"
+            "      --control-dir DIR      folder ControlNet names resolve in (repeatable)\n"
             "output:\n"
             "  -o, --output PATH          .png (default output.png), .jpg or .webp; several images are\n"
             "                             written as NAME_1.png, NAME_2.png, ...\n"
@@ -81,12 +93,20 @@ static int usage(FILE *out) {
     return out == stdout ? 0 : EXIT_USAGE;
 }
 
+#define MAX_UNITS 8
+#define MAX_DIRS 16
+
 typedef struct opts {
     sdxl_gen_params g;
     sdxl_model_params mp;
     const char *output, *from, *init_path, *mask_path;
     int json, quiet, verbose, threads;
     void *from_storage;
+    sdxl_control_spec units[MAX_UNITS]; /* --control groups (or restored by --from) */
+    const char *unit_image[MAX_UNITS];
+    int n_units, cur, n_images_given, new_units;
+    const char *dirs[MAX_DIRS];
+    int n_dirs;
 } opts;
 
 /* "6G", "6.5G", "800M", "7000000000": K, M, G, T are powers of 1024. */
@@ -162,6 +182,7 @@ static int load_from(sdxl_ctx *ctx, opts *o) {
         return EXIT_FAIL;
     }
     int st = sdxl_gen_params_from_json(ctx, meta.request, strlen(meta.request), &o->g, &o->from_storage);
+    for (int i = 0; st == SDXL_OK && i < o->g.n_controls && i < MAX_UNITS; i++) o->units[o->n_units++] = o->g.controls[i];
     sdxl_image_meta_free(&meta);
     if (st) {
         fprintf(stderr, "sdxl generate: --from %s: %s\n", o->from, sdxl_errmsg(ctx));
@@ -185,6 +206,13 @@ static int parse_args(int argc, char **argv, opts *o) {
         else if (IS("-q") || IS("--quiet")) o->quiet = 1;
         else if (IS("-v") || IS("--verbose")) o->verbose = 1;
         else if (IS("--from")) { NEXT(); i++; }
+        else if (IS("--control-guess")) {
+            if (!o->n_units) {
+                fprintf(stderr, "sdxl generate: %s: give --control MODEL first\n", a);
+                return -1;
+            }
+            o->units[o->cur].guess_mode = 1;
+        }
         else {
             NEXT();
             const char *v = argv[++i];
@@ -235,7 +263,52 @@ static int parse_args(int argc, char **argv, opts *o) {
             else if (IS("--strength")) r = parse_float(a, v, &g->strength);
             else if (IS("--mask")) o->mask_path = v;
             else if (IS("--mask-blur")) r = parse_int(a, v, 0, 1 << 20, &g->mask_blur);
-            else if (IS("-o") || IS("--output")) o->output = v;
+            else if (IS("--control")) {
+                if (!o->new_units) o->n_units = 0; /* units on the command line replace restored ones */
+                if (o->n_units == MAX_UNITS) {
+                    fprintf(stderr, "sdxl generate: --control: at most %d units\n", MAX_UNITS);
+                    return -1;
+                }
+                o->new_units = 1;
+                o->cur = o->n_units++;
+                memset(&o->units[o->cur], 0, sizeof o->units[o->cur]);
+                o->unit_image[o->cur] = NULL;
+                o->units[o->cur].model = v;
+            } else if (IS("--control-dir")) {
+                if (o->n_dirs == MAX_DIRS) {
+                    fprintf(stderr, "sdxl generate: --control-dir: at most %d folders\n", MAX_DIRS);
+                    return -1;
+                }
+                o->dirs[o->n_dirs++] = v;
+            } else if (!strncmp(a, "--control-", 10)) {
+                /* applies to the last --control; after --from alone, the k-th --control-image to unit k */
+                if (!o->n_units) {
+                    fprintf(stderr, "sdxl generate: %s: give --control MODEL first\n", a);
+                    return -1;
+                }
+                if (IS("--control-image") && !o->new_units)
+                    o->cur = o->n_images_given < o->n_units ? o->n_images_given : o->n_units - 1;
+                sdxl_control_spec *u = &o->units[o->cur];
+                if (IS("--control-image")) {
+                    o->unit_image[o->cur] = v;
+                    o->n_images_given++;
+                } else if (IS("--control-scale")) r = parse_float(a, v, &u->scale);
+                else if (IS("--control-start")) r = parse_float(a, v, &u->guidance_start);
+                else if (IS("--control-end")) r = parse_float(a, v, &u->guidance_end);
+                else if (IS("--control-preprocess")) u->preprocess = v;
+                else if (IS("--control-resize")) {
+                    if (!strcmp(v, "just")) u->resize = SDXL_RESIZE_JUST;
+                    else if (!strcmp(v, "crop")) u->resize = SDXL_RESIZE_CROP;
+                    else if (!strcmp(v, "fill")) u->resize = SDXL_RESIZE_FILL;
+                    else {
+                        fprintf(stderr, "sdxl generate: --control-resize: just, crop or fill, got \"%s\"\n", v);
+                        return -1;
+                    }
+                } else {
+                    fprintf(stderr, "sdxl generate: unknown option \"%s\" (see sdxl generate --help)\n", a);
+                    return -1;
+                }
+            } else if (IS("-o") || IS("--output")) o->output = v;
             else if (IS("-t") || IS("--threads")) r = parse_int(a, v, 0, 4096, &o->threads);
             else {
                 fprintf(stderr, "sdxl generate: unknown option \"%s\" (see sdxl generate --help)\n", a);
@@ -346,7 +419,8 @@ int cmd_generate(int argc, char **argv) {
         return EXIT_FAIL;
     }
     int rc = EXIT_FAIL;
-    sdxl_image init = {0}, mask = {0};
+    sdxl_image init = {0}, mask = {0}, cimg[MAX_UNITS];
+    memset(cimg, 0, sizeof cimg);
     sdxl_model *m = NULL;
     sdxl_session *s = NULL;
     sdxl_result *r = NULL;
@@ -387,6 +461,24 @@ int cmd_generate(int argc, char **argv) {
         }
         o.g.mask = mask.data;
     }
+    for (int i = 0; i < o.n_units; i++) {
+        if (o.unit_image[i]) {
+            if (sdxl_image_read(o.unit_image[i], NULL, 3, &cimg[i], NULL, &e)) {
+                fprintf(stderr, "sdxl generate: --control-image: %s\n", e.msg);
+                goto out;
+            }
+            o.units[i].image = cimg[i].data;
+            o.units[i].image_width = cimg[i].width;
+            o.units[i].image_height = cimg[i].height;
+        } else if (!o.units[i].image) {
+            fprintf(stderr, "sdxl generate: --control %s: needs --control-image\n", o.units[i].model);
+            goto out;
+        }
+    }
+    o.g.controls = o.n_units ? o.units : NULL;
+    o.g.n_controls = o.n_units;
+    o.g.control_dirs = o.n_dirs ? o.dirs : NULL;
+    o.g.n_control_dirs = o.n_dirs;
     if (sdxl_gen_params_check(ctx, NULL, &o.g) != SDXL_OK) {
         fprintf(stderr, "sdxl generate: %s\n", sdxl_errmsg(ctx));
         goto out;
@@ -484,6 +576,7 @@ out:
     sdxl_model_free(m);
     sdxl_image_free(&init);
     sdxl_image_free(&mask);
+    for (int i = 0; i < MAX_UNITS; i++) sdxl_image_free(&cimg[i]);
     sdxl_free(o.from_storage);
     sdxl_ctx_free(ctx);
     return rc;

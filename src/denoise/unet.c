@@ -62,6 +62,7 @@ struct sdxl_unet {
     sdxl_unet_cfg cfg;
     sdxl_compute *c;
     int validate_only;
+    int encoder_only; /* ControlNet trunk: no up blocks, no output head */
     int detected; /* the config is complete: the walker may run (free included) */
 
     sdxl_linear time1, time2; /* time_embed.0 [td, model_ch], .2 [td, td] */
@@ -94,6 +95,8 @@ struct sdxl_unet {
 
     int op_st;      /* first failure of an op that returns no status (device ops can fail) */
     sdxl_err op_err;
+    sdxl_unet_feature_fn sink; /* set for the duration of sdxl_unet_encode */
+    void *sink_user;
 
     int profile;
     double prof_s[SDXL_UNET_OP_COUNT];
@@ -286,8 +289,10 @@ static int detect(sdxl_unet *u, const sdxl_ckpt *ck, const sdxl_unet_opts *o, sd
 
     TRY(probe(ck, tn->conv_in, "weight", 4, &t, e));
     g->in_ch = t->shape[1];
-    TRY(probe(ck, tn->conv_out, "weight", 4, &t, e));
-    g->out_ch = t->shape[0];
+    if (!u->encoder_only) {
+        TRY(probe(ck, tn->conv_out, "weight", 4, &t, e));
+        g->out_ch = t->shape[0];
+    }
     TRY(probe(ck, tn->time1, "weight", 2, &t, e));
     g->time_dim = t->shape[0];
     g->model_ch = t->shape[1];
@@ -329,7 +334,7 @@ static int detect(sdxl_unet *u, const sdxl_ckpt *ck, const sdxl_unet_opts *o, sd
         nm_down_xf(u, pre, sizeof pre, l, 0);
         g->down_depth[l] = count_blocks(ck, pre);
         nm_up_xf(u, pre, sizeof pre, l, 0);
-        g->up_depth[l] = count_blocks(ck, pre);
+        g->up_depth[l] = u->encoder_only ? 0 : count_blocks(ck, pre);
         if (g->down_depth[l] > SDXL_UNET_MAX_DEPTH || g->up_depth[l] > SDXL_UNET_MAX_DEPTH)
             return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "UNet level %d: more than %d transformer blocks", l,
                                SDXL_UNET_MAX_DEPTH);
@@ -359,16 +364,17 @@ static int detect(sdxl_unet *u, const sdxl_ckpt *ck, const sdxl_unet_opts *o, sd
 
 /* ---- the weight walker --------------------------------------------------------------------- */
 
-enum { W_VALIDATE = 0, W_LOAD, W_FREE };
+enum { W_VALIDATE = 0, W_LOAD, W_FREE, W_LIST };
 
 typedef struct walker {
     int mode;
     sdxl_unet *u;
     const sdxl_ckpt *ck;
     sdxl_err *e;
-    char **names; /* validate: every expected name, to find unexpected tensors */
+    char **names; /* validate: every expected name, to find unexpected tensors; list: every name */
     size_t n_names, cap_names;
     int64_t n_params;
+    int64_t (*shapes)[5]; /* list: ndim, then the dims */
 } walker;
 
 static int to_dtype(sdxl_st_dtype t, sdxl_dtype *out) {
@@ -399,6 +405,24 @@ static int w_tensor(walker *w, const char *pre, const char *suf, int ndim, const
                     const sdxl_st_tensor **out) {
     char name[256];
     snprintf(name, sizeof name, "%s%s", pre, suf);
+    if (w->mode == W_LIST) {
+        *out = NULL;
+        if (w->n_names == w->cap_names) {
+            size_t nc = w->cap_names ? 2 * w->cap_names : 1024;
+            char **nn = realloc(w->names, nc * sizeof *nn);
+            if (nn) w->names = nn;
+            int64_t(*ns)[5] = realloc(w->shapes, nc * sizeof *ns);
+            if (ns) w->shapes = ns;
+            if (!nn || !ns) return sdxl_seterr(w->e, SDXL_ERR_NOMEM, "UNet: out of memory listing tensor names");
+            w->cap_names = nc;
+        }
+        if (!(w->names[w->n_names] = strdup(name)))
+            return sdxl_seterr(w->e, SDXL_ERR_NOMEM, "UNet: out of memory listing tensor names");
+        w->shapes[w->n_names][0] = ndim;
+        for (int i = 0; i < ndim && i < 4; i++) w->shapes[w->n_names][1 + i] = shape[i];
+        w->n_names++;
+        return SDXL_OK;
+    }
     const sdxl_st_tensor *t = sdxl_ckpt_find(w->ck, SDXL_PART_UNET, name);
     *out = t;
     if (!t) return sdxl_seterr(w->e, SDXL_ERR_FORMAT, "UNet tensor '%s' is missing (%s)", name, sdxl_ckpt_path(w->ck));
@@ -645,6 +669,7 @@ static int walk(walker *w) {
     TRY(walk_xf(w, pre, cl, g->mid_depth, g->mid_heads, &u->mid_xf));
     nm_mid_res(u, pre, sizeof pre, 1);
     TRY(walk_res(w, pre, cl, cl, &u->mid_res[1]));
+    if (u->encoder_only) return SDXL_OK;
     int ns = u->n_skips;
     cprev = cl;
     for (int l = L - 1; l >= 0; l--) {
@@ -670,13 +695,19 @@ static int walk(walker *w) {
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
-static int check_unexpected(walker *w) {
+static int is_extra(const char *name, const char *const *extra) {
+    for (; extra && *extra; extra++)
+        if (!strncmp(name, *extra, strlen(*extra))) return 1;
+    return 0;
+}
+
+static int check_unexpected(walker *w, const char *const *extra) {
     qsort(w->names, w->n_names, sizeof *w->names, cmp_str);
     size_t n = sdxl_ckpt_count(w->ck, SDXL_PART_UNET);
     for (size_t i = 0; i < n; i++) {
         const sdxl_st_tensor *t;
         const char *name = sdxl_ckpt_name_at(w->ck, SDXL_PART_UNET, i, &t);
-        if (!name) continue;
+        if (!name || is_extra(name, extra)) continue;
         if (!bsearch(&name, w->names, w->n_names, sizeof *w->names, cmp_str))
             return sdxl_seterr(w->e, SDXL_ERR_FORMAT,
                                "UNet tensor '%s' is unexpected for the detected config (%d levels, %d resnets per "
@@ -715,11 +746,12 @@ int sdxl_unet_load(sdxl_compute *c, const sdxl_ckpt *ck, const sdxl_unet_opts *o
     if (!u) return sdxl_seterr(e, SDXL_ERR_NOMEM, "UNet: out of memory");
     u->c = c;
     u->validate_only = 1;
+    u->encoder_only = o->encoder_only != 0;
     int rc = detect(u, ck, o, e);
     u->detected = rc == SDXL_OK;
     walker w = {.mode = W_VALIDATE, .u = u, .ck = ck, .e = e};
     if (rc == SDXL_OK) rc = walk(&w);
-    if (rc == SDXL_OK) rc = check_unexpected(&w);
+    if (rc == SDXL_OK) rc = check_unexpected(&w, o->extra_prefixes);
     for (size_t i = 0; i < w.n_names; i++) free(w.names[i]);
     free(w.names);
     if (rc != SDXL_OK) {
@@ -1087,6 +1119,11 @@ static int body(sdxl_unet *u, const sdxl_unet_in *in, float *out, sdxl_err *e) {
     }
     TRY(op_conv(u, &u->conv_in, x0, n, H, W, h, 0, e));
     u->ws_top = mk;
+    if (in->ctrl_hint) {
+        int64_t per = H * W * g->ch[0];
+        for (int64_t b = 0; b < n; b++)
+            op_add(u, in->ctrl_hint + (in->ctrl_hint_rows == 1 ? 0 : b * per), at(h, b * per), per);
+    }
     sk[ns++] = (skip_buf){hoff, H, W, g->ch[0]};
 
     /* Down: every block output is kept as a skip, so the stack holds exactly the skips. */
@@ -1120,6 +1157,12 @@ static int body(sdxl_unet *u, const sdxl_unet_in *in, float *out, sdxl_err *e) {
         TRY(xformer(u, &u->mid_xf, y, n, hh * ww, in, e));
         TRY(resblock(u, &u->mid_res[1], y, n, hh, ww, 1, emb, &z, &zoff, e));
         h = ws_collapse(u, yoff, zoff, n * hh * ww * ch);
+        if (u->encoder_only) {
+            if (u->measure) return SDXL_OK;
+            for (int i = 0; i < ns; i++)
+                TRY(u->sink(u->sink_user, i, ws_ptr(u, sk[i].off), n, sk[i].h, sk[i].w, sk[i].c, e));
+            return u->sink(u->sink_user, ns, h, n, hh, ww, ch, e);
+        }
         if (in->ctrl_mid) op_add(u, in->ctrl_mid, h, n * hh * ww * ch);
         /* ControlNet residuals join the skips only, after the mid block read the last one. */
         if (in->ctrl_down)
@@ -1185,6 +1228,9 @@ static int check_shape(const sdxl_unet *u, const sdxl_unet_in *in, int need_data
         return sdxl_seterr(e, SDXL_ERR_ARG,
                            "unet: pooled_dim %lld + 256 * n_time_ids %lld must equal the add-embedding input %lld",
                            (long long)in->pooled_dim, (long long)in->n_time_ids, (long long)g->adm_in);
+    if (in->ctrl_hint && in->ctrl_hint_rows != 1 && in->ctrl_hint_rows != in->batch)
+        return sdxl_seterr(e, SDXL_ERR_ARG, "unet: ctrl_hint_rows %lld must be 1 or the batch %lld",
+                           (long long)in->ctrl_hint_rows, (long long)in->batch);
     if (in->ctrl_down && in->n_ctrl_down != u->n_skips)
         return sdxl_seterr(e, SDXL_ERR_ARG, "unet: %d ControlNet residuals given, the UNet has %d skips",
                            in->n_ctrl_down, u->n_skips);
@@ -1225,9 +1271,9 @@ void sdxl_unet_trim(sdxl_unet *u) {
     u->plan_b = 0;
 }
 
-int sdxl_unet_forward(sdxl_unet *u, const sdxl_unet_in *in, float *out, sdxl_err *e) {
+/* Checks the input and plans (once per shape) the workspace of a real pass. */
+static int prepare(sdxl_unet *u, const sdxl_unet_in *in, sdxl_err *e) {
     if (u->validate_only) return sdxl_seterr(e, SDXL_ERR_ARG, "unet: loaded in validate-only mode, cannot run");
-    if (!out) return sdxl_seterr(e, SDXL_ERR_ARG, "unet: output buffer is NULL");
     TRY(check_shape(u, in, 1, e));
     if (in->batch != u->plan_b || in->h != u->plan_h || in->w != u->plan_w || in->ctx_len != u->plan_l) {
         TRY(measure(u, in, e));
@@ -1247,12 +1293,36 @@ int sdxl_unet_forward(sdxl_unet *u, const sdxl_unet_in *in, float *out, sdxl_err
         u->plan_w = in->w;
         u->plan_l = in->ctx_len;
     }
+    return SDXL_OK;
+}
+
+/* The pass itself; an op that returns no status records its first failure in op_st. */
+static int run_body(sdxl_unet *u, const sdxl_unet_in *in, float *out, sdxl_err *e) {
     u->op_st = 0;
     int rc = body(u, in, out, e);
     if (!rc && u->op_st) {
         rc = u->op_st;
         if (e) *e = u->op_err;
     }
+    return rc;
+}
+
+int sdxl_unet_forward(sdxl_unet *u, const sdxl_unet_in *in, float *out, sdxl_err *e) {
+    if (u->encoder_only) return sdxl_seterr(e, SDXL_ERR_ARG, "unet: a ControlNet trunk has no output; use the encode pass");
+    if (!out) return sdxl_seterr(e, SDXL_ERR_ARG, "unet: output buffer is NULL");
+    TRY(prepare(u, in, e));
+    return run_body(u, in, out, e);
+}
+
+int sdxl_unet_encode(sdxl_unet *u, const sdxl_unet_in *in, sdxl_unet_feature_fn sink, void *user, sdxl_err *e) {
+    if (!u->encoder_only) return sdxl_seterr(e, SDXL_ERR_ARG, "unet: the encode pass needs a trunk loaded encoder_only");
+    if (!sink) return sdxl_seterr(e, SDXL_ERR_ARG, "unet: encode needs a feature sink");
+    TRY(prepare(u, in, e));
+    u->sink = sink;
+    u->sink_user = user;
+    int rc = run_body(u, in, NULL, e);
+    u->sink = NULL;
+    u->sink_user = NULL;
     return rc;
 }
 
@@ -1276,4 +1346,43 @@ void sdxl_unet_profile_get(const sdxl_unet *u, double seconds[SDXL_UNET_OP_COUNT
     memcpy(seconds, u->prof_s, sizeof u->prof_s);
     memcpy(calls, u->prof_n, sizeof u->prof_n);
     memcpy(flops, u->prof_f, sizeof u->prof_f);
+}
+
+/* ---- names in both namings ----------------------------------------------------------------- */
+
+/* Walks a geometry-only copy of u once per naming: both walks visit the tensors in one order. */
+static int list_pass(const sdxl_unet *u, int encoder_only, sdxl_naming nm, walker *w, sdxl_err *e) {
+    sdxl_unet *s = calloc(1, sizeof *s);
+    if (!s) return sdxl_seterr(e, SDXL_ERR_NOMEM, "UNet: out of memory");
+    s->cfg = u->cfg;
+    s->cfg.naming = nm;
+    s->encoder_only = encoder_only || u->encoder_only;
+    s->n_skips = u->n_skips;
+    memcpy(s->skip_ch, u->skip_ch, sizeof s->skip_ch);
+    *w = (walker){.mode = W_LIST, .u = s, .e = e};
+    int rc = walk(w);
+    walker wf = {.mode = W_FREE, .u = s};
+    walk(&wf);
+    free(s);
+    return rc;
+}
+
+static void list_free(walker *w) {
+    for (size_t i = 0; i < w->n_names; i++) free(w->names[i]);
+    free(w->names);
+    free(w->shapes);
+}
+
+int sdxl_unet_list_names(const sdxl_unet *u, int encoder_only, sdxl_unet_name_fn fn, void *user, sdxl_err *e) {
+    walker a, b;
+    int rc = list_pass(u, encoder_only, SDXL_NAMING_ORIGINAL, &a, e);
+    if (rc == SDXL_OK) rc = list_pass(u, encoder_only, SDXL_NAMING_DIFFUSERS, &b, e);
+    else memset(&b, 0, sizeof b);
+    if (rc == SDXL_OK && a.n_names != b.n_names)
+        rc = sdxl_seterr(e, SDXL_ERR_INTERNAL, "UNet: the namings list %zu and %zu tensors", a.n_names, b.n_names);
+    for (size_t i = 0; rc == SDXL_OK && i < a.n_names; i++)
+        rc = fn(user, a.names[i], b.names[i], (int)a.shapes[i][0], &a.shapes[i][1], e);
+    list_free(&a);
+    list_free(&b);
+    return rc;
 }

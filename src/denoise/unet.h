@@ -41,6 +41,10 @@ typedef struct sdxl_unet_opts {
     int head_dim;      /* > 0: every attention uses this head dim (overrides every other rule) */
     int validate_only; /* check every tensor's name, shape, dtype; convert nothing (forward refused) */
     const sdxl_logger *log;
+    /* ControlNet trunk: only the embeddings, conv_in, down and mid blocks (run by sdxl_unet_encode);
+     * tensors whose names start with one of extra_prefixes (NULL-terminated) are the caller's. */
+    int encoder_only;
+    const char *const *extra_prefixes;
 } sdxl_unet_opts;
 
 void sdxl_unet_opts_init(sdxl_unet_opts *o);
@@ -79,11 +83,28 @@ typedef struct sdxl_unet_in {
     const float *const *ctrl_down; /* NULL or n_ctrl_down pointers */
     int n_ctrl_down;
     const float *ctrl_mid;
+    /* ControlNet hint embedding, channels-last [ctrl_hint_rows, h, w, ch[0]], added to conv_in's
+     * output; ctrl_hint_rows is 1 (every row gets it) or batch. */
+    const float *ctrl_hint;
+    int64_t ctrl_hint_rows;
 } sdxl_unet_in;
 
 /* out: [batch, out_ch, h, w] NCHW. The activation workspace is planned once per shape (a
  * measure pass of the same code) and reused: no allocation per call after the first. */
 int sdxl_unet_forward(sdxl_unet *u, const sdxl_unet_in *in, float *out, sdxl_err *e);
+
+/* The trunk pass of an encoder_only UNet (a ControlNet): conv_in (+ ctrl_hint), down and mid
+ * blocks; then sink sees each skip i = 0..n_skips-1 and the mid output (i = n_skips),
+ * channels-last [batch, h, w, c], valid only during the call. Same workspace plan as forward. */
+typedef int (*sdxl_unet_feature_fn)(void *user, int i, const float *x, int64_t batch, int64_t h, int64_t w, int64_t c,
+                                    sdxl_err *e);
+int sdxl_unet_encode(sdxl_unet *u, const sdxl_unet_in *in, sdxl_unet_feature_fn sink, void *user, sdxl_err *e);
+
+/* Every tensor of u's network (its trunk when encoder_only is set) in walk order, with its name
+ * in both namings and its shape: how a Control-LoRA maps its sgm names onto a diffusers base. */
+typedef int (*sdxl_unet_name_fn)(void *user, const char *original, const char *diffusers, int ndim,
+                                 const int64_t *shape, sdxl_err *e);
+int sdxl_unet_list_names(const sdxl_unet *u, int encoder_only, sdxl_unet_name_fn fn, void *user, sdxl_err *e);
 
 /* Frees the activation workspace (the next forward plans and allocates it again), so a later
  * stage such as the VAE decode does not sit on top of it. */

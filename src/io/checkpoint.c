@@ -371,6 +371,28 @@ int sdxl_ckpt_open(const char *path, sdxl_ckpt **out, sdxl_err *e) {
     return SDXL_OK;
 }
 
+int sdxl_ckpt_wrap(sdxl_st_file *f, sdxl_part p, const char *prefix, sdxl_json *config, const char *label,
+                   sdxl_ckpt **out, sdxl_err *e) {
+    *out = NULL;
+    sdxl_ckpt *c = (unsigned)p < SDXL_PART_COUNT ? calloc(1, sizeof *c) : NULL;
+    if (!c || !(c->path = strdup(label ? label : sdxl_st_path(f)))) {
+        free(c);
+        sdxl_st_close(f);
+        sdxl_json_free(config);
+        return sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory");
+    }
+    c->files[c->n_files++] = f;
+    c->layout = SDXL_LAYOUT_STANDALONE;
+    c->part[p].config = config;
+    int st = collect(c, p, f, prefix ? prefix : "", e);
+    if (st) {
+        sdxl_ckpt_close(c);
+        return st;
+    }
+    *out = c;
+    return SDXL_OK;
+}
+
 void sdxl_ckpt_close(sdxl_ckpt *c) {
     if (!c) return;
     for (int p = 0; p < SDXL_PART_COUNT; p++) {

@@ -59,6 +59,12 @@ const sdxl_st_tensor *sdxl_ckpt_other_at(const sdxl_ckpt *c, size_t i);
 /* Parameter count (sum of numel) of a part; 0 when absent. */
 uint64_t sdxl_ckpt_params(const sdxl_ckpt *c, sdxl_part p);
 
+/* A network held inside a file of another kind (a ControlNet's UNet trunk): f's tensors under
+ * prefix ("" = all) become part p, config (may be NULL) its config.json, label the path in
+ * messages. The handle owns f and config from the call on, also when it fails. */
+int sdxl_ckpt_wrap(sdxl_st_file *f, sdxl_part p, const char *prefix, sdxl_json *config, const char *label,
+                   sdxl_ckpt **out, sdxl_err *e);
+
 /* Drops every file's mapped pages from the resident set once the networks are converted. */
 void sdxl_ckpt_release_pages(const sdxl_ckpt *c);
 

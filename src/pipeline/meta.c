@@ -11,7 +11,50 @@
 #include "io/genmeta.h"
 #include "io/json.h"
 #include "io/strbuf.h"
+#include "adapters/preprocess.h"
+#include "pipeline/control.h"
 #include "pipeline/pipeline.h"
+
+static const char *const RESIZE_A1111[3] = {"Just Resize", "Crop and Resize", "Resize and Fill"};
+static const char *const RESIZE_KEY[3] = {"just", "crop", "fill"};
+
+/* File stem of a ControlNet path, as A1111's extension names its model. */
+static void model_stem(const char *path, char *out, size_t cap) {
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/') n--;
+    size_t b = n;
+    while (b > 0 && path[b - 1] != '/') b--;
+    size_t len = n - b;
+    const char *ext = ".safetensors";
+    if (len > strlen(ext) && !strncmp(path + n - strlen(ext), ext, strlen(ext))) len -= strlen(ext);
+    if (len >= cap) len = cap - 1;
+    memcpy(out, path + b, len);
+    out[len] = 0;
+}
+
+/* ControlNet units the way A1111's ControlNet extension writes them: ControlNet i: "Module: ..., ...". */
+static int control_infotext(sdxl_genmeta *g, const sdxl_gen_params *p, sdxl_err *e) {
+    for (int i = 0; i < p->n_controls; i++) {
+        const sdxl_control_spec *s = &p->controls[i];
+        sdxl_preprocess pp;
+        if (sdxl_preprocess_parse(s->preprocess, &pp, e)) return sdxl_err_prefix(e, "controls[%d]", i);
+        char stem[256], v[1024], key[32], th[96] = "";
+        model_stem(s->model ? s->model : "", stem, sizeof stem);
+        if (pp.kind == SDXL_PRE_CANNY || pp.kind == SDXL_PRE_TILE)
+            snprintf(th, sizeof th, ", Threshold A: %g, Threshold B: %g", pp.a, pp.b);
+        else if (pp.kind == SDXL_PRE_THRESHOLD || pp.kind == SDXL_PRE_BLUR)
+            snprintf(th, sizeof th, ", Threshold A: %g", pp.a);
+        snprintf(v, sizeof v, "Module: %s, Model: %s, Weight: %g, Resize Mode: %s%s, Guidance Start: %g, Guidance End: %g, "
+                 "Control Mode: %s",
+                 sdxl_preprocess_module(pp.kind), stem, (double)sdxl_pl_ctrl_scale(s),
+                 RESIZE_A1111[(unsigned)s->resize < 3 ? s->resize : 0], th, (double)s->guidance_start,
+                 (double)sdxl_pl_ctrl_end(s), s->guess_mode ? "ControlNet is more important" : "Balanced");
+        snprintf(key, sizeof key, "ControlNet %d", i);
+        int st = sdxl_genmeta_extra_set(g, key, v, e);
+        if (st) return st;
+    }
+    return SDXL_OK;
+}
 
 /* A1111's "Schedule type" display names, by sdxl_schedule_kind. */
 static const char *const A1111_SCHEDULE[SDXL_SCHEDULE_COUNT] = {
@@ -56,6 +99,7 @@ int sdxl_pl_infotext(const sdxl_pl_model *m, const sdxl_gen_params *p, int width
     if (p->prompt_2 && (st = sdxl_genmeta_extra_set(&g, "Prompt 2", p->prompt_2, e))) goto out;
     if (p->negative_prompt_2 && (st = sdxl_genmeta_extra_set(&g, "Negative prompt 2", p->negative_prompt_2, e)))
         goto out;
+    if ((st = control_infotext(&g, p, e))) goto out;
     st = sdxl_genmeta_format(&g, out, e);
 out:
     sdxl_genmeta_free(&g);
@@ -118,6 +162,21 @@ int sdxl_pl_request_json(const sdxl_pl_model *m, const sdxl_gen_params *p, int w
     if (p->init_image) sb_num(&b, "strength", p->strength);
     if (p->mask) sb_int(&b, "mask_blur", p->mask_blur);
     sb_int(&b, "clip_skip", p->clip_skip);
+    if (p->n_controls > 0) {
+        sdxl_sb_printf(&b, ",\"controls\":[");
+        for (int i = 0; i < p->n_controls; i++) {
+            const sdxl_control_spec *s = &p->controls[i];
+            sdxl_sb_printf(&b, "%s{\"model\":", i ? "," : "");
+            sdxl_sb_json(&b, s->model ? s->model : "");
+            sb_num(&b, "scale", sdxl_pl_ctrl_scale(s));
+            sb_num(&b, "guidance_start", s->guidance_start);
+            sb_num(&b, "guidance_end", sdxl_pl_ctrl_end(s));
+            sb_kstr(&b, "preprocess", s->preprocess && *s->preprocess ? s->preprocess : "none");
+            sb_kstr(&b, "resize", RESIZE_KEY[(unsigned)s->resize < 3 ? s->resize : 0]);
+            sdxl_sb_printf(&b, ",\"guess_mode\":%s}", s->guess_mode ? "true" : "false");
+        }
+        sdxl_sb_put(&b, "]", 1);
+    }
     sdxl_sb_put(&b, "}", 1);
     if (b.oom) {
         free(b.p);
@@ -183,7 +242,20 @@ int sdxl_pl_params_from_json(const char *json, size_t len, sdxl_gen_params *p, v
         const sdxl_json *v = sdxl_json_get(root, STR_KEYS[i]);
         if (v && v->type == SDXL_JSON_STRING) total += v->len + 1;
     }
-    char *blk = malloc(total ? total : 1), *w = blk;
+    /* ControlNet units: an array of specs at the block's start (images are not in the JSON) */
+    const sdxl_json *ctl = sdxl_json_get(root, "controls");
+    size_t n_ctl = ctl && ctl->type == SDXL_JSON_ARRAY ? ctl->len : 0;
+    if (n_ctl > SDXL_PL_MAX_CONTROLS) {
+        sdxl_json_free(root);
+        return sdxl_seterr(e, SDXL_ERR_FORMAT, "request JSON: controls: at most %d units", SDXL_PL_MAX_CONTROLS);
+    }
+    for (size_t i = 0; i < n_ctl; i++)
+        for (int k = 0; k < 2; k++) {
+            const sdxl_json *v = sdxl_json_get(&ctl->items[i], k ? "preprocess" : "model");
+            if (v && v->type == SDXL_JSON_STRING) total += v->len + 1;
+        }
+    size_t spec_bytes = n_ctl * sizeof(sdxl_control_spec);
+    char *blk = malloc(spec_bytes + total + 1), *w = blk + spec_bytes;
     if (!blk) {
         sdxl_json_free(root);
         return sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory");
@@ -221,6 +293,34 @@ int sdxl_pl_params_from_json(const char *json, size_t len, sdxl_gen_params *p, v
             }
             *float_field(p, k) = (float)v->number;
         }
+    }
+    sdxl_control_spec *specs = (sdxl_control_spec *)(void *)blk;
+    for (size_t i = 0; !st && i < n_ctl; i++) {
+        const sdxl_json *u = &ctl->items[i];
+        sdxl_control_spec *s = &specs[i];
+        memset(s, 0, sizeof *s);
+        if (u->type != SDXL_JSON_OBJECT) {
+            st = sdxl_seterr(e, SDXL_ERR_FORMAT, "request JSON: controls[%zu]: must be an object", i);
+            break;
+        }
+        for (int k = 0; k < 2; k++) {
+            const sdxl_json *v = sdxl_json_get(u, k ? "preprocess" : "model");
+            if (!v || v->type != SDXL_JSON_STRING || memchr(v->str, 0, v->len)) continue;
+            memcpy(w, v->str, v->len + 1);
+            if (k) s->preprocess = w;
+            else s->model = w;
+            w += v->len + 1;
+        }
+        s->scale = (float)sdxl_json_num(u, "scale", 1.0);
+        s->guidance_start = (float)sdxl_json_num(u, "guidance_start", 0.0);
+        s->guidance_end = (float)sdxl_json_num(u, "guidance_end", 1.0);
+        s->guess_mode = sdxl_json_bool(u, "guess_mode", 0);
+        const char *rz = sdxl_json_str(u, "resize", "just");
+        s->resize = !strcmp(rz, "crop") ? SDXL_RESIZE_CROP : !strcmp(rz, "fill") ? SDXL_RESIZE_FILL : SDXL_RESIZE_JUST;
+    }
+    if (!st && n_ctl) {
+        p->controls = specs;
+        p->n_controls = (int)n_ctl;
     }
     sdxl_json_free(root);
     if (st) {

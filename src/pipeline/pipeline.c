@@ -20,6 +20,7 @@
 #include "denoise/registry.h"
 #include "io/resize.h"
 #include "denoise/sampler.h"
+#include "pipeline/control.h"
 
 #define MAX_SIDE 8192 /* pixels per side accepted by default */
 #define MAX_IMAGES 4096
@@ -79,6 +80,7 @@ void sdxl_pl_model_free(sdxl_pl_model *m) {
     sdxl_cond_model_free(&m->base_cond);
     if (m->has_ref) sdxl_cond_model_free(&m->ref_cond);
     sdxl_tokenizer_free(m->tok);
+    sdxl_pl_cn_cache_free(m->cn_cache);
     sdxl_ckpt_close(m->base_ck);
     sdxl_ckpt_close(m->ref_ck);
     sdxl_ckpt_close(m->vae_ck);
@@ -250,9 +252,8 @@ static int resolve(const sdxl_pl_model *m, const sdxl_gen_params *in, req *r, sd
     if (p->n_loras < 0 || (p->n_loras && !p->loras))
         return sdxl_seterr(e, SDXL_ERR_ARG, "loras: n_loras %d without a list", p->n_loras);
     if (p->n_loras) return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "loras: LoRA merging is not in this build");
-    if (p->n_controls < 0 || (p->n_controls && !p->controls))
-        return sdxl_seterr(e, SDXL_ERR_ARG, "controls: n_controls %d without a list", p->n_controls);
-    if (p->n_controls) return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "controls: ControlNet is not in this build");
+    int cst = sdxl_pl_ctrl_check(p, e);
+    if (cst) return cst;
     r->n_images = p->batch_count * (p->batch_size > 0 ? p->batch_size : 1);
     if (r->n_images > MAX_IMAGES)
         return sdxl_seterr(e, SDXL_ERR_ARG, "batch_count x batch_size: at most %d images, got %d", MAX_IMAGES,
@@ -347,6 +348,9 @@ typedef struct stage {
     int *calls_total;
     const volatile int *cancel;
     const sdxl_pl_trace *trace;
+    sdxl_pl_ctrl *ctrl; /* base stage with ControlNet units, else NULL */
+    int cur_step;       /* schedule step the sampler is in */
+    int ctrl_i0, ctrl_n; /* the guidance window's step 0 and length */
     /* progress */
     sdxl_progress_fn progress;
     void *progress_user;
@@ -522,7 +526,11 @@ static int model_cb(void *user, const float *x_in, size_t n, double t, double si
                        .ctx_len = s->T, .pooled = s->pooled, .pooled_dim = s->P, .time_ids = s->tids,
                        .n_time_ids = s->K};
     pthread_mutex_lock(&s->m->mu);
-    int st = sdxl_unet_forward(s->unet, &in, s->out, e);
+    unsigned active = 0;
+    int st = s->ctrl ? sdxl_pl_ctrl_run(s->ctrl, &in, in_ch, s->cur_step - s->ctrl_i0, s->ctrl_n, &active, e) : 0;
+    if (!st && s->ctrl && s->trace && s->trace->control)
+        s->trace->control(s->trace->user, s->calls, s->cur_step, active, &in);
+    if (!st) st = sdxl_unet_forward(s->unet, &in, s->out, e);
     pthread_mutex_unlock(&s->m->mu);
     if (st) return st;
     if (s->trace && s->trace->unet) s->trace->unet(s->trace->user, s->idx, s->calls, t, s->xin, s->out, rows, s->n_per);
@@ -544,6 +552,7 @@ static int model_cb(void *user, const float *x_in, size_t n, double t, double si
 static int step_cb(void *user, int step, int total, double sigma, const float *x, size_t n) {
     (void)sigma;
     stage *s = user;
+    s->cur_step = step + 1;
     /* masked blending (standard UNet inpainting): keep the init image outside the mask, noised
      * to the level the next step starts from (diffusers StableDiffusionXLInpaintPipeline) */
     if (s->init_clean && sdxl_unet_config(s->unet)->in_ch == 4) {
@@ -573,9 +582,19 @@ static int step_cb(void *user, int step, int total, double sigma, const float *x
 }
 
 static int stage_run(stage *s, float *x, sdxl_rng *rng, int start, int end, sdxl_err *e) {
+    s->cur_step = start;
     sdxl_sampler_run_opts o = {.model = model_cb, .model_user = s, .on_step = step_cb, .step_user = s,
                                .cancel = s->cancel, .rng = rng, .start_step = start, .end_step = end};
     return sdxl_sampler_run(s->sampler, x, &o, e);
+}
+
+/* The base stage's ControlNet units: residual buffers for its batch and the guidance window
+ * (diffusers counts its steps from the first one the request runs). */
+static int stage_ctrl(stage *s, sdxl_pl_ctrl *c, int i0, int n, sdxl_err *e) {
+    s->ctrl = c;
+    s->ctrl_i0 = i0;
+    s->ctrl_n = n;
+    return c ? sdxl_pl_ctrl_bind(c, s->cfg ? 2 * s->B : s->B, s->B, s->cfg, s->r->h, s->r->w, e) : SDXL_OK;
 }
 
 /* Request-wide state the stages share: cancellation, trace, progress counters, the latent mask. */
@@ -661,6 +680,7 @@ typedef struct est_ctx {
     const req *r;
     int64_t T, T_ref;
     uint64_t vae_budget; /* tiling budget of the decode; 0 = the VAE's default */
+    sdxl_pl_ctrl *ctrl;
 } est_ctx;
 
 /* Bytes a UNet's converted weights take (for one_shot UNets not converted yet). */
@@ -690,6 +710,9 @@ static int estimate(void *user, int b, uint64_t *bytes, sdxl_err *e) {
     pthread_mutex_lock(&x->m->mu);
     int st = sdxl_unet_estimate(x->m->base_unet, rows, r->h, r->w, x->T, &ub, e);
     if (!st && r->refine) st = sdxl_unet_estimate(x->m->ref_unet, rows, r->h, r->w, x->T_ref, &rb, e);
+    uint64_t cb = 0; /* ControlNet trunk and residuals sit beside the base UNet's activations */
+    if (!st && x->ctrl) st = sdxl_pl_ctrl_estimate(x->ctrl, rows, b, rows > b, r->h, r->w, x->T, &cb, e);
+    ub += (size_t)cb;
     pthread_mutex_unlock(&x->m->mu);
     if (st) return st;
     sdxl_vae_run run;
@@ -801,7 +824,11 @@ int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile 
         uint64_t room = r.p.max_memory > fixed ? r.p.max_memory - fixed : 0;
         if (room < avail) avail = room;
     }
-    est_ctx ec = {m, &r, cb.n_tokens, r.refine ? crf.n_tokens : 0, r.p.max_memory ? (avail ? avail : 1) : 0};
+    est_ctx ec = {m, &r, cb.n_tokens, r.refine ? crf.n_tokens : 0, r.p.max_memory ? (avail ? avail : 1) : 0, NULL};
+    /* ControlNet units: models, fitted and preprocessed images, hint embeddings (once per request) */
+    sdxl_pl_ctrl *ctrl = NULL;
+    if ((st = sdxl_pl_ctrl_new(m, &r.p, r.W, r.H, log, &ctrl, e))) goto done_cond;
+    ec.ctrl = ctrl;
     sdxl_pl_plan plan;
     if ((st = sdxl_pl_plan_make(r.n_images, cap, avail, estimate, &ec, &plan, e))) goto done_cond;
     sdxl_pl_plan_describe(&plan, r.p.cfg_scale > 1.0f, out->plan, sizeof out->plan);
@@ -950,7 +977,9 @@ int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile 
 
     int steps_done = 0, steps_total = plan.n_sub * (base_steps + ref_steps);
     double t_steps0 = now_s();
-    if ((st = stage_init(&sb, m, &r, 0, &cb, tid_b, Kb, B, e))) goto done;
+    if ((st = stage_init(&sb, m, &r, 0, &cb, tid_b, Kb, B, e)) ||
+        (st = stage_ctrl(&sb, ctrl, base_start, r.p.steps - base_start, e)))
+        goto done;
     if (r.refine && (st = stage_init(&sr, m, &r, 1, &crf, tid_r, Kr, B, e))) goto done;
     stage_bind(&sb, &sr, &r, cancel, tr, t0, &t_steps0, &steps_done, steps_total, mask_lat, &out->st.unet_calls);
     float sf = vc->scaling_factor;
@@ -960,7 +989,9 @@ int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile 
             stage_free(&sb);
             stage_free(&sr);
             B = nb;
-            if ((st = stage_init(&sb, m, &r, 0, &cb, tid_b, Kb, B, e))) goto done;
+            if ((st = stage_init(&sb, m, &r, 0, &cb, tid_b, Kb, B, e)) ||
+                (st = stage_ctrl(&sb, ctrl, base_start, r.p.steps - base_start, e)))
+                goto done;
             if (r.refine && (st = stage_init(&sr, m, &r, 1, &crf, tid_r, Kr, B, e))) goto done;
             stage_bind(&sb, &sr, &r, cancel, tr, t0, &t_steps0, &steps_done, steps_total, mask_lat,
                        &out->st.unet_calls);
@@ -1022,6 +1053,7 @@ int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile 
         pthread_mutex_lock(&m->mu);
         /* The UNet and VAE workspaces never need to be resident together. */
         sdxl_unet_trim(m->base_unet);
+        sdxl_pl_ctrl_trim(ctrl);
         sdxl_unet_trim(m->ref_unet);
         if (m->one_shot && b0 + B >= r.n_images) { /* the last decode: the UNets are done */
             sdxl_unet_free(m->base_unet);
@@ -1088,6 +1120,7 @@ done:
     free(mask_lat);
     free(masked_mean);
 done_cond:
+    sdxl_pl_ctrl_free(ctrl);
     sdxl_cond_free(&cb);
     sdxl_cond_free(&crf);
     if (st) sdxl_pl_result_free(out);

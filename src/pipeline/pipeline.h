@@ -38,6 +38,7 @@ typedef struct sdxl_pl_model {
     sdxl_unet_opts uo;
     char base_name[256];  /* file stem, for the metadata "Model" */
     char ref_name[256];
+    struct sdxl_pl_cn_cache *cn_cache; /* ControlNets loaded by requests, by path (control.c) */
     pthread_mutex_t mu;
 } sdxl_pl_model;
 
@@ -58,6 +59,10 @@ typedef struct sdxl_pl_trace {
                  size_t n_per);
     /* Latents of the sub-batch after step `step` (NCHW, n floats = images x 4 x h x w). */
     void (*step)(void *user, int stage, int step, const float *x, size_t n);
+    /* Every base UNet call of a request with ControlNet units: the step, the units active there
+     * (bit k = unit k) and the UNet input with the summed residuals (ctrl_down/ctrl_mid NULL when
+     * none is active). */
+    void (*control)(void *user, int call, int step, unsigned active, const sdxl_unet_in *in);
 } sdxl_pl_trace;
 
 typedef struct sdxl_pl_image {

@@ -2,15 +2,20 @@
  * prompts in the JSON through our text encoders, generator, sampler, UNet(s) and VAE, in f32,
  * from both checkpoint layouts. Every case of pipelines.json runs; the kind of case is read from
  * its parameters and tensors (refiner hand-off: <case>/base/ + <case>/refiner/; img2img: a
- * strength and <case>/init_image_uint8). Cases needing ControlNet or LoRA print a SKIP line. */
+ * strength and <case>/init_image_uint8; ControlNet: a conditioning_scale and <case>/control_image_uint8,
+ * run with the diffusers ControlNet folder next to the diffusers base and with an sgm single file
+ * (written by golden_cn.c) next to the single-file base). Cases needing LoRA print a SKIP line. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "denoise/registry.h"
 #include "denoise/sampler.h"
 #include "golden.h"
+#include "golden_cn.h"
+#include "tensor/tensor.h"
 #include "pipeline/pipeline.h"
 
 /* Thresholds (README section 6):
@@ -35,6 +40,7 @@ typedef struct trace_state {
     int missing;
     float init_sigma;
     int have_noise;
+    int control_calls; /* UNet calls that carried ControlNet residuals */
 } trace_state;
 
 static float *get(trace_state *t, const char *pfx, const char *name, size_t *n) {
@@ -109,6 +115,40 @@ static void on_unet(void *user, int stage, int call, double ts, const float *x_i
     free(ref);
 }
 
+/* The first call's residuals against step0/controlnet_down/i and controlnet_mid (NCHW, scaled). */
+static void on_control(void *user, int call, int step, unsigned active, const sdxl_unet_in *in) {
+    trace_state *t = user;
+    (void)step;
+    if (in->ctrl_down) t->control_calls++;
+    if (call != 0) return;
+    golden_check(t->g, "pipelines", t->case_name, "control_active_step0", active == 1u ? 0.0 : 1.0, 0.0);
+    if (!in->ctrl_down) return;
+    double worst = 0;
+    for (int i = 0; i <= in->n_ctrl_down; i++) {
+        char key[256];
+        int nd;
+        int64_t sh[8];
+        size_t n;
+        if (i < in->n_ctrl_down) snprintf(key, sizeof key, "%sstep0/controlnet_down/%d", t->pfx[0], i);
+        else snprintf(key, sizeof key, "%sstep0/controlnet_mid", t->pfx[0]);
+        if (!golden_find(t->s, key)) {
+            t->missing++;
+            continue;
+        }
+        float *ref = golden_f32(t->g, t->s, key, &nd, sh, &n);
+        float *ours = ref && nd == 4 ? malloc(n * sizeof(float)) : NULL;
+        if (ours) {
+            sdxl_nhwc_to_nchw(i < in->n_ctrl_down ? in->ctrl_down[i] : in->ctrl_mid, ours, sh[0], sh[2], sh[3], sh[1]);
+            double d = golden_max_abs(ours, ref, n);
+            if (!(d <= worst)) worst = d;
+        } else t->missing++;
+        free(ours);
+        free(ref);
+    }
+    /* single component (ControlNet on the recorded first-step input): README section 6 */
+    golden_check(t->g, "pipelines", t->case_name, "controlnet_residuals_step0_maxabs", worst, TH_EMB);
+}
+
 static void on_step(void *user, int stage, int step, const float *x, size_t n) {
     trace_state *t = user;
     (void)step;
@@ -132,7 +172,7 @@ static int dims_pair(const sdxl_json *c, const char *key, int *h, int *w) {
 }
 
 static void run_case(golden_ctx *g, golden_set *s, sdxl_pl_model *m, const char *layout, const char *cname,
-                     const sdxl_json *c) {
+                     const sdxl_json *c, const char *cn_path) {
     trace_state t;
     memset(&t, 0, sizeof t);
     t.g = g;
@@ -198,6 +238,36 @@ static void run_case(golden_ctx *g, golden_set *s, sdxl_pl_model *m, const char 
         p.init_width = (int)shape[1];
         p.strength = (float)sdxl_json_num(c, "strength", 0.75);
     }
+    /* ControlNet: the recorded control image at the conditioning scale, guidance 0..1 */
+    uint8_t *cimg = NULL;
+    sdxl_control_spec cs;
+    memset(&cs, 0, sizeof cs);
+    snprintf(key, sizeof key, "%s/control_image_uint8", cname);
+    if (golden_find(s, key) || sdxl_json_get(c, "conditioning_scale")) {
+        size_t n = 0;
+        int64_t shape[8];
+        int nd = 0;
+        float *f = golden_find(s, key) ? golden_f32(g, s, key, &nd, shape, &n) : NULL;
+        if (!f || nd != 3 || shape[2] != 3 || !cn_path) {
+            free(f);
+            free(init);
+            golden_fail(g, "pipelines", t.case_name, "%s: expected [H, W, 3] and a ControlNet", key);
+            return;
+        }
+        cimg = malloc(n);
+        for (size_t i = 0; i < n; i++) cimg[i] = (uint8_t)f[i];
+        free(f);
+        cs.model = cn_path;
+        cs.image = cimg;
+        cs.image_height = (int)shape[0];
+        cs.image_width = (int)shape[1];
+        cs.scale = (float)sdxl_json_num(c, "conditioning_scale", 1.0);
+        cs.guidance_start = (float)sdxl_json_num(c, "control_guidance_start", 0.0);
+        cs.guidance_end = (float)sdxl_json_num(c, "control_guidance_end", 1.0);
+        cs.guess_mode = sdxl_json_bool(c, "guess_mode", 0);
+        p.controls = &cs;
+        p.n_controls = 1;
+    }
     /* init_noise_sigma of the case's schedule, to compare the recorded unscaled noise */
     sdxl_sampler_config sc;
     sdxl_sampler_config_init(&sc);
@@ -208,6 +278,7 @@ static void run_case(golden_ctx *g, golden_set *s, sdxl_pl_model *m, const char 
     if (sdxl_sched_resolve(sched, NULL, &ch, &e) != SDXL_OK) {
         golden_fail(g, "pipelines", t.case_name, "scheduler: %s", e.msg);
         free(init);
+        free(cimg);
         return;
     }
     sc.sampler = ch.sampler;
@@ -219,10 +290,13 @@ static void run_case(golden_ctx *g, golden_set *s, sdxl_pl_model *m, const char 
     }
     sdxl_sampler_free(probe);
     sdxl_pl_trace tr = {.user = &t, .cond = on_cond, .img2img = on_img2img, .init = on_init, .unet = on_unet,
-                        .step = on_step};
+                        .step = on_step, .control = on_control};
     sdxl_pl_result r;
     int st = sdxl_pl_generate(m, &p, NULL, &tr, NULL, &r, &e);
     free(init);
+    free(cimg);
+    if (!st && p.n_controls)
+        golden_check(g, "pipelines", t.case_name, "control_calls_missing", (double)(t.steps_seen[0] - t.control_calls), 0.0);
     if (st) {
         golden_fail(g, "pipelines", t.case_name, "generate: %s", e.msg);
         return;
@@ -278,6 +352,16 @@ int golden_pipelines(golden_ctx *g) {
         {"single-file", "tiny_sd_xl_base.safetensors", "tiny_sd_xl_refiner.safetensors"},
         {"diffusers", "tiny-sdxl-base", "tiny-sdxl-refiner"},
     };
+    char dir[64] = "/tmp/sdxl-golden-pl-XXXXXX", sgm[4200] = "", cnd[4096];
+    golden_path(cnd, sizeof cnd, g->models_dir, "tiny-sdxl-controlnet");
+    if (mkdtemp(dir)) {
+        sdxl_err e = {0};
+        snprintf(sgm, sizeof sgm, "%s/tiny_sdxl_controlnet.safetensors", dir);
+        if (golden_cn_write_sgm(cnd, sgm, "control_model.", &e)) {
+            golden_fail(g, "pipelines", "controlnet", "sgm file: %s", e.msg);
+            sgm[0] = 0;
+        }
+    }
     for (size_t l = 0; l < sizeof LAYOUTS / sizeof LAYOUTS[0]; l++) {
         char base[4096], ref[4096];
         golden_path(base, sizeof base, g->models_dir, LAYOUTS[l].base);
@@ -298,20 +382,16 @@ int golden_pipelines(golden_ctx *g) {
             const char *cname = cases->keys[i];
             const sdxl_json *c = &cases->items[i];
             const sdxl_json *lora = sdxl_json_get(c, "lora");
-            char key[256];
-            snprintf(key, sizeof key, "%s/step0/controlnet_cond", cname);
-            if (golden_find(&s, key) || sdxl_json_get(c, "conditioning_scale")) {
-                printf("SKIP pipelines/%s/%s needs ControlNet (a later issue)\n", cname, LAYOUTS[l].layout);
-                continue;
-            }
             if (lora && lora->type != SDXL_JSON_NULL) {
                 printf("SKIP pipelines/%s/%s needs LoRA (a later issue)\n", cname, LAYOUTS[l].layout);
                 continue;
             }
-            run_case(g, &s, m, LAYOUTS[l].layout, cname, c);
+            run_case(g, &s, m, LAYOUTS[l].layout, cname, c, l == 0 ? (sgm[0] ? sgm : NULL) : cnd);
         }
         sdxl_pl_model_free(m);
     }
+    if (sgm[0]) golden_cn_remove_sgm(sgm);
+    rmdir(dir);
     golden_close(&s);
     return 0;
 }
