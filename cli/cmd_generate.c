@@ -60,6 +60,18 @@ static int usage(FILE *out) {
             "      --refiner-switch X     fraction of the schedule the base runs (default 0.8)\n"
             "      --aesthetic-score X    refiner conditioning (default 6.0)\n"
             "      --negative-aesthetic-score X  (default 2.5)\n"
+            "      --prediction eps|v|auto  model output type (default auto: the model's v_pred marker)\n"
+            "      --zero-terminal-snr 0|1  override the model's ztsnr marker\n"
+            "hires fix (A1111 two-pass: a first pass at -W x -H, upscale, img2img at the target size):\n"
+            "      --hr                   enable it (any --hr-scale/--hr-resize/--hr-upscaler does too)\n"
+            "      --hr-scale X           upscale factor (default 2)\n"
+            "      --hr-resize WxH        target size instead of the scale\n"
+            "      --hr-steps N           second-pass steps (default: --steps)\n"
+            "      --hr-denoising-strength X  (default 0.7)\n"
+            "      --hr-upscaler NAME     Latent (default), \"Latent (antialiased)\", \"Latent (bicubic)\",\n"
+            "                             \"Latent (bicubic antialiased)\", \"Latent (nearest)\",\n"
+            "                             \"Latent (nearest-exact)\", Lanczos, Nearest\n"
+            "      --hr-sampler NAME, --hr-schedule NAME, --hr-prompt TEXT, --hr-negative-prompt TEXT\n"
             "img2img / inpaint:\n"
             "  -i, --init-img PATH        PNG/JPEG/WebP init image\n"
             "      --strength X           0 < X <= 1 (default 0.75)\n"
@@ -160,6 +172,7 @@ static int parse_args(int argc, char **argv, opts *o) {
     } while (0)
 #define IS(x) (!strcmp(a, x))
         if (IS("--json")) o->json = 1;
+        else if (IS("--hr")) o->g.enable_hr = 1;
         else if (IS("-q") || IS("--quiet")) o->quiet = 1;
         else if (IS("-v") || IS("--verbose")) o->verbose = 1;
         else if (IS("--from")) { NEXT(); i++; }
@@ -211,6 +224,17 @@ static int parse_args(int argc, char **argv, opts *o) {
             else if (IS("--strength")) r = parse_float(a, v, &g->strength);
             else if (IS("--mask")) o->mask_path = v;
             else if (IS("--mask-blur")) r = parse_int(a, v, 0, 1 << 20, &g->mask_blur);
+            else if (IS("--prediction")) g->prediction = v;
+            else if (IS("--zero-terminal-snr")) r = parse_int(a, v, 0, 1, &g->zero_terminal_snr);
+            else if (IS("--hr-scale")) r = parse_float(a, v, &g->hr_scale), g->enable_hr = 1;
+            else if (IS("--hr-resize")) r = parse_pair(a, v, 'x', &g->hr_resize_x, &g->hr_resize_y), g->enable_hr = 1;
+            else if (IS("--hr-steps")) r = parse_int(a, v, 0, 1000000, &g->hr_second_pass_steps);
+            else if (IS("--hr-denoising-strength")) r = parse_float(a, v, &g->hr_denoising_strength);
+            else if (IS("--hr-upscaler")) g->hr_upscaler = v, g->enable_hr = 1;
+            else if (IS("--hr-sampler")) g->hr_sampler = v;
+            else if (IS("--hr-schedule")) g->hr_schedule = v;
+            else if (IS("--hr-prompt")) g->hr_prompt = v;
+            else if (IS("--hr-negative-prompt")) g->hr_negative_prompt = v;
             else if (IS("-o") || IS("--output")) o->output = v;
             else if (IS("-t") || IS("--threads")) r = parse_int(a, v, 0, 4096, &o->threads);
             else {

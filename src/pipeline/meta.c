@@ -17,6 +17,17 @@
 static const char *const A1111_SCHEDULE[SDXL_SCHEDULE_COUNT] = {
     "Automatic", "Uniform", "Karras", "Exponential", "SGM Uniform", "Simple", "DDIM", "Beta", "Align Your Steps"};
 
+/* The double that prints as the float's shortest decimal (0.8f -> 0.8, not 0.800000011920929):
+ * A1111 writes the number the user typed. */
+static double f2d(float v) {
+    char t[32];
+    for (int prec = 6; prec <= 9; prec++) {
+        snprintf(t, sizeof t, "%.*g", prec, (double)v);
+        if ((float)strtod(t, NULL) == v) break;
+    }
+    return strtod(t, NULL);
+}
+
 int sdxl_pl_infotext(const sdxl_pl_model *m, const sdxl_gen_params *p, int width, int height, int64_t seed,
                      char **out, sdxl_err *e) {
     sdxl_genmeta g;
@@ -28,7 +39,9 @@ int sdxl_pl_infotext(const sdxl_pl_model *m, const sdxl_gen_params *p, int width
     char buf[64];
     if ((st = sdxl_genmeta_set_str(&g.prompt, p->prompt ? p->prompt : "", e)) ||
         (p->negative_prompt && (st = sdxl_genmeta_set_str(&g.negative_prompt, p->negative_prompt, e))) ||
-        (st = sdxl_genmeta_set_str(&g.sampler, tr && tr->a1111 ? tr->a1111 : sdxl_sampler_name(ch.sampler), e)) ||
+        /* the diffusers dialect keeps the caller's class name so that the text alone reproduces the path */
+        (st = sdxl_genmeta_set_str(&g.sampler, !ch.kdiffusion && p->sampler && *p->sampler ? p->sampler
+                                               : tr && tr->a1111 ? tr->a1111 : sdxl_sampler_name(ch.sampler), e)) ||
         (st = sdxl_genmeta_set_str(&g.schedule,
                                    (unsigned)ch.schedule < SDXL_SCHEDULE_COUNT ? A1111_SCHEDULE[ch.schedule]
                                                                                : "Automatic",
@@ -36,19 +49,24 @@ int sdxl_pl_infotext(const sdxl_pl_model *m, const sdxl_gen_params *p, int width
         (st = sdxl_genmeta_set_str(&g.model, m ? m->base_name : "sdxl", e)))
         goto out;
     g.steps = p->steps;
-    g.cfg_scale = p->cfg_scale;
+    g.cfg_scale = f2d(p->cfg_scale);
     g.seed = seed;
     g.width = width;
     g.height = height;
-    if (p->init_image) g.denoising_strength = p->strength;
+    if (p->init_image) g.denoising_strength = f2d(p->strength);
     if (p->clip_skip > 1) g.clip_skip = p->clip_skip;
     if (m && m->has_ref && p->refiner_switch < 1) {
         if ((st = sdxl_genmeta_set_str(&g.refiner, m->ref_name, e))) goto out;
-        g.refiner_switch = p->refiner_switch;
+        g.refiner_switch = f2d(p->refiner_switch);
     }
     if (p->rng && *p->rng && strcmp(p->rng, "torch") && strcmp(p->rng, "cpu") &&
         (st = sdxl_genmeta_extra_set(&g, "RNG", strcmp(p->rng, "philox") ? p->rng : "NV", e)))
         goto out;
+    int vp = p->prediction && *p->prediction && strcmp(p->prediction, "auto")
+                 ? (!strcmp(p->prediction, "v") || !strcmp(p->prediction, "v_prediction")) : (m && m->v_pred);
+    int zt = p->zero_terminal_snr >= 0 ? p->zero_terminal_snr : (m && m->ztsnr);
+    if (vp && (st = sdxl_genmeta_extra_set(&g, "Prediction", "v", e))) goto out;
+    if (zt && (st = sdxl_genmeta_extra_set(&g, "Zero terminal SNR", "True", e))) goto out;
     if (p->guidance_rescale > 0) {
         snprintf(buf, sizeof buf, "%g", p->guidance_rescale);
         if ((st = sdxl_genmeta_extra_set(&g, "Guidance rescale", buf, e))) goto out;
@@ -118,6 +136,8 @@ int sdxl_pl_request_json(const sdxl_pl_model *m, const sdxl_gen_params *p, int w
     if (p->init_image) sb_num(&b, "strength", p->strength);
     if (p->mask) sb_int(&b, "mask_blur", p->mask_blur);
     sb_int(&b, "clip_skip", p->clip_skip);
+    sb_kstr(&b, "prediction", p->prediction);
+    if (p->zero_terminal_snr >= 0) sb_int(&b, "zero_terminal_snr", p->zero_terminal_snr);
     sdxl_sb_put(&b, "}", 1);
     if (b.oom) {
         free(b.p);
@@ -130,7 +150,7 @@ int sdxl_pl_request_json(const sdxl_pl_model *m, const sdxl_gen_params *p, int w
 /* ---- JSON reader ----------------------------------------------------------------------------- */
 
 static const char *const STR_KEYS[] = {"prompt", "negative_prompt", "prompt_2", "negative_prompt_2",
-                                       "sampler", "schedule", "rng"};
+                                       "sampler", "schedule", "rng", "prediction"};
 
 static const char **str_field(sdxl_gen_params *p, const char *k) {
     if (!strcmp(k, "prompt")) return &p->prompt;
@@ -139,6 +159,7 @@ static const char **str_field(sdxl_gen_params *p, const char *k) {
     if (!strcmp(k, "negative_prompt_2")) return &p->negative_prompt_2;
     if (!strcmp(k, "sampler")) return &p->sampler;
     if (!strcmp(k, "schedule")) return &p->schedule;
+    if (!strcmp(k, "prediction")) return &p->prediction;
     return &p->rng;
 }
 
@@ -152,6 +173,7 @@ static int *int_field(sdxl_gen_params *p, const char *k) {
         {"negative_crop_top", &p->negative_crop_top}, {"negative_target_width", &p->negative_target_width},
         {"negative_target_height", &p->negative_target_height}, {"mask_blur", &p->mask_blur},
         {"clip_skip", &p->clip_skip}, {"batch_count", &p->batch_count}, {"batch_size", &p->batch_size},
+        {"zero_terminal_snr", &p->zero_terminal_snr},
     };
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
         if (!strcmp(t[i].k, k)) return t[i].v;

@@ -2,6 +2,7 @@
  * (base, then refiner) -> VAE decode -> RGB images with metadata. See pipeline.h. */
 #include "pipeline/pipeline.h"
 #include "pipeline/condsched.h"
+#include "io/prediction.h"
 
 #include <fcntl.h>
 #include <math.h>
@@ -65,6 +66,9 @@ void sdxl_gen_params_init(sdxl_gen_params *p) {
     p->negative_aesthetic_score = 2.5f;
     p->strength = 0.75f;
     p->mask_blur = 4;
+    p->zero_terminal_snr = -1;
+    p->hr_scale = 2.0f;
+    p->hr_denoising_strength = 0.7f;
 }
 
 /* ---- model ------------------------------------------------------------------------------- */
@@ -135,6 +139,10 @@ int sdxl_pl_model_load(const sdxl_model_params *p, const sdxl_logger *log, sdxl_
         sdxl_err_prefix(e, "base %s", p->base);
         goto fail;
     }
+    sdxl_prediction pred;
+    if ((st = sdxl_ckpt_prediction(m->base_ck, &pred, e))) goto fail;
+    m->v_pred = pred.v_pred;
+    m->ztsnr = pred.ztsnr;
     m->force_zeros = 1;
     if (sdxl_ckpt_model_index(m->base_ck))
         m->force_zeros = sdxl_json_bool(sdxl_ckpt_model_index(m->base_ck), "force_zeros_for_empty_prompt", 1);
@@ -187,6 +195,24 @@ typedef struct req {
     int refine;        /* refiner stage runs */
     int stochastic;
 } req;
+
+/* The model's prediction type and schedule, or the request's overrides. */
+static int prediction_of(const sdxl_pl_model *m, const sdxl_gen_params *p, sdxl_sampler_config *sc, sdxl_err *e) {
+    const char *pr = p->prediction;
+    if (!pr || !*pr || !strcmp(pr, "auto"))
+        sc->v_prediction = m ? m->v_pred : 0;
+    else if (!strcmp(pr, "eps") || !strcmp(pr, "epsilon"))
+        sc->v_prediction = 0;
+    else if (!strcmp(pr, "v") || !strcmp(pr, "v_prediction"))
+        sc->v_prediction = 1;
+    else
+        return sdxl_seterr(e, SDXL_ERR_ARG, "prediction: \"%s\" is not auto, eps or v", pr);
+    if (p->zero_terminal_snr < -1 || p->zero_terminal_snr > 1)
+        return sdxl_seterr(e, SDXL_ERR_ARG, "zero_terminal_snr: must be -1 (the model's), 0 or 1, got %d",
+                           p->zero_terminal_snr);
+    sc->zero_terminal_snr = p->zero_terminal_snr >= 0 ? p->zero_terminal_snr : (m ? m->ztsnr : 0);
+    return SDXL_OK;
+}
 
 static int resolve(const sdxl_pl_model *m, const sdxl_gen_params *in, req *r, sdxl_err *e) {
     memset(r, 0, sizeof *r);
@@ -275,6 +301,8 @@ static int resolve(const sdxl_pl_model *m, const sdxl_gen_params *in, req *r, sd
             r->sc.ancestral_eta = ch.eta;
     }
     r->sc.steps = p->steps;
+    r->sc.kdiffusion = ch.kdiffusion;
+    if ((st = prediction_of(m, p, &r->sc, e))) return st;
     if ((st = sdxl_sampler_config_check(&r->sc, e))) return sdxl_err_prefix(e, "sampler");
     r->stochastic = sdxl_sampler_config_draws_noise(&r->sc);
     r->W = p->width;

@@ -34,6 +34,7 @@ typedef struct sdxl_pl_model {
     sdxl_vae *vae;
     sdxl_tokenizer *tok;
     int force_zeros;      /* base pipeline's force_zeros_for_empty_prompt (model_index.json, else 1) */
+    int v_pred, ztsnr;    /* the base predicts v; zero-terminal-SNR schedule (io/prediction.h) */
     char base_name[256];  /* file stem, for the metadata "Model" */
     char ref_name[256];
     pthread_mutex_t mu;
