@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "pipeline/pipeline.h"
 #include "io/image.h"
 #include "io/json.h"
 #include "sdxl.h"
@@ -146,9 +147,27 @@ static int load_from(sdxl_ctx *ctx, opts *o) {
         fprintf(stderr, "sdxl generate: --from: %s\n", e.msg);
         return EXIT_FAIL;
     }
+    if (!meta.request && meta.parameters) {
+        /* an image from A1111/Forge: its infotext alone */
+        char warn[2048], stem[256];
+        const char *base = o->mp.base ? o->mp.base : "";
+        const char *sl = strrchr(base, '/');
+        snprintf(stem, sizeof stem, "%s", sl ? sl + 1 : base);
+        char *dot = strrchr(stem, '.');
+        if (dot && !strcmp(dot, ".safetensors")) *dot = 0;
+        int rc = sdxl_pl_params_from_infotext(meta.parameters, strlen(meta.parameters), *stem ? stem : NULL, &o->g,
+                                              &o->from_storage, warn, sizeof warn, &e);
+        sdxl_image_meta_free(&meta);
+        if (rc) {
+            fprintf(stderr, "sdxl generate: --from %s: %s\n", o->from, e.msg);
+            return EXIT_FAIL;
+        }
+        if (*warn) fprintf(stderr, "sdxl generate: warning: --from %s: ignored: %s\n", o->from, warn);
+        return 0;
+    }
     if (!meta.request) {
         sdxl_image_meta_free(&meta);
-        fprintf(stderr, "sdxl generate: --from %s: no sdxl request metadata in the image\n", o->from);
+        fprintf(stderr, "sdxl generate: --from %s: no generation metadata in the image\n", o->from);
         return EXIT_FAIL;
     }
     int st = sdxl_gen_params_from_json(ctx, meta.request, strlen(meta.request), &o->g, &o->from_storage);
@@ -352,6 +371,8 @@ int cmd_generate(int argc, char **argv) {
     sdxl_result *r = NULL;
     char **paths = NULL;
     int n_paths = 0;
+    for (int i = 1; o.from && i + 1 < argc; i++) /* the model named in the metadata is checked against -m */
+        if (!strcmp(argv[i], "-m") || !strcmp(argv[i], "--model")) o.mp.base = argv[i + 1];
     if (o.from && (rc = load_from(ctx, &o))) goto out;
     rc = EXIT_USAGE;
     if (parse_args(argc, argv, &o)) goto out;

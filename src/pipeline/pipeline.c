@@ -447,7 +447,7 @@ static int encode_stage(sdxl_pl_model *m, const req *r, int refiner, sdxl_cond *
     int st = sdxl_pl_condsched_build(m->c, refiner ? &m->ref_cond : &m->base_cond, m->tok, &cp, sched_steps(r), cs, e);
     if (!st) st = cs->active ? condsched_first(cs, cd, e) : sdxl_cond_encode(m->c, refiner ? &m->ref_cond : &m->base_cond, m->tok, &cp, cd, e);
     pthread_mutex_unlock(&m->mu);
-    if (st) return sdxl_err_prefix(e, refiner ? "refiner prompt" : "prompt");
+    if (st) return refiner ? sdxl_err_prefix(e, "refiner") : st; /* the message already names the field */
     const sdxl_unet_cfg *uc = sdxl_unet_config(refiner ? m->ref_unet : m->base_unet);
     if (cd->width != uc->context_dim || (uc->adm_in - cd->pooled_dim) % uc->time_id_dim ||
         uc->adm_in <= cd->pooled_dim) {
@@ -778,6 +778,13 @@ static int report(const req *r, sdxl_phase ph, int step, int total, int image0, 
 
 int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile int *cancel, const sdxl_pl_trace *tr,
                      const sdxl_logger *log, sdxl_pl_result *out, sdxl_err *e) {
+    if (p && p->enable_hr) return sdxl_pl_hires(m, p, cancel, tr, log, out, e);
+    return sdxl_pl_generate_lat(m, p, NULL, NULL, cancel, tr, log, out, e);
+}
+
+int sdxl_pl_generate_lat(sdxl_pl_model *m, const sdxl_gen_params *p, const float *init_lat, float *lat_out,
+                         const volatile int *cancel, const sdxl_pl_trace *tr, const sdxl_logger *log,
+                         sdxl_pl_result *out, sdxl_err *e) {
     memset(out, 0, sizeof *out);
     req r;
     int st = resolve(m, p, &r, e);
@@ -792,7 +799,7 @@ int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile 
     sdxl_sampler *probe = NULL;
     if ((st = sdxl_sampler_new(&r.sc, 1, &probe, e))) return sdxl_err_prefix(e, "sampler");
     int base_start = 0, base_end = r.p.steps, ref_start = r.p.steps;
-    if (r.p.init_image) base_start = sdxl_sampler_start_for_strength(probe, r.p.strength);
+    if (r.p.init_image || init_lat) base_start = sdxl_sampler_start_for_strength(probe, r.p.strength);
     if (r.refine) {
         base_end = sdxl_sampler_end_for_fraction(probe, r.p.refiner_switch);
         ref_start = sdxl_sampler_start_for_fraction(probe, r.p.refiner_switch);
@@ -995,6 +1002,13 @@ int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile 
         for (int i = 0; i < B; i++) {
             sdxl_rng_init(&rngs[i], r.rng, (uint64_t)(r.p.seed + b0 + i));
             float *xi = x + (size_t)i * n_per;
+            if (init_lat) { /* hires second pass: clean latents given, the generator's first draw noises them */
+                float *ci = clean + (size_t)i * n_per, *ni = bnoise + (size_t)i * n_per;
+                memcpy(ci, init_lat + (size_t)(b0 + i) * n_per, n_per * sizeof(float));
+                sdxl_rng_randn(&rngs[i], ni, n_per);
+                sdxl_sampler_add_noise(sb.sampler, base_steps ? base_start : ref_start, ci, ni, xi);
+                continue;
+            }
             if (!r.p.init_image) {
                 sdxl_rng_randn(&rngs[i], xi, n_per);
                 float s0 = sdxl_sampler_init_noise_sigma(sb.sampler);
@@ -1044,6 +1058,12 @@ int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile 
         if (report(&r, SDXL_PHASE_DECODE, 0, B, b0, t0) || (cancel && *cancel)) {
             st = sdxl_seterr(e, SDXL_ERR_CANCELLED, "cancelled before decoding");
             goto done;
+        }
+        if (lat_out) { /* the latents are the result (hires first pass with a latent upscaler) */
+            memcpy(lat_out + (size_t)b0 * n_per, x, (size_t)B * n_per * sizeof(float));
+            for (int i = 0; i < B; i++) out->img[b0 + i].seed = r.p.seed + b0 + i;
+            out->n = b0 + B;
+            continue;
         }
         nchw_to_nhwc(x, lat_nhwc, B, 4, (int64_t)hw);
         pthread_mutex_lock(&m->mu);
