@@ -101,9 +101,12 @@ int sdxl_sampler_config_check(const sdxl_sampler_config *c, sdxl_err *e) {
         return sdxl_seterr(e, SDXL_ERR_ARG, "lcm_original_steps: must be in [steps, train_steps], got %d",
                            c->lcm_original_steps);
     if ((c->kdiffusion || c->zero_terminal_snr) && !sdxl_ksampler_supports(c->sampler))
-        return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "sampler: %s has no k-diffusion (A1111) form%s",
-                           sdxl_sampler_name(c->sampler),
-                           c->zero_terminal_snr ? ", which zero-terminal-SNR models need" : "");
+        return c->zero_terminal_snr
+                   ? sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "zero_terminal_snr: %s has no k-diffusion (A1111) form, which "
+                                 "a zero-terminal-SNR model needs (Euler, Euler a, DPM++ 2M... have one)",
+                                 sdxl_sampler_name(c->sampler))
+                   : sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "%s has no k-diffusion (A1111) form",
+                                 sdxl_sampler_name(c->sampler));
     if (c->schedule != SDXL_SCHEDULE_DEFAULT && is_alpha_table(c->sampler) &&
         !(c->schedule == SDXL_SCHEDULE_KARRAS && c->diffusers_karras))
         return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "schedule: %s steps on integer timesteps and takes only its own "
