@@ -33,6 +33,8 @@ int sdxl_ksampler_supports(sdxl_sampler_kind k) {
     case SDXL_SAMPLER_DPM2_A: case SDXL_SAMPLER_LMS: case SDXL_SAMPLER_DPMPP_2M: case SDXL_SAMPLER_DPMPP_2M_SDE:
     case SDXL_SAMPLER_DPMPP_2M_SDE_HEUN: case SDXL_SAMPLER_DPMPP_SDE: case SDXL_SAMPLER_DPMPP_2S_A:
     case SDXL_SAMPLER_DPMPP_3M_SDE: case SDXL_SAMPLER_DPM_FAST: case SDXL_SAMPLER_DPM_ADAPTIVE:
+    case SDXL_SAMPLER_IPNDM: case SDXL_SAMPLER_HEUNPP2: case SDXL_SAMPLER_GRADIENT_ESTIMATION:
+    case SDXL_SAMPLER_RES_MULTISTEP: case SDXL_SAMPLER_ER_SDE:
         return 1;
     default: return 0;
     }
@@ -164,6 +166,7 @@ static int plan(sdxl_ksampler *k, sdxl_err *e) {
     case SDXL_SAMPLER_HEUN: case SDXL_SAMPLER_DPM2: case SDXL_SAMPLER_DPM2_A: case SDXL_SAMPLER_DPMPP_SDE:
     case SDXL_SAMPLER_DPMPP_2S_A: k->calls = 2 * n - 1; break;
     case SDXL_SAMPLER_DPM_ADAPTIVE: k->calls = 0; break;
+    case SDXL_SAMPLER_HEUNPP2: k->calls = n >= 2 ? 3 * n - 3 : 1; break;
     default: k->calls = n;
     }
     return SDXL_OK;
@@ -521,6 +524,142 @@ static int step(run *R, int i, float *x) {
         if (k->hist < 2) k->hist++;
         k->h_last2 = k->h_last;
         k->h_last = h;
+        break;
+    }
+    case SDXL_SAMPLER_IPNDM: {
+        /* ComfyUI sample_ipndm (zju-pi diff-solvers): the last max_order - 1 derivatives in LMS0..2 */
+        float *d0 = B(k, K_D), *h1 = B(k, K_LMS0), *h2 = B(k, K_LMS1), *h3 = B(k, K_LMS2);
+        FOR_N d0[i] = (x[i] - den[i]) / s;
+        int order = k->hist + 1 < 4 ? k->hist + 1 : 4;
+        float dt = sn - s;
+        if (sn == 0) {
+            memcpy(x, den, k->n * sizeof(float));
+        } else if (order == 1) {
+            FOR_N x[i] = x[i] + dt * d0[i];
+        } else if (order == 2) {
+            FOR_N x[i] = x[i] + dt * (3.0f * d0[i] - h1[i]) / 2.0f;
+        } else if (order == 3) {
+            FOR_N x[i] = x[i] + dt * (23.0f * d0[i] - 16.0f * h1[i] + 5.0f * h2[i]) / 12.0f;
+        } else {
+            FOR_N x[i] = x[i] + dt * (55.0f * d0[i] - 59.0f * h1[i] + 37.0f * h2[i] - 9.0f * h3[i]) / 24.0f;
+        }
+        float *oldest = k->buf[K_LMS2]; /* history: LMS2 <- LMS1 <- LMS0 <- d */
+        k->buf[K_LMS2] = k->buf[K_LMS1];
+        k->buf[K_LMS1] = k->buf[K_LMS0];
+        k->buf[K_LMS0] = k->buf[K_D];
+        k->buf[K_D] = oldest;
+        if (k->hist < 3) k->hist++;
+        break;
+    }
+    case SDXL_SAMPLER_HEUNPP2: {
+        /* ComfyUI sample_heunpp2 (from sd-webui-samplers-scheduler): Euler on the last step, Heun with
+         * weights (1 - w2, sigma_next / (2 sigma_0)) on the one before, else three calls */
+        float dt = sn - s, s_end = sg[k->n_sig - 1], s0 = sg[0];
+        FOR_N d[i] = (x[i] - den[i]) / s;
+        if (sn == s_end) {
+            FOR_N x[i] = x[i] + d[i] * dt;
+            break;
+        }
+        FOR_N x2[i] = x[i] + d[i] * dt;
+        if ((r = denoise(R, x2, sn, den2))) return r;
+        float *d2 = B(k, K_EPS);
+        FOR_N d2[i] = (x2[i] - den2[i]) / sn;
+        if (i + 2 < k->n_sig && sg[i + 2] == s_end) {
+            float w = 2.0f * s0, w2 = sn / w, w1 = 1.0f - w2;
+            FOR_N x[i] = x[i] + (d[i] * w1 + d2[i] * w2) * dt;
+            break;
+        }
+        float s2 = sg[i + 2], dt2 = s2 - sn, *x3 = B(k, K_XLOW), *den3 = B(k, K_XHIGH);
+        FOR_N x3[i] = x2[i] + d2[i] * dt2;
+        if ((r = denoise(R, x3, s2, den3))) return r;
+        float w = 3.0f * s0, w2 = sn / w, w3 = s2 / w, w1 = 1.0f - w2 - w3;
+        FOR_N {
+            float d3 = (x3[i] - den3[i]) / s2;
+            x[i] = x[i] + (w1 * d[i] + w2 * d2[i] + w3 * d3) * dt;
+        }
+        break;
+    }
+    case SDXL_SAMPLER_GRADIENT_ESTIMATION: {
+        /* ComfyUI sample_gradient_estimation, ge_gamma 2: x += d dt + (gamma - 1)(d - d_prev) dt */
+        float *dp = B(k, K_OLD), dt = sn - s;
+        FOR_N d[i] = (x[i] - den[i]) / s;
+        if (sn == 0) {
+            memcpy(x, den, k->n * sizeof(float));
+        } else {
+            FOR_N x[i] = x[i] + d[i] * dt;
+            if (k->hist) FOR_N x[i] = x[i] + (2.0f - 1.0f) * (d[i] - dp[i]) * dt;
+        }
+        rot3(k, K_OLD, K_D, K_OLD2);
+        k->hist = 1;
+        break;
+    }
+    case SDXL_SAMPLER_RES_MULTISTEP: {
+        /* ComfyUI res_multistep with eta 0 (sigma_down = sigma_next): Euler first, then
+         * x = e^-h x + h (b1 den + b2 den_prev), b1 = phi1 - phi2/c2, b2 = phi2/c2 at -h */
+        float *old = B(k, K_OLD);
+        if (sn == 0 || !k->hist) {
+            float dt = sn - s;
+            FOR_N x[i] = x[i] + (x[i] - den[i]) / s * dt;
+        } else {
+            /* the scalars in double: phi2 = (phi1 - 1)/-h cancels, and in float32 its error grows to
+             * 1e-6 of the sample over 30 steps (no golden pins ComfyUI's float32 rounding here) */
+            double t = -log(s), t_old = -log(k->h_last), t_next = -log(sn), t_prev = -log(sg[i - 1]);
+            double h = t_next - t, c2 = (t_prev - t_old) / h;
+            double phi1 = expm1(-h) / -h, phi2 = (phi1 - 1.0) / -h;
+            double b1 = phi1 - phi2 / c2, b2 = phi2 / c2;
+            if (isnan(b1)) b1 = 0;
+            if (isnan(b2)) b2 = 0;
+            float e = (float)exp(-h), hb1 = (float)(h * b1), hb2 = (float)(h * b2);
+            FOR_N x[i] = e * x[i] + (hb1 * den[i] + hb2 * old[i]);
+        }
+        rot3(k, K_OLD, K_DEN, K_OLD2);
+        k->hist = 1;
+        k->h_last = sn; /* old_sigma_down */
+        break;
+    }
+    case SDXL_SAMPLER_ER_SDE: {
+        /* ComfyUI sample_er_sde, VP (not rectified flow): er_lambda = sigma, alpha = 1, noise scaler
+         * x (e^(x^0.3) + 10), 200-point integrals, stages up to 3 */
+        float *od = B(k, K_OLD), *odd = B(k, K_OLD2), *dd = B(k, K_EPS);
+        int stage = k->hist + 1 < 3 ? k->hist + 1 : 3;
+        if (sn == 0) {
+            memcpy(x, den, k->n * sizeof(float));
+        } else {
+            float ls = expf(-(-logf(s))), lt = expf(-(-logf(sn)));
+            float as = s / ls, at = sn / lt, ra = at / as;
+            float nss = ls * (expf(powf(ls, 0.3f)) + 10.0f), nst = lt * (expf(powf(lt, 0.3f)) + 10.0f);
+            float rr = nst / nss;
+            FOR_N x[i] = ra * rr * x[i] + at * (1.0f - rr) * den[i];
+            if (stage >= 2) {
+                float dt = lt - ls, step_sz = -dt / 200.0f, sum1 = 0, sum2 = 0;
+                for (int q = 0; q < 200; q++) {
+                    float pos = lt + (float)q * step_sz, sc = pos * (expf(powf(pos, 0.3f)) + 10.0f);
+                    sum1 += 1.0f / sc;
+                    sum2 += (pos - ls) / sc;
+                }
+                float sI = sum1 * step_sz, lprev = expf(-(-logf(sg[i - 1])));
+                float c = at * (dt + sI * nst);
+                FOR_N {
+                    dd[i] = (den[i] - od[i]) / (ls - lprev);
+                    x[i] = x[i] + c * dd[i];
+                }
+                if (stage >= 3) {
+                    float su = sum2 * step_sz, lpp = expf(-(-logf(sg[i - 2])));
+                    float c3 = at * ((dt * dt) / 2.0f + su * nst);
+                    FOR_N x[i] = x[i] + c3 * ((dd[i] - odd[i]) / ((ls - lpp) / 2.0f));
+                }
+                memcpy(odd, dd, k->n * sizeof(float));
+            }
+            float q = sqrtf(lt * lt - ls * ls * rr * rr);
+            if (isnan(q)) q = 0;
+            if ((float)c->s_noise > 0) {
+                float *z = B(k, K_NOISE), sn_ = (float)c->s_noise;
+                if ((r = draw(R, z, s, sn))) return r;
+                FOR_N x[i] = x[i] + at * z[i] * sn_ * q;
+            }
+        }
+        memcpy(od, den, k->n * sizeof(float));
+        if (k->hist < 2) k->hist++;
         break;
     }
     default: return sdxl_seterr(R->e, SDXL_ERR_INTERNAL, "sampler: no k-diffusion step for %s", sdxl_sampler_name(c->sampler));

@@ -60,6 +60,9 @@ static const sdxl_sched_alias ALIASES[] = {
     {"comfyui", "dpmpp_3m_sde", S(DPMPP_3M_SDE), D}, {"comfyui", "dpmpp_3m_sde_gpu", S(DPMPP_3M_SDE), D},
     {"comfyui", "dpmpp_2m_sde_heun", S(DPMPP_2M_SDE_HEUN), D}, {"comfyui", "dpmpp_2m_sde_heun_gpu", S(DPMPP_2M_SDE_HEUN), D},
     {"comfyui", "dpm_fast", S(DPM_FAST), D}, {"comfyui", "dpm_adaptive", S(DPM_ADAPTIVE), D},
+    {"comfyui", "ipndm", S(IPNDM), D}, {"comfyui", "heunpp2", S(HEUNPP2), D},
+    {"comfyui", "gradient_estimation", S(GRADIENT_ESTIMATION), D}, {"comfyui", "res_multistep", S(RES_MULTISTEP), D},
+    {"comfyui", "er_sde", S(ER_SDE), D}, {"a1111", "HeunPP2", S(HEUNPP2), D}, {"sd.cpp", "ipndm", S(IPNDM), D},
     /* diffusers scheduler classes */
     {"diffusers", "EulerDiscreteScheduler", S(EULER), D},
     {"diffusers", "EulerAncestralDiscreteScheduler", S(EULER_A), D},
@@ -214,11 +217,9 @@ static int parse_inline_config(const char *name, sdxl_sched_choice *out, sdxl_er
 static const struct {
     const char *dialect, *name;
 } KNOWN_UNSUPPORTED[] = {
-    {"a1111", "Restart"}, {"a1111", "DDIM CFG++"}, {"a1111", "Euler CFG++"}, {"a1111", "HeunPP2"},
-    {"comfyui", "heunpp2"}, {"comfyui", "euler_cfg_pp"},
+    {"a1111", "Restart"}, {"a1111", "DDIM CFG++"}, {"a1111", "Euler CFG++"}, {"comfyui", "euler_cfg_pp"},
     {"comfyui", "euler_ancestral_cfg_pp"}, {"comfyui", "dpmpp_2s_ancestral_cfg_pp"}, {"comfyui", "dpmpp_2m_cfg_pp"},
-    {"comfyui", "ipndm"}, {"comfyui", "ipndm_v"}, {"comfyui", "res_multistep"}, {"comfyui", "res_multistep_cfg_pp"},
-    {"comfyui", "res_multistep_ancestral"}, {"comfyui", "gradient_estimation"}, {"comfyui", "er_sde"},
+    {"comfyui", "ipndm_v"}, {"comfyui", "res_multistep_cfg_pp"}, {"comfyui", "res_multistep_ancestral"},
     {"comfyui", "seeds_2"}, {"comfyui", "seeds_3"},
     {"diffusers", "EDMEulerScheduler"}, {"diffusers", "EDMDPMSolverMultistepScheduler"}, {"diffusers", "TCDScheduler"},
     {"diffusers", "IPNDMScheduler"}, {"diffusers", "KarrasVeScheduler"}, {"diffusers", "ScoreSdeVeScheduler"},
@@ -228,7 +229,7 @@ static const struct {
     {"diffusers", "FlowMatchHeunDiscreteScheduler"}, {"diffusers", "RePaintScheduler"}, {"diffusers", "UnCLIPScheduler"},
     {"diffusers", "VQDiffusionScheduler"}, {"diffusers", "DDPMWuerstchenScheduler"}, {"diffusers", "AmusedScheduler"},
     {"diffusers", "CosineDPMSolverMultistepScheduler"},
-    {"sd.cpp", "ipndm"}, {"sd.cpp", "ipndm_v"}, {"sd.cpp", "tcd"},
+    {"sd.cpp", "ipndm_v"}, {"sd.cpp", "tcd"},
 };
 
 static const char *known_unsupported(const char *n) {
@@ -369,6 +370,16 @@ static const sdxl_sampler_traits TRAITS[SDXL_SAMPLER_COUNT] = {
      "DPM-Solver-fast: orders 3,3,..,2,1 over evenly spaced log-sigma, exactly `steps` calls (k-diffusion only)"},
     {S(DPM_ADAPTIVE), "dpm_adaptive", "DPM adaptive", "dpm_adaptive", "", 3, 3, DET, D, 30, 0, 0, 0, 5.0, 0, 0, 1,
      "DPM-Solver-23 with a step-size controller (rtol 0.05, atol 0.0078): ignores the step count, calls vary"},
+    {S(IPNDM), "ipndm", "", "ipndm", "", 1, 4, DET, D, 20, 8, 0, 0, 5.0, 0, 1, 1,
+     "improved PNDM: Adams-Bashforth in sigma up to order 4 on past derivatives, one call per step"},
+    {S(HEUNPP2), "heunpp2", "HeunPP2", "heunpp2", "", 3, 3, DET, D, 15, 6, 0, 0, 5.0, 0, 1, 1,
+     "Heun++: three calls per step, derivatives weighted by sigma/(3 sigma_max); costly, accurate"},
+    {S(GRADIENT_ESTIMATION), "gradient_estimation", "", "gradient_estimation", "", 1, 2, DET, D, 20, 8, 0, 0, 5.0, 0,
+     1, 1, "Euler plus a gradient-estimation correction (gamma 2) from the previous derivative"},
+    {S(RES_MULTISTEP), "res_multistep", "", "res_multistep", "", 1, 2, DET, D, 20, 8, 0, 0, 5.0, 0, 1, 1,
+     "RES: second-order multistep exponential integrator, one call per step"},
+    {S(ER_SDE), "er_sde", "", "er_sde", "", 1, 3, SDE, D, 30, 10, 0, 0, 5.0, 0, 1, 1,
+     "extended reverse-time SDE solver, 3 stages: stochastic, good detail at 20-30 steps"},
 };
 
 const sdxl_sampler_traits *sdxl_sampler_traits_get(sdxl_sampler_kind k) {

@@ -38,7 +38,8 @@ const char *sdxl_sampler_name(sdxl_sampler_kind k) {
     static const char *const names[SDXL_SAMPLER_COUNT] = {
         "euler", "euler_a", "heun", "dpm2", "dpm2_a", "lms", "ddim", "ddpm", "pndm", "dpmpp_2m", "dpmpp_2m_sde",
         "dpmpp_2s", "dpmpp_sde", "lcm", "unipc", "deis", "sa_solver", "dpmpp_2s_a", "dpmpp_3m_sde",
-        "dpmpp_2m_sde_heun", "dpm_fast", "dpm_adaptive"};
+        "dpmpp_2m_sde_heun", "dpm_fast", "dpm_adaptive", "ipndm", "heunpp2", "gradient_estimation", "res_multistep",
+        "er_sde"};
     return (unsigned)k < SDXL_SAMPLER_COUNT ? names[k] : "?";
 }
 
@@ -1133,7 +1134,7 @@ int sdxl_sampler_config_draws_noise(const sdxl_sampler_config *c) {
     switch (c->sampler) {
     case SDXL_SAMPLER_EULER_A: case SDXL_SAMPLER_DPM2_A: case SDXL_SAMPLER_DDPM: case SDXL_SAMPLER_DPMPP_2M_SDE:
     case SDXL_SAMPLER_DPMPP_SDE: case SDXL_SAMPLER_LCM: case SDXL_SAMPLER_SA_SOLVER: case SDXL_SAMPLER_DPMPP_2S_A:
-    case SDXL_SAMPLER_DPMPP_2M_SDE_HEUN:
+    case SDXL_SAMPLER_DPMPP_2M_SDE_HEUN: case SDXL_SAMPLER_ER_SDE:
         return 1;
     case SDXL_SAMPLER_DPMPP_3M_SDE: return c->ancestral_eta > 0;
     case SDXL_SAMPLER_DDIM: return c->eta > 0;

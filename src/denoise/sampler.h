@@ -53,6 +53,11 @@ typedef enum sdxl_sampler_kind {
     SDXL_SAMPLER_DPMPP_2M_SDE_HEUN, /* k-diffusion sample_dpmpp_2m_sde, solver_type heun (A1111 "DPM++ 2M SDE Heun") */
     SDXL_SAMPLER_DPM_FAST,     /* k-diffusion sample_dpm_fast (A1111 "DPM fast") */
     SDXL_SAMPLER_DPM_ADAPTIVE, /* k-diffusion sample_dpm_adaptive (A1111 "DPM adaptive") */
+    SDXL_SAMPLER_IPNDM,        /* ComfyUI sample_ipndm (Adams-Bashforth in sigma, order <= 4) */
+    SDXL_SAMPLER_HEUNPP2,      /* ComfyUI sample_heunpp2 (Heun++ with sigma-weighted derivatives) */
+    SDXL_SAMPLER_GRADIENT_ESTIMATION, /* ComfyUI sample_gradient_estimation (ge_gamma 2) */
+    SDXL_SAMPLER_RES_MULTISTEP,       /* ComfyUI sample_res_multistep (RES 2nd-order multistep, eta 0) */
+    SDXL_SAMPLER_ER_SDE,       /* ComfyUI sample_er_sde (ER-SDE-Solver-3, VP) */
     SDXL_SAMPLER_COUNT
 } sdxl_sampler_kind;
 

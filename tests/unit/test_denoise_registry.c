@@ -90,7 +90,7 @@ static void test_names(void) {
           e.msg);
     CHECK(sdxl_sched_resolve("", NULL, &c, &e) == SDXL_ERR_ARG, "empty name");
     /* names other tools use for samplers we do not implement say so, with alternatives */
-    static const char *const unsupported[] = {"Restart", "ipndm", "TCDScheduler", "DDIM CFG++"};
+    static const char *const unsupported[] = {"Restart", "ipndm_v", "TCDScheduler", "DDIM CFG++"};
     for (size_t i = 0; i < sizeof unsupported / sizeof unsupported[0]; i++)
         CHECK(sdxl_sched_resolve(unsupported[i], NULL, &c, &e) == SDXL_ERR_UNSUPPORTED &&
                   strstr(e.msg, "not supported") && strstr(e.msg, "closest"),
