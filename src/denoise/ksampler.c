@@ -810,8 +810,8 @@ int sdxl_ksampler_run(sdxl_ksampler *k, float *x, const sdxl_sampler_run_opts *o
         /* A1111: the model's sigma range on a full run; for a partial one the range's first sigma
          * and its last nonzero one */
         float smax = o->start_step == 0 ? k->sigma_max : k->sig[o->start_step];
-        float smin = end == k->steps ? k->sigma_min : k->sig[end];
-        if (!(smin > 0)) smin = k->sig[end - 1];
+        float smin = o->start_step == 0 && end == k->steps ? k->sigma_min : k->sig[end];
+        if (!(smin > 0)) smin = k->sig[end - 1]; /* A1111 img2img: sigma_sched[-2] */
         r = k->c.sampler == SDXL_SAMPLER_DPM_FAST ? dpm_fast(&R, x, smin, smax, end - o->start_step)
                                                   : dpm_adaptive(&R, x, smin, smax);
         k->last_calls = R.calls;

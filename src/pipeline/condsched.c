@@ -69,7 +69,11 @@ int sdxl_pl_condsched_entry(const sdxl_pl_condsched *s, int part, int step) {
 }
 
 int sdxl_pl_condsched_build(sdxl_compute *c, const sdxl_cond_model *m, sdxl_tokenizer *tok,
-                            const sdxl_cond_params *base, int steps, sdxl_pl_condsched *out, sdxl_err *e) {
+                            const sdxl_cond_params *base, int steps, int hr_first_steps, sdxl_pl_condsched *out,
+                            sdxl_err *e) {
+    sdxl_sched_opts so = {steps, 0};
+    const sdxl_sched_opts *sop = hr_first_steps > 0 ? &so : NULL;
+    if (hr_first_steps > 0) steps = hr_first_steps;
     memset(out, 0, sizeof *out);
     sdxl_and_part *parts = NULL;
     int np = 0, st = sdxl_prompt_and_split(base->prompt, &parts, &np, e);
@@ -86,12 +90,12 @@ int sdxl_pl_condsched_build(sdxl_compute *c, const sdxl_cond_model *m, sdxl_toke
     int active = np > 1;
     for (int k = 0; k < np && !st; k++) {
         out->weight[k] = parts[k].weight;
-        st = sdxl_prompt_schedule(parts[k].text, steps, NULL, &out->cond[k], e);
+        st = sdxl_prompt_schedule(parts[k].text, steps, sop, &out->cond[k], e);
         if (!st)
             active |= parts[k].weight != 1.0 || out->cond[k].n > 1 || strcmp(out->cond[k].seg[0].text, base->prompt);
     }
     if (!st && !zero_uncond) {
-        st = sdxl_prompt_schedule(base->negative ? base->negative : "", steps, NULL, &out->uncond, e);
+        st = sdxl_prompt_schedule(base->negative ? base->negative : "", steps, sop, &out->uncond, e);
         if (!st) active |= out->uncond.n > 1 || strcmp(out->uncond.seg[0].text, base->negative ? base->negative : "");
     }
     if (st || !active) goto fail; /* nothing scheduled: the plain path (active stays 0) */

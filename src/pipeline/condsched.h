@@ -22,9 +22,11 @@ typedef struct sdxl_pl_condsched {
 } sdxl_pl_condsched;
 
 /* Builds the table for `base` (prompt, negative, clip skip... as for sdxl_cond_encode) over
- * `steps` schedule steps; leaves out->active 0 when nothing is scheduled. */
+ * `steps` schedule steps (of a hires second pass after hr_first_steps first-pass steps when that
+ * is > 0); leaves out->active 0 when nothing is scheduled. */
 int sdxl_pl_condsched_build(sdxl_compute *c, const sdxl_cond_model *m, sdxl_tokenizer *tok,
-                            const sdxl_cond_params *base, int steps, sdxl_pl_condsched *out, sdxl_err *e);
+                            const sdxl_cond_params *base, int steps, int hr_first_steps, sdxl_pl_condsched *out,
+                            sdxl_err *e);
 void sdxl_pl_condsched_free(sdxl_pl_condsched *s);
 /* Entry of AND part `part` (or of the uncond when part < 0) at 0-based model step `step`. */
 int sdxl_pl_condsched_entry(const sdxl_pl_condsched *s, int part, int step);

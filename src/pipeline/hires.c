@@ -204,7 +204,7 @@ int sdxl_pl_hires(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile int
     }
     sdxl_pl_result r1;
     SDXL_INFO(log, "hires: first pass %dx%d, %s upscale to %dx%d", W, H, latent ? "latent" : "pixel", tw, th);
-    st = sdxl_pl_generate_lat(m, &p1, NULL, lat1, cancel, tr, log, &r1, e);
+    st = sdxl_pl_generate_lat(m, &p1, NULL, lat1, 0, cancel, tr, log, &r1, e);
     if (st) {
         free(lat1), free(lat2);
         return sdxl_err_prefix(e, "hires first pass");
@@ -229,7 +229,7 @@ int sdxl_pl_hires(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile int
                                   lat2 + (size_t)i * n2 + (size_t)c * (n2 / 4), th / 8, tw / 8, kind))
                     st = sdxl_seterr(e, SDXL_ERR_NOMEM, "hires: out of memory upscaling the latents");
         sdxl_pl_result_free(&r1);
-        if (!st) st = sdxl_pl_generate_lat(m, &p2, lat2, NULL, cancel, tr, log, out, e);
+        if (!st) st = sdxl_pl_generate_lat(m, &p2, lat2, NULL, p1.steps, cancel, tr, log, out, e);
     } else {
         /* one img2img per image: each has its own init image and seed */
         out->img = calloc((size_t)n_img, sizeof *out->img);
@@ -244,7 +244,7 @@ int sdxl_pl_hires(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile int
             pi.init_image = up, pi.init_width = tw, pi.init_height = th;
             pi.seed = r1.img[i].seed, pi.batch_count = 1, pi.batch_size = 0;
             sdxl_pl_result ri;
-            if (st || (st = sdxl_pl_generate_lat(m, &pi, NULL, NULL, cancel, tr, log, &ri, e))) break;
+            if (st || (st = sdxl_pl_generate_lat(m, &pi, NULL, NULL, p1.steps, cancel, tr, log, &ri, e))) break;
             out->img[i] = ri.img[0];
             memset(&ri.img[0], 0, sizeof ri.img[0]);
             out->n = i + 1;

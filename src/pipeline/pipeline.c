@@ -194,6 +194,7 @@ typedef struct req {
     int n_images;
     int refine;        /* refiner stage runs */
     int stochastic;
+    int hr_first;      /* > 0: a hires second pass after this many first-pass steps (prompt schedules) */
 } req;
 
 /* The model's prediction type and schedule, or the request's overrides. */
@@ -444,7 +445,8 @@ static int encode_stage(sdxl_pl_model *m, const req *r, int refiner, sdxl_cond *
     cp.clip_skip = p->clip_skip ? p->clip_skip : 1;
     if (cancel && *cancel) return sdxl_seterr(e, SDXL_ERR_CANCELLED, "cancelled");
     pthread_mutex_lock(&m->mu);
-    int st = sdxl_pl_condsched_build(m->c, refiner ? &m->ref_cond : &m->base_cond, m->tok, &cp, sched_steps(r), cs, e);
+    int st = sdxl_pl_condsched_build(m->c, refiner ? &m->ref_cond : &m->base_cond, m->tok, &cp, sched_steps(r),
+                                     r->hr_first, cs, e);
     if (!st) st = cs->active ? condsched_first(cs, cd, e) : sdxl_cond_encode(m->c, refiner ? &m->ref_cond : &m->base_cond, m->tok, &cp, cd, e);
     pthread_mutex_unlock(&m->mu);
     if (st) return refiner ? sdxl_err_prefix(e, "refiner") : st; /* the message already names the field */
@@ -779,16 +781,17 @@ static int report(const req *r, sdxl_phase ph, int step, int total, int image0, 
 int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile int *cancel, const sdxl_pl_trace *tr,
                      const sdxl_logger *log, sdxl_pl_result *out, sdxl_err *e) {
     if (p && p->enable_hr) return sdxl_pl_hires(m, p, cancel, tr, log, out, e);
-    return sdxl_pl_generate_lat(m, p, NULL, NULL, cancel, tr, log, out, e);
+    return sdxl_pl_generate_lat(m, p, NULL, NULL, 0, cancel, tr, log, out, e);
 }
 
 int sdxl_pl_generate_lat(sdxl_pl_model *m, const sdxl_gen_params *p, const float *init_lat, float *lat_out,
-                         const volatile int *cancel, const sdxl_pl_trace *tr, const sdxl_logger *log,
-                         sdxl_pl_result *out, sdxl_err *e) {
+                         int hr_first_steps, const volatile int *cancel, const sdxl_pl_trace *tr,
+                         const sdxl_logger *log, sdxl_pl_result *out, sdxl_err *e) {
     memset(out, 0, sizeof *out);
     req r;
     int st = resolve(m, p, &r, e);
     if (st) return st;
+    r.hr_first = hr_first_steps;
     double t0 = now_s();
     if (r.p.n_threads > 0) sdxl_threads_set(r.p.n_threads);
     if (r.p.seed < 0) r.p.seed = (int64_t)random_seed();

@@ -85,10 +85,11 @@ int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile 
 
 /* sdxl_pl_generate with latents in or out: init_lat ([n_images, 4, h, w], NCHW) replaces the init
  * image (img2img from these clean latents, noised by each generator's first draw); lat_out receives
- * the final latents instead of decoding (out then holds n images without pixels). */
+ * the final latents instead of decoding (out then holds n images without pixels). hr_first_steps > 0
+ * marks a hires second pass (prompt-edit steps count on from that many first-pass steps). */
 int sdxl_pl_generate_lat(sdxl_pl_model *m, const sdxl_gen_params *p, const float *init_lat, float *lat_out,
-                         const volatile int *cancel, const sdxl_pl_trace *tr, const sdxl_logger *log,
-                         sdxl_pl_result *out, sdxl_err *e);
+                         int hr_first_steps, const volatile int *cancel, const sdxl_pl_trace *tr,
+                         const sdxl_logger *log, sdxl_pl_result *out, sdxl_err *e);
 
 /* ---- hires fix (hires.c) ------------------------------------------------------------------- */
 
