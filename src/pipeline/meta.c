@@ -66,7 +66,7 @@ int sdxl_pl_infotext(const sdxl_pl_model *m, const sdxl_gen_params *p, int width
         (p->negative_prompt && (st = sdxl_genmeta_set_str(&g.negative_prompt, p->negative_prompt, e))) ||
         /* the diffusers dialect keeps the caller's class name so that the text alone reproduces the path */
         (st = sdxl_genmeta_set_str(&g.sampler, !ch.kdiffusion && p->sampler && *p->sampler ? p->sampler
-                                               : tr && tr->a1111 ? tr->a1111 : sdxl_sampler_name(ch.sampler), e)) ||
+                                               : tr && tr->a1111 && *tr->a1111 ? tr->a1111 : sdxl_sampler_name(ch.sampler), e)) ||
         (st = sdxl_genmeta_set_str(&g.schedule,
                                    (unsigned)ch.schedule < SDXL_SCHEDULE_COUNT ? A1111_SCHEDULE[ch.schedule]
                                                                                : "Automatic",
