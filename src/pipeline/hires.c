@@ -178,16 +178,22 @@ static void nearest_u8(const uint8_t *src, int w, int h, uint8_t *dst, int W, in
     }
 }
 
-int sdxl_pl_hires(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile int *cancel, const sdxl_pl_trace *tr,
-                  const sdxl_logger *log, sdxl_pl_result *out, sdxl_err *e) {
-    memset(out, 0, sizeof *out);
-    int kind, st = upscaler_kind(p->hr_upscaler, &kind, e);
+int sdxl_pl_hires_check(const sdxl_gen_params *p, int w, int h, sdxl_err *e) {
+    int kind, tw, th, st = upscaler_kind(p->hr_upscaler, &kind, e);
     if (st) return st;
     if (p->init_image) return sdxl_seterr(e, SDXL_ERR_ARG, "enable_hr: hires fix is a txt2img option (no init image)");
     if (!isfinite(p->hr_denoising_strength) || p->hr_denoising_strength <= 0 || p->hr_denoising_strength > 1)
         return sdxl_seterr(e, SDXL_ERR_ARG, "hr_denoising_strength: must be in (0, 1], got %g", p->hr_denoising_strength);
     if (p->hr_second_pass_steps < 0 || p->hr_second_pass_steps > 1000)
         return sdxl_seterr(e, SDXL_ERR_ARG, "hr_second_pass_steps: must be 0..1000, got %d", p->hr_second_pass_steps);
+    return sdxl_pl_hires_size(p, w, h, &tw, &th, e);
+}
+
+int sdxl_pl_hires(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile int *cancel, const sdxl_pl_trace *tr,
+                  const sdxl_logger *log, sdxl_pl_result *out, sdxl_err *e) {
+    memset(out, 0, sizeof *out);
+    int kind, st = upscaler_kind(p->hr_upscaler, &kind, e);
+    if (st) return st;
     sdxl_gen_params p1 = *p;
     p1.enable_hr = 0;
     if ((st = sdxl_pl_check(m, &p1, e))) return st;

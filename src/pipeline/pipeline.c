@@ -306,6 +306,7 @@ static int resolve(const sdxl_pl_model *m, const sdxl_gen_params *in, req *r, sd
     if ((st = prediction_of(m, p, &r->sc, e))) return st;
     if ((st = sdxl_sampler_config_check(&r->sc, e))) return sdxl_err_prefix(e, "sampler");
     r->stochastic = sdxl_sampler_config_draws_noise(&r->sc);
+    if (p->enable_hr && (st = sdxl_pl_hires_check(p, p->width, p->height, e))) return st;
     r->W = p->width;
     r->H = p->height;
     r->h = p->height / 8;

@@ -97,6 +97,8 @@ int sdxl_pl_generate_lat(sdxl_pl_model *m, const sdxl_gen_params *p, const float
  * second pass at the target size. The images carry the whole request's metadata. */
 int sdxl_pl_hires(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile int *cancel, const sdxl_pl_trace *tr,
                   const sdxl_logger *log, sdxl_pl_result *out, sdxl_err *e);
+/* Field-named validation of the hires fields for a first pass of w x h. */
+int sdxl_pl_hires_check(const sdxl_gen_params *p, int w, int h, sdxl_err *e);
 /* Target size of a hires request (A1111: width x scale, or hr_resize_x/y; multiples of 8). */
 int sdxl_pl_hires_size(const sdxl_gen_params *p, int w, int h, int *tw, int *th, sdxl_err *e);
 

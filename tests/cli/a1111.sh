@@ -50,6 +50,10 @@ size=$(od -An -tu1 -j16 -N8 "$W/hr_lz.png" | tr -s ' ' | sed 's/^ //')
 "$SDXL" generate $C --from "$W/hr_lz.png" -o "$W/hr_lz2.png" && cmp -s "$W/hr_lz.png" "$W/hr_lz2.png" \
     && ok "--from reproduces the Lanczos hires PNG" || bad "--from Lanczos hires differs"
 
+"$SDXL" generate -m "$W/none.safetensors" -p x -W 64 -H 64 --hr-upscaler ESRGAN_4x -o "$W/bad.png" 2> "$W/err.txt"
+[ $? -eq 2 ] && grep -q "hr_upscaler" "$W/err.txt" && ok "unknown upscaler refused before the model loads" \
+    || bad "unknown upscaler: $(cat "$W/err.txt")"
+
 # 3. A1111 sampler names run the k-diffusion path, with their own names in the infotext
 for s in "DPM fast" "DPM adaptive" "DPM++ 2M SDE Heun"; do
     "$SDXL" generate $C -W 64 -H 64 --steps 3 -s 1 -p x --sampler "$s" -o "$W/s.png" \
