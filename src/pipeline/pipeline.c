@@ -602,6 +602,9 @@ static int model_cb(void *user, const float *x_in, size_t n, double t, double si
             float wk = (float)(s->cs->weight[k] * (double)r->p.cfg_scale);
             for (size_t i = 0; i < n; i++) eps[i] += (ck[i] - u[i]) * wk;
         }
+        if (r->p.guidance_rescale > 0) /* against the first part's prediction */
+            for (int b = 0; b < B; b++)
+                rescale_cfg(eps + (size_t)b * s->n_per, s->out + n + (size_t)b * s->n_per, s->n_per, r->p.guidance_rescale);
         return SDXL_OK;
     }
     if (!s->cfg) {
