@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "pipeline/pipeline.h"
 #include "io/image.h"
 #include "io/json.h"
 #include "sdxl.h"
@@ -63,6 +64,18 @@ static int usage(FILE *out) {
             "      --refiner-switch X     fraction of the schedule the base runs (default 0.8)\n"
             "      --aesthetic-score X    refiner conditioning (default 6.0)\n"
             "      --negative-aesthetic-score X  (default 2.5)\n"
+            "      --prediction eps|v|auto  model output type (default auto: the model's v_pred marker)\n"
+            "      --zero-terminal-snr 0|1  override the model's ztsnr marker\n"
+            "hires fix (A1111 two-pass: a first pass at -W x -H, upscale, img2img at the target size):\n"
+            "      --hr                   enable it (any --hr-scale/--hr-resize/--hr-upscaler does too)\n"
+            "      --hr-scale X           upscale factor (default 2)\n"
+            "      --hr-resize WxH        target size instead of the scale\n"
+            "      --hr-steps N           second-pass steps (default: --steps)\n"
+            "      --hr-denoising-strength X  (default 0.7)\n"
+            "      --hr-upscaler NAME     Latent (default), \"Latent (antialiased)\", \"Latent (bicubic)\",\n"
+            "                             \"Latent (bicubic antialiased)\", \"Latent (nearest)\",\n"
+            "                             \"Latent (nearest-exact)\", Lanczos, Nearest\n"
+            "      --hr-sampler NAME, --hr-schedule NAME, --hr-prompt TEXT, --hr-negative-prompt TEXT\n"
             "img2img / inpaint:\n"
             "  -i, --init-img PATH        PNG/JPEG/WebP init image\n"
             "      --strength X           0 < X <= 1 (default 0.75)\n"
@@ -176,9 +189,27 @@ static int load_from(sdxl_ctx *ctx, opts *o) {
         fprintf(stderr, "sdxl generate: --from: %s\n", e.msg);
         return EXIT_FAIL;
     }
+    if (!meta.request && meta.parameters) {
+        /* an image from A1111/Forge: its infotext alone */
+        char warn[2048], stem[256];
+        const char *base = o->mp.base ? o->mp.base : "";
+        const char *sl = strrchr(base, '/');
+        snprintf(stem, sizeof stem, "%s", sl ? sl + 1 : base);
+        char *dot = strrchr(stem, '.');
+        if (dot && !strcmp(dot, ".safetensors")) *dot = 0;
+        int rc = sdxl_pl_params_from_infotext(meta.parameters, strlen(meta.parameters), *stem ? stem : NULL, &o->g,
+                                              &o->from_storage, warn, sizeof warn, &e);
+        sdxl_image_meta_free(&meta);
+        if (rc) {
+            fprintf(stderr, "sdxl generate: --from %s: %s\n", o->from, e.msg);
+            return EXIT_FAIL;
+        }
+        if (*warn) fprintf(stderr, "sdxl generate: warning: --from %s: ignored: %s\n", o->from, warn);
+        return 0;
+    }
     if (!meta.request) {
         sdxl_image_meta_free(&meta);
-        fprintf(stderr, "sdxl generate: --from %s: no sdxl request metadata in the image\n", o->from);
+        fprintf(stderr, "sdxl generate: --from %s: no generation metadata in the image\n", o->from);
         return EXIT_FAIL;
     }
     int st = sdxl_gen_params_from_json(ctx, meta.request, strlen(meta.request), &o->g, &o->from_storage);
@@ -203,6 +234,7 @@ static int parse_args(int argc, char **argv, opts *o) {
     } while (0)
 #define IS(x) (!strcmp(a, x))
         if (IS("--json")) o->json = 1;
+        else if (IS("--hr")) o->g.enable_hr = 1;
         else if (IS("-q") || IS("--quiet")) o->quiet = 1;
         else if (IS("-v") || IS("--verbose")) o->verbose = 1;
         else if (IS("--from")) { NEXT(); i++; }
@@ -308,7 +340,19 @@ static int parse_args(int argc, char **argv, opts *o) {
                     fprintf(stderr, "sdxl generate: unknown option \"%s\" (see sdxl generate --help)\n", a);
                     return -1;
                 }
-            } else if (IS("-o") || IS("--output")) o->output = v;
+            }
+            else if (IS("--prediction")) g->prediction = v;
+            else if (IS("--zero-terminal-snr")) r = parse_int(a, v, 0, 1, &g->zero_terminal_snr);
+            else if (IS("--hr-scale")) r = parse_float(a, v, &g->hr_scale), g->enable_hr = 1;
+            else if (IS("--hr-resize")) r = parse_pair(a, v, 'x', &g->hr_resize_x, &g->hr_resize_y), g->enable_hr = 1;
+            else if (IS("--hr-steps")) r = parse_int(a, v, 0, 1000000, &g->hr_second_pass_steps);
+            else if (IS("--hr-denoising-strength")) r = parse_float(a, v, &g->hr_denoising_strength);
+            else if (IS("--hr-upscaler")) g->hr_upscaler = v, g->enable_hr = 1;
+            else if (IS("--hr-sampler")) g->hr_sampler = v;
+            else if (IS("--hr-schedule")) g->hr_schedule = v;
+            else if (IS("--hr-prompt")) g->hr_prompt = v;
+            else if (IS("--hr-negative-prompt")) g->hr_negative_prompt = v;
+            else if (IS("-o") || IS("--output")) o->output = v;
             else if (IS("-t") || IS("--threads")) r = parse_int(a, v, 0, 4096, &o->threads);
             else {
                 fprintf(stderr, "sdxl generate: unknown option \"%s\" (see sdxl generate --help)\n", a);
@@ -426,6 +470,8 @@ int cmd_generate(int argc, char **argv) {
     sdxl_result *r = NULL;
     char **paths = NULL;
     int n_paths = 0;
+    for (int i = 1; o.from && i + 1 < argc; i++) /* the model named in the metadata is checked against -m */
+        if (!strcmp(argv[i], "-m") || !strcmp(argv[i], "--model")) o.mp.base = argv[i + 1];
     if (o.from && (rc = load_from(ctx, &o))) goto out;
     rc = EXIT_USAGE;
     if (parse_args(argc, argv, &o)) goto out;

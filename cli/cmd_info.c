@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 
 #include "cli.h"
+#include "io/prediction.h"
 #include "decode/vae.h"
 #include "denoise/unet.h"
 #include "io/checkpoint.h"
@@ -216,7 +217,14 @@ static void print_ckpt(FILE *o, const sdxl_ckpt *c, const net_configs *nc, int j
     if (json) {
         fputs("},\"config\":{", o);
         print_configs(o, nc, 1);
-        fprintf(o, "},\"total_parameters\":%" PRIu64 ",\"other_tensors\":[", total);
+        sdxl_prediction pr;
+        sdxl_err pe = {0};
+        if (sdxl_ckpt_prediction(c, &pr, &pe) == SDXL_OK)
+            fprintf(o, "},\"prediction\":\"%s\",\"zero_terminal_snr\":%s,\"prediction_source\":\"%s\"", pr.v_pred ? "v" : "epsilon",
+                    pr.ztsnr ? "true" : "false", pr.source);
+        else
+            fputs("}", o);
+        fprintf(o, ",\"total_parameters\":%" PRIu64 ",\"other_tensors\":[", total);
         for (size_t i = 0; i < sdxl_ckpt_other_count(c); i++) {
             fputs(i ? "," : "", o);
             jstr(o, sdxl_ckpt_other_at(c, i)->name);
@@ -230,6 +238,13 @@ static void print_ckpt(FILE *o, const sdxl_ckpt *c, const net_configs *nc, int j
         return;
     }
     fprintf(o, "total parameters: %s\n", grouped(g, sizeof g, total));
+    sdxl_prediction pr;
+    sdxl_err pe = {0};
+    if (sdxl_ckpt_prediction(c, &pr, &pe) == SDXL_OK)
+        fprintf(o, "prediction: %s%s (%s)\n", pr.v_pred ? "v" : "epsilon", pr.ztsnr ? ", zero terminal SNR" : "",
+                pr.source);
+    else
+        fprintf(o, "prediction: %s\n", pe.msg);
     print_configs(o, nc, 0);
     if (sdxl_ckpt_other_count(c)) {
         fprintf(o, "tensors outside every part (ignored): %zu\n", sdxl_ckpt_other_count(c));

@@ -7,14 +7,19 @@
 #include "cli.h"
 #include "io/json.h"
 #include "text/prompt.h"
+#include "text/prompt_schedule.h"
 #include "text/tokenizer.h"
 
 static int usage(FILE *out) {
     fprintf(out,
             "usage: sdxl tokenize [--json] [--max-bytes N] [--no-emphasis] PROMPT\n"
+            "       sdxl tokenize --steps N [--hires-steps M] [--old-scheduling] PROMPT\n"
             "  prints the CLIP ids and BPE pieces of PROMPT for tokenizer 1 (CLIP-L, pads with 49407) and\n"
             "  tokenizer 2 (OpenCLIP-bigG, pads with 0), then the A1111 chunks (75 tokens each, with\n"
-            "  per-token weights) and <lora:...> tags when the prompt uses that syntax.\n");
+            "  per-token weights) and <lora:...> tags when the prompt uses that syntax.\n"
+            "  With --steps: the A1111 prompt schedule over N steps (prompt editing [a:b:when], alternation\n"
+            "  [a|b]), one line per segment: END_STEP<TAB>TEXT; AND parts are introduced by '# part K weight W'.\n"
+            "  --hires-steps M gives the schedule of a hires second pass of M steps after N first-pass steps.\n");
     return out == stdout ? 0 : 2;
 }
 
@@ -44,8 +49,45 @@ static void print_window(const int32_t *w, const float *weights, int json) {
     for (int i = 0; i < SDXL_TOK_CTX; i++) printf(json ? "%s%.6g" : "%s%.4g", i ? (json ? "," : " ") : "", weights[i]);
 }
 
+/* One line per schedule segment; AND parts each under a "# part" header when there are several. */
+static int print_schedule(const char *prompt, int steps, int hires, int old) {
+    sdxl_err e = {0};
+    sdxl_and_part *parts = NULL;
+    int np = 0;
+    if (sdxl_prompt_and_split(prompt, &parts, &np, &e)) {
+        fprintf(stderr, "sdxl tokenize: %s\n", e.msg);
+        return 1;
+    }
+    sdxl_sched_opts o = {hires, old};
+    int rc = 0;
+    for (int k = 0; k < np && !rc; k++) {
+        sdxl_prompt_sched s;
+        if (sdxl_prompt_schedule(parts[k].text, steps, &o, &s, &e)) {
+            fprintf(stderr, "sdxl tokenize: %s\n", e.msg);
+            rc = 1;
+            break;
+        }
+        if (np > 1 || parts[k].weight != 1.0) printf("# part %d weight %.17g\n", k + 1, parts[k].weight);
+        for (int i = 0; i < s.n; i++) printf("%d\t%s\n", s.seg[i].end_step, s.seg[i].text);
+        sdxl_prompt_sched_free(&s);
+    }
+    sdxl_prompt_and_free(parts, np);
+    return rc;
+}
+
+static int parse_count(const char *flag, const char *v, int *out) {
+    char *end;
+    long x = strtol(v, &end, 10);
+    if (*end || x < 1 || x > 100000) {
+        fprintf(stderr, "sdxl tokenize: %s: must be an integer in 1..100000, got \"%s\"\n", flag, v);
+        return 2;
+    }
+    *out = (int)x;
+    return 0;
+}
+
 int cmd_tokenize(int argc, char **argv) {
-    int json = 0, emphasis = 1;
+    int json = 0, emphasis = 1, steps = 0, hires = 0, old = 0;
     size_t max_bytes = 0;
     const char *prompt = NULL;
     for (int i = 1; i < argc; i++) {
@@ -53,6 +95,13 @@ int cmd_tokenize(int argc, char **argv) {
             json = 1;
         else if (!strcmp(argv[i], "--no-emphasis"))
             emphasis = 0;
+        else if (!strcmp(argv[i], "--old-scheduling"))
+            old = 1;
+        else if ((!strcmp(argv[i], "--steps") || !strcmp(argv[i], "--hires-steps")) && i + 1 < argc) {
+            int r = parse_count(argv[i], argv[i + 1], !strcmp(argv[i], "--steps") ? &steps : &hires);
+            if (r) return r;
+            i++;
+        }
         else if (!strcmp(argv[i], "--max-bytes") && i + 1 < argc) {
             char *end;
             unsigned long long v = strtoull(argv[++i], &end, 10);
@@ -74,6 +123,11 @@ int cmd_tokenize(int argc, char **argv) {
         }
     }
     if (!prompt) return usage(stderr);
+    if (hires && !steps) {
+        fprintf(stderr, "sdxl tokenize: --hires-steps needs --steps (the first pass's steps)\n");
+        return 2;
+    }
+    if (steps) return print_schedule(prompt, steps, hires, old);
     sdxl_err e = {0};
     sdxl_tokenizer *tok = NULL;
     if (sdxl_tokenizer_new(&tok, &e) != SDXL_OK) {

@@ -268,6 +268,20 @@ typedef struct sdxl_gen_params {
     int n_control_dirs;
     sdxl_progress_fn progress;
     void *progress_user;
+    /* A1111 parity: model prediction overrides and hires fix (two-pass generation) */
+    const char *prediction;        /* NULL/"auto" (default): the model's (v_pred marker, scheduler config); "eps" or "v" */
+    int zero_terminal_snr;         /* -1 (default): the model's (ztsnr marker, rescale_betas_zero_snr); 0 or 1 */
+    int enable_hr;                 /* 1: A1111 hires fix, an img2img second pass at the upscaled size */
+    float hr_scale;                /* default 2; ignored when hr_resize_x/y are set */
+    int hr_resize_x, hr_resize_y;  /* target size (multiples of 8); 0 = from hr_scale (one 0: keep the aspect) */
+    int hr_second_pass_steps;      /* 0 (default) = steps */
+    float hr_denoising_strength;   /* default 0.7 */
+    const char *hr_upscaler;       /* "Latent" (default), "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic
+                                      antialiased)", "Latent (nearest)", "Latent (nearest-exact)", "Lanczos", "Nearest" */
+    const char *hr_sampler;        /* NULL = sampler */
+    const char *hr_schedule;       /* NULL = schedule */
+    const char *hr_prompt;         /* NULL = prompt */
+    const char *hr_negative_prompt;/* NULL = negative_prompt */
 } sdxl_gen_params;
 
 void sdxl_gen_params_init(sdxl_gen_params *p);

@@ -1,5 +1,7 @@
 #include "denoise/registry.h"
 
+#include "denoise/ksampler.h"
+
 #include <ctype.h>
 #include <math.h>
 #include <stdio.h>
@@ -17,6 +19,8 @@ static const sdxl_sched_alias ALIASES[] = {
     {"a1111", "DPM++ 2M SDE", S(DPMPP_2M_SDE), D}, {"a1111", "DPM++ SDE", S(DPMPP_SDE), D},
     {"a1111", "LCM", S(LCM), D}, {"a1111", "UniPC", S(UNIPC), D}, {"a1111", "DDPM", S(DDPM), D},
     {"a1111", "DPM++ 2S a", S(DPMPP_2S_A), D}, {"a1111", "DPM++ 3M SDE", S(DPMPP_3M_SDE), D},
+    {"a1111", "DPM++ 2M SDE Heun", S(DPMPP_2M_SDE_HEUN), D}, {"a1111", "DPM fast", S(DPM_FAST), D},
+    {"a1111", "DPM adaptive", S(DPM_ADAPTIVE), D},
     /* A1111 legacy combined names */
     {"a1111-legacy", "Euler Karras", S(EULER), SDXL_SCHEDULE_KARRAS},
     {"a1111-legacy", "LMS Karras", S(LMS), SDXL_SCHEDULE_KARRAS},
@@ -32,6 +36,8 @@ static const sdxl_sched_alias ALIASES[] = {
     {"a1111-legacy", "DPM++ 2S a Karras", S(DPMPP_2S_A), SDXL_SCHEDULE_KARRAS},
     {"a1111-legacy", "DPM++ 3M SDE Karras", S(DPMPP_3M_SDE), SDXL_SCHEDULE_KARRAS},
     {"a1111-legacy", "DPM++ 3M SDE Exponential", S(DPMPP_3M_SDE), SDXL_SCHEDULE_EXPONENTIAL},
+    {"a1111-legacy", "DPM++ 2M SDE Heun Karras", S(DPMPP_2M_SDE_HEUN), SDXL_SCHEDULE_KARRAS},
+    {"a1111-legacy", "DPM++ 2M SDE Heun Exponential", S(DPMPP_2M_SDE_HEUN), SDXL_SCHEDULE_EXPONENTIAL},
     /* k-diffusion function aliases */
     {"k-diffusion", "k_euler", S(EULER), D}, {"k-diffusion", "k_euler_a", S(EULER_A), D},
     {"k-diffusion", "k_euler_ancestral", S(EULER_A), D}, {"k-diffusion", "k_heun", S(HEUN), D},
@@ -40,6 +46,8 @@ static const sdxl_sched_alias ALIASES[] = {
     {"k-diffusion", "k_dpmpp_2m", S(DPMPP_2M), D}, {"k-diffusion", "k_dpmpp_2m_sde", S(DPMPP_2M_SDE), D},
     {"k-diffusion", "k_dpmpp_sde", S(DPMPP_SDE), D}, {"k-diffusion", "k_dpmpp_2s_a", S(DPMPP_2S_A), D},
     {"k-diffusion", "k_dpmpp_2s_ancestral", S(DPMPP_2S_A), D}, {"k-diffusion", "k_dpmpp_3m_sde", S(DPMPP_3M_SDE), D},
+    {"k-diffusion", "k_dpmpp_2m_sde_heun", S(DPMPP_2M_SDE_HEUN), D}, {"k-diffusion", "k_dpm_fast", S(DPM_FAST), D},
+    {"k-diffusion", "k_dpm_ad", S(DPM_ADAPTIVE), D}, {"k-diffusion", "k_dpm_adaptive", S(DPM_ADAPTIVE), D},
     /* ComfyUI sampler names */
     {"comfyui", "euler", S(EULER), D}, {"comfyui", "euler_ancestral", S(EULER_A), D},
     {"comfyui", "heun", S(HEUN), D}, {"comfyui", "dpm_2", S(DPM2), D}, {"comfyui", "dpm_2_ancestral", S(DPM2_A), D},
@@ -50,6 +58,11 @@ static const sdxl_sched_alias ALIASES[] = {
     {"comfyui", "uni_pc", S(UNIPC), D}, {"comfyui", "uni_pc_bh2", S(UNIPC), D}, {"comfyui", "deis", S(DEIS), D},
     {"comfyui", "sa_solver", S(SA_SOLVER), D}, {"comfyui", "dpmpp_2s_ancestral", S(DPMPP_2S_A), D},
     {"comfyui", "dpmpp_3m_sde", S(DPMPP_3M_SDE), D}, {"comfyui", "dpmpp_3m_sde_gpu", S(DPMPP_3M_SDE), D},
+    {"comfyui", "dpmpp_2m_sde_heun", S(DPMPP_2M_SDE_HEUN), D}, {"comfyui", "dpmpp_2m_sde_heun_gpu", S(DPMPP_2M_SDE_HEUN), D},
+    {"comfyui", "dpm_fast", S(DPM_FAST), D}, {"comfyui", "dpm_adaptive", S(DPM_ADAPTIVE), D},
+    {"comfyui", "ipndm", S(IPNDM), D}, {"comfyui", "heunpp2", S(HEUNPP2), D},
+    {"comfyui", "gradient_estimation", S(GRADIENT_ESTIMATION), D}, {"comfyui", "res_multistep", S(RES_MULTISTEP), D},
+    {"comfyui", "er_sde", S(ER_SDE), D}, {"a1111", "HeunPP2", S(HEUNPP2), D}, {"sd.cpp", "ipndm", S(IPNDM), D},
     /* diffusers scheduler classes */
     {"diffusers", "EulerDiscreteScheduler", S(EULER), D},
     {"diffusers", "EulerAncestralDiscreteScheduler", S(EULER_A), D},
@@ -153,6 +166,8 @@ static int find_sampler(const char *n, sdxl_sched_choice *out) {
         if (!strcmp(n, m)) {
             out->sampler = ALIASES[i].sampler;
             out->schedule = ALIASES[i].schedule;
+            /* every dialect but diffusers' names k-diffusion's loops (A1111, ComfyUI, sd.cpp) */
+            out->kdiffusion = strcmp(ALIASES[i].dialect, "diffusers") && sdxl_ksampler_supports(out->sampler);
             return 1;
         }
     }
@@ -202,15 +217,10 @@ static int parse_inline_config(const char *name, sdxl_sched_choice *out, sdxl_er
 static const struct {
     const char *dialect, *name;
 } KNOWN_UNSUPPORTED[] = {
-    {"a1111", "DPM fast"}, {"a1111", "DPM adaptive"}, {"a1111", "Restart"}, {"a1111", "DPM++ 2M SDE Heun"},
-    {"a1111", "DPM++ 2M SDE Heun Karras"}, {"a1111", "DPM++ 2M SDE Heun Exponential"}, {"a1111", "DDIM CFG++"},
-    {"a1111", "Euler CFG++"}, {"a1111", "HeunPP2"},
-    {"k-diffusion", "k_dpm_fast"}, {"k-diffusion", "k_dpm_adaptive"}, {"k-diffusion", "k_dpmpp_2m_sde_heun"},
-    {"comfyui", "dpm_fast"}, {"comfyui", "dpm_adaptive"}, {"comfyui", "heunpp2"}, {"comfyui", "euler_cfg_pp"},
+    {"a1111", "Restart"}, {"a1111", "DDIM CFG++"}, {"a1111", "Euler CFG++"}, {"comfyui", "euler_cfg_pp"},
     {"comfyui", "euler_ancestral_cfg_pp"}, {"comfyui", "dpmpp_2s_ancestral_cfg_pp"}, {"comfyui", "dpmpp_2m_cfg_pp"},
-    {"comfyui", "ipndm"}, {"comfyui", "ipndm_v"}, {"comfyui", "res_multistep"}, {"comfyui", "res_multistep_cfg_pp"},
-    {"comfyui", "res_multistep_ancestral"}, {"comfyui", "gradient_estimation"}, {"comfyui", "er_sde"},
-    {"comfyui", "seeds_2"}, {"comfyui", "seeds_3"}, {"comfyui", "dpmpp_2m_sde_heun"},
+    {"comfyui", "ipndm_v"}, {"comfyui", "res_multistep_cfg_pp"}, {"comfyui", "res_multistep_ancestral"},
+    {"comfyui", "seeds_2"}, {"comfyui", "seeds_3"},
     {"diffusers", "EDMEulerScheduler"}, {"diffusers", "EDMDPMSolverMultistepScheduler"}, {"diffusers", "TCDScheduler"},
     {"diffusers", "IPNDMScheduler"}, {"diffusers", "KarrasVeScheduler"}, {"diffusers", "ScoreSdeVeScheduler"},
     {"diffusers", "CMStochasticIterativeScheduler"}, {"diffusers", "DDIMInverseScheduler"},
@@ -219,7 +229,7 @@ static const struct {
     {"diffusers", "FlowMatchHeunDiscreteScheduler"}, {"diffusers", "RePaintScheduler"}, {"diffusers", "UnCLIPScheduler"},
     {"diffusers", "VQDiffusionScheduler"}, {"diffusers", "DDPMWuerstchenScheduler"}, {"diffusers", "AmusedScheduler"},
     {"diffusers", "CosineDPMSolverMultistepScheduler"},
-    {"sd.cpp", "ipndm"}, {"sd.cpp", "ipndm_v"}, {"sd.cpp", "tcd"},
+    {"sd.cpp", "ipndm_v"}, {"sd.cpp", "tcd"},
 };
 
 static const char *known_unsupported(const char *n) {
@@ -299,7 +309,7 @@ int sdxl_sched_resolve(const char *sampler, const char *schedule, sdxl_sched_cho
         if (k == SDXL_SCHEDULE_KARRAS) {
             char n[64];
             norm(schedule, n, sizeof n);
-            if (!strcmp(n, "usekarrassigmas")) out->diffusers_karras = 1;
+            if (!strcmp(n, "usekarrassigmas")) out->diffusers_karras = 1, out->kdiffusion = 0;
         }
     }
     return SDXL_OK;
@@ -353,6 +363,23 @@ static const sdxl_sampler_traits TRAITS[SDXL_SAMPLER_COUNT] = {
      5.0, 0, 1, 1, "k-diffusion's ancestral singlestep DPM-Solver++(2S): two calls per step, fresh noise each step"},
     {S(DPMPP_3M_SDE), "dpmpp_3m_sde", "DPM++ 3M SDE", "dpmpp_3m_sde", "", 1, 3, SDE, SDXL_SCHEDULE_EXPONENTIAL, 30,
      10, 0, 0, 5.0, 0, 1, 1, "third-order multistep SDE: one call per step, wants 30+ steps and an exponential schedule"},
+    {S(DPMPP_2M_SDE_HEUN), "dpmpp_2m_sde_heun", "DPM++ 2M SDE Heun", "dpmpp_2m_sde_heun", "", 1, 2, SDE,
+     SDXL_SCHEDULE_EXPONENTIAL, 30, 10, 0, 0, 5.0, 0, 1, 1,
+     "2M SDE with the Heun-type second-order correction instead of the midpoint one (k-diffusion only)"},
+    {S(DPM_FAST), "dpm_fast", "DPM fast", "dpm_fast", "", 1, 3, DET, D, 30, 10, 0, 0, 5.0, 0, 1, 1,
+     "DPM-Solver-fast: orders 3,3,..,2,1 over evenly spaced log-sigma, exactly `steps` calls (k-diffusion only)"},
+    {S(DPM_ADAPTIVE), "dpm_adaptive", "DPM adaptive", "dpm_adaptive", "", 3, 3, DET, D, 30, 0, 0, 0, 5.0, 0, 0, 1,
+     "DPM-Solver-23 with a step-size controller (rtol 0.05, atol 0.0078): ignores the step count, calls vary"},
+    {S(IPNDM), "ipndm", "", "ipndm", "", 1, 4, DET, D, 20, 8, 0, 0, 5.0, 0, 1, 1,
+     "improved PNDM: Adams-Bashforth in sigma up to order 4 on past derivatives, one call per step"},
+    {S(HEUNPP2), "heunpp2", "HeunPP2", "heunpp2", "", 3, 3, DET, D, 15, 6, 0, 0, 5.0, 0, 1, 1,
+     "Heun++: three calls per step, derivatives weighted by sigma/(3 sigma_max); costly, accurate"},
+    {S(GRADIENT_ESTIMATION), "gradient_estimation", "", "gradient_estimation", "", 1, 2, DET, D, 20, 8, 0, 0, 5.0, 0,
+     1, 1, "Euler plus a gradient-estimation correction (gamma 2) from the previous derivative"},
+    {S(RES_MULTISTEP), "res_multistep", "", "res_multistep", "", 1, 2, DET, D, 20, 8, 0, 0, 5.0, 0, 1, 1,
+     "RES: second-order multistep exponential integrator, one call per step"},
+    {S(ER_SDE), "er_sde", "", "er_sde", "", 1, 3, SDE, D, 30, 10, 0, 0, 5.0, 0, 1, 1,
+     "extended reverse-time SDE solver, 3 stages: stochastic, good detail at 20-30 steps"},
 };
 
 const sdxl_sampler_traits *sdxl_sampler_traits_get(sdxl_sampler_kind k) {

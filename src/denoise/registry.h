@@ -20,6 +20,7 @@ typedef struct sdxl_sched_choice {
     sdxl_schedule_kind schedule;
     int diffusers_karras; /* the schedule came from diffusers' use_karras_sigmas */
     double eta;           /* -1 when the name does not set it */
+    int kdiffusion;       /* an A1111/ComfyUI/k-diffusion name: k-diffusion's loops on A1111's sigmas */
 } sdxl_sched_choice;
 
 /* Resolves a sampler name, optionally with a separate schedule name (NULL or "" for none;

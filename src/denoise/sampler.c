@@ -3,6 +3,8 @@
  * (scalars are float32 0-dim tensors there, so coefficients are computed in float here). */
 #include "denoise/sampler.h"
 
+#include "denoise/ksampler.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,12 +31,15 @@ struct sdxl_sampler {
     float dt_saved, mid_sigma, bt_d1;
     float h1, h2; /* DPM++ 3M SDE: the last two step sizes in -log(sigma) */
     float *buf[B_COUNT];
+    sdxl_ksampler *k; /* the k-diffusion path: every call below forwards to it */
 };
 
 const char *sdxl_sampler_name(sdxl_sampler_kind k) {
     static const char *const names[SDXL_SAMPLER_COUNT] = {
         "euler", "euler_a", "heun", "dpm2", "dpm2_a", "lms", "ddim", "ddpm", "pndm", "dpmpp_2m", "dpmpp_2m_sde",
-        "dpmpp_2s", "dpmpp_sde", "lcm", "unipc", "deis", "sa_solver", "dpmpp_2s_a", "dpmpp_3m_sde"};
+        "dpmpp_2s", "dpmpp_sde", "lcm", "unipc", "deis", "sa_solver", "dpmpp_2s_a", "dpmpp_3m_sde",
+        "dpmpp_2m_sde_heun", "dpm_fast", "dpm_adaptive", "ipndm", "heunpp2", "gradient_estimation", "res_multistep",
+        "er_sde"};
     return (unsigned)k < SDXL_SAMPLER_COUNT ? names[k] : "?";
 }
 
@@ -96,6 +101,13 @@ int sdxl_sampler_config_check(const sdxl_sampler_config *c, sdxl_err *e) {
         (c->lcm_original_steps < 1 || c->lcm_original_steps > c->train_steps || c->steps > c->lcm_original_steps))
         return sdxl_seterr(e, SDXL_ERR_ARG, "lcm_original_steps: must be in [steps, train_steps], got %d",
                            c->lcm_original_steps);
+    if ((c->kdiffusion || c->zero_terminal_snr) && !sdxl_ksampler_supports(c->sampler))
+        return c->zero_terminal_snr
+                   ? sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "zero_terminal_snr: %s has no k-diffusion (A1111) form, which "
+                                 "a zero-terminal-SNR model needs (Euler, Euler a, DPM++ 2M... have one)",
+                                 sdxl_sampler_name(c->sampler))
+                   : sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "%s has no k-diffusion (A1111) form",
+                                 sdxl_sampler_name(c->sampler));
     if (c->schedule != SDXL_SCHEDULE_DEFAULT && is_alpha_table(c->sampler) &&
         !(c->schedule == SDXL_SCHEDULE_KARRAS && c->diffusers_karras))
         return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "schedule: %s steps on integer timesteps and takes only its own "
@@ -1078,6 +1090,15 @@ int sdxl_sampler_new(const sdxl_sampler_config *c, size_t n, sdxl_sampler **out,
     if (!s) return sdxl_seterr(e, SDXL_ERR_NOMEM, "sampler: out of memory");
     s->c = *c;
     s->n = n;
+    if (s->c.kdiffusion || s->c.zero_terminal_snr || c->sampler >= SDXL_SAMPLER_DPMPP_2M_SDE_HEUN) {
+        s->c.kdiffusion = 1;
+        if ((r = sdxl_ksampler_new(&s->c, n, &s->k, e))) {
+            free(s);
+            return r;
+        }
+        *out = s;
+        return SDXL_OK;
+    }
     if ((r = sdxl_train_table_init(&s->tab, c->train_steps, c->beta_kind, c->beta_start, c->beta_end, e)) ||
         (r = plan(s, e))) {
         free(s);
@@ -1096,11 +1117,13 @@ int sdxl_sampler_new(const sdxl_sampler_config *c, size_t n, sdxl_sampler **out,
 
 void sdxl_sampler_free(sdxl_sampler *s) {
     if (!s) return;
+    sdxl_ksampler_free(s->k);
     for (int k = 0; k < B_COUNT; k++) free(s->buf[k]);
     free(s);
 }
 
 void sdxl_sampler_reset(sdxl_sampler *s) {
+    if (s->k) sdxl_ksampler_reset(s->k);
     s->idx = s->lower_order_nums = s->counter = s->n_hist = s->has_sample = 0;
     s->this_order = s->this_corr_order = s->prev_tau = 0;
     s->h1 = s->h2 = 0;
@@ -1111,6 +1134,7 @@ int sdxl_sampler_config_draws_noise(const sdxl_sampler_config *c) {
     switch (c->sampler) {
     case SDXL_SAMPLER_EULER_A: case SDXL_SAMPLER_DPM2_A: case SDXL_SAMPLER_DDPM: case SDXL_SAMPLER_DPMPP_2M_SDE:
     case SDXL_SAMPLER_DPMPP_SDE: case SDXL_SAMPLER_LCM: case SDXL_SAMPLER_SA_SOLVER: case SDXL_SAMPLER_DPMPP_2S_A:
+    case SDXL_SAMPLER_DPMPP_2M_SDE_HEUN: case SDXL_SAMPLER_ER_SDE:
         return 1;
     case SDXL_SAMPLER_DPMPP_3M_SDE: return c->ancestral_eta > 0;
     case SDXL_SAMPLER_DDIM: return c->eta > 0;
@@ -1129,6 +1153,7 @@ static double level_at_call(const sdxl_sampler *s, int call) {
 }
 
 int sdxl_sampler_run(sdxl_sampler *s, float *x, const sdxl_sampler_run_opts *o, sdxl_err *e) {
+    if (s->k) return sdxl_ksampler_run(s->k, x, o, e);
     int end = o->end_step > 0 ? o->end_step : s->steps;
     if (!o->model) return sdxl_seterr(e, SDXL_ERR_ARG, "model: callback is required");
     if (o->start_step < 0 || o->start_step >= s->steps || end > s->steps || end <= o->start_step)
@@ -1156,6 +1181,11 @@ int sdxl_sampler_run(sdxl_sampler *s, float *x, const sdxl_sampler_run_opts *o, 
             }
             int r = o->model(o->model_user, xin, s->n, s->ts[call], sigma, B(s, B_EPS), e);
             if (r) return sdxl_err_prefix(e, "step %d/%d", k + 1, s->steps);
+            if (s->c.v_prediction) {
+                /* v -> eps on the variance-preserving input: eps = sigma_vp x_in + alpha v */
+                float a = 1.0f / sqrtf((float)(sigma * sigma) + 1.0f), sv = (float)sigma * a, *ep = B(s, B_EPS);
+                FOR_N ep[i] = sv * xin[i] + a * ep[i];
+            }
             step_call(s, call, x, B(s, B_EPS), &ns);
             if (ns.err) return sdxl_err_prefix(e, "step %d/%d: noise", k + 1, s->steps);
         }
@@ -1166,34 +1196,58 @@ int sdxl_sampler_run(sdxl_sampler *s, float *x, const sdxl_sampler_run_opts *o, 
     return SDXL_OK;
 }
 
-float sdxl_sampler_init_noise_sigma(const sdxl_sampler *s) { return s->init_sigma; }
-int sdxl_sampler_steps(const sdxl_sampler *s) { return s->steps; }
-int sdxl_sampler_model_calls(const sdxl_sampler *s) { return s->n_calls; }
+/* A1111 starts from noise * sigmas[0] */
+float sdxl_sampler_init_noise_sigma(const sdxl_sampler *s) {
+    int n;
+    return s->k ? sdxl_ksampler_sigmas(s->k, &n)[0] : s->init_sigma;
+}
+int sdxl_sampler_steps(const sdxl_sampler *s) { return s->k ? sdxl_ksampler_steps(s->k) : s->steps; }
+int sdxl_sampler_model_calls(const sdxl_sampler *s) { return s->k ? sdxl_ksampler_model_calls(s->k) : s->n_calls; }
+int sdxl_sampler_is_kdiffusion(const sdxl_sampler *s) { return s->k != NULL; }
+const sdxl_ksampler *sdxl_sampler_ksampler(const sdxl_sampler *s) { return s->k; }
 
 const float *sdxl_sampler_timesteps(const sdxl_sampler *s, int *n) {
+    if (s->k) return sdxl_ksampler_timesteps(s->k, n);
     *n = s->n_ts;
     return s->ts;
 }
 
 const float *sdxl_sampler_sigmas(const sdxl_sampler *s, int *n) {
+    if (s->k) return sdxl_ksampler_sigmas(s->k, n);
     *n = s->n_sig;
     return s->n_sig ? s->sig : NULL;
 }
 
 double sdxl_sampler_step_timestep(const sdxl_sampler *s, int k) {
     if (k < 0) k = 0;
+    if (s->k) {
+        int n;
+        const float *ts = sdxl_ksampler_timesteps(s->k, &n);
+        return k < n ? ts[k] : -1;
+    }
     if (k >= s->steps) return -1;
     return s->ts[s->call_start[k]];
 }
 
 int sdxl_sampler_start_for_strength(const sdxl_sampler *s, double strength) {
-    if (!(strength > 0)) return s->steps;
+    if (!(strength > 0)) return sdxl_sampler_steps(s);
+    if (s->k) {
+        /* A1111 img2img: t_enc = int(min(strength, 0.999) * steps), run sigmas[steps - t_enc - 1:] */
+        int n = sdxl_ksampler_steps(s->k), t_enc = (int)((strength < 0.999 ? strength : 0.999) * n);
+        return n - t_enc - 1 < 0 ? 0 : n - t_enc - 1;
+    }
     int init = (int)(s->steps * (strength < 1 ? strength : 1.0));
     int start = s->steps - init;
     return start < 0 ? 0 : start;
 }
 
 int sdxl_sampler_end_for_fraction(const sdxl_sampler *s, double f) {
+    if (s->k) {
+        /* A1111 apply_refiner: the base model runs every step i with i / steps <= f */
+        int n = sdxl_ksampler_steps(s->k), k = 0;
+        while (k < n && (double)k / n <= f) k++;
+        return k;
+    }
     double cutoff = nearbyint(s->tab.n - f * s->tab.n);
     int k = 0;
     while (k < s->steps && sdxl_sampler_step_timestep(s, k) >= cutoff) k++;
@@ -1204,6 +1258,13 @@ int sdxl_sampler_end_for_fraction(const sdxl_sampler *s, double f) {
 int sdxl_sampler_start_for_fraction(const sdxl_sampler *s, double f) { return sdxl_sampler_end_for_fraction(s, f); }
 
 void sdxl_sampler_add_noise(const sdxl_sampler *s, int k, const float *x0, const float *noise, float *out) {
+    if (s->k) {
+        int n;
+        const float *sg = sdxl_ksampler_sigmas(s->k, &n);
+        float sk = k >= 0 && k < n ? sg[k] : 0.0f;
+        FOR_N out[i] = x0[i] + noise[i] * sk;
+        return;
+    }
     int call = k >= 0 && k < s->steps ? s->call_start[k] : s->n_calls;
     if (!s->vp) {
         float sg = (float)level_at_call(s, call);

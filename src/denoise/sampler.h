@@ -50,6 +50,14 @@ typedef enum sdxl_sampler_kind {
     SDXL_SAMPLER_SA_SOLVER,
     SDXL_SAMPLER_DPMPP_2S_A,   /* k-diffusion sample_dpmpp_2s_ancestral (A1111 "DPM++ 2S a") */
     SDXL_SAMPLER_DPMPP_3M_SDE, /* k-diffusion sample_dpmpp_3m_sde (A1111 "DPM++ 3M SDE") */
+    SDXL_SAMPLER_DPMPP_2M_SDE_HEUN, /* k-diffusion sample_dpmpp_2m_sde, solver_type heun (A1111 "DPM++ 2M SDE Heun") */
+    SDXL_SAMPLER_DPM_FAST,     /* k-diffusion sample_dpm_fast (A1111 "DPM fast") */
+    SDXL_SAMPLER_DPM_ADAPTIVE, /* k-diffusion sample_dpm_adaptive (A1111 "DPM adaptive") */
+    SDXL_SAMPLER_IPNDM,        /* ComfyUI sample_ipndm (Adams-Bashforth in sigma, order <= 4) */
+    SDXL_SAMPLER_HEUNPP2,      /* ComfyUI sample_heunpp2 (Heun++ with sigma-weighted derivatives) */
+    SDXL_SAMPLER_GRADIENT_ESTIMATION, /* ComfyUI sample_gradient_estimation (ge_gamma 2) */
+    SDXL_SAMPLER_RES_MULTISTEP,       /* ComfyUI sample_res_multistep (RES 2nd-order multistep, eta 0) */
+    SDXL_SAMPLER_ER_SDE,       /* ComfyUI sample_er_sde (ER-SDE-Solver-3, VP) */
     SDXL_SAMPLER_COUNT
 } sdxl_sampler_kind;
 
@@ -70,6 +78,10 @@ typedef struct sdxl_sampler_config {
     int train_steps;             /* 1000 */
     sdxl_beta_kind beta_kind;
     double beta_start, beta_end;
+    /* A1111 path (ksampler.c): k-diffusion loops on ldm's table and A1111's sigma rules */
+    int kdiffusion;
+    int v_prediction;       /* the model predicts v (CompVisVDenoiser) */
+    int zero_terminal_snr;  /* alphas_cumprod rescaled to zero terminal SNR (k-diffusion path only) */
 } sdxl_sampler_config;
 
 /* SDXL defaults: scaled_linear 0.00085..0.012 over 1000, leading spacing, offset 1, Euler, 20 steps. */
@@ -119,6 +131,11 @@ typedef struct sdxl_sampler_run_opts {
 int sdxl_sampler_run(sdxl_sampler *s, float *x, const sdxl_sampler_run_opts *o, sdxl_err *e);
 /* Forgets the multistep history so the sampler can run a fresh trajectory. */
 void sdxl_sampler_reset(sdxl_sampler *s);
+
+/* Whether the run takes the k-diffusion (A1111) path of ksampler.h, and that sampler. */
+int sdxl_sampler_is_kdiffusion(const sdxl_sampler *s);
+struct sdxl_ksampler;
+const struct sdxl_ksampler *sdxl_sampler_ksampler(const sdxl_sampler *s);
 
 /* Multiplier for the initial noise. */
 float sdxl_sampler_init_noise_sigma(const sdxl_sampler *s);

@@ -7,7 +7,7 @@
 /* torch.linspace(a, b, n, dtype=float32) on an AVX2 build: blocks of 8 from base + k*step with
  * base = start + step*idx (a fused multiply-add in torch's binary), mirrored past the midpoint;
  * the last n % 16 elements take the scalar path. Matches diffusers' betas bit for bit. */
-static void torch_linspace_f32(double a, double b, int n, float *out) {
+void sdxl_torch_linspace_f32(double a, double b, int n, float *out) {
     float start = (float)a, end = (float)b;
     if (n == 1) {
         out[0] = start;
@@ -39,9 +39,9 @@ int sdxl_train_table_init(sdxl_train_table *t, int n, sdxl_beta_kind kind, doubl
     t->beta_start = beta_start;
     t->beta_end = beta_end;
     switch (kind) {
-    case SDXL_BETA_LINEAR: torch_linspace_f32(beta_start, beta_end, n, t->betas); break;
+    case SDXL_BETA_LINEAR: sdxl_torch_linspace_f32(beta_start, beta_end, n, t->betas); break;
     case SDXL_BETA_SCALED_LINEAR:
-        torch_linspace_f32(sqrt(beta_start), sqrt(beta_end), n, t->betas);
+        sdxl_torch_linspace_f32(sqrt(beta_start), sqrt(beta_end), n, t->betas);
         for (int i = 0; i < n; i++) t->betas[i] = t->betas[i] * t->betas[i];
         break;
     case SDXL_BETA_COSINE:

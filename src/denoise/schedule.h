@@ -76,6 +76,9 @@ double sdxl_t_to_sigma_lin(const sdxl_train_table *t, double ts);
 int sdxl_diffusers_timesteps(const sdxl_train_table *t, sdxl_spacing sp, int steps_offset, int steps, int n_plus_one,
                              double *ts, sdxl_err *e);
 
+/* torch.linspace(a, b, n, dtype=float32) as torch's AVX2 CPU kernel computes it. */
+void sdxl_torch_linspace_f32(double a, double b, int n, float *out);
+
 /* k-diffusion get_sigmas_karras: (max^(1/rho) + ramp (min^(1/rho) - max^(1/rho)))^rho, n values, no 0. */
 void sdxl_karras_sigmas(double sigma_min, double sigma_max, double rho, int n, double *out);
 

@@ -39,6 +39,7 @@ typedef struct jparser {
     size_t n, pos;
     int max_depth, reject_dup, allow_nonfinite;
     size_t max_string;
+    size_t max_values, n_values;
     const char *what;
     sdxl_err *e;
     jdoc *doc;
@@ -56,6 +57,7 @@ void sdxl_json_opts_init(sdxl_json_opts *o) {
     o->reject_dup_keys = 1;
     o->max_string = (size_t)16 << 20;
     o->allow_nonfinite = 0;
+    o->max_values = 0;
 }
 
 static void *jalloc(jparser *p, size_t bytes) {
@@ -344,6 +346,11 @@ static int parse_number(jparser *p, sdxl_json *v) {
 }
 
 static int push(jparser *p, const sdxl_json *v) {
+    if (p->max_values && ++p->n_values > p->max_values) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "more than %zu values (limit)", p->max_values);
+        return fail_at(p, p->pos, SDXL_ERR_LIMIT, msg);
+    }
     if (p->vtop == p->vcap) {
         size_t cap = p->vcap ? p->vcap * 2 : 256;
         sdxl_json *n = realloc(p->vs, cap * sizeof *n);
@@ -570,6 +577,7 @@ int sdxl_json_parse(const char *text, size_t len, const sdxl_json_opts *opts, co
     p.reject_dup = opts->reject_dup_keys;
     p.allow_nonfinite = opts->allow_nonfinite;
     p.max_string = opts->max_string;
+    p.max_values = opts->max_values;
     p.doc = calloc(1, sizeof *p.doc);
     if (!p.doc) return sdxl_seterr(e, SDXL_ERR_NOMEM, "%s: out of memory", p.what);
     int st;

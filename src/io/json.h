@@ -36,6 +36,7 @@ typedef struct sdxl_json_opts {
     int reject_dup_keys;    /* default 1 */
     size_t max_string;      /* longest string or key in bytes; default 16 MiB */
     int allow_nonfinite;    /* accept Python's NaN / Infinity / -Infinity as numbers; default 0 */
+    size_t max_values;      /* most values (scalars, arrays, objects) in the document; 0 (default) = no cap */
 } sdxl_json_opts;
 
 void sdxl_json_opts_init(sdxl_json_opts *o);

@@ -221,6 +221,7 @@ static int validate(sdxl_st_file *f, sdxl_err *e) {
     o.max_depth = 4; /* object > entry > shape array, one spare so nesting errors name the tensor */
     o.reject_dup_keys = 1;
     o.max_string = SDXL_ST_MAX_HEADER;
+    o.max_values = SDXL_ST_MAX_VALUES; /* the parser keeps about 72 bytes per value */
     sdxl_json *root;
     int st = sdxl_json_parse(h, (size_t)hlen, &o, hwhat, &root, e);
     if (st) return st;

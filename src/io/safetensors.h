@@ -10,6 +10,7 @@
 #include "base/err.h"
 
 #define SDXL_ST_MAX_HEADER (100u << 20) /* bytes of JSON header */
+#define SDXL_ST_MAX_VALUES (1u << 21)   /* JSON values in the header: a real SDXL file has about 30k */
 #define SDXL_ST_MAX_NAME 1024           /* bytes of a tensor name */
 #define SDXL_ST_MAX_DIMS 8
 

@@ -60,6 +60,42 @@ static int control_infotext(sdxl_genmeta *g, const sdxl_gen_params *p, sdxl_err 
 static const char *const A1111_SCHEDULE[SDXL_SCHEDULE_COUNT] = {
     "Automatic", "Uniform", "Karras", "Exponential", "SGM Uniform", "Simple", "DDIM", "Beta", "Align Your Steps"};
 
+/* The double that prints as the float's shortest decimal (0.8f -> 0.8, not 0.800000011920929):
+ * A1111 writes the number the user typed. */
+static double f2d(float v) {
+    char t[32];
+    for (int prec = 6; prec <= 9; prec++) {
+        snprintf(t, sizeof t, "%.*g", prec, (double)v);
+        if ((float)strtod(t, NULL) == v) break;
+    }
+    return strtod(t, NULL);
+}
+
+/* A1111's hires keys (processing.py extra_generation_params). */
+static int hires_fields(sdxl_genmeta *g, const sdxl_gen_params *p, sdxl_err *e) {
+    char buf[64];
+    int st = SDXL_OK;
+    g->denoising_strength = f2d(p->hr_denoising_strength);
+    if (p->hr_resize_x || p->hr_resize_y) {
+        snprintf(buf, sizeof buf, "%dx%d", p->hr_resize_x, p->hr_resize_y);
+        st = sdxl_genmeta_extra_set(g, "Hires resize", buf, e);
+    } else {
+        snprintf(buf, sizeof buf, "%.9g", f2d(p->hr_scale));
+        st = sdxl_genmeta_extra_set(g, "Hires upscale", buf, e);
+    }
+    if (!st && p->hr_second_pass_steps) {
+        snprintf(buf, sizeof buf, "%d", p->hr_second_pass_steps);
+        st = sdxl_genmeta_extra_set(g, "Hires steps", buf, e);
+    }
+    if (!st) st = sdxl_genmeta_extra_set(g, "Hires upscaler", p->hr_upscaler && *p->hr_upscaler ? p->hr_upscaler : "Latent", e);
+    if (!st && p->hr_sampler && *p->hr_sampler) st = sdxl_genmeta_extra_set(g, "Hires sampler", p->hr_sampler, e);
+    if (!st && p->hr_schedule && *p->hr_schedule) st = sdxl_genmeta_extra_set(g, "Hires schedule type", p->hr_schedule, e);
+    if (!st && p->hr_prompt && *p->hr_prompt) st = sdxl_genmeta_extra_set(g, "Hires prompt", p->hr_prompt, e);
+    if (!st && p->hr_negative_prompt && *p->hr_negative_prompt)
+        st = sdxl_genmeta_extra_set(g, "Hires negative prompt", p->hr_negative_prompt, e);
+    return st;
+}
+
 int sdxl_pl_infotext(const sdxl_pl_model *m, const sdxl_gen_params *p, int width, int height, int64_t seed,
                      char **out, sdxl_err *e) {
     sdxl_genmeta g;
@@ -71,7 +107,9 @@ int sdxl_pl_infotext(const sdxl_pl_model *m, const sdxl_gen_params *p, int width
     char buf[64];
     if ((st = sdxl_genmeta_set_str(&g.prompt, p->prompt ? p->prompt : "", e)) ||
         (p->negative_prompt && (st = sdxl_genmeta_set_str(&g.negative_prompt, p->negative_prompt, e))) ||
-        (st = sdxl_genmeta_set_str(&g.sampler, tr && tr->a1111 ? tr->a1111 : sdxl_sampler_name(ch.sampler), e)) ||
+        /* the diffusers dialect keeps the caller's class name so that the text alone reproduces the path */
+        (st = sdxl_genmeta_set_str(&g.sampler, !ch.kdiffusion && p->sampler && *p->sampler ? p->sampler
+                                               : tr && tr->a1111 && *tr->a1111 ? tr->a1111 : sdxl_sampler_name(ch.sampler), e)) ||
         (st = sdxl_genmeta_set_str(&g.schedule,
                                    (unsigned)ch.schedule < SDXL_SCHEDULE_COUNT ? A1111_SCHEDULE[ch.schedule]
                                                                                : "Automatic",
@@ -79,19 +117,25 @@ int sdxl_pl_infotext(const sdxl_pl_model *m, const sdxl_gen_params *p, int width
         (st = sdxl_genmeta_set_str(&g.model, m ? m->base_name : "sdxl", e)))
         goto out;
     g.steps = p->steps;
-    g.cfg_scale = p->cfg_scale;
+    g.cfg_scale = f2d(p->cfg_scale);
     g.seed = seed;
     g.width = width;
     g.height = height;
-    if (p->init_image) g.denoising_strength = p->strength;
+    if (p->init_image) g.denoising_strength = f2d(p->strength);
+    if (p->enable_hr && (st = hires_fields(&g, p, e))) goto out;
     if (p->clip_skip > 1) g.clip_skip = p->clip_skip;
     if (m && m->has_ref && p->refiner_switch < 1) {
         if ((st = sdxl_genmeta_set_str(&g.refiner, m->ref_name, e))) goto out;
-        g.refiner_switch = p->refiner_switch;
+        g.refiner_switch = f2d(p->refiner_switch);
     }
     if (p->rng && *p->rng && strcmp(p->rng, "torch") && strcmp(p->rng, "cpu") &&
         (st = sdxl_genmeta_extra_set(&g, "RNG", strcmp(p->rng, "philox") ? p->rng : "NV", e)))
         goto out;
+    int vp = p->prediction && *p->prediction && strcmp(p->prediction, "auto")
+                 ? (!strcmp(p->prediction, "v") || !strcmp(p->prediction, "v_prediction")) : (m && m->v_pred);
+    int zt = p->zero_terminal_snr >= 0 ? p->zero_terminal_snr : (m && m->ztsnr);
+    if (vp && (st = sdxl_genmeta_extra_set(&g, "Prediction", "v", e))) goto out;
+    if (zt && (st = sdxl_genmeta_extra_set(&g, "Zero terminal SNR", "True", e))) goto out;
     if (p->guidance_rescale > 0) {
         snprintf(buf, sizeof buf, "%g", p->guidance_rescale);
         if ((st = sdxl_genmeta_extra_set(&g, "Guidance rescale", buf, e))) goto out;
@@ -177,6 +221,21 @@ int sdxl_pl_request_json(const sdxl_pl_model *m, const sdxl_gen_params *p, int w
         }
         sdxl_sb_put(&b, "]", 1);
     }
+    sb_kstr(&b, "prediction", p->prediction);
+    if (p->enable_hr) {
+        sb_int(&b, "enable_hr", 1);
+        sb_num(&b, "hr_scale", p->hr_scale);
+        sb_int(&b, "hr_resize_x", p->hr_resize_x);
+        sb_int(&b, "hr_resize_y", p->hr_resize_y);
+        sb_int(&b, "hr_second_pass_steps", p->hr_second_pass_steps);
+        sb_num(&b, "hr_denoising_strength", p->hr_denoising_strength);
+        sb_kstr(&b, "hr_upscaler", p->hr_upscaler);
+        sb_kstr(&b, "hr_sampler", p->hr_sampler);
+        sb_kstr(&b, "hr_schedule", p->hr_schedule);
+        sb_kstr(&b, "hr_prompt", p->hr_prompt);
+        sb_kstr(&b, "hr_negative_prompt", p->hr_negative_prompt);
+    }
+    if (p->zero_terminal_snr >= 0) sb_int(&b, "zero_terminal_snr", p->zero_terminal_snr);
     sdxl_sb_put(&b, "}", 1);
     if (b.oom) {
         free(b.p);
@@ -189,7 +248,8 @@ int sdxl_pl_request_json(const sdxl_pl_model *m, const sdxl_gen_params *p, int w
 /* ---- JSON reader ----------------------------------------------------------------------------- */
 
 static const char *const STR_KEYS[] = {"prompt", "negative_prompt", "prompt_2", "negative_prompt_2",
-                                       "sampler", "schedule", "rng"};
+                                       "sampler", "schedule", "rng", "prediction", "hr_upscaler", "hr_sampler",
+                                       "hr_schedule", "hr_prompt", "hr_negative_prompt"};
 
 static const char **str_field(sdxl_gen_params *p, const char *k) {
     if (!strcmp(k, "prompt")) return &p->prompt;
@@ -198,6 +258,12 @@ static const char **str_field(sdxl_gen_params *p, const char *k) {
     if (!strcmp(k, "negative_prompt_2")) return &p->negative_prompt_2;
     if (!strcmp(k, "sampler")) return &p->sampler;
     if (!strcmp(k, "schedule")) return &p->schedule;
+    if (!strcmp(k, "prediction")) return &p->prediction;
+    if (!strcmp(k, "hr_upscaler")) return &p->hr_upscaler;
+    if (!strcmp(k, "hr_sampler")) return &p->hr_sampler;
+    if (!strcmp(k, "hr_schedule")) return &p->hr_schedule;
+    if (!strcmp(k, "hr_prompt")) return &p->hr_prompt;
+    if (!strcmp(k, "hr_negative_prompt")) return &p->hr_negative_prompt;
     return &p->rng;
 }
 
@@ -211,6 +277,8 @@ static int *int_field(sdxl_gen_params *p, const char *k) {
         {"negative_crop_top", &p->negative_crop_top}, {"negative_target_width", &p->negative_target_width},
         {"negative_target_height", &p->negative_target_height}, {"mask_blur", &p->mask_blur},
         {"clip_skip", &p->clip_skip}, {"batch_count", &p->batch_count}, {"batch_size", &p->batch_size},
+        {"zero_terminal_snr", &p->zero_terminal_snr}, {"enable_hr", &p->enable_hr}, {"hr_resize_x", &p->hr_resize_x},
+        {"hr_resize_y", &p->hr_resize_y}, {"hr_second_pass_steps", &p->hr_second_pass_steps},
     };
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
         if (!strcmp(t[i].k, k)) return t[i].v;
@@ -222,6 +290,7 @@ static float *float_field(sdxl_gen_params *p, const char *k) {
         {"cfg_scale", &p->cfg_scale}, {"guidance_rescale", &p->guidance_rescale},
         {"refiner_switch", &p->refiner_switch}, {"aesthetic_score", &p->aesthetic_score},
         {"negative_aesthetic_score", &p->negative_aesthetic_score}, {"strength", &p->strength},
+        {"hr_scale", &p->hr_scale}, {"hr_denoising_strength", &p->hr_denoising_strength},
     };
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
         if (!strcmp(t[i].k, k)) return t[i].v;
@@ -329,4 +398,92 @@ int sdxl_pl_params_from_json(const char *json, size_t len, sdxl_gen_params *p, v
     }
     *storage = blk;
     return SDXL_OK;
+}
+
+/* ---- A1111 infotext reader ------------------------------------------------------------------ */
+
+/* Infotext keys that set nothing here but change nothing A1111 computes by default (or that we
+ * cannot honour): they are named in the warning. */
+static int known_key(const char *k) {
+    static const char *const mapped[] = {"RNG", "ENSD", "Eta noise seed delta", "Hires upscale", "Hires steps",
+                                         "Hires upscaler", "Hires resize", "Hires sampler", "Hires schedule type",
+                                         "Hires prompt", "Hires negative prompt", "Prediction", "Zero terminal SNR",
+                                         "Guidance rescale", "Prompt 2", "Negative prompt 2", "Version"};
+    for (size_t i = 0; i < sizeof mapped / sizeof mapped[0]; i++)
+        if (!strcmp(k, mapped[i])) return 1;
+    return 0;
+}
+
+static void warn_add(char *w, size_t cap, const char *what) {
+    size_t n = strlen(w);
+    if (n + strlen(what) + 3 < cap) snprintf(w + n, cap - n, "%s%s", n ? ", " : "", what);
+}
+
+int sdxl_pl_params_from_infotext(const char *text, size_t len, const char *model_name, sdxl_gen_params *p,
+                                 void **storage, char *warn, size_t warn_cap, sdxl_err *e) {
+    *storage = NULL;
+    if (warn_cap) warn[0] = 0;
+    sdxl_genmeta g;
+    sdxl_genmeta_init(&g);
+    int st = sdxl_genmeta_parse(text, len, &g, e);
+    if (st) return sdxl_err_prefix(e, "infotext");
+    sdxl_strbuf b = {0};
+    sdxl_sb_printf(&b, "{\"version\":1");
+    sb_kstr(&b, "prompt", g.prompt ? g.prompt : "");
+    sb_kstr(&b, "negative_prompt", g.negative_prompt && *g.negative_prompt ? g.negative_prompt : NULL);
+    if (g.steps > 0) sb_int(&b, "steps", g.steps);
+    sb_kstr(&b, "sampler", g.sampler);
+    sb_kstr(&b, "schedule", g.schedule);
+    if (isfinite(g.cfg_scale)) sb_num(&b, "cfg_scale", (float)g.cfg_scale);
+    if (g.seed >= 0) sb_int(&b, "seed", (long long)g.seed);
+    if (g.width > 0 && g.height > 0) sb_int(&b, "width", g.width), sb_int(&b, "height", g.height);
+    if (g.clip_skip > 0) sb_int(&b, "clip_skip", g.clip_skip);
+    if (isfinite(g.refiner_switch)) sb_num(&b, "refiner_switch", (float)g.refiner_switch);
+    const char *v;
+    if ((v = sdxl_genmeta_extra_get(&g, "RNG"))) {
+        if (!strcmp(v, "NV")) sb_kstr(&b, "rng", "philox");
+        else if (!strcmp(v, "CPU")) sb_kstr(&b, "rng", "torch");
+        else warn_add(warn, warn_cap, "RNG (only CPU and NV)");
+    }
+    if (((v = sdxl_genmeta_extra_get(&g, "ENSD")) || (v = sdxl_genmeta_extra_get(&g, "Eta noise seed delta"))) &&
+        strcmp(v, "0"))
+        warn_add(warn, warn_cap, "ENSD");
+    if ((v = sdxl_genmeta_extra_get(&g, "Prediction"))) sb_kstr(&b, "prediction", v);
+    if ((v = sdxl_genmeta_extra_get(&g, "Zero terminal SNR"))) sb_int(&b, "zero_terminal_snr", !strcmp(v, "True"));
+    if ((v = sdxl_genmeta_extra_get(&g, "Guidance rescale"))) sb_num(&b, "guidance_rescale", strtof(v, NULL));
+    if ((v = sdxl_genmeta_extra_get(&g, "Prompt 2"))) sb_kstr(&b, "prompt_2", v);
+    if ((v = sdxl_genmeta_extra_get(&g, "Negative prompt 2"))) sb_kstr(&b, "negative_prompt_2", v);
+    const char *hu = sdxl_genmeta_extra_get(&g, "Hires upscale"), *hr = sdxl_genmeta_extra_get(&g, "Hires resize");
+    if (hu || hr || sdxl_genmeta_extra_get(&g, "Hires upscaler")) {
+        sb_int(&b, "enable_hr", 1);
+        if (hu) sb_num(&b, "hr_scale", strtof(hu, NULL));
+        int rx = 0, ry = 0;
+        if (hr && sscanf(hr, "%dx%d", &rx, &ry) == 2) sb_int(&b, "hr_resize_x", rx), sb_int(&b, "hr_resize_y", ry);
+        if ((v = sdxl_genmeta_extra_get(&g, "Hires steps"))) sb_int(&b, "hr_second_pass_steps", atoi(v));
+        if (isfinite(g.denoising_strength)) sb_num(&b, "hr_denoising_strength", (float)g.denoising_strength);
+        sb_kstr(&b, "hr_upscaler", sdxl_genmeta_extra_get(&g, "Hires upscaler"));
+        sb_kstr(&b, "hr_sampler", sdxl_genmeta_extra_get(&g, "Hires sampler"));
+        sb_kstr(&b, "hr_schedule", sdxl_genmeta_extra_get(&g, "Hires schedule type"));
+        sb_kstr(&b, "hr_prompt", sdxl_genmeta_extra_get(&g, "Hires prompt"));
+        sb_kstr(&b, "hr_negative_prompt", sdxl_genmeta_extra_get(&g, "Hires negative prompt"));
+    } else if (isfinite(g.denoising_strength)) {
+        sb_num(&b, "strength", (float)g.denoising_strength); /* img2img: applies when an init image is given */
+    }
+    sdxl_sb_put(&b, "}", 1);
+    for (size_t i = 0; i < g.n_extra; i++)
+        if (!known_key(g.extra[i].key)) warn_add(warn, warn_cap, g.extra[i].key);
+    if (g.model && model_name && strcmp(g.model, model_name)) {
+        char t[600];
+        snprintf(t, sizeof t, "Model (the infotext names \"%s\", not \"%s\")", g.model, model_name);
+        warn_add(warn, warn_cap, t);
+    }
+    sdxl_genmeta_free(&g);
+    if (b.oom) {
+        free(b.p);
+        return sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory reading the infotext");
+    }
+    sdxl_gen_params_init(p);
+    st = sdxl_pl_params_from_json(b.p, b.n, p, storage, e);
+    free(b.p);
+    return st;
 }

@@ -1,6 +1,8 @@
 /* Generation pipeline: prompts -> conditioning -> sampler loop around the CFG-batched UNet
  * (base, then refiner) -> VAE decode -> RGB images with metadata. See pipeline.h. */
 #include "pipeline/pipeline.h"
+#include "pipeline/condsched.h"
+#include "io/prediction.h"
 
 #include <fcntl.h>
 #include <math.h>
@@ -68,6 +70,9 @@ void sdxl_gen_params_init(sdxl_gen_params *p) {
     p->negative_aesthetic_score = 2.5f;
     p->strength = 0.75f;
     p->mask_blur = 4;
+    p->zero_terminal_snr = -1;
+    p->hr_scale = 2.0f;
+    p->hr_denoising_strength = 0.7f;
 }
 
 /* ---- model ------------------------------------------------------------------------------- */
@@ -155,6 +160,10 @@ int sdxl_pl_model_load(const sdxl_model_params *p, const sdxl_logger *log, sdxl_
         sdxl_err_prefix(e, "base %s", p->base);
         goto fail;
     }
+    sdxl_prediction pred;
+    if ((st = sdxl_ckpt_prediction(m->base_ck, &pred, e))) goto fail;
+    m->v_pred = pred.v_pred;
+    m->ztsnr = pred.ztsnr;
     m->force_zeros = 1;
     if (sdxl_ckpt_model_index(m->base_ck))
         m->force_zeros = sdxl_json_bool(sdxl_ckpt_model_index(m->base_ck), "force_zeros_for_empty_prompt", 1);
@@ -208,7 +217,26 @@ typedef struct req {
     int n_images;
     int refine;        /* refiner stage runs */
     int stochastic;
+    int hr_first;      /* > 0: a hires second pass after this many first-pass steps (prompt schedules) */
 } req;
+
+/* The model's prediction type and schedule, or the request's overrides. */
+static int prediction_of(const sdxl_pl_model *m, const sdxl_gen_params *p, sdxl_sampler_config *sc, sdxl_err *e) {
+    const char *pr = p->prediction;
+    if (!pr || !*pr || !strcmp(pr, "auto"))
+        sc->v_prediction = m ? m->v_pred : 0;
+    else if (!strcmp(pr, "eps") || !strcmp(pr, "epsilon"))
+        sc->v_prediction = 0;
+    else if (!strcmp(pr, "v") || !strcmp(pr, "v_prediction"))
+        sc->v_prediction = 1;
+    else
+        return sdxl_seterr(e, SDXL_ERR_ARG, "prediction: \"%s\" is not auto, eps or v", pr);
+    if (p->zero_terminal_snr < -1 || p->zero_terminal_snr > 1)
+        return sdxl_seterr(e, SDXL_ERR_ARG, "zero_terminal_snr: must be -1 (the model's), 0 or 1, got %d",
+                           p->zero_terminal_snr);
+    sc->zero_terminal_snr = p->zero_terminal_snr >= 0 ? p->zero_terminal_snr : (m ? m->ztsnr : 0);
+    return SDXL_OK;
+}
 
 static int resolve(const sdxl_pl_model *m, const sdxl_gen_params *in, req *r, sdxl_err *e) {
     memset(r, 0, sizeof *r);
@@ -298,8 +326,11 @@ static int resolve(const sdxl_pl_model *m, const sdxl_gen_params *in, req *r, sd
             r->sc.ancestral_eta = ch.eta;
     }
     r->sc.steps = p->steps;
+    r->sc.kdiffusion = ch.kdiffusion;
+    if ((st = prediction_of(m, p, &r->sc, e))) return st;
     if ((st = sdxl_sampler_config_check(&r->sc, e))) return sdxl_err_prefix(e, "sampler");
     r->stochastic = sdxl_sampler_config_draws_noise(&r->sc);
+    if (p->enable_hr && (st = sdxl_pl_hires_check(p, p->width, p->height, e))) return st;
     r->W = p->width;
     r->H = p->height;
     r->h = p->height / 8;
@@ -344,6 +375,9 @@ typedef struct stage {
     const float *blend_noise;      /* [B, 4, h, w] add_noise noise (blending) */
     float *blend_tmp;
     sdxl_sampler *sampler;
+    const sdxl_pl_condsched *cs; /* per-step conditioning (prompt editing, alternation, AND) or NULL */
+    float tid_src[16];           /* time ids: uncond then cond */
+    int sched_call;              /* model calls of this trajectory so far: the schedule's step */
     int calls;       /* UNet calls of this stage object (the trace's call index) */
     int *calls_total;
     const volatile int *cancel;
@@ -395,9 +429,36 @@ static void time_ids(const req *r, int refiner, int K, float *neg, float *pos) {
     }
 }
 
+/* A1111 schedules prompts over the sampler's steps, twice as many for second-order samplers
+ * (its CFG denoiser counts model calls). */
+static int sched_steps(const req *r) {
+    const sdxl_sampler_traits *t = sdxl_sampler_traits_get(r->sc.sampler);
+    return t && t->evals_per_step == 2 ? 2 * r->p.steps : r->p.steps;
+}
+
+/* The conditioning pair of the schedule's first step, for the checks, the planner and the trace. */
+static int condsched_first(const sdxl_pl_condsched *cs, sdxl_cond *cd, sdxl_err *e) {
+    memset(cd, 0, sizeof *cd);
+    size_t row = (size_t)(cs->T * cs->W);
+    cd->n_tokens = cs->T, cd->width = cs->W, cd->pooled_dim = cs->P;
+    cd->context = calloc(2 * row, sizeof(float));
+    cd->pooled = calloc(2 * (size_t)cs->P, sizeof(float));
+    if (!cd->context || !cd->pooled) {
+        sdxl_cond_free(cd);
+        return sdxl_seterr(e, SDXL_ERR_NOMEM, "prompt schedule: out of memory");
+    }
+    int u = sdxl_pl_condsched_entry(cs, -1, 0), c = sdxl_pl_condsched_entry(cs, 0, 0);
+    cd->uncond_zero = u < 0;
+    if (u >= 0) memcpy(cd->context, cs->ctx + (size_t)u * row, row * sizeof(float));
+    if (u >= 0) memcpy(cd->pooled, cs->pooled + (size_t)u * (size_t)cs->P, (size_t)cs->P * sizeof(float));
+    memcpy(cd->context + row, cs->ctx + (size_t)c * row, row * sizeof(float));
+    memcpy(cd->pooled + cs->P, cs->pooled + (size_t)c * (size_t)cs->P, (size_t)cs->P * sizeof(float));
+    return SDXL_OK;
+}
+
 /* Conditioning of a stage for the whole request (the same for every image). */
 static int encode_stage(sdxl_pl_model *m, const req *r, int refiner, sdxl_cond *cd, float *tid, int *K,
-                        const volatile int *cancel, sdxl_err *e) {
+                        sdxl_pl_condsched *cs, const volatile int *cancel, sdxl_err *e) {
     const sdxl_gen_params *p = &r->p;
     sdxl_cond_params cp;
     sdxl_cond_params_init(&cp);
@@ -412,9 +473,11 @@ static int encode_stage(sdxl_pl_model *m, const req *r, int refiner, sdxl_cond *
     cp.clip_skip = p->clip_skip ? p->clip_skip : 1;
     if (cancel && *cancel) return sdxl_seterr(e, SDXL_ERR_CANCELLED, "cancelled");
     pthread_mutex_lock(&m->mu);
-    int st = sdxl_cond_encode(m->c, refiner ? &m->ref_cond : &m->base_cond, m->tok, &cp, cd, e);
+    int st = sdxl_pl_condsched_build(m->c, refiner ? &m->ref_cond : &m->base_cond, m->tok, &cp, sched_steps(r),
+                                     r->hr_first, cs, e);
+    if (!st) st = cs->active ? condsched_first(cs, cd, e) : sdxl_cond_encode(m->c, refiner ? &m->ref_cond : &m->base_cond, m->tok, &cp, cd, e);
     pthread_mutex_unlock(&m->mu);
-    if (st) return sdxl_err_prefix(e, refiner ? "refiner prompt" : "prompt");
+    if (st) return refiner ? sdxl_err_prefix(e, "refiner") : st; /* the message already names the field */
     const sdxl_unet_cfg *uc = sdxl_unet_config(refiner ? m->ref_unet : m->base_unet);
     if (cd->width != uc->context_dim || (uc->adm_in - cd->pooled_dim) % uc->time_id_dim ||
         uc->adm_in <= cd->pooled_dim) {
@@ -440,7 +503,7 @@ static void *xmalloc(size_t n, size_t sz) {
 }
 
 static int stage_init(stage *s, sdxl_pl_model *m, const req *r, int idx, const sdxl_cond *cd, const float *tid, int K,
-                      int B, sdxl_err *e) {
+                      int B, const sdxl_pl_condsched *sched, sdxl_err *e) {
     memset(s, 0, sizeof *s);
     s->m = m;
     s->r = r;
@@ -453,7 +516,10 @@ static int stage_init(stage *s, sdxl_pl_model *m, const req *r, int idx, const s
     s->Wc = cd->width;
     s->P = cd->pooled_dim;
     s->K = K;
-    int64_t rows = s->cfg ? 2 * B : B;
+    s->cs = sched && sched->active ? sched : NULL;
+    memcpy(s->tid_src, tid, 2 * (size_t)K * sizeof(float));
+    if (s->cs) s->cfg = 1; /* composable prompts always evaluate the uncond row, as A1111 */
+    int64_t rows = s->cs ? (int64_t)(1 + s->cs->n_parts) * B : s->cfg ? 2 * B : B;
     int64_t in_ch = sdxl_unet_config(s->unet)->in_ch;
     s->ctx = xmalloc((size_t)(rows * s->T), (size_t)s->Wc * sizeof(float));
     s->pooled = xmalloc((size_t)rows, (size_t)s->P * sizeof(float));
@@ -467,7 +533,7 @@ static int stage_init(stage *s, sdxl_pl_model *m, const req *r, int idx, const s
         return sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory for a UNet batch of %lld", (long long)rows);
     }
     size_t cs = (size_t)(s->T * s->Wc);
-    for (int64_t i = 0; i < rows; i++) {
+    for (int64_t i = 0; i < rows && !s->cs; i++) {
         int which = s->cfg ? (i >= B) : 1; /* 0 uncond, 1 cond */
         memcpy(s->ctx + i * cs, cd->context + which * cs, cs * sizeof(float));
         memcpy(s->pooled + i * s->P, cd->pooled + which * s->P, (size_t)s->P * sizeof(float));
@@ -503,12 +569,34 @@ static void rescale_cfg(float *cfg, const float *text, size_t n, float phi) {
     }
 }
 
+/* Fills the UNet batch [uncond x B; part 1 x B; ...] with the schedule's entries for this call. */
+static void condsched_rows(stage *s) {
+    const sdxl_pl_condsched *cs = s->cs;
+    size_t row = (size_t)(cs->T * cs->W), P = (size_t)cs->P;
+    int step = s->sched_call++;
+    for (int k = -1; k < cs->n_parts; k++) {
+        int ent = sdxl_pl_condsched_entry(cs, k, step);
+        for (int b = 0; b < s->B; b++) {
+            size_t i = (size_t)(k + 1) * (size_t)s->B + (size_t)b;
+            if (ent < 0) {
+                memset(s->ctx + i * row, 0, row * sizeof(float));
+                memset(s->pooled + i * P, 0, P * sizeof(float));
+            } else {
+                memcpy(s->ctx + i * row, cs->ctx + (size_t)ent * row, row * sizeof(float));
+                memcpy(s->pooled + i * P, cs->pooled + (size_t)ent * P, P * sizeof(float));
+            }
+            memcpy(s->tids + i * (size_t)s->K, s->tid_src + (k < 0 ? 0 : s->K), (size_t)s->K * sizeof(float));
+        }
+    }
+}
+
 static int model_cb(void *user, const float *x_in, size_t n, double t, double sigma, float *eps, sdxl_err *e) {
     (void)sigma;
     stage *s = user;
     const req *r = s->r;
     int B = s->B;
-    int rows = s->cfg ? 2 * B : B;
+    int rows = s->cs ? (1 + s->cs->n_parts) * B : s->cfg ? 2 * B : B;
+    if (s->cs) condsched_rows(s);
     size_t hw = (size_t)r->h * (size_t)r->w;
     int64_t in_ch = sdxl_unet_config(s->unet)->in_ch;
     if (s->cancel && *s->cancel) return sdxl_seterr(e, SDXL_ERR_CANCELLED, "cancelled");
@@ -536,6 +624,20 @@ static int model_cb(void *user, const float *x_in, size_t n, double t, double si
     if (s->trace && s->trace->unet) s->trace->unet(s->trace->user, s->idx, s->calls, t, s->xin, s->out, rows, s->n_per);
     s->calls++;
     (*s->calls_total)++;
+    if (s->cs) {
+        /* A1111 combine_denoised: u + sum_k (c_k - u) (w_k cfg), on eps (an affine map of denoised) */
+        const float *u = s->out;
+        memcpy(eps, u, n * sizeof(float));
+        for (int k = 0; k < s->cs->n_parts; k++) {
+            const float *ck = s->out + (size_t)(k + 1) * n;
+            float wk = (float)(s->cs->weight[k] * (double)r->p.cfg_scale);
+            for (size_t i = 0; i < n; i++) eps[i] += (ck[i] - u[i]) * wk;
+        }
+        if (r->p.guidance_rescale > 0) /* against the first part's prediction */
+            for (int b = 0; b < B; b++)
+                rescale_cfg(eps + (size_t)b * s->n_per, s->out + n + (size_t)b * s->n_per, s->n_per, r->p.guidance_rescale);
+        return SDXL_OK;
+    }
     if (!s->cfg) {
         memcpy(eps, s->out, n * sizeof(float));
         return SDXL_OK;
@@ -749,10 +851,18 @@ static int report(const req *r, sdxl_phase ph, int step, int total, int image0, 
 
 int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile int *cancel, const sdxl_pl_trace *tr,
                      const sdxl_logger *log, sdxl_pl_result *out, sdxl_err *e) {
+    if (p && p->enable_hr) return sdxl_pl_hires(m, p, cancel, tr, log, out, e);
+    return sdxl_pl_generate_lat(m, p, NULL, NULL, 0, cancel, tr, log, out, e);
+}
+
+int sdxl_pl_generate_lat(sdxl_pl_model *m, const sdxl_gen_params *p, const float *init_lat, float *lat_out,
+                         int hr_first_steps, const volatile int *cancel, const sdxl_pl_trace *tr,
+                         const sdxl_logger *log, sdxl_pl_result *out, sdxl_err *e) {
     memset(out, 0, sizeof *out);
     req r;
     int st = resolve(m, p, &r, e);
     if (st) return st;
+    r.hr_first = hr_first_steps;
     double t0 = now_s();
     if (r.p.n_threads > 0) sdxl_threads_set(r.p.n_threads);
     if (r.p.seed < 0) r.p.seed = (int64_t)random_seed();
@@ -763,7 +873,7 @@ int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile 
     sdxl_sampler *probe = NULL;
     if ((st = sdxl_sampler_new(&r.sc, 1, &probe, e))) return sdxl_err_prefix(e, "sampler");
     int base_start = 0, base_end = r.p.steps, ref_start = r.p.steps;
-    if (r.p.init_image) base_start = sdxl_sampler_start_for_strength(probe, r.p.strength);
+    if (r.p.init_image || init_lat) base_start = sdxl_sampler_start_for_strength(probe, r.p.strength);
     if (r.refine) {
         base_end = sdxl_sampler_end_for_fraction(probe, r.p.refiner_switch);
         ref_start = sdxl_sampler_start_for_fraction(probe, r.p.refiner_switch);
@@ -781,13 +891,15 @@ int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile 
 
     /* text */
     sdxl_cond cb = {0}, crf = {0};
+    sdxl_pl_condsched csb = {0}, csr = {0};
     float tid_b[16], tid_r[16];
     int Kb = 0, Kr = 0;
     double ts = now_s();
     if (report(&r, SDXL_PHASE_TEXT, 0, 1 + r.refine, 0, t0)) return sdxl_seterr(e, SDXL_ERR_CANCELLED, "cancelled");
-    if ((st = encode_stage(m, &r, 0, &cb, tid_b, &Kb, cancel, e))) return st;
-    if (r.refine && (st = encode_stage(m, &r, 1, &crf, tid_r, &Kr, cancel, e))) {
+    if ((st = encode_stage(m, &r, 0, &cb, tid_b, &Kb, &csb, cancel, e))) return st;
+    if (r.refine && (st = encode_stage(m, &r, 1, &crf, tid_r, &Kr, &csr, cancel, e))) {
         sdxl_cond_free(&cb);
+        sdxl_pl_condsched_free(&csb);
         return st;
     }
     if (tr && tr->cond) {
@@ -977,10 +1089,10 @@ int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile 
 
     int steps_done = 0, steps_total = plan.n_sub * (base_steps + ref_steps);
     double t_steps0 = now_s();
-    if ((st = stage_init(&sb, m, &r, 0, &cb, tid_b, Kb, B, e)) ||
+    if ((st = stage_init(&sb, m, &r, 0, &cb, tid_b, Kb, B, &csb, e)) ||
         (st = stage_ctrl(&sb, ctrl, base_start, r.p.steps - base_start, e)))
         goto done;
-    if (r.refine && (st = stage_init(&sr, m, &r, 1, &crf, tid_r, Kr, B, e))) goto done;
+    if (r.refine && (st = stage_init(&sr, m, &r, 1, &crf, tid_r, Kr, B, &csr, e))) goto done;
     stage_bind(&sb, &sr, &r, cancel, tr, t0, &t_steps0, &steps_done, steps_total, mask_lat, &out->st.unet_calls);
     float sf = vc->scaling_factor;
     for (int b0 = 0; b0 < r.n_images; b0 += B) {
@@ -989,10 +1101,10 @@ int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile 
             stage_free(&sb);
             stage_free(&sr);
             B = nb;
-            if ((st = stage_init(&sb, m, &r, 0, &cb, tid_b, Kb, B, e)) ||
+            if ((st = stage_init(&sb, m, &r, 0, &cb, tid_b, Kb, B, &csb, e)) ||
                 (st = stage_ctrl(&sb, ctrl, base_start, r.p.steps - base_start, e)))
                 goto done;
-            if (r.refine && (st = stage_init(&sr, m, &r, 1, &crf, tid_r, Kr, B, e))) goto done;
+            if (r.refine && (st = stage_init(&sr, m, &r, 1, &crf, tid_r, Kr, B, &csr, e))) goto done;
             stage_bind(&sb, &sr, &r, cancel, tr, t0, &t_steps0, &steps_done, steps_total, mask_lat,
                        &out->st.unet_calls);
         }
@@ -1001,6 +1113,13 @@ int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile 
         for (int i = 0; i < B; i++) {
             sdxl_rng_init(&rngs[i], r.rng, (uint64_t)(r.p.seed + b0 + i));
             float *xi = x + (size_t)i * n_per;
+            if (init_lat) { /* hires second pass: clean latents given, the generator's first draw noises them */
+                float *ci = clean + (size_t)i * n_per, *ni = bnoise + (size_t)i * n_per;
+                memcpy(ci, init_lat + (size_t)(b0 + i) * n_per, n_per * sizeof(float));
+                sdxl_rng_randn(&rngs[i], ni, n_per);
+                sdxl_sampler_add_noise(sb.sampler, base_steps ? base_start : ref_start, ci, ni, xi);
+                continue;
+            }
             if (!r.p.init_image) {
                 sdxl_rng_randn(&rngs[i], xi, n_per);
                 float s0 = sdxl_sampler_init_noise_sigma(sb.sampler);
@@ -1031,6 +1150,7 @@ int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile 
             double tb = now_s();
             if (tr && tr->init)
                 for (int i = 0; i < B; i++) tr->init(tr->user, 0, b0 + i, x + (size_t)i * n_per, n_per);
+            sb.sched_call = 0;
             st = stage_run(&sb, x, srng, base_start, base_end, e);
             out->st.base_s += now_s() - tb;
             if (st) goto done;
@@ -1039,6 +1159,7 @@ int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile 
             double trf = now_s();
             if (tr && tr->init)
                 for (int i = 0; i < B; i++) tr->init(tr->user, 1, b0 + i, x + (size_t)i * n_per, n_per);
+            sr.sched_call = sb.sched_call; /* A1111 counts the refiner's steps on */
             st = stage_run(&sr, x, srng, ref_start, r.p.steps, e);
             out->st.refiner_s += now_s() - trf;
             if (st) goto done;
@@ -1048,6 +1169,12 @@ int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile 
         if (report(&r, SDXL_PHASE_DECODE, 0, B, b0, t0) || (cancel && *cancel)) {
             st = sdxl_seterr(e, SDXL_ERR_CANCELLED, "cancelled before decoding");
             goto done;
+        }
+        if (lat_out) { /* the latents are the result (hires first pass with a latent upscaler) */
+            memcpy(lat_out + (size_t)b0 * n_per, x, (size_t)B * n_per * sizeof(float));
+            for (int i = 0; i < B; i++) out->img[b0 + i].seed = r.p.seed + b0 + i;
+            out->n = b0 + B;
+            continue;
         }
         nchw_to_nhwc(x, lat_nhwc, B, 4, (int64_t)hw);
         pthread_mutex_lock(&m->mu);
@@ -1123,6 +1250,8 @@ done_cond:
     sdxl_pl_ctrl_free(ctrl);
     sdxl_cond_free(&cb);
     sdxl_cond_free(&crf);
+    sdxl_pl_condsched_free(&csb);
+    sdxl_pl_condsched_free(&csr);
     if (st) sdxl_pl_result_free(out);
     return st;
 }

@@ -36,6 +36,7 @@ typedef struct sdxl_pl_model {
     int force_zeros;      /* base pipeline's force_zeros_for_empty_prompt (model_index.json, else 1) */
     int one_shot, used;   /* one_shot: UNets validated only until the request converts them */
     sdxl_unet_opts uo;
+    int v_pred, ztsnr;    /* the base predicts v; zero-terminal-SNR schedule (io/prediction.h) */
     char base_name[256];  /* file stem, for the metadata "Model" */
     char ref_name[256];
     struct sdxl_pl_cn_cache *cn_cache; /* ControlNets loaded by requests, by path (control.c) */
@@ -89,6 +90,25 @@ int sdxl_pl_check(const sdxl_pl_model *m, const sdxl_gen_params *p, sdxl_err *e)
 int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile int *cancel, const sdxl_pl_trace *tr,
                      const sdxl_logger *log, sdxl_pl_result *out, sdxl_err *e);
 
+/* sdxl_pl_generate with latents in or out: init_lat ([n_images, 4, h, w], NCHW) replaces the init
+ * image (img2img from these clean latents, noised by each generator's first draw); lat_out receives
+ * the final latents instead of decoding (out then holds n images without pixels). hr_first_steps > 0
+ * marks a hires second pass (prompt-edit steps count on from that many first-pass steps). */
+int sdxl_pl_generate_lat(sdxl_pl_model *m, const sdxl_gen_params *p, const float *init_lat, float *lat_out,
+                         int hr_first_steps, const volatile int *cancel, const sdxl_pl_trace *tr,
+                         const sdxl_logger *log, sdxl_pl_result *out, sdxl_err *e);
+
+/* ---- hires fix (hires.c) ------------------------------------------------------------------- */
+
+/* A1111's enable_hr: a first pass at width x height, an upscale (latent or pixel), an img2img
+ * second pass at the target size. The images carry the whole request's metadata. */
+int sdxl_pl_hires(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile int *cancel, const sdxl_pl_trace *tr,
+                  const sdxl_logger *log, sdxl_pl_result *out, sdxl_err *e);
+/* Field-named validation of the hires fields for a first pass of w x h. */
+int sdxl_pl_hires_check(const sdxl_gen_params *p, int w, int h, sdxl_err *e);
+/* Target size of a hires request (A1111: width x scale, or hr_resize_x/y; multiples of 8). */
+int sdxl_pl_hires_size(const sdxl_gen_params *p, int w, int h, int *tw, int *th, sdxl_err *e);
+
 /* ---- batch planner (planner.c) ----------------------------------------------------------- */
 
 typedef struct sdxl_pl_plan {
@@ -118,5 +138,11 @@ int sdxl_pl_request_json(const sdxl_pl_model *m, const sdxl_gen_params *p, int w
                          char **out, sdxl_err *e);
 /* Reads a request JSON object into p (initialised first); strings go to one malloc'd block *storage. */
 int sdxl_pl_params_from_json(const char *json, size_t len, sdxl_gen_params *p, void **storage, sdxl_err *e);
+
+/* Reads an A1111/Forge infotext (the "parameters" text alone) into p (initialised first) like
+ * sdxl_pl_params_from_json. warn receives the keys it cannot honour, comma-separated ("" if none),
+ * including a Model that differs from model_name (may be NULL). */
+int sdxl_pl_params_from_infotext(const char *text, size_t len, const char *model_name, sdxl_gen_params *p,
+                                 void **storage, char *warn, size_t warn_cap, sdxl_err *e);
 
 #endif

@@ -197,7 +197,7 @@ static void run_case(golden_ctx *g, golden_set *s, sdxl_pl_model *m, const char 
     p.seed = sdxl_json_i64(c, "seed", sdxl_json_i64(c, "base_seed", 0));
     /* "scheduler": a diffusers class name, optionally followed by " (note)"; absent means the
      * SDXL default, EulerDiscreteScheduler. Any dialect the registry knows is accepted. */
-    char sched[128] = "Euler";
+    char sched[128] = "EulerDiscreteScheduler";
     const char *sj = sdxl_json_str(c, "scheduler", NULL);
     if (sj) {
         size_t k = strcspn(sj, " (");

@@ -90,12 +90,26 @@ static void test_names(void) {
           e.msg);
     CHECK(sdxl_sched_resolve("", NULL, &c, &e) == SDXL_ERR_ARG, "empty name");
     /* names other tools use for samplers we do not implement say so, with alternatives */
-    static const char *const unsupported[] = {"DPM fast", "DPM adaptive", "Restart", "dpm_fast", "ipndm",
-                                              "TCDScheduler", "DPM++ 2M SDE Heun", "k_dpm_adaptive"};
+    static const char *const unsupported[] = {"Restart", "ipndm_v", "TCDScheduler", "DDIM CFG++"};
     for (size_t i = 0; i < sizeof unsupported / sizeof unsupported[0]; i++)
         CHECK(sdxl_sched_resolve(unsupported[i], NULL, &c, &e) == SDXL_ERR_UNSUPPORTED &&
                   strstr(e.msg, "not supported") && strstr(e.msg, "closest"),
               "'%s': %s", unsupported[i], e.msg);
+    /* the dialect decides the path: A1111/ComfyUI/k-diffusion names run k-diffusion's loops,
+     * diffusers class names diffusers' schedulers */
+    static const struct { const char *name; sdxl_sampler_kind k; int kd; } paths[] = {
+        {"DPM fast", SDXL_SAMPLER_DPM_FAST, 1}, {"k_dpm_ad", SDXL_SAMPLER_DPM_ADAPTIVE, 1},
+        {"dpm_adaptive", SDXL_SAMPLER_DPM_ADAPTIVE, 1}, {"DPM++ 2M SDE Heun Karras", SDXL_SAMPLER_DPMPP_2M_SDE_HEUN, 1},
+        {"DPM++ 2M", SDXL_SAMPLER_DPMPP_2M, 1}, {"Euler", SDXL_SAMPLER_EULER, 1}, {"euler_ancestral", SDXL_SAMPLER_EULER_A, 1},
+        {"EulerDiscreteScheduler", SDXL_SAMPLER_EULER, 0}, {"DPMSolverMultistepScheduler", SDXL_SAMPLER_DPMPP_2M, 0},
+        {"DDIM", SDXL_SAMPLER_DDIM, 0}, {"UniPC", SDXL_SAMPLER_UNIPC, 0},
+    };
+    for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++)
+        CHECK(sdxl_sched_resolve(paths[i].name, NULL, &c, &e) == SDXL_OK && c.sampler == paths[i].k &&
+                  c.kdiffusion == paths[i].kd,
+              "'%s' -> sampler %d kdiffusion %d", paths[i].name, (int)c.sampler, c.kdiffusion);
+    CHECK(sdxl_sched_resolve("DPM++ 2M", "use_karras_sigmas", &c, &e) == SDXL_OK && !c.kdiffusion,
+          "use_karras_sigmas is diffusers' rule");
     CHECK(sdxl_sched_resolve("EDMEulerScheduler(use_karras_sigmas=true)", NULL, &c, &e) == SDXL_ERR_UNSUPPORTED,
           "inline unsupported class: %s", e.msg);
     /* every sampler has traits with a name and is implemented */

@@ -428,7 +428,28 @@ static void test_fp8(void) {
     unlink(path);
 }
 
+/* A header of millions of tiny values is refused by the value cap, not parsed into gigabytes. */
+static void test_value_cap(void) {
+    size_t nv = (size_t)SDXL_ST_MAX_VALUES + 16, cap = 2 * nv + 128;
+    unsigned char *buf = malloc(8 + cap);
+    if (!buf) return;
+    size_t k = 8;
+    k += (size_t)sprintf((char *)buf + k, "{\"t\":{\"dtype\":\"F32\",\"shape\":[");
+    for (size_t i = 0; i < nv; i++) buf[k++] = '1', buf[k++] = ',';
+    buf[k - 1] = ']';
+    k += (size_t)sprintf((char *)buf + k, ",\"data_offsets\":[0,4]}}");
+    size_t hl = k - 8;
+    for (int i = 0; i < 8; i++) buf[i] = (unsigned char)((uint64_t)hl >> (8 * i));
+    sdxl_st_file *f = NULL;
+    sdxl_err e = {0};
+    int st = sdxl_st_open_memory(buf, k, "many.safetensors", &f, &e);
+    CHECK(st == SDXL_ERR_LIMIT && strstr(e.msg, "many.safetensors") && strstr(e.msg, "values"), "value cap: %s", e.msg);
+    sdxl_st_close(f);
+    free(buf);
+}
+
 int main(void) {
+    test_value_cap();
     test_rules();
     test_writer();
     test_fp8();
