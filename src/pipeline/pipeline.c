@@ -73,6 +73,7 @@ void sdxl_gen_params_init(sdxl_gen_params *p) {
 
 void sdxl_pl_model_free(sdxl_pl_model *m) {
     if (!m) return;
+    sdxl_lora_state_free(m->lora);
     sdxl_unet_free(m->base_unet);
     sdxl_unet_free(m->ref_unet);
     sdxl_vae_free(m->vae);
@@ -206,6 +207,12 @@ typedef struct req {
     int n_images;
     int refine;        /* refiner stage runs */
     int stochastic;
+    /* LoRAs: the request's list, then the prompt's <lora:...> tags, resolved to files */
+    sdxl_lora_use *loras;
+    int n_loras;
+    char *lora_paths;  /* n_loras x PATH_BUF */
+    char *prompt_clean, *prompt2_clean; /* prompts without their tags (what the encoders read) */
+    uint64_t serial;
 } req;
 
 static int resolve(const sdxl_pl_model *m, const sdxl_gen_params *in, req *r, sdxl_err *e) {
@@ -249,7 +256,15 @@ static int resolve(const sdxl_pl_model *m, const sdxl_gen_params *in, req *r, sd
     if (p->max_batch < 0) return sdxl_seterr(e, SDXL_ERR_ARG, "max_batch: must be >= 0, got %d", p->max_batch);
     if (p->n_loras < 0 || (p->n_loras && !p->loras))
         return sdxl_seterr(e, SDXL_ERR_ARG, "loras: n_loras %d without a list", p->n_loras);
-    if (p->n_loras) return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "loras: LoRA merging is not in this build");
+    for (int i = 0; i < p->n_loras; i++) {
+        const sdxl_lora_spec *l = &p->loras[i];
+        if (!l->path || !*l->path) return sdxl_seterr(e, SDXL_ERR_ARG, "loras[%d].path: required", i);
+        if (!isfinite(l->unet_weight) || !isfinite(l->te_weight) || fabsf(l->unet_weight) > 100 ||
+            fabsf(l->te_weight) > 100)
+            return sdxl_seterr(e, SDXL_ERR_ARG, "loras[%d]: unet_weight and te_weight must be finite, within +-100", i);
+    }
+    if (p->n_lora_dirs < 0 || (p->n_lora_dirs && !p->lora_dirs))
+        return sdxl_seterr(e, SDXL_ERR_ARG, "lora_dirs: n_lora_dirs %d without a list", p->n_lora_dirs);
     if (p->n_controls < 0 || (p->n_controls && !p->controls))
         return sdxl_seterr(e, SDXL_ERR_ARG, "controls: n_controls %d without a list", p->n_controls);
     if (p->n_controls) return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "controls: ControlNet is not in this build");
@@ -314,6 +329,78 @@ static int resolve(const sdxl_pl_model *m, const sdxl_gen_params *in, req *r, sd
         if (sdxl_unet_config(m->base_unet)->in_ch == 9 && !p->mask)
             return sdxl_seterr(e, SDXL_ERR_ARG, "mask: this is an inpainting model (9 input channels); give a mask");
     }
+    return SDXL_OK;
+}
+
+/* ---- LoRA ---------------------------------------------------------------------------------- */
+
+#define LORA_PATH_BUF 4096
+#define LORA_MAX 64
+
+int sdxl_pl_lora_set(sdxl_pl_model *m, const sdxl_lora_use *u, int n, sdxl_lora_stats *st, sdxl_err *e) {
+    if (!m->lora) {
+        if (n == 0) {
+            if (st) memset(st, 0, sizeof *st);
+            return SDXL_OK;
+        }
+        sdxl_lora_nets nets = {.c = m->c, .unet = m->base_unet, .unet_ck = m->base_ck,
+                               .te = {m->base_cond.te1, m->base_cond.te2}, .te_ck = m->base_ck};
+        int rc = sdxl_lora_state_new(&nets, &m->lora, e);
+        if (rc) return rc;
+    }
+    m->lora_owner = 0;
+    return sdxl_lora_apply(m->lora, u, n, st, e);
+}
+
+static void req_free(req *r) {
+    free(r->loras);
+    free(r->lora_paths);
+    free(r->prompt_clean);
+    free(r->prompt2_clean);
+    r->loras = NULL;
+    r->lora_paths = r->prompt_clean = r->prompt2_clean = NULL;
+}
+
+/* The request's LoRA list: p->loras (paths, or names inside lora_dirs), then the prompts' tags
+ * (names inside lora_dirs only); the prompts the encoders read lose their tags. */
+static int lora_prepare(req *r, sdxl_err *e) {
+    const sdxl_gen_params *p = &r->p;
+    sdxl_lora_tag tags[LORA_MAX];
+    int nt = 0, nt2 = 0;
+    size_t l1 = strlen(p->prompt ? p->prompt : ""), l2 = p->prompt_2 ? strlen(p->prompt_2) : 0;
+    r->prompt_clean = malloc(l1 + 1);
+    r->prompt2_clean = malloc(l2 + 1);
+    r->loras = calloc(LORA_MAX, sizeof *r->loras);
+    r->lora_paths = malloc((size_t)LORA_MAX * LORA_PATH_BUF);
+    if (!r->prompt_clean || !r->prompt2_clean || !r->loras || !r->lora_paths)
+        return sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory");
+    int st = sdxl_lora_tags_extract(p->prompt, r->prompt_clean, tags, LORA_MAX, &nt, e);
+    if (!st && p->prompt_2)
+        st = sdxl_lora_tags_extract(p->prompt_2, r->prompt2_clean, tags + nt, LORA_MAX - nt, &nt2, e);
+    if (st) return st;
+    nt += nt2;
+    if (p->n_loras + nt > LORA_MAX)
+        return sdxl_seterr(e, SDXL_ERR_LIMIT, "loras: %d LoRAs in one request (at most %d)", p->n_loras + nt, LORA_MAX);
+    for (int i = 0; i < p->n_loras + nt; i++) {
+        int tag = i >= p->n_loras;
+        const char *name = tag ? tags[i - p->n_loras].name : p->loras[i].path;
+        char *dst = r->lora_paths + (size_t)i * LORA_PATH_BUF;
+        st = sdxl_lora_resolve(name, p->lora_dirs, p->n_lora_dirs, !tag, dst, LORA_PATH_BUF, e);
+        if (st) return tag ? sdxl_err_prefix(e, "prompt <lora:%s>", name) : sdxl_err_prefix(e, "loras[%d]", i);
+        r->loras[i].path = dst;
+        r->loras[i].unet_weight = tag ? tags[i - p->n_loras].unet_weight : p->loras[i].unet_weight;
+        r->loras[i].te_weight = tag ? tags[i - p->n_loras].te_weight : p->loras[i].te_weight;
+    }
+    r->n_loras = p->n_loras + nt;
+    return SDXL_OK;
+}
+
+/* Makes the base networks carry this request's LoRAs before a network call; m->mu held. */
+static int lora_ensure(sdxl_pl_model *m, const req *r, sdxl_err *e) {
+    if (m->lora_owner == r->serial) return SDXL_OK;
+    int st = sdxl_pl_lora_set(m, r->loras, r->n_loras, NULL, e);
+    if (st) return st;
+    m->lora_owner = r->serial;
     return SDXL_OK;
 }
 
@@ -397,10 +484,10 @@ static int encode_stage(sdxl_pl_model *m, const req *r, int refiner, sdxl_cond *
     const sdxl_gen_params *p = &r->p;
     sdxl_cond_params cp;
     sdxl_cond_params_init(&cp);
-    cp.prompt = p->prompt;
+    cp.prompt = r->prompt_clean ? r->prompt_clean : p->prompt;
     cp.negative = p->negative_prompt;
     if (!refiner) {
-        cp.prompt_2 = p->prompt_2;
+        cp.prompt_2 = p->prompt_2 && r->prompt2_clean ? r->prompt2_clean : p->prompt_2;
         cp.negative_2 = p->negative_prompt_2;
         cp.force_zeros = m->force_zeros;
     }
@@ -408,7 +495,8 @@ static int encode_stage(sdxl_pl_model *m, const req *r, int refiner, sdxl_cond *
     cp.clip_skip = p->clip_skip ? p->clip_skip : 1;
     if (cancel && *cancel) return sdxl_seterr(e, SDXL_ERR_CANCELLED, "cancelled");
     pthread_mutex_lock(&m->mu);
-    int st = sdxl_cond_encode(m->c, refiner ? &m->ref_cond : &m->base_cond, m->tok, &cp, cd, e);
+    int st = refiner ? SDXL_OK : lora_ensure(m, r, e);
+    if (!st) st = sdxl_cond_encode(m->c, refiner ? &m->ref_cond : &m->base_cond, m->tok, &cp, cd, e);
     pthread_mutex_unlock(&m->mu);
     if (st) return sdxl_err_prefix(e, refiner ? "refiner prompt" : "prompt");
     const sdxl_unet_cfg *uc = sdxl_unet_config(refiner ? m->ref_unet : m->base_unet);
@@ -522,7 +610,8 @@ static int model_cb(void *user, const float *x_in, size_t n, double t, double si
                        .ctx_len = s->T, .pooled = s->pooled, .pooled_dim = s->P, .time_ids = s->tids,
                        .n_time_ids = s->K};
     pthread_mutex_lock(&s->m->mu);
-    int st = sdxl_unet_forward(s->unet, &in, s->out, e);
+    int st = s->idx ? SDXL_OK : lora_ensure(s->m, r, e);
+    if (!st) st = sdxl_unet_forward(s->unet, &in, s->out, e);
     pthread_mutex_unlock(&s->m->mu);
     if (st) return st;
     if (s->trace && s->trace->unet) s->trace->unet(s->trace->user, s->idx, s->calls, t, s->xin, s->out, rows, s->n_per);
@@ -724,12 +813,36 @@ static int report(const req *r, sdxl_phase ph, int step, int total, int image0, 
     return r->p.progress(r->p.progress_user, &pr);
 }
 
+static int sdxl_pl_generate_req(sdxl_pl_model *m, req *rq, const volatile int *cancel, const sdxl_pl_trace *tr,
+                                const sdxl_logger *log, sdxl_pl_result *out, sdxl_err *e);
+
 int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile int *cancel, const sdxl_pl_trace *tr,
                      const sdxl_logger *log, sdxl_pl_result *out, sdxl_err *e) {
     memset(out, 0, sizeof *out);
     req r;
     int st = resolve(m, p, &r, e);
     if (st) return st;
+    if ((st = lora_prepare(&r, e))) {
+        req_free(&r);
+        return st;
+    }
+    pthread_mutex_lock(&m->mu);
+    r.serial = ++m->lora_serial;
+    st = lora_ensure(m, &r, e); /* every file checked before any work */
+    pthread_mutex_unlock(&m->mu);
+    if (st) {
+        req_free(&r);
+        return st;
+    }
+    st = sdxl_pl_generate_req(m, &r, cancel, tr, log, out, e);
+    req_free(&r);
+    return st;
+}
+
+static int sdxl_pl_generate_req(sdxl_pl_model *m, req *rq, const volatile int *cancel, const sdxl_pl_trace *tr,
+                                const sdxl_logger *log, sdxl_pl_result *out, sdxl_err *e) {
+    req r = *rq;
+    int st;
     double t0 = now_s();
     if (r.p.n_threads > 0) sdxl_threads_set(r.p.n_threads);
     if (r.p.seed < 0) r.p.seed = (int64_t)random_seed();
