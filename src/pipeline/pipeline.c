@@ -212,6 +212,8 @@ typedef struct req {
     int n_loras;
     char *lora_paths;  /* n_loras x PATH_BUF */
     char *prompt_clean, *prompt2_clean; /* prompts without their tags (what the encoders read) */
+    char *lora_hashes; /* A1111 infotext value: "name: <12 hex>, ..." */
+    char (*lora_names)[256];
     uint64_t serial;
 } req;
 
@@ -357,6 +359,10 @@ static void req_free(req *r) {
     free(r->lora_paths);
     free(r->prompt_clean);
     free(r->prompt2_clean);
+    free(r->lora_hashes);
+    free(r->lora_names);
+    r->lora_hashes = NULL;
+    r->lora_names = NULL;
     r->loras = NULL;
     r->lora_paths = r->prompt_clean = r->prompt2_clean = NULL;
 }
@@ -372,7 +378,8 @@ static int lora_prepare(req *r, sdxl_err *e) {
     r->prompt2_clean = malloc(l2 + 1);
     r->loras = calloc(LORA_MAX, sizeof *r->loras);
     r->lora_paths = malloc((size_t)LORA_MAX * LORA_PATH_BUF);
-    if (!r->prompt_clean || !r->prompt2_clean || !r->loras || !r->lora_paths)
+    r->lora_names = calloc(LORA_MAX, sizeof *r->lora_names);
+    if (!r->lora_names || !r->prompt_clean || !r->prompt2_clean || !r->loras || !r->lora_paths)
         return sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory");
     int st = sdxl_lora_tags_extract(p->prompt, r->prompt_clean, tags, LORA_MAX, &nt, e);
     if (!st && p->prompt_2)
@@ -388,10 +395,29 @@ static int lora_prepare(req *r, sdxl_err *e) {
         st = sdxl_lora_resolve(name, p->lora_dirs, p->n_lora_dirs, !tag, dst, LORA_PATH_BUF, e);
         if (st) return tag ? sdxl_err_prefix(e, "prompt <lora:%s>", name) : sdxl_err_prefix(e, "loras[%d]", i);
         r->loras[i].path = dst;
+        if (tag) {
+            snprintf(r->lora_names[i], sizeof r->lora_names[i], "%s", name);
+        } else { /* the file stem, as A1111 names a network */
+            const char *b = strrchr(name, '/');
+            b = b ? b + 1 : name;
+            size_t k = strlen(b);
+            if (k > 12 && !strcmp(b + k - 12, ".safetensors")) k -= 12;
+            snprintf(r->lora_names[i], sizeof r->lora_names[i], "%.*s", (int)k, b);
+        }
         r->loras[i].unet_weight = tag ? tags[i - p->n_loras].unet_weight : p->loras[i].unet_weight;
         r->loras[i].te_weight = tag ? tags[i - p->n_loras].te_weight : p->loras[i].te_weight;
     }
     r->n_loras = p->n_loras + nt;
+    return SDXL_OK;
+}
+
+/* Adds `, key: "value"` to the parameters line (the infotext's last line). */
+static int infotext_append(char **txt, const char *key, const char *value, sdxl_err *e) {
+    size_t n = strlen(*txt), add = strlen(key) + strlen(value) + 8;
+    char *t = realloc(*txt, n + add);
+    if (!t) return sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory");
+    snprintf(t + n, add, ", %s: \"%s\"", key, value);
+    *txt = t;
     return SDXL_OK;
 }
 
@@ -829,6 +855,20 @@ int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile 
     pthread_mutex_lock(&m->mu);
     r.serial = ++m->lora_serial;
     st = lora_ensure(m, &r, e); /* every file checked before any work */
+    if (!st && r.n_loras && m->lora && sdxl_lora_applied(m->lora) == r.n_loras) {
+        /* A1111's "Lora hashes": alias without ':' and ',', then the first 12 hex digits */
+        r.lora_hashes = calloc((size_t)r.n_loras, 256 + 16);
+        for (int i = 0; r.lora_hashes && i < r.n_loras; i++) {
+            char alias[256];
+            size_t k = 0;
+            for (const char *c = r.lora_names[i]; *c && k + 1 < sizeof alias; c++)
+                if (*c != ':' && *c != ',') alias[k++] = *c;
+            alias[k] = 0;
+            size_t at = strlen(r.lora_hashes);
+            snprintf(r.lora_hashes + at, 256 + 16, "%s%s: %.12s", i ? ", " : "", alias,
+                     sdxl_lora_hash(sdxl_lora_applied_at(m->lora, i)));
+        }
+    }
     pthread_mutex_unlock(&m->mu);
     if (st) {
         req_free(&r);
@@ -1171,6 +1211,7 @@ static int sdxl_pl_generate_req(sdxl_pl_model *m, req *rq, const volatile int *c
             im->height = r.H;
             im->seed = r.p.seed + b0 + i;
             if ((st = sdxl_pl_infotext(m, &r.p, r.W, r.H, im->seed, &im->infotext, e)) ||
+                (r.lora_hashes && (st = infotext_append(&im->infotext, "Lora hashes", r.lora_hashes, e))) ||
                 (st = sdxl_pl_request_json(m, &r.p, r.W, r.H, im->seed, &im->request, e)))
                 goto done;
             out->n = b0 + i + 1;
