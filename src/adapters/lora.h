@@ -106,7 +106,7 @@ int sdxl_lora_merged_weight(sdxl_lora_state *s, sdxl_lora_net net, const char *m
 int sdxl_lora_resolve(const char *name, const char *const *dirs, int n_dirs, int allow_paths, char *out, size_t cap,
                       sdxl_err *e);
 
-/* One A1111 tag <lora:name:w> or <lora:name:unet_w:te_w> (w defaults to 1). */
+/* One A1111 tag: <lora:name>, <lora:name:w>, <lora:name:te_w:unet_w> (A1111 order), te=/unet= named. */
 typedef struct sdxl_lora_tag {
     char name[256];
     float unet_weight, te_weight;
