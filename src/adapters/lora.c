@@ -464,34 +464,36 @@ void sdxl_lora_get_info(const sdxl_lora_file *f, sdxl_lora_info *i) {
     }
 }
 
-const char *sdxl_lora_hash(sdxl_lora_file *f) {
-    if (f->hash[0]) return f->hash;
-    FILE *fp = fopen(f->path, "rb");
+int sdxl_lora_hash_file(const char *path, char out[65]) {
+    out[0] = 0;
+    FILE *fp = fopen(path, "rb");
     uint8_t hdr[8];
-    if (!fp) return "";
-    if (fread(hdr, 1, 8, fp) != 8) {
-        fclose(fp);
-        return "";
-    }
+    if (!fp) return SDXL_ERR_IO;
+    int st = SDXL_ERR_FORMAT;
     uint64_t n = 0;
+    uint8_t *buf = NULL;
+    if (fread(hdr, 1, 8, fp) != 8) goto out;
     for (int i = 7; i >= 0; i--) n = n << 8 | hdr[i];
-    if (n > (uint64_t)1 << 40 || fseeko(fp, (off_t)(8 + n), SEEK_SET) != 0) {
-        fclose(fp);
-        return "";
-    }
+    if (n > (uint64_t)1 << 40 || fseeko(fp, (off_t)(8 + n), SEEK_SET) != 0) goto out;
     sha256 s;
     sha_init(&s);
     static const size_t BLK = 1 << 20;
-    uint8_t *buf = malloc(BLK);
-    if (!buf) {
-        fclose(fp);
-        return "";
+    if (!(buf = malloc(BLK))) {
+        st = SDXL_ERR_NOMEM;
+        goto out;
     }
     size_t k;
     while ((k = fread(buf, 1, BLK, fp)) > 0) sha_update(&s, buf, k);
+    sha_hex(&s, out);
+    st = SDXL_OK;
+out:
     free(buf);
     fclose(fp);
-    sha_hex(&s, f->hash);
+    return st;
+}
+
+const char *sdxl_lora_hash(sdxl_lora_file *f) {
+    if (!f->hash[0]) sdxl_lora_hash_file(f->path, f->hash);
     return f->hash;
 }
 

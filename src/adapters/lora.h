@@ -53,6 +53,7 @@ const char *sdxl_lora_path(const sdxl_lora_file *f);
 /* A1111's LoRA hash (kohya's addnet hash): sha256 of the file bytes after the 8-byte length
  * and the JSON header, as 64 hex digits; the infotext carries the first 12. */
 const char *sdxl_lora_hash(sdxl_lora_file *f);
+int sdxl_lora_hash_file(const char *path, char out[65]);
 const char *sdxl_lora_kind_name(sdxl_lora_kind k);
 const char *sdxl_lora_net_name(sdxl_lora_net n);
 
@@ -105,6 +106,10 @@ int sdxl_lora_merged_weight(sdxl_lora_state *s, sdxl_lora_net net, const char *m
  * inside the real dir (no symlink escape). out holds the resolved path. */
 int sdxl_lora_resolve(const char *name, const char *const *dirs, int n_dirs, int allow_paths, char *out, size_t cap,
                       sdxl_err *e);
+
+/* The first *.safetensors file directly inside one of dirs whose hash starts with `hash`
+ * (at least 10 hex digits, case-insensitive), as A1111 finds a network by its short hash. */
+int sdxl_lora_find_hash(const char *hash, const char *const *dirs, int n_dirs, char *out, size_t cap, sdxl_err *e);
 
 /* One A1111 tag: <lora:name>, <lora:name:w>, <lora:name:te_w:unet_w> (A1111 order), te=/unet= named. */
 typedef struct sdxl_lora_tag {

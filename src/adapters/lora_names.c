@@ -1,10 +1,12 @@
 /* LoRA references: names resolved inside the configured folders only, and A1111 prompt tags. */
 #include <ctype.h>
+#include <dirent.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 
 #include "adapters/lora.h"
@@ -56,6 +58,32 @@ int sdxl_lora_resolve(const char *name, const char *const *dirs, int n_dirs, int
     }
     return sdxl_seterr(e, SDXL_ERR_IO, "lora \"%s\": not found in the %d LoRA folder%s (symlinks leaving a folder are "
                        "not followed)", name, n_dirs, n_dirs == 1 ? "" : "s");
+}
+
+int sdxl_lora_find_hash(const char *hash, const char *const *dirs, int n_dirs, char *out, size_t cap, sdxl_err *e) {
+    size_t hl = hash ? strlen(hash) : 0;
+    if (hl < 10 || hl > 64) return sdxl_seterr(e, SDXL_ERR_ARG, "lora hash \"%s\": expected 10..64 hex digits", hash);
+    for (size_t i = 0; i < hl; i++)
+        if (!isxdigit((unsigned char)hash[i]))
+            return sdxl_seterr(e, SDXL_ERR_ARG, "lora hash \"%s\": expected hex digits", hash);
+    for (int d = 0; d < n_dirs; d++) {
+        DIR *dp = dirs && dirs[d] ? opendir(dirs[d]) : NULL;
+        if (!dp) continue;
+        struct dirent *de;
+        while ((de = readdir(dp))) {
+            size_t l = strlen(de->d_name);
+            char full[PATH_MAX], h[65];
+            if (l <= 12 || strcmp(de->d_name + l - 12, ".safetensors") || !inside(dirs[d], de->d_name, full, sizeof full))
+                continue;
+            if (sdxl_lora_hash_file(full, h) == SDXL_OK && !strncasecmp(h, hash, hl) && strlen(full) < cap) {
+                memcpy(out, full, strlen(full) + 1);
+                closedir(dp);
+                return SDXL_OK;
+            }
+        }
+        closedir(dp);
+    }
+    return sdxl_seterr(e, SDXL_ERR_IO, "lora hash %s: no file with that hash in the LoRA folders", hash);
 }
 
 static int parse_weight(const char *s, size_t n, float *out) {

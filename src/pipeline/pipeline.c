@@ -214,6 +214,8 @@ typedef struct req {
     char *prompt_clean, *prompt2_clean; /* prompts without their tags (what the encoders read) */
     char *lora_hashes; /* A1111 infotext value: "name: <12 hex>, ..." */
     char (*lora_names)[256];
+    char (*lora_h)[16];     /* each one's short hash */
+    char *lora_json;        /* ,"loras":[...] of the request list (tags stay in the prompt) */
     uint64_t serial;
 } req;
 
@@ -361,6 +363,10 @@ static void req_free(req *r) {
     free(r->prompt2_clean);
     free(r->lora_hashes);
     free(r->lora_names);
+    free(r->lora_h);
+    free(r->lora_json);
+    r->lora_h = NULL;
+    r->lora_json = NULL;
     r->lora_hashes = NULL;
     r->lora_names = NULL;
     r->loras = NULL;
@@ -393,6 +399,8 @@ static int lora_prepare(req *r, sdxl_err *e) {
         const char *name = tag ? tags[i - p->n_loras].name : p->loras[i].path;
         char *dst = r->lora_paths + (size_t)i * LORA_PATH_BUF;
         st = sdxl_lora_resolve(name, p->lora_dirs, p->n_lora_dirs, !tag, dst, LORA_PATH_BUF, e);
+        if (st && !tag && p->loras[i].hash && st != SDXL_ERR_ARG)
+            st = sdxl_lora_find_hash(p->loras[i].hash, p->lora_dirs, p->n_lora_dirs, dst, LORA_PATH_BUF, e);
         if (st) return tag ? sdxl_err_prefix(e, "prompt <lora:%s>", name) : sdxl_err_prefix(e, "loras[%d]", i);
         r->loras[i].path = dst;
         if (tag) {
@@ -417,6 +425,17 @@ static int infotext_append(char **txt, const char *key, const char *value, sdxl_
     char *t = realloc(*txt, n + add);
     if (!t) return sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory");
     snprintf(t + n, add, ", %s: \"%s\"", key, value);
+    *txt = t;
+    return SDXL_OK;
+}
+
+/* Inserts members before the closing brace of a JSON object. */
+static int json_append(char **txt, const char *members, sdxl_err *e) {
+    size_t n = strlen(*txt), add = strlen(members);
+    char *t = realloc(*txt, n + add + 1);
+    if (!t) return sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory");
+    memcpy(t + n - 1, members, add);
+    memcpy(t + n - 1 + add, "}", 2);
     *txt = t;
     return SDXL_OK;
 }
@@ -858,7 +877,23 @@ int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile 
     if (!st && r.n_loras && m->lora && sdxl_lora_applied(m->lora) == r.n_loras) {
         /* A1111's "Lora hashes": alias without ':' and ',', then the first 12 hex digits */
         r.lora_hashes = calloc((size_t)r.n_loras, 256 + 16);
-        for (int i = 0; r.lora_hashes && i < r.n_loras; i++) {
+        r.lora_h = calloc((size_t)r.n_loras, sizeof *r.lora_h);
+        r.lora_json = calloc((size_t)r.n_loras + 1, 2 * 256 + 128);
+        if (r.lora_json && r.p.n_loras) strcpy(r.lora_json, ",\"loras\":[");
+        for (int i = 0; r.lora_hashes && r.lora_h && r.lora_json && i < r.n_loras; i++) {
+            snprintf(r.lora_h[i], sizeof r.lora_h[i], "%.12s", sdxl_lora_hash(sdxl_lora_applied_at(m->lora, i)));
+            if (i < r.p.n_loras) {
+                /* the name as JSON: plain characters only, others dropped */
+                char nm[256];
+                size_t k = 0;
+                for (const char *c = r.lora_names[i]; *c && k + 1 < sizeof nm; c++)
+                    if ((unsigned char)*c >= 0x20 && *c != '"' && *c != '\\') nm[k++] = *c;
+                nm[k] = 0;
+                size_t at = strlen(r.lora_json);
+                snprintf(r.lora_json + at, 2 * 256 + 128, "%s{\"name\":\"%s\",\"hash\":\"%s\",\"unet_weight\":%.9g,"
+                         "\"te_weight\":%.9g}%s", i ? "," : "", nm, r.lora_h[i], (double)r.loras[i].unet_weight,
+                         (double)r.loras[i].te_weight, i + 1 == r.p.n_loras ? "]" : "");
+            }
             char alias[256];
             size_t k = 0;
             for (const char *c = r.lora_names[i]; *c && k + 1 < sizeof alias; c++)
@@ -1212,7 +1247,8 @@ static int sdxl_pl_generate_req(sdxl_pl_model *m, req *rq, const volatile int *c
             im->seed = r.p.seed + b0 + i;
             if ((st = sdxl_pl_infotext(m, &r.p, r.W, r.H, im->seed, &im->infotext, e)) ||
                 (r.lora_hashes && (st = infotext_append(&im->infotext, "Lora hashes", r.lora_hashes, e))) ||
-                (st = sdxl_pl_request_json(m, &r.p, r.W, r.H, im->seed, &im->request, e)))
+                (st = sdxl_pl_request_json(m, &r.p, r.W, r.H, im->seed, &im->request, e)) ||
+                (r.lora_json && r.lora_json[0] && (st = json_append(&im->request, r.lora_json, e))))
                 goto done;
             out->n = b0 + i + 1;
         }

@@ -341,7 +341,7 @@ int golden_pipelines(golden_ctx *g) {
                     }
                 }
                 for (int j = 0; j < np; j++) {
-                    sdxl_lora_spec spec = {path[j], w, w};
+                    sdxl_lora_spec spec = {path[j], w, w, NULL};
                     run_case(g, &s, m, LAYOUTS[l].layout, cname, c, &spec);
                 }
                 continue;

@@ -110,7 +110,7 @@ static void test_bad(sdxl_pl_model *m) {
     }
     const char *want[] = {"SD 1.x/2.x", "input size differs", "mismatched rank", "non-finite", "", "\"..\""};
     for (int i = 0; i < 6; i++) {
-        sdxl_lora_spec spec = {path[i], 1.0f, 1.0f};
+        sdxl_lora_spec spec = {path[i], 1.0f, 1.0f, NULL};
         sdxl_gen_params q;
         params(&q);
         const char *dirs[1] = {dir};
@@ -142,7 +142,7 @@ static void test_requests(sdxl_pl_model *m) {
     sdxl_gen_params p;
     params(&p);
     uint8_t *plain = gen(m, &p, &e, &st);
-    sdxl_lora_spec spec = {KOHYA, 0.6f, 0.4f};
+    sdxl_lora_spec spec = {KOHYA, 0.6f, 0.4f, NULL};
     p.loras = &spec;
     p.n_loras = 1;
     uint8_t *withl = gen(m, &p, &e, &st);
@@ -164,6 +164,40 @@ static void test_requests(sdxl_pl_model *m) {
     uint8_t *s6 = gen(m, &p, &e, &st);
     CHECK(b2 && s6 && memcmp(b2, withl, 64 * 64 * 3) == 0 && memcmp(b2 + 64 * 64 * 3, s6, 64 * 64 * 3) == 0,
           "a batch of two with the LoRA equals the two single images");
+    /* the request JSON names the LoRA with its hash; read back it finds the file by name, and by
+     * hash in a folder where it has another name */
+    {
+        sdxl_gen_params r0;
+        params(&r0);
+        r0.loras = &spec;
+        r0.n_loras = 1;
+        sdxl_pl_result res;
+        CHECK(sdxl_pl_generate(m, &r0, NULL, NULL, NULL, &res, &e) == SDXL_OK, "generate for JSON");
+        char dir[] = "/tmp/sdxl_lorahash_XXXXXX", cp[600];
+        CHECK(mkdtemp(dir) != NULL, "temp dir");
+        snprintf(cp, sizeof cp, "%s/renamed.safetensors", dir);
+        CHECK(link(KOHYA, cp) == 0 || symlink(KOHYA, cp) == 0, "renamed copy");
+        for (int k = 0; k < 2; k++) {
+            sdxl_gen_params back;
+            sdxl_gen_params_init(&back);
+            void *storage = NULL;
+            int ok = sdxl_pl_params_from_json(res.img[0].request, strlen(res.img[0].request), &back, &storage, &e) ==
+                     SDXL_OK;
+            CHECK(ok && back.n_loras == 1 && back.loras[0].hash && strlen(back.loras[0].hash) == 12,
+                  "request JSON carries the LoRA and its hash");
+            const char *d2[1] = {k ? dir : SDXL_TEST_DATA "/golden/models"};
+            back.lora_dirs = d2;
+            back.n_lora_dirs = 1;
+            uint8_t *px = ok ? gen(m, &back, &e, &st) : NULL;
+            CHECK(px && memcmp(px, res.img[0].rgb, 64 * 64 * 3) == 0, "restored by %s: same image (%s)",
+                  k ? "hash" : "name", e.msg);
+            free(px);
+            free(storage);
+        }
+        unlink(cp);
+        rmdir(dir);
+        sdxl_pl_result_free(&res);
+    }
     /* and back to no LoRA: byte-identical to before */
     params(&p);
     uint8_t *again = gen(m, &p, &e, &st);
