@@ -8,6 +8,8 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include <oneapi/dnnl/dnnl.h>
+
 #include "tensor/tensor.h"
 
 #define MAX_RANK 65536
@@ -822,18 +824,15 @@ static float *factor(const sdxl_lora_file *f, const sdxl_st_tensor *t, sdxl_err 
     return v;
 }
 
-/* d[rows, cols] = a[rows, k] @ b[k, cols] (a_t: a given as [k, rows]). */
+/* d[rows, cols] = alpha a[rows, k] @ b[k, cols] + beta d (a_t: a given as [k, rows]); row-major,
+ * through oneDNN's f32 GEMM. */
+static void gemm(const float *a, int a_t, const float *b, float *d, int64_t rows, int64_t k, int64_t cols, float alpha,
+                 float beta) {
+    dnnl_sgemm(a_t ? 'T' : 'N', 'N', rows, cols, k, alpha, a, a_t ? rows : k, b, cols, beta, d, cols);
+}
+
 static void matmul(const float *a, int a_t, const float *b, float *d, int64_t rows, int64_t k, int64_t cols) {
-#pragma omp parallel for schedule(static)
-    for (int64_t o = 0; o < rows; o++) {
-        float *dr = d + o * cols;
-        memset(dr, 0, (size_t)cols * sizeof *dr);
-        for (int64_t r = 0; r < k; r++) {
-            float s = a_t ? a[r * rows + o] : a[o * k + r];
-            const float *br = b + r * cols;
-            for (int64_t j = 0; j < cols; j++) dr[j] += s * br[j];
-        }
-    }
+    gemm(a, a_t, b, d, rows, k, cols, 1.0f, 0.0f);
 }
 
 /* Tucker / CP rebuild: d[p, q, k, l] = sum_ij mid[i, j, k, l] down[j, q] up[p, i], with up given as
@@ -1023,6 +1022,20 @@ static int add_module(sdxl_lora_state *s, const sdxl_lora_file *f, const lmod *m
         }
     }
     double scale = 1;
+    if (m->kind == SDXL_LORA_KIND_LORA && !m->t[F_MID] && !m->t[F_DORA] && !m->t[F_MAG]) {
+        /* plain LoRA: w += (m alpha / r) up @ down in one GEMM, no delta buffer */
+        float *dn = factor(f, m->t[F_DOWN], e), *up = dn ? factor(f, m->t[F_UP], e) : NULL;
+        if (!up) {
+            free(dn);
+            return SDXL_ERR_NOMEM;
+        }
+        int64_t r = m->t[F_DOWN]->shape[0];
+        scale = isnan(m->alpha) ? 1.0 : m->alpha / (double)r;
+        gemm(up, 0, dn, w, rows, r, cols, (float)(mult * scale), 1.0f);
+        free(dn);
+        free(up);
+        return SDXL_OK;
+    }
     int st = delta(f, m, rows, cols, in, kk, s->t1, s->t3, s->t2, &scale, e);
     if (st) return st;
     float *d = s->t1;
@@ -1088,8 +1101,10 @@ static int build_layer(sdxl_lora_state *s, const layer *L, const contrib *list, 
     size_t need = (size_t)(2 * nw + nb + 1);
     if (reserve(&s->w, &s->w_cap, need)) return sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA: out of memory for a layer");
     float *w = s->w, *orig = s->w + nw, *b = nb ? s->w + 2 * nw : NULL;
-    sdxl_lref_original(r, orig, b);
-    memcpy(w, orig, (size_t)nw * sizeof *w);
+    sdxl_lref_original(r, w, b);
+    int dora = 0; /* only DoRA reads the originals after deltas were added */
+    for (int i = 0; i < n; i++) dora |= list[i].f->mods[list[i].mod].t[F_DORA] || list[i].f->mods[list[i].mod].t[F_MAG];
+    if (dora) memcpy(orig, w, (size_t)nw * sizeof *w);
     for (int i = 0; i < n; i++) {
         int part = bindpart[i];
         int st = add_module(s, list[i].f, &list[i].f->mods[list[i].mod], L, list[i].mult, orig + part * pn,

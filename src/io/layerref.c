@@ -24,7 +24,13 @@ void sdxl_lref_original(const sdxl_lref *r, float *w, float *b) {
     for (int i = 0; i < r->nparts; i++) {
         const sdxl_lref_part *p = &r->part[i];
         size_t es = sdxl_dtype_size(dt_of(p->w));
-        sdxl_to_f32((const char *)p->w->data + (size_t)(p->w_row0 * row) * es, dt_of(p->w), w + i * pn, (size_t)pn);
+        const char *src = (const char *)p->w->data + (size_t)(p->w_row0 * row) * es;
+        const int64_t chunk = 1 << 16, nch = (pn + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static) if (nch > 1)
+        for (int64_t c = 0; c < nch; c++) {
+            int64_t o = c * chunk, len = pn - o < chunk ? pn - o : chunk;
+            sdxl_to_f32(src + (size_t)o * es, dt_of(p->w), w + i * pn + o, (size_t)len);
+        }
         if (b && p->b) {
             size_t bs = sdxl_dtype_size(dt_of(p->b));
             sdxl_to_f32((const char *)p->b->data + (size_t)p->b_row0 * bs, dt_of(p->b), b + i * r->out_each,
