@@ -355,6 +355,8 @@ static int check_module(sdxl_lora_file *f, lmod *m, sdxl_err *e) {
 
 static int cmp_mod(const void *a, const void *b) { return strcmp(((const lmod *)a)->key, ((const lmod *)b)->key); }
 
+static int group_modules(sdxl_lora_file *f, sdxl_lora_file **out, sdxl_err *e);
+
 int sdxl_lora_open(const char *path, sdxl_lora_file **out, sdxl_err *e) {
     *out = NULL;
     struct stat sb;
@@ -373,6 +375,28 @@ int sdxl_lora_open(const char *path, sdxl_lora_file **out, sdxl_err *e) {
         sdxl_lora_close(f);
         return st;
     }
+    return group_modules(f, out, e);
+}
+
+int sdxl_lora_open_memory(const void *buf, size_t len, const char *what, sdxl_lora_file **out, sdxl_err *e) {
+    *out = NULL;
+    sdxl_lora_file *f = calloc(1, sizeof *f);
+    if (!f || !(f->path = strdup(what))) {
+        free(f);
+        return sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA %s: out of memory", what);
+    }
+    int st = sdxl_st_open_memory(buf, len, what, &f->st, e);
+    if (st) {
+        sdxl_lora_close(f);
+        return st;
+    }
+    return group_modules(f, out, e);
+}
+
+/* Groups the tensors of an opened file into modules and checks each; frees f on error. */
+static int group_modules(sdxl_lora_file *f, sdxl_lora_file **out, sdxl_err *e) {
+    const char *path = f->path;
+    int st;
     size_t n = sdxl_st_count(f->st);
     f->mods = calloc(n ? n : 1, sizeof *f->mods);
     if (!f->mods) {

@@ -34,6 +34,8 @@ typedef struct sdxl_lora_file sdxl_lora_file;
 /* Opens and checks a file (model-independent checks: grouping, factor shapes and ranks, alpha,
  * finite values). The factors stay mapped while the handle lives. */
 int sdxl_lora_open(const char *path, sdxl_lora_file **out, sdxl_err *e);
+/* The same checks on an in-memory image that must outlive the handle (fuzz entry). */
+int sdxl_lora_open_memory(const void *buf, size_t len, const char *what, sdxl_lora_file **out, sdxl_err *e);
 void sdxl_lora_close(sdxl_lora_file *f);
 
 typedef struct sdxl_lora_info {
