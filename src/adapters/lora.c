@@ -787,7 +787,7 @@ static int check_bind(const sdxl_lora_file *f, const lmod *m, const layer *L, sd
 
 /* Matches every module of f to a layer part; lists unmatched ones and refuses files that are
  * not for SDXL. */
-static int bind_file(sdxl_lora_state *s, sdxl_lora_file *f, int **out, sdxl_err *e) {
+static int bind_file(sdxl_lora_state *s, sdxl_lora_file *f, int **out, sdxl_lora_stats *stt, sdxl_err *e) {
     int *bind = malloc((size_t)f->n_mods * sizeof *bind);
     if (!bind) return sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA: out of memory");
     int unmatched = 0, matched = 0;
@@ -819,6 +819,10 @@ static int bind_file(sdxl_lora_state *s, sdxl_lora_file *f, int **out, sdxl_err 
                            unmatched, f->n_mods, why, first[0], first[1][0] ? ", " : "", first[1],
                            first[2][0] ? ", " : "", first[2]);
     }
+    if (unmatched && !stt->modules_unmatched)
+        snprintf(stt->unmatched, sizeof stt->unmatched, "%s: %s%s%s%s%s (%d modules)", f->path, first[0],
+                 first[1][0] ? ", " : "", first[1], first[2][0] ? ", " : "", first[2], unmatched);
+    stt->modules_unmatched += unmatched;
     *out = bind;
     return SDXL_OK;
 }
@@ -1240,7 +1244,7 @@ int sdxl_lora_apply(sdxl_lora_state *s, const sdxl_lora_use *uses, int n, sdxl_l
         if ((st = sdxl_lora_open(uses[i].path, &f, e))) goto fail;
         set[nset].f = f;
         nset++;
-        if ((st = bind_file(s, f, &set[nset - 1].bind, e))) goto fail;
+        if ((st = bind_file(s, f, &set[nset - 1].bind, stt, e))) goto fail;
     }
     /* 2. plan each layer's contribution list */
     for (int i = 0; i < s->n_layers; i++) s->layers[i].n_nxt = 0;

@@ -83,6 +83,8 @@ typedef struct sdxl_lora_use {
 typedef struct sdxl_lora_stats {
     int layers_rebuilt, layers_merged; /* rebuilt by this call; carrying a delta after it */
     int modules_bound;
+    int modules_unmatched;  /* accepted files' modules that match no layer (ignored) */
+    char unmatched[256];    /* the first few of them, "file: key, key (+n more)" */
     double seconds;
 } sdxl_lora_stats;
 

@@ -873,7 +873,18 @@ int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile 
     }
     pthread_mutex_lock(&m->mu);
     r.serial = ++m->lora_serial;
-    st = lora_ensure(m, &r, e); /* every file checked before any work */
+    /* every file checked before any work */
+    if (m->lora_owner != r.serial) {
+        sdxl_lora_stats ls;
+        st = sdxl_pl_lora_set(m, r.loras, r.n_loras, &ls, e);
+        if (!st) {
+            m->lora_owner = r.serial;
+            if (ls.layers_rebuilt)
+                SDXL_INFO(log, "LoRA: %d layers rebuilt in %.2f s, %d carry deltas", ls.layers_rebuilt, ls.seconds,
+                          ls.layers_merged);
+            if (ls.modules_unmatched) SDXL_WARN(log, "LoRA: modules matching no layer were ignored: %s", ls.unmatched);
+        }
+    }
     if (!st && r.n_loras && m->lora && sdxl_lora_applied(m->lora) == r.n_loras) {
         /* A1111's "Lora hashes": alias without ':' and ',', then the first 12 hex digits */
         r.lora_hashes = calloc((size_t)r.n_loras, 256 + 16);
