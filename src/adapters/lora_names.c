@@ -37,6 +37,7 @@ int sdxl_lora_resolve(const char *name, const char *const *dirs, int n_dirs, int
         memcpy(out, name, strlen(name) + 1);
         return SDXL_OK;
     }
+    if (allow_paths && name[0] == '/') return sdxl_seterr(e, SDXL_ERR_IO, "lora \"%s\": no such file", name);
     if (name[0] == '/')
         return sdxl_seterr(e, SDXL_ERR_ARG, "lora \"%s\": absolute paths are not allowed here; give a name inside "
                            "a LoRA folder", name);
