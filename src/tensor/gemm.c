@@ -688,6 +688,9 @@ int sdxl_conv2d_fwd(sdxl_compute *c, const sdxl_conv2d *cv, const float *x, int6
  * into every private copy the context made of them: the same reorders a fresh init runs. */
 static int replace_weights(sdxl_compute *c, const gemm_layer *gl, void *wstore, const float *w, int ndims,
                            const dnnl_dims_t dims, dnnl_format_tag_t tag, sdxl_err *e) {
+    if (!wstore && gl)
+        return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "set weights: the layer's weights live on a device; rebuilding "
+                           "layers (LoRA) needs the CPU context");
     if (!gl || !wstore) return sdxl_seterr(e, SDXL_ERR_ARG, "set weights: layer not initialised");
     dnnl_memory_desc_t plain;
     DNNL_TRY(dnnl_memory_desc_init_by_tag(&plain, ndims, dims, dnnl_f32, tag), "weights descriptor");
