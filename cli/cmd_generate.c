@@ -447,7 +447,10 @@ int cmd_generate(int argc, char **argv) {
         goto out;
     }
     rc = EXIT_FAIL;
-    o.mp.one_shot = 1; /* one request: each network is freed after its last use */
+    /* one request: each network is freed after its last use (LoRA merging needs every network
+     * converted when the request starts, so it keeps the plain load) */
+    o.mp.one_shot = !o.n_loras && !strstr(o.g.prompt ? o.g.prompt : "", "<lora:") &&
+                    !(o.g.prompt_2 && strstr(o.g.prompt_2, "<lora:")) && !o.g.n_loras;
     sdxl_status lst = sdxl_model_load(ctx, &o.mp, &m);
     if (lst != SDXL_OK) {
         fprintf(stderr, "sdxl generate: %s\n", sdxl_errmsg(ctx));
