@@ -93,6 +93,12 @@ static int usage(FILE *out) {
             "      --control-resize M     just | crop | fill (A1111's resize modes; default just)\n"
             "      --control-guess        guess mode (control on the conditional half only)\n"
             "      --control-dir DIR      folder ControlNet names resolve in (repeatable)\n"
+            "LoRA:\n"
+            "      --lora FILE[:W[:TE_W]] merge a LoRA/LyCORIS file for this request: UNet weight W (default 1),\n"
+            "                             text-encoder weight TE_W (default W); repeatable. FILE may be a\n"
+            "                             name inside a --lora-dir\n"
+            "      --lora-dir DIR         folder where LoRA names (and prompt tags <lora:name:w>) resolve;\n"
+            "                             repeatable; names never leave these folders\n"
             "output:\n"
             "  -o, --output PATH          .png (default output.png), .jpg or .webp; several images are\n"
             "                             written as NAME_1.png, NAME_2.png, ...\n"
@@ -120,6 +126,11 @@ typedef struct opts {
     int n_units, cur, n_images_given, new_units;
     const char *dirs[MAX_DIRS];
     int n_dirs;
+    sdxl_lora_spec loras[32];
+    char lora_path[32][4096];
+    int n_loras;
+    const char *lora_dirs[16];
+    int n_lora_dirs;
 } opts;
 
 /* "6G", "6.5G", "800M", "7000000000": K, M, G, T are powers of 1024. */
@@ -138,6 +149,35 @@ static int parse_size(const char *flag, const char *v, uint64_t *out) {
         return -1;
     }
     *out = (uint64_t)(x * mul);
+    return 0;
+}
+
+/* FILE[:W[:TE_W]]: trailing numeric fields are weights, the rest is the file (which may hold ':'). */
+static int parse_lora(const char *v, opts *o) {
+    if (o->n_loras == 32) {
+        fprintf(stderr, "sdxl generate: --lora: at most 32\n");
+        return -1;
+    }
+    char *buf = o->lora_path[o->n_loras];
+    snprintf(buf, sizeof o->lora_path[0], "%s", v);
+    float w[2];
+    int nw = 0;
+    for (; nw < 2; nw++) {
+        char *c = strrchr(buf, ':'), *end;
+        if (!c || c == buf) break;
+        double x = strtod(c + 1, &end);
+        if (end == c + 1 || *end || !isfinite(x)) break;
+        w[nw] = (float)x;
+        *c = 0;
+    }
+    if (!*buf) {
+        fprintf(stderr, "sdxl generate: --lora: expected FILE[:W[:TE_W]], got \"%s\"\n", v);
+        return -1;
+    }
+    sdxl_lora_spec *l = &o->loras[o->n_loras++];
+    l->path = buf;
+    l->unet_weight = nw == 0 ? 1.0f : nw == 1 ? w[0] : w[1];
+    l->te_weight = nw == 2 ? w[0] : l->unet_weight;
     return 0;
 }
 
@@ -354,7 +394,14 @@ static int parse_args(int argc, char **argv, opts *o) {
             else if (IS("--hr-negative-prompt")) g->hr_negative_prompt = v;
             else if (IS("-o") || IS("--output")) o->output = v;
             else if (IS("-t") || IS("--threads")) r = parse_int(a, v, 0, 4096, &o->threads);
-            else {
+            else if (IS("--lora")) r = parse_lora(v, o);
+            else if (IS("--lora-dir")) {
+                if (o->n_lora_dirs == 16) {
+                    fprintf(stderr, "sdxl generate: --lora-dir: at most 16\n");
+                    return -1;
+                }
+                o->lora_dirs[o->n_lora_dirs++] = v;
+            } else {
                 fprintf(stderr, "sdxl generate: unknown option \"%s\" (see sdxl generate --help)\n", a);
                 return -1;
             }
@@ -484,6 +531,14 @@ int cmd_generate(int argc, char **argv) {
         goto out;
     }
     o.g.n_threads = o.threads;
+    if (o.n_loras) {
+        o.g.loras = o.loras;
+        o.g.n_loras = o.n_loras;
+    }
+    if (o.n_lora_dirs) {
+        o.g.lora_dirs = o.lora_dirs;
+        o.g.n_lora_dirs = o.n_lora_dirs;
+    }
     /* inputs are read and the request validated before the model loads */
     sdxl_err e = {0};
     if (o.init_path) {

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "adapters/lora.h"
 #include "cli.h"
 #include "io/prediction.h"
 #include "decode/vae.h"
@@ -306,6 +307,56 @@ static void print_plain(FILE *o, const sdxl_file *f, const char *path, const cha
     if (json) fputs("]}\n", o);
 }
 
+/* A LoRA / LyCORIS file: format, modules per network and kind, ranks, alphas, hash, training metadata. */
+static void print_lora(FILE *o, sdxl_lora_file *l, int json) {
+    sdxl_lora_info i;
+    sdxl_lora_get_info(l, &i);
+    const char *h = sdxl_lora_hash(l);
+    const sdxl_st_file *st = sdxl_lora_st(l);
+    if (json) {
+        fprintf(o, "{\"kind\":\"lora\",\"format\":");
+        jstr(o, i.format);
+        fprintf(o, ",\"modules\":%d,\"unet\":%d,\"te1\":%d,\"te2\":%d,\"other\":%d,\"rank_min\":%d,\"rank_max\":%d",
+                i.n_modules, i.per_net[0], i.per_net[1], i.per_net[2], i.n_other, i.rank_min, i.rank_max);
+        if (i.n_alpha) fprintf(o, ",\"alpha_min\":%g,\"alpha_max\":%g", i.alpha_min, i.alpha_max);
+        fprintf(o, ",\"dora\":%d,\"kinds\":{", i.n_dora);
+        for (int k = 0, first = 1; k < SDXL_LORA_KINDS; k++)
+            if (i.per_kind[k]) {
+                fprintf(o, "%s\"%s\":%d", first ? "" : ",", sdxl_lora_kind_name((sdxl_lora_kind)k), i.per_kind[k]);
+                first = 0;
+            }
+        fprintf(o, "},\"sha256\":\"%s\",\"metadata\":{", h);
+        for (size_t k = 0, first = 1; k < sdxl_st_meta_count(st); k++) {
+            const char *key, *v;
+            sdxl_st_meta_at(st, k, &key, &v);
+            fprintf(o, "%s", first ? "" : ",");
+            jstr(o, key);
+            fprintf(o, ":");
+            jstr(o, v);
+            first = 0;
+        }
+        fprintf(o, "}}\n");
+        return;
+    }
+    fprintf(o, "LoRA:      %s\nformat:    %s\nmodules:   %d (unet %d, te1 %d, te2 %d, other %d)\n", sdxl_lora_path(l),
+            i.format, i.n_modules, i.per_net[0], i.per_net[1], i.per_net[2], i.n_other);
+    fprintf(o, "kinds:    ");
+    for (int k = 0; k < SDXL_LORA_KINDS; k++)
+        if (i.per_kind[k]) fprintf(o, " %s %d", sdxl_lora_kind_name((sdxl_lora_kind)k), i.per_kind[k]);
+    if (i.n_dora) fprintf(o, " (DoRA %d)", i.n_dora);
+    fprintf(o, "\n");
+    if (i.rank_max) fprintf(o, "rank:      %d..%d\n", i.rank_min, i.rank_max);
+    if (i.n_alpha) fprintf(o, "alpha:     %g..%g (%d modules)\n", i.alpha_min, i.alpha_max, i.n_alpha);
+    else fprintf(o, "alpha:     none (alpha = rank)\n");
+    fprintf(o, "hash:      %.12s (A1111 Lora hashes; sha256 of the tensor data %s)\n", h, h);
+    for (size_t k = 0; k < sdxl_st_meta_count(st); k++) {
+        const char *key, *v;
+        sdxl_st_meta_at(st, k, &key, &v);
+        size_t n = strlen(v);
+        fprintf(o, "  %-28s %.*s%s\n", key, n > 120 ? 120 : (int)n, v, n > 120 ? "..." : "");
+    }
+}
+
 static int usage(FILE *o) {
     fprintf(o, "usage: sdxl info FILE_OR_FOLDER [--json]\n\n"
                "Validates a .safetensors file or a diffusers folder and lists its layout, parts\n"
@@ -347,6 +398,13 @@ int cmd_info(int argc, char **argv) {
     if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) {
         fprintf(stderr, "sdxl info: %s\n", e.msg);
         return 1;
+    }
+    sdxl_lora_file *lf = NULL;
+    sdxl_err le = {0};
+    if (sdxl_lora_open(path, &lf, &le) == SDXL_OK) {
+        print_lora(stdout, lf, json);
+        sdxl_lora_close(lf);
+        return 0;
     }
     /* Not a checkpoint: fall back to the plain, still fully validated, file view. */
     sdxl_ctx *ctx = NULL;

@@ -199,6 +199,7 @@ typedef struct sdxl_lora_spec {
     const char *path;
     float unet_weight;             /* multiplier on the UNet's deltas (negative allowed) */
     float te_weight;               /* multiplier on the text encoders' deltas */
+    const char *hash;              /* NULL, or A1111's short hash: finds the file in lora_dirs when path does not */
 } sdxl_lora_spec;
 
 /* How a control image of another size is fitted to the output (A1111's resize modes). */

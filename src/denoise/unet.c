@@ -364,7 +364,7 @@ static int detect(sdxl_unet *u, const sdxl_ckpt *ck, const sdxl_unet_opts *o, sd
 
 /* ---- the weight walker --------------------------------------------------------------------- */
 
-enum { W_VALIDATE = 0, W_LOAD, W_FREE, W_LIST };
+enum { W_VALIDATE = 0, W_LOAD, W_FREE, W_LIST, W_LAYERS, W_ALTNAMES };
 
 typedef struct walker {
     int mode;
@@ -375,6 +375,11 @@ typedef struct walker {
     size_t n_names, cap_names;
     int64_t n_params;
     int64_t (*shapes)[5]; /* list: ndim, then the dims */
+    /* W_LAYERS: each layer to fn; W_ALTNAMES: module names in the other naming, in walk order */
+    sdxl_lref_fn fn;
+    void *user;
+    char (*alt)[SDXL_LREF_NAME];
+    size_t n_alt, cap_alt, i_alt;
 } walker;
 
 static int to_dtype(sdxl_st_dtype t, sdxl_dtype *out) {
@@ -423,6 +428,10 @@ static int w_tensor(walker *w, const char *pre, const char *suf, int ndim, const
         w->n_names++;
         return SDXL_OK;
     }
+    if (w->mode == W_ALTNAMES) {
+        *out = NULL;
+        return SDXL_OK;
+    }
     const sdxl_st_tensor *t = sdxl_ckpt_find(w->ck, SDXL_PART_UNET, name);
     *out = t;
     if (!t) return sdxl_seterr(w->e, SDXL_ERR_FORMAT, "UNet tensor '%s' is missing (%s)", name, sdxl_ckpt_path(w->ck));
@@ -453,7 +462,11 @@ static int w_tensor(walker *w, const char *pre, const char *suf, int ndim, const
     return SDXL_OK;
 }
 
+static int w_layer(walker *w, sdxl_lref_kind kind, const char *pre, const char *const *sufs, int nparts,
+                   int64_t out_each, int64_t in, int k, int bias, void *layer, float *g, float *b);
+
 static int w_vec(walker *w, const char *pre, int64_t n, float **g, float **b) {
+    if (w->mode >= W_LAYERS) return w_layer(w, SDXL_LREF_NORM, pre, NULL, 1, n, 0, 1, 1, NULL, *g, *b);
     float **dst[2] = {g, b};
     const char *suf[2] = {"weight", "bias"};
     for (int i = 0; i < 2; i++) {
@@ -484,6 +497,7 @@ static uint64_t gemm_bytes(const sdxl_unet *u, int64_t n) {
  * + "weight"; a bias (single part only) when bias is set. */
 static int w_lin(walker *w, const char *pre, const char *const *sufs, int nparts, int64_t out_each, int64_t in,
                  int bias, sdxl_linear *l) {
+    if (w->mode >= W_LAYERS) return w_layer(w, SDXL_LREF_LINEAR, pre, sufs, nparts, out_each, in, 1, bias, l, 0, 0);
     if (w->mode == W_FREE) {
         if (l->w || l->impl || l->bias) sdxl_linear_free(l);
         memset(l, 0, sizeof *l);
@@ -541,6 +555,7 @@ static int w_lin1(walker *w, const char *pre, const char *suf, int64_t out, int6
 }
 
 static int w_conv(walker *w, const char *pre, int64_t cout, int64_t cin, int k, int stride, sdxl_conv2d *cv) {
+    if (w->mode >= W_LAYERS) return w_layer(w, SDXL_LREF_CONV, pre, NULL, 1, cout, cin, k, 1, cv, NULL, NULL);
     if (w->mode == W_FREE) {
         if (cv->w || cv->impl || cv->bias) sdxl_conv2d_free(cv);
         memset(cv, 0, sizeof *cv);
@@ -691,6 +706,67 @@ static int walk(walker *w) {
     TRY(w_vec(w, tn->norm_out, g->ch[0], &u->out_g, &u->out_b));
     TRY(w_conv(w, tn->conv_out, g->out_ch, g->ch[0], 3, 1, &u->conv_out));
     return SDXL_OK;
+}
+
+/* W_ALTNAMES records each part's module name; W_LAYERS hands the layer with its tensors and
+ * the recorded other-naming name of the same walk position to fn. */
+static int w_layer(walker *w, sdxl_lref_kind kind, const char *pre, const char *const *sufs, int nparts,
+                   int64_t out_each, int64_t in, int k, int bias, void *layer, float *g, float *b) {
+    sdxl_lref r;
+    memset(&r, 0, sizeof r);
+    r.kind = kind;
+    r.nparts = nparts;
+    r.out_each = out_each;
+    r.in = in;
+    r.kh = r.kw = k;
+    if (kind == SDXL_LREF_LINEAR) r.lin = layer;
+    else if (kind == SDXL_LREF_CONV) r.conv = layer;
+    r.norm_g = g;
+    r.norm_b = b;
+    for (int i = 0; i < nparts; i++) {
+        sdxl_lref_part *p = &r.part[i];
+        char mod[SDXL_LREF_NAME + 64], suf[96];
+        snprintf(mod, sizeof mod, "%s%s", pre, sufs ? sufs[i] : "");
+        size_t n = strlen(mod);
+        if (n && mod[n - 1] == '.') mod[--n] = 0;
+        if (n >= SDXL_LREF_NAME) return sdxl_seterr(w->e, SDXL_ERR_INTERNAL, "UNet module name '%s' too long", mod);
+        if (w->mode == W_ALTNAMES) {
+            if (w->n_alt == w->cap_alt) {
+                size_t nc = w->cap_alt ? 2 * w->cap_alt : 2048;
+                char(*na)[SDXL_LREF_NAME] = realloc(w->alt, nc * sizeof *na);
+                if (!na) return sdxl_seterr(w->e, SDXL_ERR_NOMEM, "UNet: out of memory listing layers");
+                w->alt = na;
+                w->cap_alt = nc;
+            }
+            memcpy(w->alt[w->n_alt++], mod, n + 1);
+            continue;
+        }
+        memcpy(p->name, mod, n + 1);
+        if (w->i_alt < w->n_alt) memcpy(p->alt, w->alt[w->i_alt++], SDXL_LREF_NAME);
+        snprintf(suf, sizeof suf, "%sweight", sufs ? sufs[i] : "");
+        TRY(w_tensor(w, pre, suf, 0, NULL, &p->w));
+        if (bias) {
+            snprintf(suf, sizeof suf, "%sbias", sufs ? sufs[i] : "");
+            TRY(w_tensor(w, pre, suf, 0, NULL, &p->b));
+        }
+    }
+    return w->mode == W_LAYERS ? w->fn(w->user, &r, w->e) : SDXL_OK;
+}
+
+int sdxl_unet_layers(sdxl_unet *u, const sdxl_ckpt *ck, sdxl_lref_fn fn, void *user, sdxl_err *e) {
+    if (!u->detected || u->validate_only)
+        return sdxl_seterr(e, SDXL_ERR_ARG, "UNet: no converted layers to list");
+    walker w = {.mode = W_ALTNAMES, .u = u, .ck = ck, .e = e, .fn = fn, .user = user};
+    sdxl_naming own = u->cfg.naming;
+    u->cfg.naming = own == SDXL_NAMING_DIFFUSERS ? SDXL_NAMING_ORIGINAL : SDXL_NAMING_DIFFUSERS;
+    int st = walk(&w);
+    u->cfg.naming = own;
+    if (!st) {
+        w.mode = W_LAYERS;
+        st = walk(&w);
+    }
+    free(w.alt);
+    return st;
 }
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }

@@ -10,6 +10,7 @@
 #include "base/err.h"
 #include "base/log.h"
 #include "io/checkpoint.h"
+#include "io/layerref.h"
 #include "tensor/ops.h"
 
 #define SDXL_UNET_MAX_LEVELS 6
@@ -119,6 +120,10 @@ void sdxl_unet_skip_shape(const sdxl_unet *u, int i, int64_t h, int64_t w, int64
  * in both precisions; the bf16 GEMM-input scratch lives in the compute context. */
 int sdxl_unet_estimate(sdxl_unet *u, int64_t batch, int64_t h, int64_t w, int64_t ctx_len, size_t *bytes,
                        sdxl_err *e);
+
+/* Every linear, conv and norm layer in walk order, linked to its tensors in ck (the checkpoint u
+ * was loaded from), with each module's name in both namings; fn's error stops the walk. */
+int sdxl_unet_layers(sdxl_unet *u, const sdxl_ckpt *ck, sdxl_lref_fn fn, void *user, sdxl_err *e);
 
 /* Per-op-type timing of forwards (for bench/unet). */
 typedef enum sdxl_unet_op {

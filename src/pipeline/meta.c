@@ -323,7 +323,20 @@ int sdxl_pl_params_from_json(const char *json, size_t len, sdxl_gen_params *p, v
             const sdxl_json *v = sdxl_json_get(&ctl->items[i], k ? "preprocess" : "model");
             if (v && v->type == SDXL_JSON_STRING) total += v->len + 1;
         }
-    size_t spec_bytes = n_ctl * sizeof(sdxl_control_spec);
+    /* "loras": [{name, hash, unet_weight, te_weight}]: specs first in the block, then their strings */
+    const sdxl_json *lj = sdxl_json_get(root, "loras");
+    size_t nl = lj && lj->type == SDXL_JSON_ARRAY ? lj->len : 0;
+    if (nl > 64) {
+        sdxl_json_free(root);
+        return sdxl_seterr(e, SDXL_ERR_FORMAT, "request JSON: loras: at most 64 entries");
+    }
+    for (size_t i = 0; i < nl; i++) {
+        const sdxl_json *it = sdxl_json_at(lj, i), *nm = sdxl_json_get(it, "name"), *h = sdxl_json_get(it, "hash");
+        if (nm && nm->type == SDXL_JSON_STRING) total += nm->len + 1;
+        if (h && h->type == SDXL_JSON_STRING) total += h->len + 1;
+    }
+    /* the block: control specs, LoRA specs, then every string */
+    size_t spec_bytes = n_ctl * sizeof(sdxl_control_spec) + nl * sizeof(sdxl_lora_spec);
     char *blk = malloc(spec_bytes + total + 1), *w = blk + spec_bytes;
     if (!blk) {
         sdxl_json_free(root);
@@ -390,6 +403,30 @@ int sdxl_pl_params_from_json(const char *json, size_t len, sdxl_gen_params *p, v
     if (!st && n_ctl) {
         p->controls = specs;
         p->n_controls = (int)n_ctl;
+    }
+    for (size_t i = 0; !st && i < nl; i++) {
+        sdxl_lora_spec *l = (sdxl_lora_spec *)(void *)(blk + n_ctl * sizeof(sdxl_control_spec)) + i;
+        const sdxl_json *it = sdxl_json_at(lj, i), *nm = sdxl_json_get(it, "name"), *h = sdxl_json_get(it, "hash");
+        if (!it || it->type != SDXL_JSON_OBJECT || !nm || nm->type != SDXL_JSON_STRING || memchr(nm->str, 0, nm->len) ||
+            (h && (h->type != SDXL_JSON_STRING || memchr(h->str, 0, h->len)))) {
+            st = sdxl_seterr(e, SDXL_ERR_FORMAT, "request JSON: loras[%zu]: needs a string \"name\" (and \"hash\")", i);
+            break;
+        }
+        memcpy(w, nm->str, nm->len + 1);
+        l->path = w;
+        w += nm->len + 1;
+        l->hash = NULL;
+        if (h) {
+            memcpy(w, h->str, h->len + 1);
+            l->hash = w;
+            w += h->len + 1;
+        }
+        l->unet_weight = (float)sdxl_json_num(it, "unet_weight", 1.0);
+        l->te_weight = (float)sdxl_json_num(it, "te_weight", l->unet_weight);
+    }
+    if (!st && nl) {
+        p->loras = (const sdxl_lora_spec *)(void *)(blk + n_ctl * sizeof(sdxl_control_spec));
+        p->n_loras = (int)nl;
     }
     sdxl_json_free(root);
     if (st) {

@@ -79,6 +79,7 @@ void sdxl_gen_params_init(sdxl_gen_params *p) {
 
 void sdxl_pl_model_free(sdxl_pl_model *m) {
     if (!m) return;
+    sdxl_lora_state_free(m->lora);
     sdxl_unet_free(m->base_unet);
     sdxl_unet_free(m->ref_unet);
     sdxl_vae_free(m->vae);
@@ -218,6 +219,16 @@ typedef struct req {
     int refine;        /* refiner stage runs */
     int stochastic;
     int hr_first;      /* > 0: a hires second pass after this many first-pass steps (prompt schedules) */
+    /* LoRAs: the request's list, then the prompt's <lora:...> tags, resolved to files */
+    sdxl_lora_use *loras;
+    int n_loras;
+    char *lora_paths;  /* n_loras x PATH_BUF */
+    char *prompt_clean, *prompt2_clean; /* prompts without their tags (what the encoders read) */
+    char *lora_hashes; /* A1111 infotext value: "name: <12 hex>, ..." */
+    char (*lora_names)[256];
+    char (*lora_h)[16];     /* each one's short hash */
+    char *lora_json;        /* ,"loras":[...] of the request list (tags stay in the prompt) */
+    uint64_t serial;
 } req;
 
 /* The model's prediction type and schedule, or the request's overrides. */
@@ -279,7 +290,15 @@ static int resolve(const sdxl_pl_model *m, const sdxl_gen_params *in, req *r, sd
     if (p->max_batch < 0) return sdxl_seterr(e, SDXL_ERR_ARG, "max_batch: must be >= 0, got %d", p->max_batch);
     if (p->n_loras < 0 || (p->n_loras && !p->loras))
         return sdxl_seterr(e, SDXL_ERR_ARG, "loras: n_loras %d without a list", p->n_loras);
-    if (p->n_loras) return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "loras: LoRA merging is not in this build");
+    for (int i = 0; i < p->n_loras; i++) {
+        const sdxl_lora_spec *l = &p->loras[i];
+        if (!l->path || !*l->path) return sdxl_seterr(e, SDXL_ERR_ARG, "loras[%d].path: required", i);
+        if (!isfinite(l->unet_weight) || !isfinite(l->te_weight) || fabsf(l->unet_weight) > 100 ||
+            fabsf(l->te_weight) > 100)
+            return sdxl_seterr(e, SDXL_ERR_ARG, "loras[%d]: unet_weight and te_weight must be finite, within +-100", i);
+    }
+    if (p->n_lora_dirs < 0 || (p->n_lora_dirs && !p->lora_dirs))
+        return sdxl_seterr(e, SDXL_ERR_ARG, "lora_dirs: n_lora_dirs %d without a list", p->n_lora_dirs);
     int cst = sdxl_pl_ctrl_check(p, e);
     if (cst) return cst;
     r->n_images = p->batch_count * (p->batch_size > 0 ? p->batch_size : 1);
@@ -346,6 +365,119 @@ static int resolve(const sdxl_pl_model *m, const sdxl_gen_params *in, req *r, sd
         if (sdxl_unet_config(m->base_unet)->in_ch == 9 && !p->mask)
             return sdxl_seterr(e, SDXL_ERR_ARG, "mask: this is an inpainting model (9 input channels); give a mask");
     }
+    return SDXL_OK;
+}
+
+/* ---- LoRA ---------------------------------------------------------------------------------- */
+
+#define LORA_PATH_BUF 4096
+#define LORA_MAX 64
+
+int sdxl_pl_lora_set(sdxl_pl_model *m, const sdxl_lora_use *u, int n, sdxl_lora_stats *st, sdxl_err *e) {
+    if (!m->lora) {
+        if (n == 0) {
+            if (st) memset(st, 0, sizeof *st);
+            return SDXL_OK;
+        }
+        sdxl_lora_nets nets = {.c = m->c, .unet = m->base_unet, .unet_ck = m->base_ck,
+                               .te = {m->base_cond.te1, m->base_cond.te2}, .te_ck = m->base_ck};
+        int rc = sdxl_lora_state_new(&nets, &m->lora, e);
+        if (rc) return rc;
+    }
+    m->lora_owner = 0;
+    return sdxl_lora_apply(m->lora, u, n, st, e);
+}
+
+static void req_free(req *r) {
+    free(r->loras);
+    free(r->lora_paths);
+    free(r->prompt_clean);
+    free(r->prompt2_clean);
+    free(r->lora_hashes);
+    free(r->lora_names);
+    free(r->lora_h);
+    free(r->lora_json);
+    r->lora_h = NULL;
+    r->lora_json = NULL;
+    r->lora_hashes = NULL;
+    r->lora_names = NULL;
+    r->loras = NULL;
+    r->lora_paths = r->prompt_clean = r->prompt2_clean = NULL;
+}
+
+/* The request's LoRA list: p->loras (paths, or names inside lora_dirs), then the prompts' tags
+ * (names inside lora_dirs only); the prompts the encoders read lose their tags. */
+static int lora_prepare(req *r, sdxl_err *e) {
+    const sdxl_gen_params *p = &r->p;
+    sdxl_lora_tag tags[LORA_MAX];
+    int nt = 0, nt2 = 0;
+    size_t l1 = strlen(p->prompt ? p->prompt : ""), l2 = p->prompt_2 ? strlen(p->prompt_2) : 0;
+    r->prompt_clean = malloc(l1 + 1);
+    r->prompt2_clean = malloc(l2 + 1);
+    r->loras = calloc(LORA_MAX, sizeof *r->loras);
+    r->lora_paths = malloc((size_t)LORA_MAX * LORA_PATH_BUF);
+    r->lora_names = calloc(LORA_MAX, sizeof *r->lora_names);
+    if (!r->lora_names || !r->prompt_clean || !r->prompt2_clean || !r->loras || !r->lora_paths)
+        return sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory");
+    int st = sdxl_lora_tags_extract(p->prompt, r->prompt_clean, tags, LORA_MAX, &nt, e);
+    if (!st && p->prompt_2)
+        st = sdxl_lora_tags_extract(p->prompt_2, r->prompt2_clean, tags + nt, LORA_MAX - nt, &nt2, e);
+    if (st) return st;
+    nt += nt2;
+    if (p->n_loras + nt > LORA_MAX)
+        return sdxl_seterr(e, SDXL_ERR_LIMIT, "loras: %d LoRAs in one request (at most %d)", p->n_loras + nt, LORA_MAX);
+    for (int i = 0; i < p->n_loras + nt; i++) {
+        int tag = i >= p->n_loras;
+        const char *name = tag ? tags[i - p->n_loras].name : p->loras[i].path;
+        char *dst = r->lora_paths + (size_t)i * LORA_PATH_BUF;
+        st = sdxl_lora_resolve(name, p->lora_dirs, p->n_lora_dirs, !tag, dst, LORA_PATH_BUF, e);
+        if (st && !tag && p->loras[i].hash && st != SDXL_ERR_ARG)
+            st = sdxl_lora_find_hash(p->loras[i].hash, p->lora_dirs, p->n_lora_dirs, dst, LORA_PATH_BUF, e);
+        if (st) return tag ? sdxl_err_prefix(e, "prompt <lora:%s>", name) : sdxl_err_prefix(e, "loras[%d]", i);
+        r->loras[i].path = dst;
+        if (tag) {
+            snprintf(r->lora_names[i], sizeof r->lora_names[i], "%s", name);
+        } else { /* the file stem, as A1111 names a network */
+            const char *b = strrchr(name, '/');
+            b = b ? b + 1 : name;
+            size_t k = strlen(b);
+            if (k > 12 && !strcmp(b + k - 12, ".safetensors")) k -= 12;
+            snprintf(r->lora_names[i], sizeof r->lora_names[i], "%.*s", (int)k, b);
+        }
+        r->loras[i].unet_weight = tag ? tags[i - p->n_loras].unet_weight : p->loras[i].unet_weight;
+        r->loras[i].te_weight = tag ? tags[i - p->n_loras].te_weight : p->loras[i].te_weight;
+    }
+    r->n_loras = p->n_loras + nt;
+    return SDXL_OK;
+}
+
+/* Adds `, key: "value"` to the parameters line (the infotext's last line). */
+static int infotext_append(char **txt, const char *key, const char *value, sdxl_err *e) {
+    size_t n = strlen(*txt), add = strlen(key) + strlen(value) + 8;
+    char *t = realloc(*txt, n + add);
+    if (!t) return sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory");
+    snprintf(t + n, add, ", %s: \"%s\"", key, value);
+    *txt = t;
+    return SDXL_OK;
+}
+
+/* Inserts members before the closing brace of a JSON object. */
+static int json_append(char **txt, const char *members, sdxl_err *e) {
+    size_t n = strlen(*txt), add = strlen(members);
+    char *t = realloc(*txt, n + add + 1);
+    if (!t) return sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory");
+    memcpy(t + n - 1, members, add);
+    memcpy(t + n - 1 + add, "}", 2);
+    *txt = t;
+    return SDXL_OK;
+}
+
+/* Makes the base networks carry this request's LoRAs before a network call; m->mu held. */
+static int lora_ensure(sdxl_pl_model *m, const req *r, sdxl_err *e) {
+    if (m->lora_owner == r->serial) return SDXL_OK;
+    int st = sdxl_pl_lora_set(m, r->loras, r->n_loras, NULL, e);
+    if (st) return st;
+    m->lora_owner = r->serial;
     return SDXL_OK;
 }
 
@@ -462,10 +594,10 @@ static int encode_stage(sdxl_pl_model *m, const req *r, int refiner, sdxl_cond *
     const sdxl_gen_params *p = &r->p;
     sdxl_cond_params cp;
     sdxl_cond_params_init(&cp);
-    cp.prompt = p->prompt;
+    cp.prompt = r->prompt_clean ? r->prompt_clean : p->prompt;
     cp.negative = p->negative_prompt;
     if (!refiner) {
-        cp.prompt_2 = p->prompt_2;
+        cp.prompt_2 = p->prompt_2 && r->prompt2_clean ? r->prompt2_clean : p->prompt_2;
         cp.negative_2 = p->negative_prompt_2;
         cp.force_zeros = m->force_zeros;
     }
@@ -473,7 +605,9 @@ static int encode_stage(sdxl_pl_model *m, const req *r, int refiner, sdxl_cond *
     cp.clip_skip = p->clip_skip ? p->clip_skip : 1;
     if (cancel && *cancel) return sdxl_seterr(e, SDXL_ERR_CANCELLED, "cancelled");
     pthread_mutex_lock(&m->mu);
-    int st = sdxl_pl_condsched_build(m->c, refiner ? &m->ref_cond : &m->base_cond, m->tok, &cp, sched_steps(r),
+    int st = refiner ? SDXL_OK : lora_ensure(m, r, e);
+    if (!st)
+        st = sdxl_pl_condsched_build(m->c, refiner ? &m->ref_cond : &m->base_cond, m->tok, &cp, sched_steps(r),
                                      r->hr_first, cs, e);
     if (!st) st = cs->active ? condsched_first(cs, cd, e) : sdxl_cond_encode(m->c, refiner ? &m->ref_cond : &m->base_cond, m->tok, &cp, cd, e);
     pthread_mutex_unlock(&m->mu);
@@ -614,8 +748,9 @@ static int model_cb(void *user, const float *x_in, size_t n, double t, double si
                        .ctx_len = s->T, .pooled = s->pooled, .pooled_dim = s->P, .time_ids = s->tids,
                        .n_time_ids = s->K};
     pthread_mutex_lock(&s->m->mu);
+    int st = s->idx ? SDXL_OK : lora_ensure(s->m, r, e);
     unsigned active = 0;
-    int st = s->ctrl ? sdxl_pl_ctrl_run(s->ctrl, &in, in_ch, s->cur_step - s->ctrl_i0, s->ctrl_n, &active, e) : 0;
+    if (!st && s->ctrl) st = sdxl_pl_ctrl_run(s->ctrl, &in, in_ch, s->cur_step - s->ctrl_i0, s->ctrl_n, &active, e);
     if (!st && s->ctrl && s->trace && s->trace->control)
         s->trace->control(s->trace->user, s->calls, s->cur_step, active, &in);
     if (!st) st = sdxl_unet_forward(s->unet, &in, s->out, e);
@@ -849,6 +984,10 @@ static int report(const req *r, sdxl_phase ph, int step, int total, int image0, 
     return r->p.progress(r->p.progress_user, &pr);
 }
 
+static int sdxl_pl_generate_req(sdxl_pl_model *m, req *rq, const float *init_lat, float *lat_out,
+                                const volatile int *cancel, const sdxl_pl_trace *tr, const sdxl_logger *log,
+                                sdxl_pl_result *out, sdxl_err *e);
+
 int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile int *cancel, const sdxl_pl_trace *tr,
                      const sdxl_logger *log, sdxl_pl_result *out, sdxl_err *e) {
     if (p && p->enable_hr) return sdxl_pl_hires(m, p, cancel, tr, log, out, e);
@@ -863,6 +1002,69 @@ int sdxl_pl_generate_lat(sdxl_pl_model *m, const sdxl_gen_params *p, const float
     int st = resolve(m, p, &r, e);
     if (st) return st;
     r.hr_first = hr_first_steps;
+    if ((st = lora_prepare(&r, e))) {
+        req_free(&r);
+        return st;
+    }
+    pthread_mutex_lock(&m->mu);
+    r.serial = ++m->lora_serial;
+    /* every file checked before any work */
+    if (m->lora_owner != r.serial) {
+        sdxl_lora_stats ls;
+        st = sdxl_pl_lora_set(m, r.loras, r.n_loras, &ls, e);
+        if (!st) {
+            m->lora_owner = r.serial;
+            if (ls.layers_rebuilt)
+                SDXL_INFO(log, "LoRA: %d layers rebuilt in %.2f s, %d carry deltas", ls.layers_rebuilt, ls.seconds,
+                          ls.layers_merged);
+            if (ls.modules_unmatched) SDXL_WARN(log, "LoRA: modules matching no layer were ignored: %s", ls.unmatched);
+        }
+    }
+    if (!st && r.n_loras && m->lora && sdxl_lora_applied(m->lora) == r.n_loras) {
+        /* A1111's "Lora hashes": alias without ':' and ',', then the first 12 hex digits */
+        r.lora_hashes = calloc((size_t)r.n_loras, 256 + 16);
+        r.lora_h = calloc((size_t)r.n_loras, sizeof *r.lora_h);
+        r.lora_json = calloc((size_t)r.n_loras + 1, 2 * 256 + 128);
+        if (r.lora_json && r.p.n_loras) strcpy(r.lora_json, ",\"loras\":[");
+        for (int i = 0; r.lora_hashes && r.lora_h && r.lora_json && i < r.n_loras; i++) {
+            snprintf(r.lora_h[i], sizeof r.lora_h[i], "%.12s", sdxl_lora_hash(sdxl_lora_applied_at(m->lora, i)));
+            if (i < r.p.n_loras) {
+                /* the name as JSON: plain characters only, others dropped */
+                char nm[256];
+                size_t k = 0;
+                for (const char *c = r.lora_names[i]; *c && k + 1 < sizeof nm; c++)
+                    if ((unsigned char)*c >= 0x20 && *c != '"' && *c != '\\') nm[k++] = *c;
+                nm[k] = 0;
+                size_t at = strlen(r.lora_json);
+                snprintf(r.lora_json + at, 2 * 256 + 128, "%s{\"name\":\"%s\",\"hash\":\"%s\",\"unet_weight\":%.9g,"
+                         "\"te_weight\":%.9g}%s", i ? "," : "", nm, r.lora_h[i], (double)r.loras[i].unet_weight,
+                         (double)r.loras[i].te_weight, i + 1 == r.p.n_loras ? "]" : "");
+            }
+            char alias[256];
+            size_t k = 0;
+            for (const char *c = r.lora_names[i]; *c && k + 1 < sizeof alias; c++)
+                if (*c != ':' && *c != ',') alias[k++] = *c;
+            alias[k] = 0;
+            size_t at = strlen(r.lora_hashes);
+            snprintf(r.lora_hashes + at, 256 + 16, "%s%s: %.12s", i ? ", " : "", alias,
+                     sdxl_lora_hash(sdxl_lora_applied_at(m->lora, i)));
+        }
+    }
+    pthread_mutex_unlock(&m->mu);
+    if (st) {
+        req_free(&r);
+        return st;
+    }
+    st = sdxl_pl_generate_req(m, &r, init_lat, lat_out, cancel, tr, log, out, e);
+    req_free(&r);
+    return st;
+}
+
+static int sdxl_pl_generate_req(sdxl_pl_model *m, req *rq, const float *init_lat, float *lat_out,
+                                const volatile int *cancel, const sdxl_pl_trace *tr, const sdxl_logger *log,
+                                sdxl_pl_result *out, sdxl_err *e) {
+    req r = *rq;
+    int st;
     double t0 = now_s();
     if (r.p.n_threads > 0) sdxl_threads_set(r.p.n_threads);
     if (r.p.seed < 0) r.p.seed = (int64_t)random_seed();
@@ -1217,7 +1419,9 @@ int sdxl_pl_generate_lat(sdxl_pl_model *m, const sdxl_gen_params *p, const float
             im->height = r.H;
             im->seed = r.p.seed + b0 + i;
             if ((st = sdxl_pl_infotext(m, &r.p, r.W, r.H, im->seed, &im->infotext, e)) ||
-                (st = sdxl_pl_request_json(m, &r.p, r.W, r.H, im->seed, &im->request, e)))
+                (r.lora_hashes && (st = infotext_append(&im->infotext, "Lora hashes", r.lora_hashes, e))) ||
+                (st = sdxl_pl_request_json(m, &r.p, r.W, r.H, im->seed, &im->request, e)) ||
+                (r.lora_json && r.lora_json[0] && (st = json_append(&im->request, r.lora_json, e))))
                 goto done;
             out->n = b0 + i + 1;
         }

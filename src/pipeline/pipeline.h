@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "base/err.h"
+#include "adapters/lora.h"
 #include "base/log.h"
 #include "decode/vae.h"
 #include "denoise/unet.h"
@@ -41,10 +42,17 @@ typedef struct sdxl_pl_model {
     char ref_name[256];
     struct sdxl_pl_cn_cache *cn_cache; /* ControlNets loaded by requests, by path (control.c) */
     pthread_mutex_t mu;
+    sdxl_lora_state *lora;  /* what is merged into the base networks (created on first use) */
+    uint64_t lora_serial;   /* requests so far; lora_owner: the one whose LoRA list is merged */
+    uint64_t lora_owner;
 } sdxl_pl_model;
 
 int sdxl_pl_model_load(const sdxl_model_params *p, const sdxl_logger *log, sdxl_pl_model **out, sdxl_err *e);
 void sdxl_pl_model_free(sdxl_pl_model *m);
+
+/* Merges exactly these LoRAs into the base UNet and text encoders (n = 0: the original weights);
+ * only layers whose deltas change are rebuilt. Caller holds m->mu. */
+int sdxl_pl_lora_set(sdxl_pl_model *m, const sdxl_lora_use *u, int n, sdxl_lora_stats *st, sdxl_err *e);
 
 /* Observation hooks for the golden tests; every member may be NULL. stage: 0 base, 1 refiner. */
 typedef struct sdxl_pl_trace {

@@ -239,13 +239,9 @@ static int pd_is_reference(const_dnnl_primitive_desc_t pd) {
     return strncmp(impl, "ref", 3) == 0;
 }
 
-/* Reorders `src` (of descriptor smd) into a new buffer of descriptor dmd. */
-static int reorder_new(sdxl_compute *c, const dnnl_memory_desc_t *smd, const void *src, const dnnl_memory_desc_t *dmd,
-                       void **out, sdxl_err *e) {
-    *out = NULL;
-    size_t bytes = dnnl_memory_desc_get_size(dmd);
-    void *dst = sdxl_alloc_big(bytes);
-    if (!dst) return sdxl_seterr(e, SDXL_ERR_NOMEM, "weights reorder: out of memory (%zu bytes)", bytes);
+/* Reorders `src` (of descriptor smd) into dst (of descriptor dmd). */
+static int reorder_into(sdxl_compute *c, const dnnl_memory_desc_t *smd, const void *src, const dnnl_memory_desc_t *dmd,
+                        void *dst, sdxl_err *e) {
     dnnl_primitive_desc_t pd = NULL;
     dnnl_primitive_t r = NULL;
     dnnl_memory_t ms = NULL, md = NULL;
@@ -262,9 +258,20 @@ static int reorder_new(sdxl_compute *c, const dnnl_memory_desc_t *smd, const voi
     if (ms) dnnl_memory_destroy(ms);
     if (r) dnnl_primitive_destroy(r);
     if (pd) dnnl_primitive_desc_destroy(pd);
-    if (s != dnnl_success) {
+    return s != dnnl_success ? dnnl_fail(e, s, "weights reorder") : SDXL_OK;
+}
+
+/* Reorders `src` (of descriptor smd) into a new buffer of descriptor dmd. */
+static int reorder_new(sdxl_compute *c, const dnnl_memory_desc_t *smd, const void *src, const dnnl_memory_desc_t *dmd,
+                       void **out, sdxl_err *e) {
+    *out = NULL;
+    size_t bytes = dnnl_memory_desc_get_size(dmd);
+    void *dst = sdxl_alloc_big(bytes);
+    if (!dst) return sdxl_seterr(e, SDXL_ERR_NOMEM, "weights reorder: out of memory (%zu bytes)", bytes);
+    int st = reorder_into(c, smd, src, dmd, dst, e);
+    if (st) {
         free(dst);
-        return dnnl_fail(e, s, "weights reorder");
+        return st;
     }
     *out = dst;
     return SDXL_OK;
@@ -673,4 +680,49 @@ int sdxl_conv2d_fwd(sdxl_compute *c, const sdxl_conv2d *cv, const float *x, int6
         return sdxl_err_prefix(e, "conv2d %lld->%lld %dx%d at %lldx%lldx%lld", (long long)cv->cin,
                                (long long)cv->cout, cv->kh, cv->kw, (long long)n, (long long)h, (long long)w);
     return SDXL_OK;
+}
+
+/* ---- weight replacement (LoRA merge and undo) ---- */
+
+/* New f32 weights (torch order given by dims + tag) reordered into a layer's stored layout, and
+ * into every private copy the context made of them: the same reorders a fresh init runs. */
+static int replace_weights(sdxl_compute *c, const gemm_layer *gl, void *wstore, const float *w, int ndims,
+                           const dnnl_dims_t dims, dnnl_format_tag_t tag, sdxl_err *e) {
+    if (!wstore && gl)
+        return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "set weights: the layer's weights live on a device; rebuilding "
+                           "layers (LoRA) needs the CPU context");
+    if (!gl || !wstore) return sdxl_seterr(e, SDXL_ERR_ARG, "set weights: layer not initialised");
+    dnnl_memory_desc_t plain;
+    DNNL_TRY(dnnl_memory_desc_init_by_tag(&plain, ndims, dims, dnnl_f32, tag), "weights descriptor");
+    int st = reorder_into(c, &plain, w, &gl->wmd, wstore, e);
+    for (int i = 0; !st && i < c->n_wcopies; i++)
+        if (c->wcopies[i].layer == gl->serial)
+            st = reorder_into(c, &gl->wmd, wstore, &c->wcopies[i].entry->use_wmd, c->wcopies[i].data, e);
+    return st;
+}
+
+int sdxl_linear_set_weights(sdxl_compute *c, sdxl_linear *l, const float *w, const float *b, sdxl_err *e) {
+    if (l->prec != c->prec) return sdxl_seterr(e, SDXL_ERR_ARG, "linear: set weights in another precision");
+    dnnl_dims_t dims = {l->in, l->out};
+    int st = replace_weights(c, l->impl, l->w, w, 2, dims, dnnl_ba, e);
+    if (!st && b && l->bias) memcpy(l->bias, b, (size_t)l->out * sizeof(float));
+    return st;
+}
+
+int sdxl_conv2d_set_weights(sdxl_compute *c, sdxl_conv2d *cv, const float *w, const float *b, sdxl_err *e) {
+    if (cv->prec != c->prec) return sdxl_seterr(e, SDXL_ERR_ARG, "conv2d: set weights in another precision");
+    dnnl_dims_t dims = {cv->cout, cv->cin, cv->kh, cv->kw};
+    int st = replace_weights(c, cv->impl, cv->w, w, 4, dims, dnnl_oihw, e);
+    if (!st && b && cv->bias) memcpy(cv->bias, b, (size_t)cv->cout * sizeof(float));
+    return st;
+}
+
+size_t sdxl_linear_weight_bytes(const sdxl_linear *l) {
+    const gemm_layer *gl = l->impl;
+    return gl && l->w ? dnnl_memory_desc_get_size(&gl->wmd) : 0;
+}
+
+size_t sdxl_conv2d_weight_bytes(const sdxl_conv2d *cv) {
+    const gemm_layer *gl = cv->impl;
+    return gl && cv->w ? dnnl_memory_desc_get_size(&gl->wmd) : 0;
 }

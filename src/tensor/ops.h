@@ -76,6 +76,17 @@ void sdxl_conv2d_out_size(const sdxl_conv2d *cv, int64_t h, int64_t w, int64_t *
 int sdxl_conv2d_fwd(sdxl_compute *c, const sdxl_conv2d *cv, const float *x, int64_t n, int64_t h, int64_t w,
                     float *y, int flags, sdxl_err *e);
 
+/* ---- weight replacement ----------------------------------------------------------------- */
+
+/* Replace a built layer's weights in place (same layout, same primitives): w in torch order
+ * ([out, in] or [cout, cin, kh, kw]) f32; b [out] or NULL to keep the bias. Converting the same
+ * values as init gives byte-identical stored weights, which is what makes LoRA undo exact. */
+int sdxl_linear_set_weights(sdxl_compute *c, sdxl_linear *l, const float *w, const float *b, sdxl_err *e);
+int sdxl_conv2d_set_weights(sdxl_compute *c, sdxl_conv2d *cv, const float *w, const float *b, sdxl_err *e);
+/* Bytes of the stored (converted) weights at l->w / cv->w. */
+size_t sdxl_linear_weight_bytes(const sdxl_linear *l);
+size_t sdxl_conv2d_weight_bytes(const sdxl_conv2d *cv);
+
 /* ---- norms, activations, elementwise (x and y may alias unless noted) --------------------- */
 
 /* x [n, hw, c] channels-last; groups divide c. gamma/beta [c]. silu fuses SiLU after the affine. */

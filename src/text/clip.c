@@ -451,6 +451,95 @@ int sdxl_clip_load_ckpt(sdxl_compute *c, const sdxl_ckpt *ck, sdxl_part part, co
     return sdxl_clip_load(c, &src, o, out, e);
 }
 
+/* ---- layers, for rebuilding with a delta ------------------------------------------------------ */
+
+/* Each block's q|k|v, out, fc1, fc2 and both LayerNorms. Parts are named as HF names them
+ * (text_model.encoder.layers.i.self_attn.q_proj), which LoRA files use for either naming; alt is
+ * the open_clip name where a module has its own tensor there. */
+int sdxl_clip_layers(sdxl_clip *m, const sdxl_clip_source *src, sdxl_lref_fn fn, void *user, sdxl_err *e) {
+    int hf = m->naming == SDXL_CLIP_NAMING_HF;
+    loader L = {src, hf ? "text_model." : "", {0}};
+    if (hf && !lookup(&L, HF_TOK, 1)) L.prefix = "";
+    const int64_t W = m->cfg.width, F = m->cfg.mlp;
+    static const struct {
+        const char *hf, *oc_w, *oc_b; /* module, open_clip weight and bias names */
+        int kind, nparts;
+    } MODS[] = {
+        {"self_attn.%s_proj", "transformer.resblocks.%d.attn.in_proj_weight", "transformer.resblocks.%d.attn.in_proj_bias",
+         SDXL_LREF_LINEAR, 3},
+        {"self_attn.out_proj", "transformer.resblocks.%d.attn.out_proj.weight",
+         "transformer.resblocks.%d.attn.out_proj.bias", SDXL_LREF_LINEAR, 1},
+        {"mlp.fc1", "transformer.resblocks.%d.mlp.c_fc.weight", "transformer.resblocks.%d.mlp.c_fc.bias",
+         SDXL_LREF_LINEAR, 1},
+        {"mlp.fc2", "transformer.resblocks.%d.mlp.c_proj.weight", "transformer.resblocks.%d.mlp.c_proj.bias",
+         SDXL_LREF_LINEAR, 1},
+        {"layer_norm1", "transformer.resblocks.%d.ln_1.weight", "transformer.resblocks.%d.ln_1.bias", SDXL_LREF_NORM, 1},
+        {"layer_norm2", "transformer.resblocks.%d.ln_2.weight", "transformer.resblocks.%d.ln_2.bias", SDXL_LREF_NORM, 1},
+    };
+    static const char *const QKV[3] = {"q", "k", "v"};
+    for (int64_t i = 0; i < m->cfg.layers; i++) {
+        sdxl_clip_block *blk = &m->blocks[i];
+        for (size_t k = 0; k < sizeof MODS / sizeof MODS[0]; k++) {
+            sdxl_lref r;
+            memset(&r, 0, sizeof r);
+            r.kind = (sdxl_lref_kind)MODS[k].kind;
+            r.nparts = MODS[k].nparts;
+            r.kh = r.kw = 1;
+            r.out_each = k == 2 ? F : W;
+            r.in = r.kind == SDXL_LREF_NORM ? 0 : k == 3 ? F : W;
+            switch (k) {
+            case 0: r.lin = &blk->qkv; break;
+            case 1: r.lin = &blk->out; break;
+            case 2: r.lin = &blk->fc1; break;
+            case 3: r.lin = &blk->fc2; break;
+            case 4: r.norm_g = blk->ln1_g; r.norm_b = blk->ln1_b; break;
+            default: r.norm_g = blk->ln2_g; r.norm_b = blk->ln2_b; break;
+            }
+            for (int p = 0; p < r.nparts; p++) {
+                sdxl_lref_part *pt = &r.part[p];
+                char mod[128], nm[256];
+                snprintf(mod, sizeof mod, MODS[k].hf, r.nparts > 1 ? QKV[p] : "");
+                snprintf(pt->name, sizeof pt->name, "text_model.encoder.layers.%d.%s", (int)i, mod);
+                if (hf) {
+                    const char *sfx[2] = {"weight", "bias"};
+                    const sdxl_st_tensor **dst[2] = {&pt->w, &pt->b};
+                    for (int j = 0; j < 2; j++) {
+                        snprintf(nm, sizeof nm, "encoder.layers.%d.%s.%s", (int)i, mod, sfx[j]);
+                        *dst[j] = lookup(&L, nm, 1);
+                    }
+                } else {
+                    snprintf(nm, sizeof nm, MODS[k].oc_w, (int)i);
+                    pt->w = lookup(&L, nm, 1);
+                    if (r.nparts == 1) {
+                        size_t n = strlen(nm) - strlen(".weight");
+                        if (n < sizeof pt->alt) {
+                            memcpy(pt->alt, nm, n);
+                            pt->alt[n] = 0;
+                        }
+                    }
+                    snprintf(nm, sizeof nm, MODS[k].oc_b, (int)i);
+                    pt->b = lookup(&L, nm, 1);
+                    pt->w_row0 = pt->b_row0 = p * W;
+                }
+                if (!pt->w || !pt->b)
+                    return sdxl_seterr(e, SDXL_ERR_FORMAT, "%s: tensors of \"%s\" are missing", src->what, pt->name);
+            }
+            int rc = fn(user, &r, e);
+            if (rc) return rc;
+        }
+    }
+    return SDXL_OK;
+}
+
+int sdxl_clip_layers_ckpt(sdxl_clip *m, const sdxl_ckpt *ck, sdxl_part part, sdxl_lref_fn fn, void *user,
+                          sdxl_err *e) {
+    char what[600];
+    snprintf(what, sizeof what, "%s of %s", sdxl_part_name(part), sdxl_ckpt_path(ck));
+    ckpt_user u = {ck, part};
+    sdxl_clip_source src = {ckpt_find, &u, m->naming, sdxl_ckpt_config(ck, part), what};
+    return sdxl_clip_layers(m, &src, fn, user, e);
+}
+
 /* ---- forward --------------------------------------------------------------------------------- */
 
 double sdxl_clip_flops(const sdxl_clip *m, int64_t batch, int64_t len, int64_t blocks) {

@@ -11,6 +11,7 @@
 #include "base/err.h"
 #include "io/checkpoint.h"
 #include "io/json.h"
+#include "io/layerref.h"
 #include "io/safetensors.h"
 #include "tensor/ops.h"
 
@@ -84,6 +85,12 @@ int sdxl_clip_load(sdxl_compute *c, const sdxl_clip_source *src, const sdxl_clip
 int sdxl_clip_load_ckpt(sdxl_compute *c, const sdxl_ckpt *ck, sdxl_part part, const sdxl_clip_opts *o, sdxl_clip **out,
                         sdxl_err *e);
 void sdxl_clip_free(sdxl_clip *m);
+
+/* Every block's linear and LayerNorm layers linked to the tensors of src (the source m was loaded
+ * from), each module named as HF names it ("text_model.encoder.layers.0.self_attn.q_proj"). */
+int sdxl_clip_layers(sdxl_clip *m, const sdxl_clip_source *src, sdxl_lref_fn fn, void *user, sdxl_err *e);
+int sdxl_clip_layers_ckpt(sdxl_clip *m, const sdxl_ckpt *ck, sdxl_part part, sdxl_lref_fn fn, void *user,
+                          sdxl_err *e);
 
 typedef struct sdxl_clip_io {
     const int32_t *ids; /* [batch, len] token ids < vocab */

@@ -4,7 +4,8 @@
  * its parameters and tensors (refiner hand-off: <case>/base/ + <case>/refiner/; img2img: a
  * strength and <case>/init_image_uint8; ControlNet: a conditioning_scale and <case>/control_image_uint8,
  * run with the diffusers ControlNet folder next to the diffusers base and with an sgm single file
- * (written by golden_cn.c) next to the single-file base). Cases needing LoRA print a SKIP line. */
+ * (written by golden_cn.c) next to the single-file base); LoRA: "lora": "<file>, scale <s> ...", run once
+ * with that file and once with each file beside it of the same stem with another naming: kohya -> peft). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -172,12 +173,17 @@ static int dims_pair(const sdxl_json *c, const char *key, int *h, int *w) {
 }
 
 static void run_case(golden_ctx *g, golden_set *s, sdxl_pl_model *m, const char *layout, const char *cname,
-                     const sdxl_json *c, const char *cn_path) {
+                     const sdxl_json *c, const char *cn_path, const sdxl_lora_spec *lora) {
     trace_state t;
     memset(&t, 0, sizeof t);
     t.g = g;
     t.s = s;
     snprintf(t.case_name, sizeof t.case_name, "%s/%s", cname, layout);
+    if (lora) {
+        const char *b = strrchr(lora->path, '/');
+        size_t k = strlen(t.case_name);
+        snprintf(t.case_name + k, sizeof t.case_name - k, "/%s", b ? b + 1 : lora->path);
+    }
     char key[256];
     snprintf(key, sizeof key, "%s/base/prompt_embeds", cname);
     int handoff = golden_find(s, key) != NULL;
@@ -189,6 +195,10 @@ static void run_case(golden_ctx *g, golden_set *s, sdxl_pl_model *m, const char 
     }
     sdxl_gen_params p;
     sdxl_gen_params_init(&p);
+    if (lora) {
+        p.loras = lora;
+        p.n_loras = 1;
+    }
     const sdxl_json *neg = sdxl_json_get(c, "negative_prompt");
     p.prompt = sdxl_json_str(c, "prompt", "");
     p.negative_prompt = neg && neg->type == SDXL_JSON_STRING ? neg->str : NULL;
@@ -382,11 +392,42 @@ int golden_pipelines(golden_ctx *g) {
             const char *cname = cases->keys[i];
             const sdxl_json *c = &cases->items[i];
             const sdxl_json *lora = sdxl_json_get(c, "lora");
-            if (lora && lora->type != SDXL_JSON_NULL) {
-                printf("SKIP pipelines/%s/%s needs LoRA (a later issue)\n", cname, LAYOUTS[l].layout);
+            if (lora && lora->type == SDXL_JSON_STRING) {
+                /* "<file>, scale <s> (...)": the UNet and the text encoders at the same scale */
+                char file[256], path[2][4096];
+                size_t k = strcspn(lora->str, ",");
+                const char *sc = strstr(lora->str, "scale ");
+                if (k == 0 || k >= sizeof file || !sc) {
+                    golden_fail(g, "pipelines", cname, "unreadable \"lora\": %s", lora->str);
+                    continue;
+                }
+                memcpy(file, lora->str, k);
+                file[k] = 0;
+                float w = (float)strtod(sc + 6, NULL);
+                golden_path(path[0], sizeof path[0], g->models_dir, file);
+                int np = 1;
+                char *kh = strstr(file, "kohya");
+                if (kh) {
+                    char other[300];
+                    snprintf(other, sizeof other, "%.*speft%s", (int)(kh - file), file, kh + 5);
+                    golden_path(path[1], sizeof path[1], g->models_dir, other);
+                    FILE *fp = fopen(path[1], "rb");
+                    if (fp) {
+                        fclose(fp);
+                        np = 2;
+                    }
+                }
+                for (int j = 0; j < np; j++) {
+                    sdxl_lora_spec spec = {path[j], w, w, NULL};
+                    run_case(g, &s, m, LAYOUTS[l].layout, cname, c, NULL, &spec);
+                }
                 continue;
             }
-            run_case(g, &s, m, LAYOUTS[l].layout, cname, c, l == 0 ? (sgm[0] ? sgm : NULL) : cnd);
+            if (lora && lora->type != SDXL_JSON_NULL) {
+                golden_fail(g, "pipelines", cname, "\"lora\" must be a string");
+                continue;
+            }
+            run_case(g, &s, m, LAYOUTS[l].layout, cname, c, l == 0 ? (sgm[0] ? sgm : NULL) : cnd, NULL);
         }
         sdxl_pl_model_free(m);
     }

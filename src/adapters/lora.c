@@ -1,0 +1,1325 @@
+/* LoRA / LyCORIS merging; see lora.h and docs/lora.md for every delta formula and its source. */
+#include "adapters/lora.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include <oneapi/dnnl/dnnl.h>
+
+#include "tensor/tensor.h"
+
+#define MAX_RANK 65536
+#define UNMATCHED_REFUSE_FRAC 0.10 /* refuse a file when more of its modules than this match nothing */
+
+/* ---- SHA-256 (FIPS 180-4) --------------------------------------------------------------------- */
+
+typedef struct sha256 {
+    uint32_t h[8];
+    uint8_t buf[64];
+    uint64_t len;
+    size_t n;
+} sha256;
+
+static const uint32_t SHA_K[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98,
+    0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786,
+    0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8,
+    0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13,
+    0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819,
+    0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a,
+    0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+    0xc67178f2};
+
+static uint32_t ror(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
+
+static void sha_block(sha256 *s, const uint8_t *p) {
+    uint32_t w[64], a[8];
+    for (int i = 0; i < 16; i++)
+        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 | (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
+    for (int i = 16; i < 64; i++) {
+        uint32_t s0 = ror(w[i - 15], 7) ^ ror(w[i - 15], 18) ^ (w[i - 15] >> 3);
+        uint32_t s1 = ror(w[i - 2], 17) ^ ror(w[i - 2], 19) ^ (w[i - 2] >> 10);
+        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    memcpy(a, s->h, sizeof a);
+    for (int i = 0; i < 64; i++) {
+        uint32_t S1 = ror(a[4], 6) ^ ror(a[4], 11) ^ ror(a[4], 25);
+        uint32_t ch = (a[4] & a[5]) ^ (~a[4] & a[6]);
+        uint32_t t1 = a[7] + S1 + ch + SHA_K[i] + w[i];
+        uint32_t S0 = ror(a[0], 2) ^ ror(a[0], 13) ^ ror(a[0], 22);
+        uint32_t mj = (a[0] & a[1]) ^ (a[0] & a[2]) ^ (a[1] & a[2]);
+        uint32_t t2 = S0 + mj;
+        memmove(a + 1, a, 7 * sizeof *a);
+        a[4] += t1;
+        a[0] = t1 + t2;
+    }
+    for (int i = 0; i < 8; i++) s->h[i] += a[i];
+}
+
+static void sha_init(sha256 *s) {
+    static const uint32_t H0[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    memcpy(s->h, H0, sizeof H0);
+    s->len = 0;
+    s->n = 0;
+}
+
+static void sha_update(sha256 *s, const uint8_t *p, size_t n) {
+    s->len += n;
+    while (n) {
+        size_t k = 64 - s->n < n ? 64 - s->n : n;
+        memcpy(s->buf + s->n, p, k);
+        s->n += k;
+        p += k;
+        n -= k;
+        if (s->n == 64) {
+            sha_block(s, s->buf);
+            s->n = 0;
+        }
+    }
+}
+
+static void sha_hex(sha256 *s, char out[65]) {
+    uint64_t bits = s->len * 8;
+    uint8_t pad = 0x80, zero = 0, lenb[8];
+    sha_update(s, &pad, 1);
+    while (s->n != 56) sha_update(s, &zero, 1);
+    for (int i = 0; i < 8; i++) lenb[i] = (uint8_t)(bits >> (56 - 8 * i));
+    sha_update(s, lenb, 8);
+    for (int i = 0; i < 8; i++) snprintf(out + 8 * i, 9, "%08x", s->h[i]);
+}
+
+/* ---- files and modules ------------------------------------------------------------------------- */
+
+/* Factor slots of a module, by key suffix. */
+enum {
+    F_DOWN, F_UP, F_MID, F_ALPHA, F_DORA, F_MAG,
+    F_H1A, F_H1B, F_H2A, F_H2B, F_HT1, F_HT2,
+    F_K1, F_K1A, F_K1B, F_K2, F_K2A, F_K2B, F_KT2,
+    F_DIFF, F_DIFFB, F_WNORM, F_BNORM,
+    F_COUNT
+};
+
+static const struct {
+    const char *suffix;
+    int slot;
+} SUFFIXES[] = {
+    {".lora_down.weight", F_DOWN}, {".lora_up.weight", F_UP}, {".lora_mid.weight", F_MID},
+    {".lora_A.weight", F_DOWN}, {".lora_B.weight", F_UP}, {".lora.down.weight", F_DOWN}, {".lora.up.weight", F_UP},
+    {".lora_linear_layer.down.weight", F_DOWN}, {".lora_linear_layer.up.weight", F_UP},
+    {".alpha", F_ALPHA}, {".dora_scale", F_DORA}, {".lora_magnitude_vector", F_MAG},
+    {".hada_w1_a", F_H1A}, {".hada_w1_b", F_H1B}, {".hada_w2_a", F_H2A}, {".hada_w2_b", F_H2B},
+    {".hada_t1", F_HT1}, {".hada_t2", F_HT2},
+    {".lokr_w1", F_K1}, {".lokr_w1_a", F_K1A}, {".lokr_w1_b", F_K1B},
+    {".lokr_w2", F_K2}, {".lokr_w2_a", F_K2A}, {".lokr_w2_b", F_K2B}, {".lokr_t2", F_KT2},
+    {".diff", F_DIFF}, {".diff_b", F_DIFFB}, {".w_norm", F_WNORM}, {".b_norm", F_BNORM},
+};
+#define N_SUFFIXES (sizeof SUFFIXES / sizeof SUFFIXES[0])
+
+static const char *const SLOT_NAME[F_COUNT] = {
+    "lora_down", "lora_up", "lora_mid", "alpha", "dora_scale", "lora_magnitude_vector",
+    "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2",
+    "lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2",
+    "diff", "diff_b", "w_norm", "b_norm"};
+
+typedef struct lmod {
+    char *key;       /* module key as in the file, e.g. "lora_unet_middle_block_1_proj_in" */
+    int net;         /* sdxl_lora_net, or -1 */
+    const char *name; /* into key: the name inside the network (underscored or dotted) */
+    int underscored;
+    sdxl_lora_kind kind;
+    const sdxl_st_tensor *t[F_COUNT];
+    double alpha; /* NAN when absent */
+    int rank;     /* low-rank dimension (0: none) */
+} lmod;
+
+struct sdxl_lora_file {
+    char *path;
+    sdxl_st_file *st;
+    lmod *mods;
+    int n_mods;
+    int n_unknown_keys;
+    char first_unknown[160];
+    int sd1_te;   /* "lora_te_" keys: an SD 1.x/2.x text encoder */
+    int kohya, peft, lyco;
+    char hash[65];
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime;
+};
+
+const char *sdxl_lora_kind_name(sdxl_lora_kind k) {
+    static const char *const n[] = {"lora", "loha", "lokr", "full", "norm"};
+    return (unsigned)k < SDXL_LORA_KINDS ? n[k] : "?";
+}
+
+const char *sdxl_lora_net_name(sdxl_lora_net n) {
+    static const char *const s[] = {"unet", "te1", "te2"};
+    return (unsigned)n < SDXL_LORA_NETS ? s[n] : "other";
+}
+
+const sdxl_st_file *sdxl_lora_st(const sdxl_lora_file *f) { return f->st; }
+const char *sdxl_lora_path(const sdxl_lora_file *f) { return f->path; }
+
+void sdxl_lora_close(sdxl_lora_file *f) {
+    if (!f) return;
+    for (int i = 0; i < f->n_mods; i++) free(f->mods[i].key);
+    free(f->mods);
+    sdxl_st_close(f->st);
+    free(f->path);
+    free(f);
+}
+
+static int is_float(sdxl_st_dtype d) {
+    return d == SDXL_ST_F32 || d == SDXL_ST_F16 || d == SDXL_ST_BF16 || d == SDXL_ST_F64;
+}
+
+/* First non-finite element index, or -1. */
+static int64_t first_nonfinite(const sdxl_st_tensor *t) {
+    const uint8_t *p = t->data;
+    for (uint64_t i = 0; i < t->numel; i++) {
+        switch (t->dtype) {
+        case SDXL_ST_F16: {
+            uint16_t v;
+            memcpy(&v, p + 2 * i, 2);
+            if ((v & 0x7c00) == 0x7c00) return (int64_t)i;
+            break;
+        }
+        case SDXL_ST_BF16: {
+            uint16_t v;
+            memcpy(&v, p + 2 * i, 2);
+            if ((v & 0x7f80) == 0x7f80) return (int64_t)i;
+            break;
+        }
+        case SDXL_ST_F32: {
+            float v;
+            memcpy(&v, p + 4 * i, 4);
+            if (!isfinite(v)) return (int64_t)i;
+            break;
+        }
+        case SDXL_ST_F64: {
+            double v;
+            memcpy(&v, p + 8 * i, 8);
+            if (!isfinite(v)) return (int64_t)i;
+            break;
+        }
+        default: return -1;
+        }
+    }
+    return -1;
+}
+
+/* Where the module's name inside a network starts, and which network (-1: none of SDXL's). */
+static void classify(lmod *m, sdxl_lora_file *f) {
+    const char *k = m->key;
+    if (!strncmp(k, "base_model.model.", 17)) k += 17;
+    static const struct {
+        const char *pre;
+        int net, us;
+    } P[] = {
+        {"lora_unet_", SDXL_LORA_UNET, 1}, {"lora_te1_", SDXL_LORA_TE1, 1}, {"lora_te2_", SDXL_LORA_TE2, 1},
+        {"unet.", SDXL_LORA_UNET, 0},      {"text_encoder_2.", SDXL_LORA_TE2, 0}, {"text_encoder.", SDXL_LORA_TE1, 0},
+    };
+    m->net = -1;
+    m->name = k;
+    for (size_t i = 0; i < sizeof P / sizeof P[0]; i++) {
+        size_t n = strlen(P[i].pre);
+        if (!strncmp(k, P[i].pre, n)) {
+            m->net = P[i].net;
+            m->name = k + n;
+            m->underscored = P[i].us;
+            if (P[i].us) f->kohya = 1;
+            else f->peft = 1;
+            return;
+        }
+    }
+    if (!strncmp(k, "lora_te_", 8)) f->sd1_te = 1;
+}
+
+static int64_t numel_of(const sdxl_st_tensor *t) { return t ? (int64_t)t->numel : 0; }
+
+/* Model-independent checks of one module's factors; sets kind, rank, alpha. */
+static int check_module(sdxl_lora_file *f, lmod *m, sdxl_err *e) {
+    const sdxl_st_tensor *const *t = m->t;
+    const char *P = f->path, *K = m->key;
+    int lora = t[F_DOWN] || t[F_UP] || t[F_MID], loha = 0, lokr = 0, full = t[F_DIFF] || t[F_DIFFB];
+    int norm = t[F_WNORM] || t[F_BNORM];
+    for (int s = F_H1A; s <= F_HT2; s++) loha |= t[s] != NULL;
+    for (int s = F_K1; s <= F_KT2; s++) lokr |= t[s] != NULL;
+    if (lora + loha + lokr + full + norm != 1)
+        return sdxl_seterr(e, SDXL_ERR_FORMAT, "LoRA %s: module '%s' %s", P, K,
+                           lora + loha + lokr + full + norm ? "mixes factors of several network kinds"
+                                                            : "has only an alpha or scale, no factors");
+    m->kind = lora ? SDXL_LORA_KIND_LORA : loha ? SDXL_LORA_KIND_LOHA : lokr ? SDXL_LORA_KIND_LOKR
+              : full ? SDXL_LORA_KIND_FULL : SDXL_LORA_KIND_NORM;
+    for (int s = 0; s < F_COUNT; s++) {
+        if (!t[s]) continue;
+        if (!is_float(t[s]->dtype))
+            return sdxl_seterr(e, SDXL_ERR_FORMAT, "LoRA %s: tensor '%s' has dtype %s, expected a float type", P,
+                               t[s]->name, sdxl_st_dtype_name(t[s]->dtype));
+        int64_t bad = first_nonfinite(t[s]);
+        if (bad >= 0)
+            return sdxl_seterr(e, SDXL_ERR_FORMAT, "LoRA %s: tensor '%s' holds a non-finite value (NaN or Inf) at "
+                               "element %lld", P, t[s]->name, (long long)bad);
+    }
+    m->alpha = NAN;
+    if (t[F_ALPHA]) {
+        if (t[F_ALPHA]->numel != 1)
+            return sdxl_seterr(e, SDXL_ERR_FORMAT, "LoRA %s: '%s' must be a scalar", P, t[F_ALPHA]->name);
+        float a;
+        sdxl_err e2 = {0};
+        sdxl_st_to_f32(f->st, t[F_ALPHA], &a, &e2);
+        m->alpha = a;
+    }
+#define NEED(slot)                                                                                              \
+    if (!t[slot])                                                                                               \
+        return sdxl_seterr(e, SDXL_ERR_FORMAT, "LoRA %s: module '%s' lacks '%s'", P, K, SLOT_NAME[slot]);
+#define RANK_EQ(a, b, what)                                                                                     \
+    if ((a) != (b))                                                                                             \
+        return sdxl_seterr(e, SDXL_ERR_FORMAT, "LoRA %s: module '%s': mismatched rank, %s (%lld vs %lld)", P, K,  \
+                           what, (long long)(a), (long long)(b));
+    switch (m->kind) {
+    case SDXL_LORA_KIND_LORA:
+        NEED(F_DOWN);
+        NEED(F_UP);
+        if ((t[F_DOWN]->ndim != 2 && t[F_DOWN]->ndim != 4) || (t[F_UP]->ndim != 2 && t[F_UP]->ndim != 4))
+            return sdxl_seterr(e, SDXL_ERR_FORMAT, "LoRA %s: module '%s': lora_down and lora_up must be 2-D or 4-D",
+                               P, K);
+        m->rank = (int)t[F_DOWN]->shape[0];
+        if (t[F_MID]) {
+            if (t[F_MID]->ndim != 4)
+                return sdxl_seterr(e, SDXL_ERR_FORMAT, "LoRA %s: module '%s': lora_mid must be 4-D", P, K);
+            RANK_EQ(t[F_MID]->shape[1], t[F_DOWN]->shape[0], "lora_mid columns vs lora_down rows");
+            RANK_EQ(t[F_UP]->shape[1], t[F_MID]->shape[0], "lora_up columns vs lora_mid rows");
+        } else {
+            RANK_EQ(t[F_UP]->shape[1], t[F_DOWN]->shape[0], "lora_up columns vs lora_down rows");
+        }
+        if (t[F_UP]->ndim == 4 && t[F_UP]->shape[2] * t[F_UP]->shape[3] != 1)
+            return sdxl_seterr(e, SDXL_ERR_FORMAT, "LoRA %s: module '%s': lora_up must be 1x1", P, K);
+        break;
+    case SDXL_LORA_KIND_LOHA:
+        NEED(F_H1A);
+        NEED(F_H1B);
+        NEED(F_H2A);
+        NEED(F_H2B);
+        for (int s = F_H1A; s <= F_H2B; s++)
+            if (t[s]->ndim != 2)
+                return sdxl_seterr(e, SDXL_ERR_FORMAT, "LoRA %s: '%s' must be 2-D", P, t[s]->name);
+        if (!!t[F_HT1] != !!t[F_HT2])
+            return sdxl_seterr(e, SDXL_ERR_FORMAT, "LoRA %s: module '%s' has one of hada_t1/hada_t2", P, K);
+        m->rank = (int)t[F_H1B]->shape[0];
+        if (t[F_HT1]) { /* Tucker: w_a [r, in], w_b [r, out], t [r, r, kh, kw] */
+            RANK_EQ(t[F_H1A]->shape[0], t[F_HT1]->shape[1], "hada_w1_a rows vs hada_t1");
+            RANK_EQ(t[F_H1B]->shape[0], t[F_HT1]->shape[0], "hada_w1_b rows vs hada_t1");
+            RANK_EQ(t[F_H2A]->shape[0], t[F_HT2]->shape[1], "hada_w2_a rows vs hada_t2");
+            RANK_EQ(t[F_H2B]->shape[0], t[F_HT2]->shape[0], "hada_w2_b rows vs hada_t2");
+        } else {
+            RANK_EQ(t[F_H1A]->shape[1], t[F_H1B]->shape[0], "hada_w1_a columns vs hada_w1_b rows");
+            RANK_EQ(t[F_H2A]->shape[1], t[F_H2B]->shape[0], "hada_w2_a columns vs hada_w2_b rows");
+        }
+        break;
+    case SDXL_LORA_KIND_LOKR:
+        if (!t[F_K1] && !(t[F_K1A] && t[F_K1B]))
+            return sdxl_seterr(e, SDXL_ERR_FORMAT, "LoRA %s: module '%s' needs lokr_w1 or lokr_w1_a + lokr_w1_b", P, K);
+        if (!t[F_K2] && !(t[F_K2A] && t[F_K2B]))
+            return sdxl_seterr(e, SDXL_ERR_FORMAT, "LoRA %s: module '%s' needs lokr_w2 or lokr_w2_a + lokr_w2_b", P, K);
+        if (!t[F_K1]) {
+            RANK_EQ(t[F_K1A]->shape[1], t[F_K1B]->shape[0], "lokr_w1_a columns vs lokr_w1_b rows");
+            m->rank = (int)t[F_K1B]->shape[0];
+        }
+        if (!t[F_K2]) {
+            if (t[F_KT2]) {
+                RANK_EQ(t[F_K2A]->shape[0], t[F_KT2]->shape[1], "lokr_w2_a rows vs lokr_t2");
+                RANK_EQ(t[F_K2B]->shape[0], t[F_KT2]->shape[0], "lokr_w2_b rows vs lokr_t2");
+            } else {
+                RANK_EQ(t[F_K2A]->shape[1], t[F_K2B]->shape[0], "lokr_w2_a columns vs lokr_w2_b rows");
+            }
+            m->rank = (int)t[F_K2B]->shape[0];
+        }
+        break;
+    default: break;
+    }
+    if (m->rank < 0 || m->rank > MAX_RANK)
+        return sdxl_seterr(e, SDXL_ERR_FORMAT, "LoRA %s: module '%s': rank %d out of range", P, K, m->rank);
+    if (m->kind == SDXL_LORA_KIND_LORA && m->rank == 0)
+        return sdxl_seterr(e, SDXL_ERR_FORMAT, "LoRA %s: module '%s' has rank 0", P, K);
+    return SDXL_OK;
+#undef NEED
+#undef RANK_EQ
+}
+
+static int cmp_mod(const void *a, const void *b) { return strcmp(((const lmod *)a)->key, ((const lmod *)b)->key); }
+
+static int group_modules(sdxl_lora_file *f, sdxl_lora_file **out, sdxl_err *e);
+
+int sdxl_lora_open(const char *path, sdxl_lora_file **out, sdxl_err *e) {
+    *out = NULL;
+    struct stat sb;
+    if (stat(path, &sb) != 0) return sdxl_seterr(e, SDXL_ERR_IO, "LoRA %s: cannot stat the file", path);
+    sdxl_lora_file *f = calloc(1, sizeof *f);
+    if (!f || !(f->path = strdup(path))) {
+        free(f);
+        return sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA %s: out of memory", path);
+    }
+    f->dev = sb.st_dev;
+    f->ino = sb.st_ino;
+    f->size = sb.st_size;
+    f->mtime = sb.st_mtim;
+    int st = sdxl_st_open(path, &f->st, e);
+    if (st) {
+        sdxl_lora_close(f);
+        return st;
+    }
+    return group_modules(f, out, e);
+}
+
+int sdxl_lora_open_memory(const void *buf, size_t len, const char *what, sdxl_lora_file **out, sdxl_err *e) {
+    *out = NULL;
+    sdxl_lora_file *f = calloc(1, sizeof *f);
+    if (!f || !(f->path = strdup(what))) {
+        free(f);
+        return sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA %s: out of memory", what);
+    }
+    int st = sdxl_st_open_memory(buf, len, what, &f->st, e);
+    if (st) {
+        sdxl_lora_close(f);
+        return st;
+    }
+    return group_modules(f, out, e);
+}
+
+/* Groups the tensors of an opened file into modules and checks each; frees f on error. */
+static int group_modules(sdxl_lora_file *f, sdxl_lora_file **out, sdxl_err *e) {
+    const char *path = f->path;
+    int st;
+    size_t n = sdxl_st_count(f->st);
+    f->mods = calloc(n ? n : 1, sizeof *f->mods);
+    if (!f->mods) {
+        sdxl_lora_close(f);
+        return sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA %s: out of memory", path);
+    }
+    /* group: module key = tensor name minus its suffix; sorted so lookups bisect */
+    for (size_t i = 0; i < n; i++) {
+        const sdxl_st_tensor *t = sdxl_st_at(f->st, i);
+        size_t len = strlen(t->name);
+        int slot = -1;
+        size_t klen = 0;
+        for (size_t s = 0; s < N_SUFFIXES; s++) {
+            size_t sl = strlen(SUFFIXES[s].suffix);
+            if (len > sl && !strcmp(t->name + len - sl, SUFFIXES[s].suffix) && len - sl > 0) {
+                slot = SUFFIXES[s].slot;
+                klen = len - sl;
+                break;
+            }
+        }
+        if (slot < 0) {
+            if (!f->n_unknown_keys++) snprintf(f->first_unknown, sizeof f->first_unknown, "%s", t->name);
+            continue;
+        }
+        lmod *m = NULL;
+        for (int j = f->n_mods - 1; j >= 0 && j >= f->n_mods - 64; j--)
+            if (strlen(f->mods[j].key) == klen && !strncmp(f->mods[j].key, t->name, klen)) m = &f->mods[j];
+        if (!m) {
+            for (int j = 0; j < f->n_mods - 64; j++)
+                if (strlen(f->mods[j].key) == klen && !strncmp(f->mods[j].key, t->name, klen)) m = &f->mods[j];
+        }
+        if (!m) {
+            m = &f->mods[f->n_mods];
+            m->key = strndup(t->name, klen);
+            if (!m->key) {
+                sdxl_lora_close(f);
+                return sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA %s: out of memory", path);
+            }
+            f->n_mods++;
+        }
+        if (m->t[slot]) {
+            sdxl_lora_close(f);
+            return sdxl_seterr(e, SDXL_ERR_FORMAT, "LoRA %s: module '%.*s' has two '%s' tensors", path, (int)klen,
+                               t->name, SLOT_NAME[slot]);
+        }
+        m->t[slot] = t;
+    }
+    if (f->n_mods == 0) {
+        st = sdxl_seterr(e, SDXL_ERR_FORMAT, "LoRA %s: no LoRA or LyCORIS tensor among %zu (first: '%s')", path, n,
+                         f->first_unknown);
+        sdxl_lora_close(f);
+        return st;
+    }
+    qsort(f->mods, (size_t)f->n_mods, sizeof *f->mods, cmp_mod);
+    for (int i = 0; i < f->n_mods; i++) {
+        classify(&f->mods[i], f);
+        if ((st = check_module(f, &f->mods[i], e))) {
+            sdxl_lora_close(f);
+            return st;
+        }
+        if (f->mods[i].kind != SDXL_LORA_KIND_LORA) f->lyco = 1;
+    }
+    *out = f;
+    return SDXL_OK;
+}
+
+void sdxl_lora_get_info(const sdxl_lora_file *f, sdxl_lora_info *i) {
+    memset(i, 0, sizeof *i);
+    i->format = f->kohya && f->peft ? "mixed kohya/diffusers"
+                : f->kohya          ? (f->lyco ? "kohya/LyCORIS" : "kohya")
+                : f->peft           ? (f->lyco ? "diffusers/LyCORIS" : "diffusers/PEFT")
+                : f->sd1_te         ? "kohya (SD 1.x/2.x naming)"
+                                    : "unknown naming";
+    i->n_modules = f->n_mods;
+    i->alpha_min = i->alpha_max = NAN;
+    for (int k = 0; k < f->n_mods; k++) {
+        const lmod *m = &f->mods[k];
+        if (m->net >= 0) i->per_net[m->net]++;
+        else i->n_other++;
+        i->per_kind[m->kind]++;
+        if (m->rank > 0) {
+            if (!i->rank_min || m->rank < i->rank_min) i->rank_min = m->rank;
+            if (m->rank > i->rank_max) i->rank_max = m->rank;
+        }
+        if (!isnan(m->alpha)) {
+            if (!i->n_alpha || m->alpha < i->alpha_min) i->alpha_min = m->alpha;
+            if (!i->n_alpha || m->alpha > i->alpha_max) i->alpha_max = m->alpha;
+            i->n_alpha++;
+        }
+        if (m->t[F_DORA] || m->t[F_MAG]) i->n_dora++;
+    }
+}
+
+int sdxl_lora_hash_file(const char *path, char out[65]) {
+    out[0] = 0;
+    FILE *fp = fopen(path, "rb");
+    uint8_t hdr[8];
+    if (!fp) return SDXL_ERR_IO;
+    int st = SDXL_ERR_FORMAT;
+    uint64_t n = 0;
+    uint8_t *buf = NULL;
+    if (fread(hdr, 1, 8, fp) != 8) goto out;
+    for (int i = 7; i >= 0; i--) n = n << 8 | hdr[i];
+    if (n > (uint64_t)1 << 40 || fseeko(fp, (off_t)(8 + n), SEEK_SET) != 0) goto out;
+    sha256 s;
+    sha_init(&s);
+    static const size_t BLK = 1 << 20;
+    if (!(buf = malloc(BLK))) {
+        st = SDXL_ERR_NOMEM;
+        goto out;
+    }
+    size_t k;
+    while ((k = fread(buf, 1, BLK, fp)) > 0) sha_update(&s, buf, k);
+    sha_hex(&s, out);
+    st = SDXL_OK;
+out:
+    free(buf);
+    fclose(fp);
+    return st;
+}
+
+const char *sdxl_lora_hash(sdxl_lora_file *f) {
+    if (!f->hash[0]) sdxl_lora_hash_file(f->path, f->hash);
+    return f->hash;
+}
+
+/* ---- merge state ------------------------------------------------------------------------------- */
+
+typedef struct contrib {
+    sdxl_lora_file *f;
+    int mod;
+    float mult;
+} contrib;
+
+typedef struct layer {
+    sdxl_lref r;
+    int net;
+    contrib *cur; /* merged now */
+    int n_cur, cap_cur;
+    contrib *nxt; /* being planned */
+    int n_nxt, cap_nxt;
+} layer;
+
+typedef struct name_ent {
+    char *key; /* "<net digit><name>" */
+    int layer, part;
+} name_ent;
+
+typedef struct applied {
+    sdxl_lora_file *f;
+    int *bind; /* per module: layer * 4 + part, or -1 */
+} applied;
+
+struct sdxl_lora_state {
+    sdxl_lora_nets nets;
+    layer *layers;
+    int n_layers, cap_layers;
+    name_ent *map;
+    size_t map_cap, map_n;
+    applied *cur;
+    int n_cur;
+    float *w, *b, *t1, *t2, *t3; /* one layer's scratch */
+    size_t w_cap, t_cap;
+};
+
+static uint64_t fnv(const char *s) {
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++) h = (h ^ (uint8_t)*s) * 1099511628211ull;
+    return h;
+}
+
+static int map_put(sdxl_lora_state *s, int net, const char *name, int layer, int part) {
+    if (!*name) return SDXL_OK;
+    char key[SDXL_LREF_NAME + 2];
+    snprintf(key, sizeof key, "%d%s", net, name);
+    if (2 * (s->map_n + 1) > s->map_cap) {
+        size_t nc = s->map_cap ? 2 * s->map_cap : 8192;
+        name_ent *nm = calloc(nc, sizeof *nm);
+        if (!nm) return SDXL_ERR_NOMEM;
+        for (size_t i = 0; i < s->map_cap; i++) {
+            if (!s->map[i].key) continue;
+            size_t h = fnv(s->map[i].key) & (nc - 1);
+            while (nm[h].key) h = (h + 1) & (nc - 1);
+            nm[h] = s->map[i];
+        }
+        free(s->map);
+        s->map = nm;
+        s->map_cap = nc;
+    }
+    size_t h = fnv(key) & (s->map_cap - 1);
+    while (s->map[h].key) {
+        if (!strcmp(s->map[h].key, key)) return SDXL_OK;
+        h = (h + 1) & (s->map_cap - 1);
+    }
+    if (!(s->map[h].key = strdup(key))) return SDXL_ERR_NOMEM;
+    s->map[h].layer = layer;
+    s->map[h].part = part;
+    s->map_n++;
+    return SDXL_OK;
+}
+
+static const name_ent *map_get(const sdxl_lora_state *s, int net, const char *name) {
+    char key[SDXL_LREF_NAME + 64];
+    if (snprintf(key, sizeof key, "%d%s", net, name) >= (int)sizeof key || !s->map_cap) return NULL;
+    size_t h = fnv(key) & (s->map_cap - 1);
+    while (s->map[h].key) {
+        if (!strcmp(s->map[h].key, key)) return &s->map[h];
+        h = (h + 1) & (s->map_cap - 1);
+    }
+    return NULL;
+}
+
+typedef struct collect {
+    sdxl_lora_state *s;
+    int net;
+} collect;
+
+static int on_layer(void *user, const sdxl_lref *r, sdxl_err *e) {
+    collect *c = user;
+    sdxl_lora_state *s = c->s;
+    if (s->n_layers == s->cap_layers) {
+        int nc = s->cap_layers ? 2 * s->cap_layers : 1024;
+        layer *nl = realloc(s->layers, (size_t)nc * sizeof *nl);
+        if (!nl) return sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA: out of memory listing layers");
+        s->layers = nl;
+        s->cap_layers = nc;
+    }
+    layer *L = &s->layers[s->n_layers];
+    memset(L, 0, sizeof *L);
+    L->r = *r;
+    L->net = c->net;
+    for (int p = 0; p < r->nparts; p++) {
+        const char *nm[2] = {r->part[p].name, r->part[p].alt};
+        for (int k = 0; k < 2; k++) {
+            char us[SDXL_LREF_NAME];
+            snprintf(us, sizeof us, "%s", nm[k]);
+            for (char *q = us; *q; q++)
+                if (*q == '.') *q = '_';
+            if (map_put(s, c->net, nm[k], s->n_layers, p) || map_put(s, c->net, us, s->n_layers, p))
+                return sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA: out of memory indexing layer names");
+        }
+    }
+    s->n_layers++;
+    return SDXL_OK;
+}
+
+static void applied_free(applied *a) {
+    sdxl_lora_close(a->f);
+    free(a->bind);
+}
+
+void sdxl_lora_state_free(sdxl_lora_state *s) {
+    if (!s) return;
+    for (int i = 0; i < s->n_layers; i++) {
+        free(s->layers[i].cur);
+        free(s->layers[i].nxt);
+    }
+    free(s->layers);
+    for (size_t i = 0; i < s->map_cap; i++) free(s->map[i].key);
+    free(s->map);
+    for (int i = 0; i < s->n_cur; i++) applied_free(&s->cur[i]);
+    free(s->cur);
+    free(s->w);
+    free(s->b);
+    free(s->t1);
+    free(s->t2);
+    free(s->t3);
+    free(s);
+}
+
+int sdxl_lora_state_new(const sdxl_lora_nets *n, sdxl_lora_state **out, sdxl_err *e) {
+    *out = NULL;
+    sdxl_lora_state *s = calloc(1, sizeof *s);
+    if (!s) return sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA: out of memory");
+    s->nets = *n;
+    int st = SDXL_OK;
+    collect c = {s, SDXL_LORA_UNET};
+    if (n->unet) st = sdxl_unet_layers(n->unet, n->unet_ck, on_layer, &c, e);
+    for (int k = 0; k < 2 && !st; k++) {
+        if (!n->te[k]) continue;
+        c.net = SDXL_LORA_TE1 + k;
+        st = sdxl_clip_layers_ckpt(n->te[k], n->te_ck, k ? SDXL_PART_TE2 : SDXL_PART_TE1, on_layer, &c, e);
+    }
+    if (st) {
+        sdxl_lora_state_free(s);
+        return st;
+    }
+    *out = s;
+    return SDXL_OK;
+}
+
+int sdxl_lora_applied(const sdxl_lora_state *s) { return s->n_cur; }
+sdxl_lora_file *sdxl_lora_applied_at(const sdxl_lora_state *s, int i) {
+    return i >= 0 && i < s->n_cur ? s->cur[i].f : NULL;
+}
+
+/* ---- binding: a module to its layer part, shapes checked --------------------------------------- */
+
+static void fmt_shape(char *b, size_t n, const sdxl_st_tensor *t) {
+    size_t k = (size_t)snprintf(b, n, "[");
+    for (int i = 0; i < t->ndim && k < n; i++)
+        k += (size_t)snprintf(b + k, n - k, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
+    if (k < n) snprintf(b + k, n - k, "]");
+}
+
+static int shape_err(const sdxl_lora_file *f, const lmod *m, int slot, const layer *L, const char *rule, sdxl_err *e) {
+    char sh[96];
+    fmt_shape(sh, sizeof sh, m->t[slot]);
+    return sdxl_seterr(e, SDXL_ERR_FORMAT,
+                       "LoRA %s: module '%s': %s is %s but layer '%s' is [%lld, %lld, %d, %d] (%s)", f->path, m->key,
+                       SLOT_NAME[slot], sh, L->r.part[0].name, (long long)L->r.out_each, (long long)L->r.in, L->r.kh,
+                       L->r.kw, rule);
+}
+
+/* The delta's shape against the layer part: [out_each, in, kh, kw] (norm: [out_each]). */
+static int check_bind(const sdxl_lora_file *f, const lmod *m, const layer *L, sdxl_err *e) {
+    const sdxl_lref *r = &L->r;
+    const sdxl_st_tensor *const *t = m->t;
+    int64_t cols = r->kind == SDXL_LREF_NORM ? 1 : r->in * r->kh * r->kw, rows = r->out_each;
+    int is_norm = r->kind == SDXL_LREF_NORM;
+    if (is_norm != (m->kind == SDXL_LORA_KIND_NORM) && m->kind != SDXL_LORA_KIND_FULL)
+        return sdxl_seterr(e, SDXL_ERR_FORMAT, "LoRA %s: module '%s' is a %s module but layer '%s' is a %s", f->path,
+                           m->key, sdxl_lora_kind_name(m->kind), r->part[0].name, is_norm ? "norm" : "linear/conv");
+    switch (m->kind) {
+    case SDXL_LORA_KIND_LORA: {
+        if (t[F_UP]->shape[0] != rows) return shape_err(f, m, F_UP, L, "output rows differ", e);
+        int64_t dk = t[F_MID] ? t[F_MID]->shape[2] * t[F_MID]->shape[3] : 1;
+        if (numel_of(t[F_DOWN]) / t[F_DOWN]->shape[0] * dk != cols)
+            return shape_err(f, m, F_DOWN, L, "input size differs", e);
+        if (t[F_DOWN]->ndim == 4 && !t[F_MID] && r->kind == SDXL_LREF_CONV &&
+            (t[F_DOWN]->shape[1] != r->in || t[F_DOWN]->shape[2] != r->kh || t[F_DOWN]->shape[3] != r->kw))
+            return shape_err(f, m, F_DOWN, L, "kernel differs", e);
+        if (t[F_MID] && (t[F_MID]->shape[2] != r->kh || t[F_MID]->shape[3] != r->kw))
+            return shape_err(f, m, F_MID, L, "kernel differs", e);
+        break;
+    }
+    case SDXL_LORA_KIND_LOHA:
+        if (t[F_HT1]) {
+            if (t[F_H1B]->shape[1] != rows || t[F_H2B]->shape[1] != rows)
+                return shape_err(f, m, F_H1B, L, "output rows differ", e);
+            if (t[F_H1A]->shape[1] != r->in || t[F_H2A]->shape[1] != r->in || t[F_HT1]->shape[2] != r->kh ||
+                t[F_HT1]->shape[3] != r->kw || t[F_HT2]->shape[2] != r->kh || t[F_HT2]->shape[3] != r->kw)
+                return shape_err(f, m, F_H1A, L, "input size or kernel differs", e);
+        } else {
+            if (t[F_H1A]->shape[0] != rows || t[F_H2A]->shape[0] != rows)
+                return shape_err(f, m, F_H1A, L, "output rows differ", e);
+            if (t[F_H1B]->shape[1] != cols || t[F_H2B]->shape[1] != cols)
+                return shape_err(f, m, F_H1B, L, "input size differs", e);
+        }
+        break;
+    case SDXL_LORA_KIND_LOKR: {
+        int64_t a = t[F_K1] ? t[F_K1]->shape[0] : t[F_K1A]->shape[0];
+        int64_t b = t[F_K1] ? t[F_K1]->shape[1] : t[F_K1B]->shape[1];
+        int64_t c, d;
+        if (t[F_K2]) {
+            c = t[F_K2]->shape[0];
+            d = numel_of(t[F_K2]) / c;
+        } else if (t[F_KT2]) {
+            c = t[F_K2B]->shape[1];
+            d = t[F_K2A]->shape[1] * t[F_KT2]->shape[2] * t[F_KT2]->shape[3];
+        } else {
+            c = t[F_K2A]->shape[0];
+            d = t[F_K2B]->shape[1];
+        }
+        if ((t[F_K1] && t[F_K1]->ndim != 2) || a * c != rows || b * d != cols)
+            return shape_err(f, m, t[F_K1] ? F_K1 : F_K1A, L, "Kronecker factors do not tile the layer", e);
+        break;
+    }
+    case SDXL_LORA_KIND_FULL:
+        if (t[F_DIFF] && numel_of(t[F_DIFF]) != rows * cols) return shape_err(f, m, F_DIFF, L, "size differs", e);
+        if (t[F_DIFFB] && (numel_of(t[F_DIFFB]) != rows || !r->part[0].b))
+            return shape_err(f, m, F_DIFFB, L, "the layer has no bias of that size", e);
+        break;
+    case SDXL_LORA_KIND_NORM:
+        if (t[F_WNORM] && numel_of(t[F_WNORM]) != rows) return shape_err(f, m, F_WNORM, L, "size differs", e);
+        if (t[F_BNORM] && (numel_of(t[F_BNORM]) != rows || !r->part[0].b))
+            return shape_err(f, m, F_BNORM, L, "size differs", e);
+        break;
+    default: break;
+    }
+    if (t[F_DORA]) {
+        int64_t nd = numel_of(t[F_DORA]);
+        if (nd != r->in && nd != rows) return shape_err(f, m, F_DORA, L, "must have in or out values", e);
+    }
+    if (t[F_MAG] && numel_of(t[F_MAG]) != rows) return shape_err(f, m, F_MAG, L, "must have out values", e);
+    return SDXL_OK;
+}
+
+/* Matches every module of f to a layer part; lists unmatched ones and refuses files that are
+ * not for SDXL. */
+static int bind_file(sdxl_lora_state *s, sdxl_lora_file *f, int **out, sdxl_lora_stats *stt, sdxl_err *e) {
+    int *bind = malloc((size_t)f->n_mods * sizeof *bind);
+    if (!bind) return sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA: out of memory");
+    int unmatched = 0, matched = 0;
+    char first[3][160] = {{0}};
+    for (int i = 0; i < f->n_mods; i++) {
+        lmod *m = &f->mods[i];
+        bind[i] = -1;
+        const name_ent *ne = m->net >= 0 ? map_get(s, m->net, m->name) : NULL;
+        if (!ne) {
+            if (unmatched < 3) snprintf(first[unmatched], sizeof first[0], "%s", m->key);
+            unmatched++;
+            continue;
+        }
+        int st = check_bind(f, m, &s->layers[ne->layer], e);
+        if (st) {
+            free(bind);
+            return st;
+        }
+        bind[i] = ne->layer * 4 + ne->part;
+        matched++;
+    }
+    if (unmatched > f->n_mods * UNMATCHED_REFUSE_FRAC || matched == 0) {
+        free(bind);
+        const char *why = f->sd1_te ? " ('lora_te_' keys: a LoRA for SD 1.x/2.x, not SDXL)"
+                          : matched == 0 ? " (not a LoRA for this SDXL model: SD 1.x/2.x, SD3 or Flux?)"
+                                         : "";
+        return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED,
+                           "LoRA %s: %d of %d modules match no layer of this SDXL model%s; first: %s%s%s%s%s", f->path,
+                           unmatched, f->n_mods, why, first[0], first[1][0] ? ", " : "", first[1],
+                           first[2][0] ? ", " : "", first[2]);
+    }
+    if (unmatched && !stt->modules_unmatched)
+        snprintf(stt->unmatched, sizeof stt->unmatched, "%s: %s%s%s%s%s (%d modules)", f->path, first[0],
+                 first[1][0] ? ", " : "", first[1], first[2][0] ? ", " : "", first[2], unmatched);
+    stt->modules_unmatched += unmatched;
+    *out = bind;
+    return SDXL_OK;
+}
+
+/* ---- deltas ----------------------------------------------------------------------------------- */
+
+static int reserve(float **p, size_t *cap, size_t n) {
+    if (n <= *cap) return 0;
+    float *q = malloc(n * sizeof *q);
+    if (!q) return 1;
+    free(*p);
+    *p = q;
+    *cap = n;
+    return 0;
+}
+
+static float *factor(const sdxl_lora_file *f, const sdxl_st_tensor *t, sdxl_err *e) {
+    float *v = malloc((size_t)t->numel * sizeof *v + 4);
+    if (!v) {
+        sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA: out of memory for '%s'", t->name);
+        return NULL;
+    }
+    if (sdxl_st_to_f32(f->st, t, v, e)) {
+        free(v);
+        return NULL;
+    }
+    return v;
+}
+
+/* d[rows, cols] = alpha a[rows, k] @ b[k, cols] + beta d (a_t: a given as [k, rows]); row-major,
+ * through oneDNN's f32 GEMM. */
+static void gemm(const float *a, int a_t, const float *b, float *d, int64_t rows, int64_t k, int64_t cols, float alpha,
+                 float beta) {
+    dnnl_sgemm(a_t ? 'T' : 'N', 'N', rows, cols, k, alpha, a, a_t ? rows : k, b, cols, beta, d, cols);
+}
+
+static void matmul(const float *a, int a_t, const float *b, float *d, int64_t rows, int64_t k, int64_t cols) {
+    gemm(a, a_t, b, d, rows, k, cols, 1.0f, 0.0f);
+}
+
+/* Tucker / CP rebuild: d[p, q, k, l] = sum_ij mid[i, j, k, l] down[j, q] up[p, i], with up given as
+ * [p, i] (up_t = 0) or [i, p] (up_t = 1). tmp holds r1 * in * kk. */
+static void cp_rebuild(const float *mid, int64_t r1, int64_t r2, int64_t kk, const float *down, int64_t in,
+                       const float *up, int up_t, int64_t out, float *tmp, float *d) {
+    /* tmp[i, q, kl] = sum_j mid[i, j, kl] down[j, q] */
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < r1; i++)
+        for (int64_t q = 0; q < in; q++)
+            for (int64_t kl = 0; kl < kk; kl++) {
+                float s = 0;
+                for (int64_t j = 0; j < r2; j++) s += mid[(i * r2 + j) * kk + kl] * down[j * in + q];
+                tmp[(i * in + q) * kk + kl] = s;
+            }
+    matmul(up, up_t, tmp, d, out, r1, in * kk);
+}
+
+/* The scaled delta of module m for a part of rows x cols into d; *scale gets A1111's calc_scale. */
+static int delta(const sdxl_lora_file *f, const lmod *m, int64_t rows, int64_t cols, int64_t in, int64_t kk, float *d,
+                 float *tmp, float *tmp2, double *scale, sdxl_err *e) {
+    const sdxl_st_tensor *const *t = m->t;
+    float *fa[6] = {0};
+    int st = SDXL_OK;
+    int dim = 0; /* A1111's self.dim: the rank that alpha divides */
+#define F(i, slot)                                                                                              \
+    do {                                                                                                        \
+        if (!(fa[i] = factor(f, t[slot], e))) {                                                                 \
+            st = SDXL_ERR_NOMEM;                                                                                \
+            goto out;                                                                                           \
+        }                                                                                                       \
+    } while (0)
+    switch (m->kind) {
+    case SDXL_LORA_KIND_LORA: {
+        F(0, F_DOWN);
+        F(1, F_UP);
+        int64_t r = t[F_UP]->shape[1];
+        dim = (int)t[F_DOWN]->shape[0];
+        if (t[F_MID]) {
+            F(2, F_MID);
+            cp_rebuild(fa[2], t[F_MID]->shape[0], t[F_MID]->shape[1], kk, fa[0], in, fa[1], 0, rows, tmp, d);
+        } else {
+            matmul(fa[1], 0, fa[0], d, rows, r, cols);
+        }
+        break;
+    }
+    case SDXL_LORA_KIND_LOHA: {
+        F(0, F_H1A);
+        F(1, F_H1B);
+        F(2, F_H2A);
+        F(3, F_H2B);
+        dim = (int)t[F_H1B]->shape[0];
+        if (t[F_HT1]) {
+            F(4, F_HT1);
+            F(5, F_HT2);
+            cp_rebuild(fa[4], t[F_HT1]->shape[0], t[F_HT1]->shape[1], kk, fa[0], in, fa[1], 1, rows, tmp, d);
+            cp_rebuild(fa[5], t[F_HT2]->shape[0], t[F_HT2]->shape[1], kk, fa[2], in, fa[3], 1, rows, tmp, tmp2);
+        } else {
+            matmul(fa[0], 0, fa[1], d, rows, t[F_H1A]->shape[1], cols);
+            matmul(fa[2], 0, fa[3], tmp2, rows, t[F_H2A]->shape[1], cols);
+        }
+        int64_t n = rows * cols;
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < n; i++) d[i] *= tmp2[i];
+        break;
+    }
+    case SDXL_LORA_KIND_LOKR: {
+        /* w1 [a, b] and w2 [c, dd] (dd includes the kernel): d[i1 c + i2, (j1 dd/kk + j2) kk + kl]. */
+        int64_t a, b, c, dd;
+        const float *w1, *w2;
+        if (t[F_K1]) {
+            F(0, F_K1);
+            a = t[F_K1]->shape[0];
+            b = t[F_K1]->shape[1];
+        } else {
+            F(1, F_K1A);
+            F(2, F_K1B);
+            a = t[F_K1A]->shape[0];
+            b = t[F_K1B]->shape[1];
+            dim = (int)t[F_K1B]->shape[0];
+            if (!(fa[0] = malloc((size_t)(a * b) * sizeof(float)))) {
+                st = sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA: out of memory");
+                goto out;
+            }
+            matmul(fa[1], 0, fa[2], fa[0], a, t[F_K1A]->shape[1], b);
+        }
+        w1 = fa[0];
+        if (t[F_K2]) {
+            F(3, F_K2);
+            c = t[F_K2]->shape[0];
+            dd = numel_of(t[F_K2]) / c;
+        } else {
+            F(4, F_K2A);
+            F(5, F_K2B);
+            dim = (int)t[F_K2B]->shape[0];
+            if (t[F_KT2]) {
+                float *t2 = factor(f, t[F_KT2], e);
+                if (!t2) {
+                    st = SDXL_ERR_NOMEM;
+                    goto out;
+                }
+                c = t[F_K2B]->shape[1];
+                int64_t in2 = t[F_K2A]->shape[1];
+                dd = in2 * kk;
+                fa[3] = malloc((size_t)(c * dd) * sizeof(float));
+                float *tt = malloc((size_t)(t[F_KT2]->shape[0] * dd) * sizeof(float));
+                if (fa[3] && tt)
+                    cp_rebuild(t2, t[F_KT2]->shape[0], t[F_KT2]->shape[1], kk, fa[4], in2, fa[5], 1, c, tt, fa[3]);
+                free(tt);
+                free(t2);
+            } else {
+                c = t[F_K2A]->shape[0];
+                dd = t[F_K2B]->shape[1];
+                fa[3] = malloc((size_t)(c * dd) * sizeof(float));
+                if (fa[3]) matmul(fa[4], 0, fa[5], fa[3], c, t[F_K2A]->shape[1], dd);
+            }
+            if (!fa[3]) {
+                st = sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA: out of memory");
+                goto out;
+            }
+        }
+        w2 = fa[3];
+        /* torch.kron of [a, b(, 1, 1)] and [c, dd/kk(, kh, kw)] */
+        int64_t d2 = dd / kk;
+#pragma omp parallel for schedule(static)
+        for (int64_t i1 = 0; i1 < a; i1++)
+            for (int64_t i2 = 0; i2 < c; i2++)
+                for (int64_t j1 = 0; j1 < b; j1++)
+                    for (int64_t j2 = 0; j2 < d2; j2++)
+                        for (int64_t kl = 0; kl < kk; kl++)
+                            d[(i1 * c + i2) * cols + (j1 * d2 + j2) * kk + kl] =
+                                w1[i1 * b + j1] * w2[(i2 * d2 + j2) * kk + kl];
+        break;
+    }
+    case SDXL_LORA_KIND_FULL:
+        if (t[F_DIFF]) {
+            if (sdxl_st_to_f32(f->st, t[F_DIFF], d, e)) {
+                st = SDXL_ERR_FORMAT;
+                goto out;
+            }
+        } else {
+            memset(d, 0, (size_t)(rows * cols) * sizeof *d);
+        }
+        break;
+    case SDXL_LORA_KIND_NORM:
+        if (t[F_WNORM]) {
+            if (sdxl_st_to_f32(f->st, t[F_WNORM], d, e)) {
+                st = SDXL_ERR_FORMAT;
+                goto out;
+            }
+        } else {
+            memset(d, 0, (size_t)rows * sizeof *d);
+        }
+        break;
+    default: break;
+    }
+    *scale = dim > 0 && !isnan(m->alpha) ? m->alpha / dim : 1.0;
+out:
+    for (int i = 0; i < 6; i++) free(fa[i]);
+    return st;
+#undef F
+}
+
+/* Adds mult x (module's delta) to one part's weights w (original values in orig) and bias b. */
+static int add_module(sdxl_lora_state *s, const sdxl_lora_file *f, const lmod *m, const layer *L, float mult,
+                      const float *orig, float *w, float *b, sdxl_err *e) {
+    const sdxl_lref *r = &L->r;
+    int64_t rows = r->out_each, kk = (int64_t)r->kh * r->kw;
+    int64_t in = r->kind == SDXL_LREF_NORM ? 1 : r->in, cols = r->kind == SDXL_LREF_NORM ? 1 : in * kk;
+    int64_t n = rows * cols;
+    int64_t r1 = 0;
+    if (m->kind == SDXL_LORA_KIND_LORA && m->t[F_MID]) r1 = m->t[F_MID]->shape[0];
+    if (m->kind == SDXL_LORA_KIND_LOHA && m->t[F_HT1]) r1 = m->t[F_HT1]->shape[0] > m->t[F_HT2]->shape[0]
+                                                                ? m->t[F_HT1]->shape[0] : m->t[F_HT2]->shape[0];
+    size_t need = (size_t)(n > r1 * in * kk ? n : r1 * in * kk);
+    if (need > s->t_cap) {
+        free(s->t1);
+        free(s->t2);
+        free(s->t3);
+        s->t1 = malloc(need * sizeof(float));
+        s->t2 = malloc(need * sizeof(float));
+        s->t3 = malloc(need * sizeof(float));
+        s->t_cap = need;
+        if (!s->t1 || !s->t2 || !s->t3) {
+            s->t_cap = 0;
+            goto nomem;
+        }
+    }
+    double scale = 1;
+    if (m->kind == SDXL_LORA_KIND_LORA && !m->t[F_MID] && !m->t[F_DORA] && !m->t[F_MAG]) {
+        /* plain LoRA: w += (m alpha / r) up @ down in one GEMM, no delta buffer */
+        float *dn = factor(f, m->t[F_DOWN], e), *up = dn ? factor(f, m->t[F_UP], e) : NULL;
+        if (!up) {
+            free(dn);
+            return SDXL_ERR_NOMEM;
+        }
+        int64_t r = m->t[F_DOWN]->shape[0];
+        scale = isnan(m->alpha) ? 1.0 : m->alpha / (double)r;
+        gemm(up, 0, dn, w, rows, r, cols, (float)(mult * scale), 1.0f);
+        free(dn);
+        free(up);
+        return SDXL_OK;
+    }
+    int st = delta(f, m, rows, cols, in, kk, s->t1, s->t3, s->t2, &scale, e);
+    if (st) return st;
+    float *d = s->t1;
+    if (m->t[F_DORA] || m->t[F_MAG]) {
+        /* W_d = W + c D; W' = W_d * g / ||W_d|| (per input column for A1111's dora_scale [1, in, ...],
+         * per output row for [out, 1, ...] and PEFT's magnitude); delta = mult (W' - W) for dora_scale,
+         * W' - W with the multiplier inside c for PEFT. */
+        int peft = m->t[F_MAG] != NULL;
+        const sdxl_st_tensor *gt = peft ? m->t[F_MAG] : m->t[F_DORA];
+        int per_out = peft || (gt->shape[0] == rows && numel_of(gt) == rows && !(gt->ndim > 1 && gt->shape[0] == 1));
+        float *g = factor(f, gt, e);
+        if (!g) return SDXL_ERR_NOMEM;
+        double c = peft ? mult * scale : scale;
+        float *wd = s->t2;
+        for (int64_t i = 0; i < n; i++) wd[i] = orig[i] + (float)(c * d[i]);
+        if (per_out) {
+            for (int64_t o = 0; o < rows; o++) {
+                double ss = 0;
+                for (int64_t j = 0; j < cols; j++) ss += (double)wd[o * cols + j] * wd[o * cols + j];
+                double k = g[o] / sqrt(ss > 0 ? ss : 1e-30);
+                for (int64_t j = 0; j < cols; j++) wd[o * cols + j] = (float)(wd[o * cols + j] * k);
+            }
+        } else {
+            for (int64_t q = 0; q < in; q++) {
+                double ss = 0;
+                for (int64_t o = 0; o < rows; o++)
+                    for (int64_t kl = 0; kl < kk; kl++) {
+                        double v = wd[o * cols + q * kk + kl];
+                        ss += v * v;
+                    }
+                double k = g[q] / sqrt(ss > 0 ? ss : 1e-30);
+                for (int64_t o = 0; o < rows; o++)
+                    for (int64_t kl = 0; kl < kk; kl++) wd[o * cols + q * kk + kl] = (float)(wd[o * cols + q * kk + kl] * k);
+            }
+        }
+        free(g);
+        double mm = peft ? 1.0 : mult;
+        for (int64_t i = 0; i < n; i++) w[i] += (float)(mm * (wd[i] - orig[i]));
+    } else {
+        float c = (float)(mult * scale);
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < n; i++) w[i] += c * d[i];
+    }
+    /* bias deltas (full diff_b, norm b_norm) take the multiplier only, as A1111's ex_bias */
+    const sdxl_st_tensor *bt = m->kind == SDXL_LORA_KIND_FULL ? m->t[F_DIFFB] : m->kind == SDXL_LORA_KIND_NORM
+                                                                                  ? m->t[F_BNORM] : NULL;
+    if (bt && b) {
+        float *bv = factor(f, bt, e);
+        if (!bv) return SDXL_ERR_NOMEM;
+        for (int64_t i = 0; i < rows; i++) b[i] += mult * bv[i];
+        free(bv);
+    }
+    return SDXL_OK;
+nomem:
+    return sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA: out of memory for one layer's delta");
+}
+
+/* Builds layer L's weights for a contribution list into s->w / s->b (originals when n = 0). */
+static int build_layer(sdxl_lora_state *s, const layer *L, const contrib *list, int n, int *bindpart,
+                       sdxl_err *e) {
+    const sdxl_lref *r = &L->r;
+    int64_t nw = sdxl_lref_numel(r), nb = sdxl_lref_bias_numel(r), pn = sdxl_lref_part_numel(r);
+    size_t need = (size_t)(2 * nw + nb + 1);
+    if (reserve(&s->w, &s->w_cap, need)) return sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA: out of memory for a layer");
+    float *w = s->w, *orig = s->w + nw, *b = nb ? s->w + 2 * nw : NULL;
+    sdxl_lref_original(r, w, b);
+    int dora = 0; /* only DoRA reads the originals after deltas were added */
+    for (int i = 0; i < n; i++) dora |= list[i].f->mods[list[i].mod].t[F_DORA] || list[i].f->mods[list[i].mod].t[F_MAG];
+    if (dora) memcpy(orig, w, (size_t)nw * sizeof *w);
+    for (int i = 0; i < n; i++) {
+        int part = bindpart[i];
+        int st = add_module(s, list[i].f, &list[i].f->mods[list[i].mod], L, list[i].mult, orig + part * pn,
+                            w + part * pn, b ? b + part * r->out_each : NULL, e);
+        if (st) return st;
+    }
+    return SDXL_OK;
+}
+
+static int same_list(const contrib *a, int na, const contrib *b, int nb) {
+    if (na != nb) return 0;
+    for (int i = 0; i < na; i++)
+        if (a[i].f != b[i].f || a[i].mod != b[i].mod || a[i].mult != b[i].mult) return 0;
+    return 1;
+}
+
+static int find_applied(const sdxl_lora_state *s, const sdxl_lora_file *f) {
+    for (int i = 0; i < s->n_cur; i++)
+        if (s->cur[i].f == f) return i;
+    return -1;
+}
+
+/* Part index of each contribution of a list (bindings live with the applied files). */
+static void list_parts(const applied *set, int nset, const contrib *list, int n, int *parts) {
+    for (int i = 0; i < n; i++) {
+        parts[i] = 0;
+        for (int k = 0; k < nset; k++)
+            if (set[k].f == list[i].f) parts[i] = set[k].bind[list[i].mod] & 3;
+    }
+}
+
+static int rebuild(sdxl_lora_state *s, layer *L, const applied *set, int nset, const contrib *list, int n,
+                   sdxl_err *e) {
+    int parts[64];
+    int *pp = n <= 64 ? parts : malloc((size_t)n * sizeof *pp);
+    if (!pp) return sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA: out of memory");
+    list_parts(set, nset, list, n, pp);
+    int st = build_layer(s, L, list, n, pp, e);
+    if (pp != parts) free(pp);
+    if (!st) st = sdxl_lref_set(s->nets.c, &L->r, s->w, sdxl_lref_bias_numel(&L->r) ? s->w + 2 * sdxl_lref_numel(&L->r)
+                                                                                       : NULL, e);
+    const sdxl_ckpt *ck = L->net == SDXL_LORA_UNET ? s->nets.unet_ck : s->nets.te_ck;
+    sdxl_part part = L->net == SDXL_LORA_UNET ? SDXL_PART_UNET : L->net == SDXL_LORA_TE1 ? SDXL_PART_TE1 : SDXL_PART_TE2;
+    if (ck) sdxl_lref_release(&L->r, sdxl_ckpt_file(ck, part));
+    return st;
+}
+
+static int push_nxt(layer *L, sdxl_lora_file *f, int mod, float mult) {
+    if (L->n_nxt == L->cap_nxt) {
+        int nc = L->cap_nxt ? 2 * L->cap_nxt : 2;
+        contrib *n = realloc(L->nxt, (size_t)nc * sizeof *n);
+        if (!n) return 1;
+        L->nxt = n;
+        L->cap_nxt = nc;
+    }
+    L->nxt[L->n_nxt++] = (contrib){f, mod, mult};
+    return 0;
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int sdxl_lora_apply(sdxl_lora_state *s, const sdxl_lora_use *uses, int n, sdxl_lora_stats *stp, sdxl_err *e) {
+    sdxl_lora_stats st0;
+    sdxl_lora_stats *stt = stp ? stp : &st0;
+    memset(stt, 0, sizeof *stt);
+    double t0 = now_s();
+    if (n < 0 || (n && !uses)) return sdxl_seterr(e, SDXL_ERR_ARG, "loras: %d entries without a list", n);
+    applied *set = calloc((size_t)(n ? n : 1), sizeof *set);
+    int *reused = calloc((size_t)(s->n_cur ? s->n_cur : 1), sizeof *reused);
+    int st = SDXL_OK, nset = 0;
+    if (!set || !reused) {
+        st = sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA: out of memory");
+        goto fail;
+    }
+    /* 1. open (or keep) and bind every file; nothing changes in the model yet */
+    for (int i = 0; i < n; i++) {
+        if (!uses[i].path) {
+            st = sdxl_seterr(e, SDXL_ERR_ARG, "loras[%d].path: required", i);
+            goto fail;
+        }
+        if (!isfinite(uses[i].unet_weight) || !isfinite(uses[i].te_weight) || fabsf(uses[i].unet_weight) > 100 ||
+            fabsf(uses[i].te_weight) > 100) {
+            st = sdxl_seterr(e, SDXL_ERR_ARG, "loras[%d]: weights must be finite and within +-100 (got %g, %g)", i,
+                             uses[i].unet_weight, uses[i].te_weight);
+            goto fail;
+        }
+        struct stat sb;
+        if (stat(uses[i].path, &sb) != 0) {
+            st = sdxl_seterr(e, SDXL_ERR_IO, "LoRA %s: no such file", uses[i].path);
+            goto fail;
+        }
+        int k = -1;
+        for (int j = 0; j < s->n_cur && k < 0; j++) {
+            sdxl_lora_file *f = s->cur[j].f;
+            if (!reused[j] && f->dev == sb.st_dev && f->ino == sb.st_ino && f->size == sb.st_size &&
+                f->mtime.tv_sec == sb.st_mtim.tv_sec && f->mtime.tv_nsec == sb.st_mtim.tv_nsec)
+                k = j;
+        }
+        if (k >= 0) {
+            reused[k] = 1;
+            set[nset++] = s->cur[k];
+            continue;
+        }
+        sdxl_lora_file *f = NULL;
+        if ((st = sdxl_lora_open(uses[i].path, &f, e))) goto fail;
+        set[nset].f = f;
+        nset++;
+        if ((st = bind_file(s, f, &set[nset - 1].bind, stt, e))) goto fail;
+    }
+    /* 2. plan each layer's contribution list */
+    for (int i = 0; i < s->n_layers; i++) s->layers[i].n_nxt = 0;
+    for (int k = 0; k < nset; k++) {
+        sdxl_lora_file *f = set[k].f;
+        for (int j = 0; j < f->n_mods; j++) {
+            if (set[k].bind[j] < 0) continue;
+            layer *L = &s->layers[set[k].bind[j] >> 2];
+            float mult = L->net == SDXL_LORA_UNET ? uses[k].unet_weight : uses[k].te_weight;
+            stt->modules_bound++;
+            if (mult == 0) continue;
+            if (push_nxt(L, f, j, mult)) {
+                st = sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA: out of memory");
+                goto fail;
+            }
+        }
+    }
+    /* 3. rebuild the layers whose list changed */
+    for (int i = 0; i < s->n_layers; i++) {
+        layer *L = &s->layers[i];
+        if (same_list(L->cur, L->n_cur, L->nxt, L->n_nxt)) continue;
+        if ((st = rebuild(s, L, set, nset, L->nxt, L->n_nxt, e))) {
+            /* put back what was merged before in the layers already rebuilt, then this one */
+            sdxl_err e2 = {0};
+            for (int j = 0; j <= i; j++) {
+                layer *Lj = &s->layers[j];
+                if (!same_list(Lj->cur, Lj->n_cur, Lj->nxt, Lj->n_nxt))
+                    rebuild(s, Lj, s->cur, s->n_cur, Lj->cur, Lj->n_cur, &e2);
+            }
+            goto fail;
+        }
+        stt->layers_rebuilt++;
+    }
+    /* 4. commit */
+    for (int i = 0; i < s->n_layers; i++) {
+        layer *L = &s->layers[i];
+        contrib *t = L->cur;
+        int tc = L->cap_cur;
+        L->cur = L->nxt;
+        L->n_cur = L->n_nxt;
+        L->cap_cur = L->cap_nxt;
+        L->nxt = t;
+        L->cap_nxt = tc;
+        L->n_nxt = 0;
+        if (L->n_cur) stt->layers_merged++;
+    }
+    for (int j = 0; j < s->n_cur; j++)
+        if (!reused[j]) applied_free(&s->cur[j]);
+    free(s->cur);
+    s->cur = set;
+    s->n_cur = nset;
+    free(reused);
+    stt->seconds = now_s() - t0;
+    return SDXL_OK;
+fail:
+    for (int k = 0; k < nset; k++)
+        if (set && find_applied(s, set[k].f) < 0) applied_free(&set[k]);
+    free(set);
+    free(reused);
+    return st;
+}
+
+int sdxl_lora_merged_weight(sdxl_lora_state *s, sdxl_lora_net net, const char *module, float *w, size_t n_w,
+                            sdxl_err *e) {
+    const name_ent *ne = map_get(s, net, module);
+    if (!ne) return sdxl_seterr(e, SDXL_ERR_ARG, "LoRA: no layer '%s' in %s", module, sdxl_lora_net_name(net));
+    const layer *L = &s->layers[ne->layer];
+    int64_t pn = sdxl_lref_part_numel(&L->r);
+    if (n_w != (size_t)pn)
+        return sdxl_seterr(e, SDXL_ERR_ARG, "LoRA: '%s' has %lld values, buffer %zu", module, (long long)pn, n_w);
+    int parts[64];
+    int n = L->n_cur <= 64 ? L->n_cur : 64;
+    list_parts(s->cur, s->n_cur, L->cur, n, parts);
+    int st = build_layer(s, L, L->cur, n, parts, e);
+    if (st) return st;
+    memcpy(w, s->w + ne->part * pn, (size_t)pn * sizeof *w);
+    return SDXL_OK;
+}
