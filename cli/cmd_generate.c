@@ -585,7 +585,10 @@ int cmd_generate(int argc, char **argv) {
         goto out;
     }
     rc = EXIT_FAIL;
-    o.mp.one_shot = 1; /* one request: each network is freed after its last use */
+    /* one request: each network is freed after its last use (LoRA merging and ControlNet units need
+     * every network converted when the request starts, so they keep the plain load) */
+    o.mp.one_shot = !o.n_loras && !strstr(o.g.prompt ? o.g.prompt : "", "<lora:") &&
+                    !(o.g.prompt_2 && strstr(o.g.prompt_2, "<lora:")) && !o.g.n_loras && !o.n_units;
     sdxl_status lst = sdxl_model_load(ctx, &o.mp, &m);
     if (lst != SDXL_OK) {
         fprintf(stderr, "sdxl generate: %s\n", sdxl_errmsg(ctx));
