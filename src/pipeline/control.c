@@ -178,6 +178,8 @@ int sdxl_pl_ctrl_new(sdxl_pl_model *m, const sdxl_gen_params *p, int W, int H, c
                      sdxl_pl_ctrl **out, sdxl_err *e) {
     *out = NULL;
     if (!p->n_controls) return SDXL_OK;
+    if (m->one_shot)
+        return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "controls: a one_shot model cannot run ControlNet units; load it whole");
     if (sdxl_compute_is_device(m->c))
         return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "controls: ControlNet runs on the CPU only; load the model with device cpu");
     sdxl_pl_ctrl *c = calloc(1, sizeof *c);
