@@ -254,7 +254,7 @@ static int resolve(const sdxl_pl_model *m, const sdxl_gen_params *in, req *r, sd
     if (m && m->one_shot && m->used)
         return sdxl_seterr(e, SDXL_ERR_ARG, "model: loaded for one request (one_shot) and has served it");
     if (m && m->one_shot &&
-        (p->n_loras || (p->prompt && strstr(p->prompt, "<lora:")) || (p->prompt_2 && strstr(p->prompt_2, "<lora:"))))
+        (in->n_loras || (in->prompt && strstr(in->prompt, "<lora:")) || (in->prompt_2 && strstr(in->prompt_2, "<lora:"))))
         return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "loras: a one_shot model cannot merge LoRAs; load it whole");
     r->p = *in;
     sdxl_gen_params *p = &r->p;
