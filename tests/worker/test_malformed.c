@@ -151,8 +151,9 @@ static int is_event(const sdxl_json *v, const char *ev) { return !strcmp(sdxl_js
 
 /* Next reply that is not the hello line. */
 static sdxl_json *reply(wk *w, char **raw) {
+    if (raw) *raw = NULL;
     for (;;) {
-        char *line = wk_read(w, 120);
+        char *line = wk_read(w, 900); /* a generation on a loaded machine: model load + one step */
         if (!line) return NULL;
         sdxl_json *v = NULL;
         if (sdxl_json_parse(line, strlen(line), NULL, "reply", &v, NULL)) {
