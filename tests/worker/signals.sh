@@ -22,6 +22,19 @@ wait_for() {
     return 1
 }
 
+# waits until process PID runs main() (SIGINT and SIGTERM blocked: /proc/PID/status SigBlk has
+# bits 2 and 15); a signal sent before the program starts at all is the shell's business
+started() {
+    i=0
+    while [ $i -lt 1200 ]; do
+        blk=$(sed -n 's/^SigBlk:[[:space:]]*//p' /proc/$1/status 2>/dev/null)
+        [ -n "$blk" ] && [ $(( 0x$blk & 0x4002 )) -eq $(( 0x4002 )) ] && return 0
+        sleep 0.05
+        i=$((i + 1))
+    done
+    return 1
+}
+
 gen() { # SIGNAL MOMENT(load|base|decode)
     out="$W/gen_$1_$2.png"
     log="$W/gen_$1_$2.log"
@@ -29,7 +42,7 @@ gen() { # SIGNAL MOMENT(load|base|decode)
         -o "$out" 2> "$log" &
     pid=$!
     case $2 in
-        load) sleep 0.05 ;;
+        load) started $pid || bad "generate never started" ;;
         base) wait_for "$log" "base" || bad "generate never reached the base steps" ;;
         decode) wait_for "$log" "decode" || true ;;
     esac
