@@ -1115,6 +1115,7 @@ int sdxl_pl_generate_multi(sdxl_pl_model *m, const sdxl_gen_params *ps, int n_re
     memset(out, 0, sizeof *out);
     if (n_req < 1) return sdxl_seterr(e, SDXL_ERR_ARG, "requests: at least one");
     if (n_req == 1) return sdxl_pl_generate(m, ps, cancel, tr, log, out, e);
+    if (m->one_shot) return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "model: a one_shot model serves one request");
     int st = SDXL_OK;
     double t0 = now_s();
     req *r = calloc((size_t)n_req, sizeof *r);
@@ -1203,7 +1204,7 @@ int sdxl_pl_generate_multi(sdxl_pl_model *m, const sdxl_gen_params *ps, int n_re
     req all = *r0;
     all.n_images = n_img;
     all.refine = refine;
-    est_ctx ec = {m, &all, cb[0].n_tokens, refine ? crf[0].n_tokens : 0};
+    est_ctx ec = {m, &all, cb[0].n_tokens, refine ? crf[0].n_tokens : 0, 0};
     sdxl_pl_plan plan;
     if ((st = sdxl_pl_plan_make(n_img, cap, avail, estimate, &ec, &plan, e))) {
         free(img_seed);
