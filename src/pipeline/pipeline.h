@@ -72,6 +72,9 @@ typedef struct sdxl_pl_trace {
      * (bit k = unit k) and the UNet input with the summed residuals (ctrl_down/ctrl_mid NULL when
      * none is active). */
     void (*control)(void *user, int call, int step, unsigned active, const sdxl_unet_in *in);
+    /* Before each UNet batch allocation: nonzero makes it fail as out of memory (tests of the
+     * service's out-of-memory ladder). */
+    int (*fail_alloc)(void *user, int batch);
 } sdxl_pl_trace;
 
 typedef struct sdxl_pl_image {
@@ -116,6 +119,13 @@ int sdxl_pl_hires(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile int
 int sdxl_pl_hires_check(const sdxl_gen_params *p, int w, int h, sdxl_err *e);
 /* Target size of a hires request (A1111: width x scale, or hr_resize_x/y; multiples of 8). */
 int sdxl_pl_hires_size(const sdxl_gen_params *p, int w, int h, int *tw, int *th, sdxl_err *e);
+/* Runs n_req requests as one batch of UNet calls (the service's batch manager): txt2img with a
+ * deterministic sampler and equal size, steps, CFG, sampler, rng and refiner switch; prompts,
+ * seeds and micro-conditioning may differ. Image k of request i equals its lone run. out holds the
+ * images request by request. SDXL_ERR_UNSUPPORTED when the requests cannot share a batch
+ * (then run them one by one). Progress goes to ps[0].progress. */
+int sdxl_pl_generate_multi(sdxl_pl_model *m, const sdxl_gen_params *ps, int n_req, const volatile int *cancel,
+                           const sdxl_pl_trace *tr, const sdxl_logger *log, sdxl_pl_result *out, sdxl_err *e);
 
 /* ---- batch planner (planner.c) ----------------------------------------------------------- */
 
