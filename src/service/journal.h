@@ -5,6 +5,7 @@
 #ifndef SDXL_SERVICE_JOURNAL_H
 #define SDXL_SERVICE_JOURNAL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct sdxl_journal sdxl_journal;
