@@ -17,6 +17,17 @@
 static const char *const A1111_SCHEDULE[SDXL_SCHEDULE_COUNT] = {
     "Automatic", "Uniform", "Karras", "Exponential", "SGM Uniform", "Simple", "DDIM", "Beta", "Align Your Steps"};
 
+
+/* The shortest decimal that reads back as f: the infotext says 0.6 (as A1111), not 0.6000000238. */
+static double float_text(float f) {
+    char buf[32];
+    for (int prec = 1; prec < 10; prec++) {
+        snprintf(buf, sizeof buf, "%.*g", prec, (double)f);
+        if (strtof(buf, NULL) == f) return strtod(buf, NULL);
+    }
+    return (double)f;
+}
+
 int sdxl_pl_infotext(const sdxl_pl_model *m, const sdxl_gen_params *p, int width, int height, int64_t seed,
                      char **out, sdxl_err *e) {
     sdxl_genmeta g;
@@ -36,15 +47,15 @@ int sdxl_pl_infotext(const sdxl_pl_model *m, const sdxl_gen_params *p, int width
         (st = sdxl_genmeta_set_str(&g.model, m ? m->base_name : "sdxl", e)))
         goto out;
     g.steps = p->steps;
-    g.cfg_scale = p->cfg_scale;
+    g.cfg_scale = float_text(p->cfg_scale);
     g.seed = seed;
     g.width = width;
     g.height = height;
-    if (p->init_image) g.denoising_strength = p->strength;
+    if (p->init_image) g.denoising_strength = float_text(p->strength);
     if (p->clip_skip > 1) g.clip_skip = p->clip_skip;
     if (m && m->has_ref && p->refiner_switch < 1) {
         if ((st = sdxl_genmeta_set_str(&g.refiner, m->ref_name, e))) goto out;
-        g.refiner_switch = p->refiner_switch;
+        g.refiner_switch = float_text(p->refiner_switch);
     }
     if (p->rng && *p->rng && strcmp(p->rng, "torch") && strcmp(p->rng, "cpu") &&
         (st = sdxl_genmeta_extra_set(&g, "RNG", strcmp(p->rng, "philox") ? p->rng : "NV", e)))
