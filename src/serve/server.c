@@ -473,11 +473,10 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
         *upload_size = 0;
         if (r->answered || r->body_over) return MHD_YES;
         if (sdxl_srv_now() - r->t0 > s->o.lim.body_timeout_s) {
-            srv_header(r, "Connection", "close");
-            srv_error(r, 408, "body_timeout", "body", "the request body did not arrive within %d s",
-                      s->o.lim.body_timeout_s);
-            r->body_over = 1;
-            return MHD_YES;
+            /* a trickled body (slow-loris): libmicrohttpd cannot answer before the upload ends, so the
+             * connection is closed; the access log records it as 408 */
+            r->status = 408;
+            return MHD_NO;
         }
         if (r->body.n + n > s->o.lim.max_body) {
             /* chunked bodies have no Content-Length: stop buffering, answer 413 once read */
@@ -526,7 +525,7 @@ static void access_log(sdxl_serve *s, srv_req *r, enum MHD_RequestTerminationCod
     sdxl_sb_json(&b, r->url ? r->url : "");
     sdxl_sb_str(&b, ",\"route\":");
     sdxl_sb_json(&b, r->route ? r->route->pattern : "");
-    sdxl_sb_printf(&b, ",\"status\":%d,\"bytes\":%zu,\"ms\":%.1f", r->answered ? r->status : 0, r->bytes,
+    sdxl_sb_printf(&b, ",\"status\":%d,\"bytes\":%zu,\"ms\":%.1f", r->answered || r->status == 408 ? r->status : 0, r->bytes,
                    (sdxl_srv_now() - r->t0) * 1e3);
     if (r->job[0]) {
         sdxl_sb_str(&b, ",\"job\":");

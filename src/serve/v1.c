@@ -258,9 +258,9 @@ void h_job_events(srv_req *r) {
     const char *last = srv_header_in(r, "Last-Event-ID");
     if (!last) last = srv_query(r, "last_event_id");
     if (last) {
-        char *end;
-        after = strtoull(last, &end, 10);
-        if (*end || end == last) {
+        char *end = (char *)last;
+        if (*last >= '0' && *last <= '9') after = strtoull(last, &end, 10);
+        if (*end || end == last || strlen(last) > 19) {
             srv_error(r, 400, "bad_last_event_id", "Last-Event-ID", "expected a decimal event id");
             return;
         }

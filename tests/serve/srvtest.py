@@ -1,6 +1,7 @@
 """Shared helpers of the `sdxl serve` tests: start a server on a loopback port, checks that count,
 and a small PNG reader (size and text chunks) so no imaging library is needed."""
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -147,6 +148,7 @@ def workdir(name):
     base = os.environ.get("SDXL_SERVE_WORK")
     if base:
         d = os.path.join(base, name)
-        os.makedirs(d, exist_ok=True)
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
         return d
     return tempfile.mkdtemp(prefix="sdxl_" + name + "_")
