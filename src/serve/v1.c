@@ -446,13 +446,7 @@ void h_memory(srv_req *r) {
     srv_take_json(r, 200, &b);
 }
 
-const char *sdxl_svc_request_schema(void) __attribute__((weak));
-
 void h_schema(srv_req *r) {
-    if (!sdxl_svc_request_schema) {
-        srv_error(r, 501, "not_implemented", NULL, "this build has no request schema");
-        return;
-    }
     const char *s = sdxl_svc_request_schema();
     srv_bytes(r, 200, "application/schema+json", s, strlen(s));
 }
