@@ -583,7 +583,7 @@ static void parse_orch_payload(rd *c, const sdxl_json *o) {
     rd_float(c, o, "guidance_scale|cfg_scale", 0, 100, &g->cfg_scale);
     rd_int(c, o, "width", 0, 65536, &g->width);
     rd_int(c, o, "height", 0, 65536, &g->height);
-    rd_i64(c, o, "seed", -1, 0xffffffffLL, &g->seed);
+    rd_i64(c, o, "seed", -1, 0x7fffffffLL, &g->seed);
     rd_str(c, o, "refiner_model", &r->refiner);
     rd_str(c, o, "vae_model", &r->vae);
     rd_str(c, o, "scheduler_type", &g->sampler);
@@ -592,7 +592,7 @@ static void parse_orch_payload(rd *c, const sdxl_json *o) {
         size_t s = push(c, "hyperparameters");
         rd_int(c, hp, "num_inference_steps|steps", 1, 10000, &g->steps);
         rd_float(c, hp, "guidance_scale", 0, 100, &g->cfg_scale);
-        rd_i64(c, hp, "seed", -1, 0xffffffffLL, &g->seed);
+        rd_i64(c, hp, "seed", -1, 0x7fffffffLL, &g->seed);
         /* always present (default 0.8); img2img only when an init image comes with it */
         rd_float(c, hp, "strength", 0, 1, &g->strength);
         rd_float(c, hp, "guidance_rescale", 0, 1, &g->guidance_rescale);
@@ -679,7 +679,7 @@ static void parse_orch_basic(rd *c, const sdxl_json *o) {
     rd_int(c, o, "height", 0, 65536, &g->height);
     rd_int(c, o, "steps|num_inference_steps", 1, 10000, &g->steps);
     rd_float(c, o, "guidance_scale|cfg_scale", 0, 100, &g->cfg_scale);
-    rd_i64(c, o, "seed", -1, 0xffffffffLL, &g->seed);
+    rd_i64(c, o, "seed", -1, 0x7fffffffLL, &g->seed);
     rd_str(c, o, "scheduler|sampler", &g->sampler);
     rd_str(c, o, "model_name|model", &c->r->base);
 }
@@ -715,7 +715,7 @@ static void parse_csharp(rd *c, const sdxl_json *o) {
         size_t s = push(c, "Hyperparameters");
         rd_int(c, hp, "NumInferenceSteps|Steps", 1, 10000, &g->steps);
         rd_float(c, hp, "GuidanceScale", 0, 100, &g->cfg_scale);
-        rd_i64(c, hp, "Seed", -1, 0xffffffffLL, &g->seed);
+        rd_i64(c, hp, "Seed", -1, 0x7fffffffLL, &g->seed);
         rd_float(c, hp, "Strength", 0, 1, &g->strength);
         rd_int(c, hp, "Width", 0, 65536, &g->width);
         rd_int(c, hp, "Height", 0, 65536, &g->height);
