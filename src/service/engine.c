@@ -1,6 +1,7 @@
 /* The job engine: queue, runner thread, journal, model cache, events. See engine.h. */
 #include "service/engine.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -338,15 +339,19 @@ static int resolve_models(sdxl_engine *eng, const sdxl_svc_request *r, char *bas
                           size_t cap, sdxl_svc_issues *is) {
     char err[512];
     int bad = 0;
-    const char *bn = r->base ? r->base : eng->default_model;
+    char def[1024] = "";
+    pthread_mutex_lock(&eng->mu);
+    if (eng->default_model) snprintf(def, sizeof def, "%s", eng->default_model);
+    pthread_mutex_unlock(&eng->mu);
+    const char *bn = r->base ? r->base : def[0] ? def : NULL;
     base[0] = refiner[0] = vae[0] = 0;
     if (!bn) {
         sdxl_svc_issue_add(is, "missing_field", "model", "no model named and the worker has no default (--model)");
         bad = 1;
     } else if (sdxl_svc_resolve(&eng->roots, "model", bn, base, cap, err, sizeof err)) {
         /* the worker's own default may be any path the operator gave */
-        if (!r->base && eng->default_model && strlen(eng->default_model) < cap && access(eng->default_model, R_OK) == 0) {
-            snprintf(base, cap, "%s", eng->default_model);
+        if (!r->base && def[0] && strlen(def) < cap && access(def, R_OK) == 0) {
+            snprintf(base, cap, "%s", def);
         } else {
             sdxl_svc_issue_add(is, strstr(err, "refused") ? "path_refused" : "model_not_found", "model", "%s", err);
             bad = 1;
@@ -819,6 +824,26 @@ static void out_path(sdxl_engine *eng, const job *j, int i, char *buf, size_t ca
     else snprintf(buf, cap, "%s/%s_%s_%d.%s", dir, prefix, j->info.id, i + 1, ext);
 }
 
+/* A run killed while writing may have left a temporary sibling of an output (name.PID.X.tmp):
+ * remove those of this job before it runs again. */
+static void remove_stale(sdxl_engine *eng, const job *j) {
+    char path[2048], dir[2048];
+    out_path(eng, j, 0, path, sizeof path, dir, sizeof dir);
+    char pre[128];
+    snprintf(pre, sizeof pre, "%s_%s_", j->req.file_prefix ? j->req.file_prefix : "sdxl", j->info.id);
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        size_t n = strlen(de->d_name);
+        if (strncmp(de->d_name, pre, strlen(pre)) || n < 4 || strcmp(de->d_name + n - 4, ".tmp")) continue;
+        char full[4096];
+        snprintf(full, sizeof full, "%s/%s", dir, de->d_name);
+        unlink(full);
+    }
+    closedir(d);
+}
+
 /* Loads init image / mask from a path inside the input roots or from base64. */
 static int load_image(sdxl_engine *eng, const char *ref, int channels, const char *what, sdxl_image *out,
                       sdxl_err *e) {
@@ -882,6 +907,7 @@ static void run_group(sdxl_engine *eng, job **jobs, int n) {
         pthread_mutex_unlock(&eng->mu);
         return;
     }
+    for (int i = 0; i < n; i++) remove_stale(eng, jobs[i]);
     progress_phase(&rc, "load", 0, 1);
     pthread_mutex_lock(&eng->cache_mu);
     int hit = 0;
@@ -1019,7 +1045,8 @@ static void run_group(sdxl_engine *eng, job **jobs, int n) {
             field = fbuf;
         } else {
             double tw = now_mono();
-            progress_phase(&rc, "write", 0, ni);
+            sdxl_event wev = {.kind = SDXL_EVENT_PROGRESS, .phase = "write", .steps = ni, .n_images = ni, .eta_s = -1};
+            emit(eng, j, &wev);
             j->info.paths = calloc((size_t)ni, sizeof *j->info.paths);
             char path[2048], dir[2048];
             out_path(eng, j, 0, path, sizeof path, dir, sizeof dir);
@@ -1296,6 +1323,16 @@ void sdxl_engine_metrics_json(const sdxl_engine_metrics *m, sdxl_strbuf *b) {
     sdxl_sb_str(b, "}");
 }
 
+void sdxl_engine_set_default_model(sdxl_engine *eng, const char *name) {
+    char *n = xstrdup(name);
+    pthread_mutex_lock(&eng->mu);
+    free(eng->default_model);
+    eng->default_model = n;
+    pthread_mutex_unlock(&eng->mu);
+}
+
+const sdxl_engine_config *sdxl_engine_get_config(const sdxl_engine *eng) { return &eng->cfg; }
+
 /* ---- life cycle ---------------------------------------------------------------------------------- */
 
 static int recover(sdxl_engine *eng, char *err, size_t cap) {
@@ -1422,13 +1459,13 @@ int sdxl_engine_new(const sdxl_engine_config *c, sdxl_engine **out, char *err, s
     return SDXL_OK;
 }
 
-void sdxl_engine_free(sdxl_engine *eng) {
-    if (!eng) return;
+void sdxl_engine_shutdown(sdxl_engine *eng) {
     pthread_mutex_lock(&eng->mu);
     eng->stop = 1;
     pthread_cond_broadcast(&eng->work_cv);
     pthread_mutex_unlock(&eng->mu);
     if (eng->have_runner) pthread_join(eng->runner, NULL);
+    eng->have_runner = 0;
     /* without a journal, queued jobs cannot survive: they end cancelled (with their events) */
     pthread_mutex_lock(&eng->mu);
     if (!eng->journal)
@@ -1437,6 +1474,14 @@ void sdxl_engine_free(sdxl_engine *eng) {
                 finish_locked(eng, eng->jobs[i], SDXL_JOB_CANCELLED, "shutting_down", "",
                               "the worker shut down before this job ran");
     pthread_mutex_unlock(&eng->mu);
+    pthread_mutex_lock(&eng->sub_mu);
+    memset(eng->subs, 0, sizeof eng->subs);
+    pthread_mutex_unlock(&eng->sub_mu);
+}
+
+void sdxl_engine_free(sdxl_engine *eng) {
+    if (!eng) return;
+    sdxl_engine_shutdown(eng);
     for (int i = 0; i < eng->n_jobs; i++) job_free(eng->jobs[i]);
     free(eng->jobs);
     for (int i = 0; i < MAX_MODELS; i++) sdxl_pl_model_free(eng->models[i].m);

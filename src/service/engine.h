@@ -58,9 +58,12 @@ void sdxl_engine_config_init(sdxl_engine_config *c);
 /* Opens the journal (re-queueing what a previous run left), starts the runner thread. On failure
  * err (may be NULL) holds the reason. */
 int sdxl_engine_new(const sdxl_engine_config *c, sdxl_engine **out, char *err, size_t err_cap);
-/* Stops accepting, cancels nothing: lets the running job (or merged batch) finish, leaves queued
- * jobs queued in the journal (without a journal they end "cancelled"), then frees. */
+/* sdxl_engine_shutdown, then frees everything. */
 void sdxl_engine_free(sdxl_engine *eng);
+/* Stops accepting and lets the running job (or merged batch) finish; queued jobs stay queued in
+ * the journal (without a journal they end "cancelled" with their events). Events stop after this
+ * returns; sdxl_engine_free calls it when the caller did not. */
+void sdxl_engine_shutdown(sdxl_engine *eng);
 /* Lets the runner start jobs (after start_paused). */
 void sdxl_engine_resume(sdxl_engine *eng);
 /* Blocks until no job is queued or running (or timeout_s > 0 passes); returns 1 when idle. */
@@ -205,6 +208,11 @@ int sdxl_engine_load(sdxl_engine *eng, const char *base, const char *refiner, co
                      uint64_t *bytes, char *resolved, size_t resolved_cap, char *err, size_t err_cap);
 /* Drops every cached model (the orchestrator's unload_model / cleanup_memory). */
 void sdxl_engine_unload(sdxl_engine *eng);
+
+/* The base used when a request names none (the orchestrator's load_model sets it); NULL clears. */
+void sdxl_engine_set_default_model(sdxl_engine *eng, const char *name);
+/* The configuration the engine runs with (limits for hello / capabilities). */
+const sdxl_engine_config *sdxl_engine_get_config(const sdxl_engine *eng);
 
 /* Model files found under the model roots: names as requests may write them. */
 int sdxl_engine_models(sdxl_engine *eng, sdxl_strbuf *json_array);

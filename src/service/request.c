@@ -583,7 +583,7 @@ static void parse_orch_payload(rd *c, const sdxl_json *o) {
     rd_float(c, o, "guidance_scale|cfg_scale", 0, 100, &g->cfg_scale);
     rd_int(c, o, "width", 0, 65536, &g->width);
     rd_int(c, o, "height", 0, 65536, &g->height);
-    rd_i64(c, o, "seed", -1, 0xffffffffLL, &g->seed);
+    rd_i64(c, o, "seed", -1, 0x7fffffffLL, &g->seed);
     rd_str(c, o, "refiner_model", &r->refiner);
     rd_str(c, o, "vae_model", &r->vae);
     rd_str(c, o, "scheduler_type", &g->sampler);
@@ -592,7 +592,7 @@ static void parse_orch_payload(rd *c, const sdxl_json *o) {
         size_t s = push(c, "hyperparameters");
         rd_int(c, hp, "num_inference_steps|steps", 1, 10000, &g->steps);
         rd_float(c, hp, "guidance_scale", 0, 100, &g->cfg_scale);
-        rd_i64(c, hp, "seed", -1, 0xffffffffLL, &g->seed);
+        rd_i64(c, hp, "seed", -1, 0x7fffffffLL, &g->seed);
         /* always present (default 0.8); img2img only when an init image comes with it */
         rd_float(c, hp, "strength", 0, 1, &g->strength);
         rd_float(c, hp, "guidance_rescale", 0, 1, &g->guidance_rescale);
@@ -679,7 +679,7 @@ static void parse_orch_basic(rd *c, const sdxl_json *o) {
     rd_int(c, o, "height", 0, 65536, &g->height);
     rd_int(c, o, "steps|num_inference_steps", 1, 10000, &g->steps);
     rd_float(c, o, "guidance_scale|cfg_scale", 0, 100, &g->cfg_scale);
-    rd_i64(c, o, "seed", -1, 0xffffffffLL, &g->seed);
+    rd_i64(c, o, "seed", -1, 0x7fffffffLL, &g->seed);
     rd_str(c, o, "scheduler|sampler", &g->sampler);
     rd_str(c, o, "model_name|model", &c->r->base);
 }
@@ -715,7 +715,7 @@ static void parse_csharp(rd *c, const sdxl_json *o) {
         size_t s = push(c, "Hyperparameters");
         rd_int(c, hp, "NumInferenceSteps|Steps", 1, 10000, &g->steps);
         rd_float(c, hp, "GuidanceScale", 0, 100, &g->cfg_scale);
-        rd_i64(c, hp, "Seed", -1, 0xffffffffLL, &g->seed);
+        rd_i64(c, hp, "Seed", -1, 0x7fffffffLL, &g->seed);
         rd_float(c, hp, "Strength", 0, 1, &g->strength);
         rd_int(c, hp, "Width", 0, 65536, &g->width);
         rd_int(c, hp, "Height", 0, 65536, &g->height);
@@ -872,6 +872,39 @@ static sdxl_svc_dialect detect(const sdxl_json *o) {
     return SDXL_DIALECT_NATIVE;
 }
 
+/* The checks run on the struct and name canonical fields; report them as the dialect spells them. */
+static void dialect_path(sdxl_svc_dialect d, char *field, size_t cap) {
+    static const char *const payload[][2] = {
+        {"width", "dimensions.width"}, {"height", "dimensions.height"}, {"steps", "hyperparameters.num_inference_steps"},
+        {"cfg_scale", "hyperparameters.guidance_scale"}, {"sampler", "scheduler"}, {"model", "models.base"},
+        {"refiner", "models.refiner"}, {"vae", "models.vae"}, {"format", "output.format"},
+        {"save_path", "output.save_path"}, {"upscale.method", "output.upscale.method"}, {"loras", "lora.models"},
+        {"batch_count", "batch.size"}, {NULL, NULL}};
+    static const char *const csharp[][2] = {
+        {"width", "Hyperparameters.Width"}, {"height", "Hyperparameters.Height"}, {"steps", "Scheduler.Steps"},
+        {"cfg_scale", "Hyperparameters.GuidanceScale"}, {"sampler", "Scheduler.Type"}, {"model", "Model.Base"},
+        {"refiner", "Model.Refiner"}, {"vae", "Model.Vae"}, {"format", "Output.Format"},
+        {"save_path", "Output.SavePath"}, {"upscale.method", "PostProcessing.Model"}, {"loras", "Conditioning.LoRAs"},
+        {"controls", "Conditioning.ControlNets"}, {"batch_count", "Hyperparameters.BatchSize"}, {NULL, NULL}};
+    static const char *const a1111[][2] = {
+        {"sampler", "sampler_name"}, {"model", "override_settings.sd_model_checkpoint"},
+        {"vae", "override_settings.sd_vae"}, {"init_image", "init_images[0]"}, {"batch_count", "n_iter"},
+        {NULL, NULL}};
+    const char *const(*t)[2] = d == SDXL_DIALECT_ORCH_PAYLOAD ? payload
+                               : d == SDXL_DIALECT_ORCH_CSHARP ? csharp
+                               : d == SDXL_DIALECT_A1111_TXT2IMG || d == SDXL_DIALECT_A1111_IMG2IMG ? a1111
+                                                                                                     : NULL;
+    for (int i = 0; t && t[i][0]; i++) {
+        size_t n = strlen(t[i][0]);
+        if (!strncmp(field, t[i][0], n) && (field[n] == 0 || field[n] == '[' || field[n] == '.')) {
+            char rest[96];
+            snprintf(rest, sizeof rest, "%s", field + n);
+            snprintf(field, cap, "%s%s", t[i][1], rest);
+            return;
+        }
+    }
+}
+
 int sdxl_svc_request_parse(const sdxl_json *obj, sdxl_svc_dialect d, sdxl_svc_request *r, sdxl_svc_issues *is) {
     sdxl_svc_request_init(r);
     int before = is->n;
@@ -891,7 +924,9 @@ int sdxl_svc_request_parse(const sdxl_json *obj, sdxl_svc_dialect d, sdxl_svc_re
     default: parse_native(&c, obj); break;
     }
     if (r->storage && ((store *)r->storage)->oom) sdxl_svc_issue_add(is, "nomem", "", "out of memory");
+    int first_check = is->n;
     sdxl_svc_request_validate(r, is);
+    for (int i = first_check; i < is->n; i++) dialect_path(d, is->items[i].field, sizeof is->items[i].field);
     return is->n > before ? SDXL_ERR_ARG : SDXL_OK;
 }
 
