@@ -6,8 +6,8 @@
 #include "serve/b64.h"
 #include "serve/hub.h"
 
-#define HUB_MAX_JOBS 1024      /* jobs with history kept; the oldest finished ones go first */
-#define HUB_MAX_EVENTS 20000   /* events kept per job (progress is one per step and image) */
+#define HUB_MAX_JOBS 256       /* jobs with history kept; the oldest finished ones go first */
+#define HUB_MAX_EVENTS 4096    /* events kept per job (progress: one per step); later ones stream live only */
 
 const double srv_hub_bucket_le[SRV_HUB_BUCKETS] = {1, 2, 5, 10, 30, 60, 120, 300, 600, 1800};
 
@@ -130,7 +130,7 @@ static void deliver(hub_job *j, unsigned long long seq, const char *kind, const 
 static void record(hub_job *j, const char *kind, char *data, int keep, int end) {
     unsigned long long seq = ++j->seq;
     deliver(j, seq, kind, data, end);
-    if (keep && j->n_ev < HUB_MAX_EVENTS) {
+    if ((keep && j->n_ev < HUB_MAX_EVENTS) || end) {
         if (j->n_ev == j->cap_ev) {
             size_t nc = j->cap_ev ? j->cap_ev * 2 : 32;
             hub_event *ne = realloc(j->ev, nc * sizeof *ne);
