@@ -18,7 +18,7 @@ work = workdir("serve_load")
 srv = Server(SDXL, MODEL, work, ["--no-access-log"]).start()
 U = srv.url
 
-r = requests.post(U + "/v1/jobs", json={"prompt": "busy", "width": 256, "height": 256, "steps": 150, "seed": 5}, timeout=60)
+r = requests.post(U + "/v1/jobs", json={"prompt": "busy", "width": 256, "height": 256, "steps": 150, "seed": 5, "batch_size": 4}, timeout=60)
 busy = r.json()["id"]
 for _ in range(1200):
     if requests.get(U + "/sdapi/v1/progress").json()["state"]["sampling_step"] >= 1:
@@ -47,7 +47,7 @@ for path in ("/health", "/v1/schedulers"):
         print(out)
 st = requests.get(U + "/v1/jobs/" + busy).json()["job"]["state"]
 step1 = requests.get(U + "/sdapi/v1/progress").json()["state"]["sampling_step"]
-c.ok(st == "running" and step1 > step0, "the generation ran throughout (state %s, step %d -> %d)" % (st, step0, step1))
+c.ok(st == "running" and step1 > step0, "the generation ran throughout (state %s, step %d -> %d of 150)" % (st, step0, step1))
 requests.delete(U + "/v1/jobs/" + busy)
 c.ok(srv.stop() == 0, "server exits 0")
 
