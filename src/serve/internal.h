@@ -95,6 +95,9 @@ struct sdxl_serve {
     int n_async;
     double started;
     atomic_ulong http_by_class[6]; /* responses by status class 1xx..5xx */
+    pthread_t ka_thread;           /* writes a comment line into idle event streams */
+    int ka_started, ka_stop;
+    pthread_cond_t ka_cond;        /* with mu */
     /* A1111 front-end state */
     pthread_mutex_t a1111_mu;
     char checkpoint[512]; /* sd_model_checkpoint set through /sdapi/v1/options ("" = engine default) */

@@ -257,6 +257,32 @@ void srv_sse_end(srv_req *r) {
     pthread_mutex_unlock(&r->mu);
 }
 
+/* Every 15 s each open event stream gets a comment line: proxies keep it open while a job waits
+ * in the queue, and a client that went away is noticed (the write fails, the request ends). */
+static void *keepalive_main(void *arg) {
+    sdxl_serve *s = arg;
+    pthread_mutex_lock(&s->mu);
+    while (!s->ka_stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += 15;
+        while (!s->ka_stop && pthread_cond_timedwait(&s->ka_cond, &s->mu, &ts) == 0) {
+        }
+        if (s->ka_stop) break;
+        for (srv_req *r = s->async_head; r; r = r->next) {
+            if (!r->streaming) continue;
+            pthread_mutex_lock(&r->mu);
+            if (!r->sse_end && r->sse.n == r->sse_off) {
+                sdxl_sb_str(&r->sse, ": keep-alive\n\n");
+                sse_wake_locked(r);
+            }
+            pthread_mutex_unlock(&r->mu);
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
 /* ---- routing and credentials ---- */
 
 static int param_ok(const char *s, size_t n) {
@@ -635,6 +661,7 @@ int sdxl_serve_start(const sdxl_serve_opts *o, struct sdxl_engine *eng, const st
     s->started = (double)time(NULL);
     pthread_mutex_init(&s->mu, NULL);
     pthread_mutex_init(&s->a1111_mu, NULL);
+    pthread_cond_init(&s->ka_cond, NULL);
     s->api_key = o->api_key ? strdup(o->api_key) : NULL;
     s->api_auth = o->api_auth ? strdup(o->api_auth) : NULL;
     s->listen_copy = strdup(o->listen ? o->listen : "127.0.0.1:7860");
@@ -660,6 +687,7 @@ int sdxl_serve_start(const sdxl_serve_opts *o, struct sdxl_engine *eng, const st
     }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
     s->port = di ? di->port : 0;
+    s->ka_started = pthread_create(&s->ka_thread, NULL, keepalive_main, s) == 0;
     *out = s;
     return SDXL_OK;
 }
@@ -677,6 +705,13 @@ void sdxl_serve_quiesce(sdxl_serve *s) {
 void sdxl_serve_free(sdxl_serve *s) {
     if (!s) return;
     sdxl_serve_quiesce(s);
+    if (s->ka_started) {
+        pthread_mutex_lock(&s->mu);
+        s->ka_stop = 1;
+        pthread_cond_signal(&s->ka_cond);
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->ka_thread, NULL);
+    }
     /* the running job finishes while streams and waiting A1111 calls still receive its events */
     pthread_rwlock_wrlock(&s->eng_lock);
     sdxl_engine *eng = s->eng;
@@ -705,6 +740,7 @@ void sdxl_serve_free(sdxl_serve *s) {
         }
         MHD_stop_daemon(s->d);
     }
+    pthread_cond_destroy(&s->ka_cond);
     srv_hub_free(s->hub, NULL);
     pthread_rwlock_destroy(&s->eng_lock);
     free(s->api_key);

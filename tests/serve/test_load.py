@@ -73,6 +73,14 @@ acc = [j["id"] for s, _, j in results if s == 202]
 c.ok(codes.count(202) == 20 and codes.count(429) == 30, "50 concurrent submissions: %d accepted, %d got 429" % (codes.count(202), codes.count(429)))
 c.ok(all(ra and int(ra) > 0 for s, ra, _ in results if s == 429), "every 429 carries Retry-After")
 c.ok(requests.get(q.url + "/ready").status_code == 503, "/ready is 503 while the queue is full")
+# an event stream of a job that waits in the queue gets a keep-alive comment every 15 s
+with requests.get(q.url + "/v1/jobs/%s/events" % acc[0], stream=True, timeout=30) as s:
+    t0, lines = time.time(), []
+    for line in s.iter_lines(decode_unicode=True):
+        lines.append(line)
+        if line.startswith(": keep-alive") or time.time() - t0 > 20:
+            break
+c.ok(any(l.startswith(": keep-alive") for l in lines), "queued job's event stream gets a keep-alive comment after %.1f s" % (time.time() - t0))
 c.ok(requests.post(q.url + "/v1/resume").status_code == 200, "POST /v1/resume starts the runner")
 deadline = time.time() + 300
 states = {}
