@@ -993,7 +993,9 @@ static void run_group(sdxl_engine *eng, job **jobs, int n) {
         else st = sdxl_svc_batch_generate(me->m, gp, n, &rc.cancel, &tr, &eng->log, &res, &e);
         if (st != SDXL_ERR_NOMEM || rung >= 3) break;
         /* out-of-memory ladder: halve the batch (down to one image), then smaller VAE and attention work */
-        int was = res.st.sub_batch > 0 ? res.st.sub_batch : (cap > 0 ? cap : 2);
+        int total = 0;
+        for (int i = 0; i < n; i++) total += jobs[i]->info.n_images;
+        int was = cap > 0 ? cap : total;
         SDXL_WARN(&eng->log, "job %s: %s; retrying with a smaller batch", j0->info.id, e.msg);
         rung++;
         cap = was > 1 ? was / 2 : 1;
