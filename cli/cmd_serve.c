@@ -152,6 +152,11 @@ int cmd_serve(int argc, char **argv) {
 #undef NUM
     }
     so.preview_every = preview_every;
+    sdxl_err ce = {0};
+    if (sdxl_serve_opts_check(&so, &ce) != SDXL_OK) {
+        fprintf(stderr, "sdxl serve: %s\n", ce.msg);
+        return 2;
+    }
     char model_dir[PATH_MAX];
     if (!nm && ec.default_model) {
         struct stat st;

@@ -41,6 +41,9 @@ void sdxl_serve_opts_init(sdxl_serve_opts *o);
 
 typedef struct sdxl_serve sdxl_serve;
 
+/* Checks the address and credentials (a non-loopback address needs a key or insecure). */
+int sdxl_serve_opts_check(const sdxl_serve_opts *o, sdxl_err *e);
+
 /* Binds and starts serving on the engine, which it takes over (also on failure): sdxl_serve_free
  * frees it. ecfg (kept by the caller while the server runs) names the model roots for listings. */
 struct sdxl_engine_config;

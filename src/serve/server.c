@@ -631,12 +631,9 @@ static int parse_listen(const char *spec, struct sockaddr_storage *ss, int *loop
     return SDXL_OK;
 }
 
-int sdxl_serve_start(const sdxl_serve_opts *o, struct sdxl_engine *eng, const struct sdxl_engine_config *ecfg,
-                     sdxl_serve **out, sdxl_err *e) {
-    *out = NULL;
-    struct sockaddr_storage ss;
+static int check_opts(const sdxl_serve_opts *o, struct sockaddr_storage *ss, sdxl_err *e) {
     int loopback = 0;
-    int st = parse_listen(o->listen ? o->listen : "127.0.0.1:7860", &ss, &loopback, e);
+    int st = parse_listen(o->listen ? o->listen : "127.0.0.1:7860", ss, &loopback, e);
     if (!st && !loopback && !o->api_key && !o->api_auth && !o->insecure)
         st = sdxl_seterr(e, SDXL_ERR_ARG,
                          "--listen %s is not a loopback address: set --api-key (or --api-auth), or pass --insecure",
@@ -644,6 +641,19 @@ int sdxl_serve_start(const sdxl_serve_opts *o, struct sdxl_engine *eng, const st
     if (!st && o->api_key && !o->api_key[0]) st = sdxl_seterr(e, SDXL_ERR_ARG, "--api-key: empty key");
     if (!st && o->api_auth && !strchr(o->api_auth, ':'))
         st = sdxl_seterr(e, SDXL_ERR_ARG, "--api-auth: expected user:password[,user2:password2]");
+    return st;
+}
+
+int sdxl_serve_opts_check(const sdxl_serve_opts *o, sdxl_err *e) {
+    struct sockaddr_storage ss;
+    return check_opts(o, &ss, e);
+}
+
+int sdxl_serve_start(const sdxl_serve_opts *o, struct sdxl_engine *eng, const struct sdxl_engine_config *ecfg,
+                     sdxl_serve **out, sdxl_err *e) {
+    *out = NULL;
+    struct sockaddr_storage ss;
+    int st = check_opts(o, &ss, e);
     sdxl_serve *s = st ? NULL : calloc(1, sizeof *s);
     if (!s) {
         sdxl_engine_free(eng);
