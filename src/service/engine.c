@@ -1038,8 +1038,17 @@ static void run_group(sdxl_engine *eng, job **jobs, int n) {
             if (j->timed_out) {
                 jst = SDXL_JOB_FAILED;
                 snprintf(msg, sizeof msg, "timed out after %.0f s", j->req.timeout_s > 0 ? j->req.timeout_s : eng->cfg.default_timeout_s);
-            } else if (cancelled && !j->cancel) {
-                snprintf(msg, sizeof msg, "cancelled with another job of its batch; re-queue it");
+            } else if (cancelled && !j->cancel && !eng->stop) {
+                /* another job of its merged batch was cancelled or timed out: this one runs again */
+                pthread_mutex_lock(&eng->mu);
+                j->info.state = SDXL_JOB_QUEUED;
+                char jerr[256];
+                if (eng->journal && sdxl_journal_requeue(eng->journal, j->info.id, jerr, sizeof jerr))
+                    SDXL_ERROR(&eng->log, "%s", jerr);
+                pthread_cond_broadcast(&eng->work_cv);
+                pthread_mutex_unlock(&eng->mu);
+                img0 += ni;
+                continue;
             } else {
                 snprintf(msg, sizeof msg, "%s", e.msg);
             }

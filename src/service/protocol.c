@@ -220,6 +220,7 @@ static const char *str_field(const sdxl_json *o, const char *k) {
 static int native_request(sdxl_proto *p, const sdxl_json *o, const char *reqid, sdxl_svc_request *r,
                           sdxl_svc_issues *is) {
     (void)p;
+    sdxl_svc_request_init(r);
     const sdxl_json *rq = sdxl_json_get(o, "request");
     sdxl_svc_dialect d = SDXL_DIALECT_NATIVE;
     const char *ds = str_field(o, "dialect");
@@ -605,6 +606,7 @@ static void orchestrator(sdxl_proto *p, const sdxl_json *o) {
     gpu_id(p, gid, sizeof gid);
     sdxl_svc_issues is = {0};
     sdxl_svc_request r;
+    sdxl_svc_request_init(&r);
     if (!strcmp(a, "initialize")) {
         const sdxl_json *di = sdxl_json_get(o, "device_index");
         if (di && di->type != SDXL_JSON_NULL) {

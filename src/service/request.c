@@ -1051,7 +1051,7 @@ int sdxl_svc_request_validate(const sdxl_svc_request *r, sdxl_svc_issues *is) {
         char f[48];
         snprintf(f, sizeof f, "controls[%d].image", i);
         check_image_ref(is, f, u->image);
-        if (!u->image && r->dialect == SDXL_DIALECT_NATIVE)
+        if (!u->image)
             sdxl_svc_issue_add(is, "missing_field", f, "a control unit needs an image");
         snprintf(f, sizeof f, "controls[%d].model", i);
         if (u->model) check_name(is, f, u->model);
