@@ -824,7 +824,10 @@ static void parse_a1111(rd *c, const sdxl_json *o, int img2img) {
     rd_int(c, o, "batch_size", 1, 64, &g->batch_size);
     rd_int(c, o, "n_iter", 1, 4096, &g->batch_count);
     rd_str(c, o, "refiner_checkpoint", &r->refiner);
-    rd_float(c, o, "refiner_switch_at", 0, 1, &g->refiner_switch);
+    if (r->refiner && (!r->refiner[0] || !strcmp(r->refiner, "None"))) r->refiner = NULL; /* A1111: no refiner */
+    float sw = g->refiner_switch;
+    rd_float(c, o, "refiner_switch_at", 0, 1, &sw);
+    if (r->refiner) g->refiner_switch = sw; /* clients send 0 when no refiner is chosen */
     int hr = 0, rf = 0;
     if (rd_bool(c, o, "enable_hr", &hr) && hr)
         sdxl_svc_issue_add(c->is, "unsupported", "enable_hr", "hires fix is not available in this worker");
