@@ -1,0 +1,580 @@
+/* `sdxl fleet`: many workers sharing one job queue on Redis Streams.
+ *   submit  queue requests (JSON objects, one per line, or a file); prints one job id per line
+ *   wait    wait for jobs to finish and print their records
+ *   result  print one job's record
+ *   status  workers, queue depth, pending and dead jobs
+ *   work    a worker on the library's generation pipeline (one model; canonical JSON requests)
+ * Exit codes: 0 ok, 1 failure, 2 usage, 3 busy (submit) / timeout (wait), 130 stopped by a signal. */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "fleet/queue.h"
+#include "fleet/runner.h"
+#include "fleet/status.h"
+#include "fleet/worker.h"
+#include "io/json.h"
+
+#define EXIT_FAIL 1
+#define EXIT_USAGE 2
+#define EXIT_BUSY 3
+
+static int usage(FILE *out) {
+    fprintf(out,
+            "usage: sdxl fleet <submit|wait|result|status|work> --redis URL [options]\n"
+            "\n"
+            "common:\n"
+            "      --redis URL            redis://[[user]:password@]host[:port][/db] (default redis://127.0.0.1:6379)\n"
+            "      --prefix P             key prefix (default sdxl)\n"
+            "      --retry-ms N           how long to retry an unreachable server (default 10000; work: forever)\n"
+            "submit [FILE|-]              requests: a JSON file, or JSON objects one per line on stdin\n"
+            "      --model NAME           queue on the model's own stream P:jobs:NAME (default: P:jobs)\n"
+            "      --id ID                job id of a single request (default: random)\n"
+            "      --id-prefix P          ids P1, P2, ... for the requests in order\n"
+            "      --max-queue N          refuse with \"busy\" (exit 3) when the stream holds N jobs (default 0: no limit)\n"
+            "wait ID... | -               ids as arguments or one per line on stdin; prints each record as a JSON line\n"
+            "      --timeout S            give up after S seconds (exit 3; default 0: wait forever)\n"
+            "result ID                    the job's record as JSON (state, outputs, seeds, stats, error)\n"
+            "status                       workers, queue depth, pending and dead jobs\n"
+            "      --json                 as one JSON object\n"
+            "work                         take jobs until stopped (SIGINT/SIGTERM finish the running job first)\n"
+            "  -m, --model PATH           base checkpoint; its stem names the model stream read first\n"
+            "      --refiner PATH, --vae PATH, --precision P, -t/--threads N   as for `sdxl generate`\n"
+            "  -o, --output DIR           shared output directory: images go to DIR/<job id>/<i>.png (required)\n"
+            "      --stream-model NAME    read P:jobs:NAME first (repeatable; default: the model's stem)\n"
+            "      --id ID                worker id (default <host>-<pid>-<random>)\n"
+            "      --visibility-ms N      a dead worker's job is claimed within this (default 30000)\n"
+            "      --max-deliveries N     the next delivery fails the job as worker_crashed (default 3)\n"
+            "      --heartbeat-ms N       heartbeat period; the key lives 5 periods (default 1000)\n"
+            "      --result-ttl S         result records expire after S seconds (default 0: kept)\n"
+            "      --max-jobs N           stop after N jobs\n"
+            "      --idle-exit-ms N       stop after N ms without a job\n"
+            "  -q, --quiet                no log lines\n");
+    return out == stdout ? 0 : EXIT_USAGE;
+}
+
+typedef struct common {
+    const char *url, *prefix;
+    long retry_ms;
+} common;
+
+/* Parses a common option at argv[*i]; 1 if it was one, -1 on a bad value, 0 otherwise. */
+static int common_opt(common *c, int argc, char **argv, int *i) {
+    const char *a = argv[*i];
+    if (strcmp(a, "--redis") && strcmp(a, "--prefix") && strcmp(a, "--retry-ms")) return 0;
+    if (*i + 1 >= argc) {
+        fprintf(stderr, "sdxl fleet: %s needs a value\n", a);
+        return -1;
+    }
+    const char *v = argv[++*i];
+    if (!strcmp(a, "--redis")) c->url = v;
+    if (!strcmp(a, "--prefix")) {
+        sdxl_err e;
+        if (sdxl_fleet_check_name("--prefix", v, &e)) {
+            fprintf(stderr, "sdxl fleet: %s\n", e.msg);
+            return -1;
+        }
+        c->prefix = v;
+    }
+    if (!strcmp(a, "--retry-ms")) c->retry_ms = atol(v);
+    return 1;
+}
+
+static int num_arg(const char *name, const char *v, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (errno || *end || end == v || x < lo || x > hi) {
+        fprintf(stderr, "sdxl fleet: %s: must be an integer in %ld..%ld\n", name, lo, hi);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+static int open_redis(const common *c, sdxl_redis *r) {
+    sdxl_redis_url url;
+    sdxl_err e;
+    if (sdxl_redis_url_parse(c->url, &url, &e)) {
+        fprintf(stderr, "sdxl fleet: --redis: %s\n", e.msg);
+        return -1;
+    }
+    sdxl_redis_init(r, &url);
+    r->retry_for_ms = c->retry_ms;
+    if (sdxl_redis_connect(r, &e)) {
+        fprintf(stderr, "sdxl fleet: %s\n", e.msg);
+        return -1;
+    }
+    return 0;
+}
+
+/* Reads a whole stream into a NUL-terminated buffer. */
+static char *slurp(FILE *f, size_t *len) {
+    size_t cap = 1 << 16, n = 0;
+    char *b = malloc(cap);
+    while (b) {
+        if (n + 1 >= cap) {
+            char *nb = cap > (SIZE_MAX >> 1) ? NULL : realloc(b, cap * 2);
+            if (!nb) {
+                free(b);
+                return NULL;
+            }
+            b = nb;
+            cap *= 2;
+        }
+        size_t got = fread(b + n, 1, cap - 1 - n, f);
+        n += got;
+        if (got == 0) break;
+    }
+    if (b) b[n] = 0;
+    *len = n;
+    return b;
+}
+
+static int submit_one(sdxl_redis *r, const common *c, const char *stream, const char *id, const char *req,
+                      size_t len, long max_queue, int lineno) {
+    sdxl_json_opts jo;
+    sdxl_json_opts_init(&jo);
+    sdxl_json *v = NULL;
+    sdxl_err e;
+    char what[64];
+    snprintf(what, sizeof what, lineno ? "request line %d" : "request", lineno);
+    if (sdxl_json_parse(req, len, &jo, what, &v, &e)) {
+        fprintf(stderr, "sdxl fleet submit: %s\n", e.msg);
+        return EXIT_USAGE;
+    }
+    int obj = v->type == SDXL_JSON_OBJECT;
+    sdxl_json_free(v);
+    if (!obj) {
+        fprintf(stderr, "sdxl fleet submit: %s: must be a JSON object\n", what);
+        return EXIT_USAGE;
+    }
+    long depth = 0;
+    int st = sdxl_fleet_submit(r, c->prefix, stream, id, req, len, max_queue, &depth, &e);
+    if (st < 0) {
+        fprintf(stderr, "sdxl fleet submit: %s\n", e.msg);
+        return EXIT_FAIL;
+    }
+    if (st == SDXL_FLEET_BUSY) {
+        fprintf(stderr, "sdxl fleet submit: busy: %s holds %ld jobs (limit %ld); try again later\n", stream, depth,
+                max_queue);
+        return EXIT_BUSY;
+    }
+    if (st == SDXL_FLEET_CONFLICT) {
+        fprintf(stderr, "sdxl fleet submit: job id '%s' is taken by another request\n", id);
+        return EXIT_USAGE;
+    }
+    printf("%s\n", id);
+    fflush(stdout);
+    return 0;
+}
+
+static int cmd_submit(int argc, char **argv, common *c) {
+    const char *model = NULL, *id = NULL, *id_prefix = NULL, *file = NULL;
+    long max_queue = 0;
+    for (int i = 1; i < argc; i++) {
+        int k = common_opt(c, argc, argv, &i);
+        if (k < 0) return EXIT_USAGE;
+        if (k) continue;
+        const char *a = argv[i];
+        int has = i + 1 < argc;
+        if (!strcmp(a, "--model") && has) model = argv[++i];
+        else if (!strcmp(a, "--id") && has) id = argv[++i];
+        else if (!strcmp(a, "--id-prefix") && has) id_prefix = argv[++i];
+        else if (!strcmp(a, "--max-queue") && has) {
+            if (num_arg("--max-queue", argv[++i], 0, 1L << 40, &max_queue)) return EXIT_USAGE;
+        } else if ((a[0] != '-' || !strcmp(a, "-")) && !file) file = a;
+        else {
+            fprintf(stderr, "sdxl fleet submit: unknown option or missing value: %s\n", a);
+            return EXIT_USAGE;
+        }
+    }
+    sdxl_err e;
+    if (model && sdxl_fleet_check_name("--model", model, &e)) return fprintf(stderr, "sdxl fleet submit: %s\n", e.msg), EXIT_USAGE;
+    if (id && sdxl_fleet_check_name("--id", id, &e)) return fprintf(stderr, "sdxl fleet submit: %s\n", e.msg), EXIT_USAGE;
+    if (id_prefix && strlen(id_prefix) > 48) return fprintf(stderr, "sdxl fleet submit: --id-prefix: too long\n"), EXIT_USAGE;
+    char stream[256];
+    sdxl_fleet_stream_key(stream, sizeof stream, c->prefix, model);
+    size_t len = 0;
+    char *text;
+    int whole = 0;
+    if (file && strcmp(file, "-")) {
+        FILE *f = fopen(file, "rb");
+        if (!f) return fprintf(stderr, "sdxl fleet submit: %s: %s\n", file, strerror(errno)), EXIT_FAIL;
+        text = slurp(f, &len);
+        fclose(f);
+        whole = 1;
+    } else {
+        text = slurp(stdin, &len);
+    }
+    if (!text) return fprintf(stderr, "sdxl fleet submit: out of memory\n"), EXIT_FAIL;
+    sdxl_redis r;
+    if (open_redis(c, &r)) {
+        free(text);
+        return EXIT_FAIL;
+    }
+    int rc = 0, n = 0;
+    char *p = text, *end = text + len;
+    while (p < end && !rc) {
+        char *nl = whole ? end : memchr(p, '\n', (size_t)(end - p));
+        if (!nl) nl = end;
+        char *q = p;
+        while (q < nl && (*q == ' ' || *q == '\t' || *q == '\r')) q++;
+        if (q < nl) {
+            n++;
+            if (n > 1 && id) {
+                fprintf(stderr, "sdxl fleet submit: --id names one request; use --id-prefix for several\n");
+                rc = EXIT_USAGE;
+                break;
+            }
+            char gen[SDXL_FLEET_NAME_MAX];
+            if (id)
+                snprintf(gen, sizeof gen, "%s", id);
+            else if (id_prefix)
+                snprintf(gen, sizeof gen, "%s%d", id_prefix, n);
+            else
+                sdxl_fleet_new_id(gen, sizeof gen);
+            if (sdxl_fleet_check_name("job id", gen, &e)) {
+                fprintf(stderr, "sdxl fleet submit: %s\n", e.msg);
+                rc = EXIT_USAGE;
+                break;
+            }
+            rc = submit_one(&r, c, stream, gen, q, (size_t)(nl - q), max_queue, whole ? 0 : n);
+        }
+        p = nl + 1;
+    }
+    if (!rc && n == 0) {
+        fprintf(stderr, "sdxl fleet submit: no request given\n");
+        rc = EXIT_USAGE;
+    }
+    sdxl_redis_close(&r);
+    free(text);
+    return rc;
+}
+
+static int print_job(sdxl_redis *r, const common *c, const char *id, int *state_out) {
+    sdxl_strbuf b = {0};
+    sdxl_err e;
+    int f = sdxl_fleet_job_json(r, c->prefix, id, &b, &e);
+    if (f < 0) fprintf(stderr, "sdxl fleet: %s\n", e.msg);
+    if (f == 0) fprintf(stderr, "sdxl fleet: no job '%s'\n", id);
+    if (f > 0) {
+        printf("%s\n", b.p);
+        fflush(stdout);
+        if (state_out) *state_out = strstr(b.p, "\"state\":\"done\"") ? 1 : 0;
+    }
+    sdxl_sb_free(&b);
+    return f > 0 ? 0 : EXIT_FAIL;
+}
+
+static int cmd_result(int argc, char **argv, common *c) {
+    const char *id = NULL;
+    for (int i = 1; i < argc; i++) {
+        int k = common_opt(c, argc, argv, &i);
+        if (k < 0) return EXIT_USAGE;
+        if (k) continue;
+        if (argv[i][0] != '-' && !id) id = argv[i];
+        else return fprintf(stderr, "sdxl fleet result: unknown option: %s\n", argv[i]), EXIT_USAGE;
+    }
+    if (!id) return fprintf(stderr, "sdxl fleet result: a job id is required\n"), EXIT_USAGE;
+    sdxl_redis r;
+    if (open_redis(c, &r)) return EXIT_FAIL;
+    int rc = print_job(&r, c, id, NULL);
+    sdxl_redis_close(&r);
+    return rc;
+}
+
+static int cmd_wait(int argc, char **argv, common *c) {
+    long timeout = 0;
+    char **ids = calloc((size_t)argc + 1, sizeof *ids);
+    int n = 0, from_stdin = 0;
+    char *text = NULL;
+    if (!ids) return EXIT_FAIL;
+    for (int i = 1; i < argc; i++) {
+        int k = common_opt(c, argc, argv, &i);
+        if (k < 0) return free(ids), EXIT_USAGE;
+        if (k) continue;
+        if (!strcmp(argv[i], "--timeout") && i + 1 < argc) {
+            if (num_arg("--timeout", argv[++i], 0, 1L << 30, &timeout)) return free(ids), EXIT_USAGE;
+        } else if (!strcmp(argv[i], "-")) from_stdin = 1;
+        else if (argv[i][0] != '-') ids[n++] = argv[i];
+        else return free(ids), fprintf(stderr, "sdxl fleet wait: unknown option: %s\n", argv[i]), EXIT_USAGE;
+    }
+    if (from_stdin) {
+        size_t len;
+        text = slurp(stdin, &len);
+        size_t cnt = 0;
+        for (size_t i = 0; text && i < len; i++) cnt += text[i] == '\n';
+        char **more = text ? realloc(ids, ((size_t)n + cnt + 2) * sizeof *ids) : NULL;
+        if (!more) return free(text), free(ids), EXIT_FAIL;
+        ids = more;
+        for (char *tok = strtok(text, " \t\r\n"); tok; tok = strtok(NULL, " \t\r\n")) ids[n++] = tok;
+    }
+    if (!n) return free(text), free(ids), fprintf(stderr, "sdxl fleet wait: no job id given\n"), EXIT_USAGE;
+    sdxl_redis r;
+    if (open_redis(c, &r)) return free(text), free(ids), EXIT_FAIL;
+    int64_t t0 = sdxl_now_ms();
+    int rc = 0, failed = 0;
+    sdxl_err e;
+    for (int i = 0; i < n && !rc; i++) {
+        char key[256];
+        snprintf(key, sizeof key, "%s:job:%s", c->prefix, ids[i]);
+        for (;;) {
+            redisReply *st = sdxl_redis_cmdf(&r, &e, "HGET %s state", key);
+            if (!st) {
+                fprintf(stderr, "sdxl fleet wait: %s\n", e.msg);
+                rc = EXIT_FAIL;
+                break;
+            }
+            int fin = st->type == REDIS_REPLY_STRING && (!strcmp(st->str, "done") || !strcmp(st->str, "failed"));
+            int none = st->type == REDIS_REPLY_NIL;
+            freeReplyObject(st);
+            if (none) {
+                fprintf(stderr, "sdxl fleet wait: no job '%s'\n", ids[i]);
+                rc = EXIT_FAIL;
+                break;
+            }
+            if (fin) {
+                int ok = 0;
+                rc = print_job(&r, c, ids[i], &ok);
+                failed += !ok;
+                break;
+            }
+            if (timeout > 0 && sdxl_now_ms() - t0 >= timeout * 1000) {
+                fprintf(stderr, "sdxl fleet wait: timed out after %ld s waiting for '%s'\n", timeout, ids[i]);
+                rc = EXIT_BUSY;
+                break;
+            }
+            sdxl_sleep_ms(50);
+        }
+    }
+    sdxl_redis_close(&r);
+    free(text);
+    free(ids);
+    return rc ? rc : failed ? EXIT_FAIL : 0;
+}
+
+static int cmd_status(int argc, char **argv, common *c) {
+    int json = 0;
+    for (int i = 1; i < argc; i++) {
+        int k = common_opt(c, argc, argv, &i);
+        if (k < 0) return EXIT_USAGE;
+        if (k) continue;
+        if (!strcmp(argv[i], "--json")) json = 1;
+        else return fprintf(stderr, "sdxl fleet status: unknown option: %s\n", argv[i]), EXIT_USAGE;
+    }
+    sdxl_redis r;
+    if (open_redis(c, &r)) return EXIT_FAIL;
+    sdxl_strbuf b = {0};
+    sdxl_err e;
+    int rc = sdxl_fleet_status_json(&r, c->prefix, &b, &e);
+    sdxl_redis_close(&r);
+    if (rc) {
+        fprintf(stderr, "sdxl fleet status: %s\n", e.msg);
+        sdxl_sb_free(&b);
+        return EXIT_FAIL;
+    }
+    if (json) {
+        printf("%s\n", b.p);
+        sdxl_sb_free(&b);
+        return 0;
+    }
+    sdxl_json *v = NULL;
+    if (sdxl_json_parse(b.p, b.n, NULL, "status", &v, &e)) {
+        fprintf(stderr, "sdxl fleet status: %s\n", e.msg);
+        sdxl_sb_free(&b);
+        return EXIT_FAIL;
+    }
+    const sdxl_json *streams = sdxl_json_get(v, "streams"), *workers = sdxl_json_get(v, "workers");
+    printf("%-28s %8s %8s %8s\n", "stream", "waiting", "pending", "total");
+    for (size_t i = 0; streams && i < streams->len; i++) {
+        const sdxl_json *s = sdxl_json_at(streams, i);
+        printf("%-28s %8lld %8lld %8lld\n", sdxl_json_str(s, "stream", "?"), (long long)sdxl_json_i64(s, "waiting", 0),
+               (long long)sdxl_json_i64(s, "pending", 0), (long long)sdxl_json_i64(s, "length", 0));
+    }
+    const sdxl_json *st = sdxl_json_get(v, "stats");
+    printf("\ndone %lld, failed %lld, dead %lld (dead-letter stream: %lld), claimed after a worker stopped %lld, "
+           "duplicate finishes %lld\n",
+           (long long)sdxl_json_i64(st, "done", 0), (long long)sdxl_json_i64(st, "failed", 0),
+           (long long)sdxl_json_i64(st, "dead", 0), (long long)sdxl_json_i64(v, "dead", 0),
+           (long long)sdxl_json_i64(st, "claims", 0), (long long)sdxl_json_i64(st, "duplicate_finishes", 0));
+    printf("\n%zu worker(s)\n", workers ? workers->len : 0);
+    for (size_t i = 0; workers && i < workers->len; i++) {
+        const sdxl_json *w = sdxl_json_at(workers, i);
+        printf("  %-32s %-8s job %-18s model %-20s done %lld failed %lld rss %.0f MiB avail %.0f MiB\n",
+               sdxl_json_str(w, "id", "?"), sdxl_json_str(w, "state", "?"),
+               *sdxl_json_str(w, "job", "") ? sdxl_json_str(w, "job", "") : "-", sdxl_json_str(w, "model", "?"),
+               (long long)sdxl_json_i64(w, "jobs_done", 0), (long long)sdxl_json_i64(w, "jobs_failed", 0),
+               sdxl_json_num(w, "rss", 0) / 1048576.0, sdxl_json_num(w, "mem_available", 0) / 1048576.0);
+    }
+    sdxl_json_free(v);
+    sdxl_sb_free(&b);
+    return 0;
+}
+
+/* ---- work ------------------------------------------------------------------------------------- */
+
+typedef struct sigwatch {
+    sigset_t set;
+    atomic_int stop;
+    const sdxl_fleet_runner *rn;
+    atomic_int fired;
+} sigwatch;
+
+/* First SIGINT/SIGTERM: finish the running job, then stop. Second: cancel the running job too. */
+static void *sig_thread(void *arg) {
+    sigwatch *w = arg;
+    for (;;) {
+        int sig = 0;
+        if (sigwait(&w->set, &sig) != 0 || sig == SIGUSR2) return NULL;
+        atomic_store(&w->fired, 1);
+        if (atomic_exchange(&w->stop, 1) && w->rn && w->rn->cancel) w->rn->cancel(w->rn->user);
+    }
+}
+
+static void log_line(void *user, sdxl_log_level level, const char *msg) {
+    (void)user;
+    (void)level;
+    fprintf(stderr, "%s\n", msg);
+}
+
+static int cmd_work(int argc, char **argv, common *c) {
+    sdxl_fleet_worker_params wp;
+    sdxl_fleet_worker_params_init(&wp);
+    sdxl_model_params mp;
+    sdxl_model_params_init(&mp);
+    const char *models[12];
+    int n_models = 0, quiet = 0;
+    long threads = 0, v;
+    for (int i = 1; i < argc; i++) {
+        int k = common_opt(c, argc, argv, &i);
+        if (k < 0) return EXIT_USAGE;
+        if (k) continue;
+        const char *a = argv[i];
+        int has = i + 1 < argc;
+        if ((!strcmp(a, "-m") || !strcmp(a, "--model")) && has) mp.base = argv[++i];
+        else if (!strcmp(a, "--refiner") && has) mp.refiner = argv[++i];
+        else if (!strcmp(a, "--vae") && has) mp.vae = argv[++i];
+        else if (!strcmp(a, "--precision") && has) mp.precision = argv[++i];
+        else if ((!strcmp(a, "-t") || !strcmp(a, "--threads")) && has) {
+            if (num_arg("--threads", argv[++i], 0, 1024, &threads)) return EXIT_USAGE;
+        } else if ((!strcmp(a, "-o") || !strcmp(a, "--output")) && has) wp.output_dir = argv[++i];
+        else if (!strcmp(a, "--stream-model") && has) {
+            if (n_models >= 11) return fprintf(stderr, "sdxl fleet work: at most 11 --stream-model\n"), EXIT_USAGE;
+            models[n_models++] = argv[++i];
+        } else if (!strcmp(a, "--id") && has) wp.id = argv[++i];
+        else if (!strcmp(a, "--visibility-ms") && has) {
+            if (num_arg("--visibility-ms", argv[++i], 100, 86400000, &v)) return EXIT_USAGE;
+            wp.visibility_ms = (int)v;
+        } else if (!strcmp(a, "--max-deliveries") && has) {
+            if (num_arg("--max-deliveries", argv[++i], 1, 1000, &v)) return EXIT_USAGE;
+            wp.max_deliveries = (int)v;
+        } else if (!strcmp(a, "--heartbeat-ms") && has) {
+            if (num_arg("--heartbeat-ms", argv[++i], 10, 3600000, &v)) return EXIT_USAGE;
+            wp.heartbeat_ms = (int)v;
+        } else if (!strcmp(a, "--result-ttl") && has) {
+            if (num_arg("--result-ttl", argv[++i], 0, 1L << 31, &v)) return EXIT_USAGE;
+            wp.result_ttl_s = v;
+        } else if (!strcmp(a, "--max-jobs") && has) {
+            if (num_arg("--max-jobs", argv[++i], 0, 1L << 30, &v)) return EXIT_USAGE;
+            wp.max_jobs = (int)v;
+        } else if (!strcmp(a, "--idle-exit-ms") && has) {
+            if (num_arg("--idle-exit-ms", argv[++i], 0, 1L << 30, &v)) return EXIT_USAGE;
+            wp.idle_exit_ms = (int)v;
+        } else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) quiet = 1;
+        else return fprintf(stderr, "sdxl fleet work: unknown option or missing value: %s\n", a), EXIT_USAGE;
+    }
+    if (!mp.base) return fprintf(stderr, "sdxl fleet work: -m MODEL is required\n"), EXIT_USAGE;
+    if (!wp.output_dir) return fprintf(stderr, "sdxl fleet work: -o DIR (shared output directory) is required\n"), EXIT_USAGE;
+    /* the model's stem names its stream */
+    char stem[128];
+    const char *base = strrchr(mp.base, '/');
+    base = base && base[1] ? base + 1 : mp.base;
+    snprintf(stem, sizeof stem, "%s", base);
+    char *dot = strstr(stem, ".safetensors");
+    if (dot) *dot = 0;
+    for (char *p = stem; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '.' ||
+              *p == '_' || *p == '-'))
+            *p = '_';
+    if (n_models == 0 && stem[0] && stem[0] != '.') models[n_models++] = stem;
+    wp.url = c->url;
+    wp.prefix = c->prefix;
+    wp.models = models;
+    wp.n_models = n_models;
+    sdxl_logger lg = {.fn = log_line, .level = quiet ? SDXL_LOG_WARN : SDXL_LOG_INFO};
+    wp.log = &lg;
+    sdxl_redis_url url;
+    sdxl_err e;
+    if (sdxl_redis_url_parse(c->url, &url, &e)) return fprintf(stderr, "sdxl fleet work: --redis: %s\n", e.msg), EXIT_USAGE;
+
+    /* signals are blocked before any thread exists (the compute pool included) and read by one */
+    sigwatch sw = {.stop = 0, .fired = 0};
+    sigemptyset(&sw.set);
+    sigaddset(&sw.set, SIGINT);
+    sigaddset(&sw.set, SIGTERM);
+    sigaddset(&sw.set, SIGUSR2);
+    sigset_t old;
+    pthread_sigmask(SIG_BLOCK, &sw.set, &old);
+    pthread_t th;
+    int have_th = pthread_create(&th, NULL, sig_thread, &sw) == 0;
+    wp.stop = &sw.stop;
+
+    int rc = EXIT_FAIL;
+    sdxl_ctx *ctx = NULL;
+    sdxl_model *model = NULL;
+    sdxl_ctx_params cp;
+    sdxl_ctx_params_init(&cp);
+    cp.n_threads = (int)threads;
+    cp.log_level = SDXL_LOG_WARN;
+    sdxl_fleet_lib_runner lr;
+    memset(&lr, 0, sizeof lr);
+    sdxl_fleet_runner rn;
+    if (sdxl_ctx_new(&cp, &ctx) != SDXL_OK) goto out;
+    if (sdxl_model_load(ctx, &mp, &model) != SDXL_OK) {
+        fprintf(stderr, "sdxl fleet work: %s\n", sdxl_errmsg(ctx));
+        goto out;
+    }
+    if (sdxl_fleet_lib_runner_init(&lr, ctx, model, stem, &rn, &e)) {
+        fprintf(stderr, "sdxl fleet work: %s\n", e.msg);
+        goto out;
+    }
+    sw.rn = &rn;
+    if (sdxl_fleet_worker_run(&wp, &rn, &e)) {
+        fprintf(stderr, "sdxl fleet work: %s\n", e.msg);
+        goto out;
+    }
+    rc = atomic_load(&sw.fired) ? 130 : 0;
+out:
+    if (have_th) {
+        pthread_kill(th, SIGUSR2);
+        pthread_join(th, NULL);
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    sdxl_fleet_lib_runner_free(&lr);
+    sdxl_model_free(model);
+    sdxl_ctx_free(ctx);
+    return rc;
+}
+
+int cmd_fleet(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) return usage(argc < 2 ? stderr : stdout);
+    common c = {.url = "redis://127.0.0.1:6379", .prefix = "sdxl", .retry_ms = 10000};
+    const char *sub = argv[1];
+    if (!strcmp(sub, "submit")) return cmd_submit(argc - 1, argv + 1, &c);
+    if (!strcmp(sub, "wait")) return cmd_wait(argc - 1, argv + 1, &c);
+    if (!strcmp(sub, "result")) return cmd_result(argc - 1, argv + 1, &c);
+    if (!strcmp(sub, "status")) return cmd_status(argc - 1, argv + 1, &c);
+    if (!strcmp(sub, "work")) {
+        c.retry_ms = -1;
+        return cmd_work(argc - 1, argv + 1, &c);
+    }
+    fprintf(stderr, "sdxl fleet: unknown subcommand '%s'\n", sub);
+    return usage(stderr);
+}
