@@ -3,6 +3,7 @@
  *   wait    wait for jobs to finish and print their records
  *   result  print one job's record
  *   status  workers, queue depth, pending and dead jobs
+ *   events  the lifecycle log: one line per submitted/started/claimed/done/failed/dead event
  *   work    a worker on the library's generation pipeline (one model; canonical JSON requests)
  * Exit codes: 0 ok, 1 failure, 2 usage, 3 busy (submit) / timeout (wait), 130 stopped by a signal. */
 #include <errno.h>
@@ -27,7 +28,7 @@
 
 static int usage(FILE *out) {
     fprintf(out,
-            "usage: sdxl fleet <submit|wait|result|status|work> --redis URL [options]\n"
+            "usage: sdxl fleet <submit|wait|result|status|events|work> --redis URL [options]\n"
             "\n"
             "common:\n"
             "      --redis URL            redis://[[user]:password@]host[:port][/db] (default redis://127.0.0.1:6379)\n"
@@ -43,6 +44,7 @@ static int usage(FILE *out) {
             "result ID                    the job's record as JSON (state, outputs, seeds, stats, error)\n"
             "status                       workers, queue depth, pending and dead jobs\n"
             "      --json                 as one JSON object\n"
+            "events                       lifecycle log, one line each: AT_MS EVENT JOB WORKER FROM DELIVERY\n"
             "work                         take jobs until stopped (SIGINT/SIGTERM finish the running job first)\n"
             "  -m, --model PATH           base checkpoint; its stem names the model stream read first\n"
             "      --refiner PATH, --vae PATH, --precision P, -t/--threads N   as for `sdxl generate`\n"
@@ -418,6 +420,45 @@ static int cmd_status(int argc, char **argv, common *c) {
     return 0;
 }
 
+static int cmd_events(int argc, char **argv, common *c) {
+    for (int i = 1; i < argc; i++) {
+        int k = common_opt(c, argc, argv, &i);
+        if (k < 0) return EXIT_USAGE;
+        if (!k) return fprintf(stderr, "sdxl fleet events: unknown option: %s\n", argv[i]), EXIT_USAGE;
+    }
+    sdxl_redis r;
+    if (open_redis(c, &r)) return EXIT_FAIL;
+    sdxl_err e;
+    char start[64] = "-";
+    int rc = 0;
+    for (;;) {
+        redisReply *rep = sdxl_redis_cmdf(&r, &e, "XRANGE %s:events %s + COUNT 1000", c->prefix, start);
+        if (!rep || rep->type != REDIS_REPLY_ARRAY) {
+            fprintf(stderr, "sdxl fleet events: %s\n", rep && rep->type == REDIS_REPLY_ERROR ? rep->str : e.msg);
+            if (rep) freeReplyObject(rep);
+            rc = EXIT_FAIL;
+            break;
+        }
+        for (size_t i = 0; i < rep->elements; i++) {
+            const redisReply *en = rep->element[i];
+            if (en->type != REDIS_REPLY_ARRAY || en->elements != 2 || en->element[1]->type != REDIS_REPLY_ARRAY) continue;
+            const char *f[6] = {"-", "-", "-", "-", "-", "-"};
+            static const char *const NAMES[6] = {"at", "event", "id", "worker", "from", "delivery"};
+            const redisReply *kv = en->element[1];
+            for (size_t k = 0; k + 1 < kv->elements; k += 2)
+                for (int j = 0; j < 6; j++)
+                    if (!strcmp(kv->element[k]->str, NAMES[j]) && kv->element[k + 1]->len) f[j] = kv->element[k + 1]->str;
+            printf("%s %s %s %s %s %s\n", f[0], f[1], f[2], f[3], f[4], f[5]);
+            snprintf(start, sizeof start, "(%s", en->element[0]->str);
+        }
+        int more = rep->elements == 1000;
+        freeReplyObject(rep);
+        if (!more) break;
+    }
+    sdxl_redis_close(&r);
+    return rc;
+}
+
 /* ---- work ------------------------------------------------------------------------------------- */
 
 typedef struct sigwatch {
@@ -571,6 +612,7 @@ int cmd_fleet(int argc, char **argv) {
     if (!strcmp(sub, "wait")) return cmd_wait(argc - 1, argv + 1, &c);
     if (!strcmp(sub, "result")) return cmd_result(argc - 1, argv + 1, &c);
     if (!strcmp(sub, "status")) return cmd_status(argc - 1, argv + 1, &c);
+    if (!strcmp(sub, "events")) return cmd_events(argc - 1, argv + 1, &c);
     if (!strcmp(sub, "work")) {
         c.retry_ms = -1;
         return cmd_work(argc - 1, argv + 1, &c);

@@ -246,7 +246,7 @@ static const char START_LUA[] =
     "end\n"
     "local d = redis.call('HINCRBY', KEYS[1], 'deliveries', 1)\n"
     "if d > tonumber(ARGV[5]) then\n"
-    "  local msg = 'delivered ' .. d .. ' times and the worker stopped each time (last: ' .. prev .. ')'\n"
+    "  local msg = 'its worker stopped during each of its ' .. (d - 1) .. ' deliveries (last: ' .. prev .. ')'\n"
     "  redis.call('HSET', KEYS[1], 'state', 'failed', 'error_code', 'worker_crashed', 'error', msg,\n"
     "    'finished_ms', ARGV[4], 'finished_by', ARGV[3])\n"
     "  redis.call('XADD', KEYS[3], '*', 'id', ARGV[7], 'reason', 'worker_crashed', 'deliveries', d,\n"

@@ -1,0 +1,54 @@
+# Fleet chaos: while 30 jobs run on 3 workers, kill -9 a random worker at a random moment, 10 times,
+# restarting each at once under a new id. Every job finishes exactly once (one done event, no
+# failure, nothing pending), its image equals the single-worker run, and each job held by a killed
+# worker is claimed by another within the visibility timeout of the kill.
+# usage: chaos.sh SDXL MODELS_DIR WORK REF_DIR
+. "$(dirname "$0")/lib.sh"
+SDXL=$1; M=$2/tiny_sd_xl_base.safetensors; W=$3; REF=$4
+[ -d "$REF" ] || fail "no reference images in $REF (fleet_jobs makes them)"
+rm -rf "$W"; mkdir -p "$W"
+fleet_redis "$W"
+N=30; V=2000; KILLS=10
+declare -A pid
+cleanup() { for p in "${pid[@]}"; do { kill -9 "$p"; wait "$p"; } 2> /dev/null; done; stop_redis; }
+trap cleanup EXIT
+start() { # start SLOT ID
+  "$SDXL" fleet work --redis "$URL" --prefix "$PREFIX" -m "$M" -o "$W/out" -t 1 --id "$2" \
+    --visibility-ms $V --max-deliveries 50 --idle-exit-ms 3000 2> "$W/$2.log" &
+  pid[$1]=$!
+}
+requests $N | "$SDXL" fleet submit --redis "$URL" --prefix "$PREFIX" --id-prefix j > "$W/ids.txt" || fail "submit"
+for s in 1 2 3; do start $s "s$s-0"; done
+: > "$W/kills.txt"
+for k in $(seq 1 $KILLS); do
+  sleep "0.$(( 100 + $(rand) % 500 ))"
+  s=$(( 1 + $(rand) % 3 ))
+  id=$(ps -o args= -p "${pid[$s]}" | sed 's/.*--id \([^ ]*\).*/\1/')
+  t=$(now_ms)
+  { kill -9 "${pid[$s]}"; wait "${pid[$s]}"; } 2> /dev/null
+  echo "$id $t" >> "$W/kills.txt"
+  start $s "s$s-$k"
+done
+"$SDXL" fleet wait --redis "$URL" --prefix "$PREFIX" --timeout 180 - < "$W/ids.txt" > "$W/results.jsonl" || fail "not every job finished"
+for s in 1 2 3; do wait "${pid[$s]}" 2> /dev/null; done
+pid=()
+events_check $N
+images_equal $N "$W/out" "$REF"
+"$SDXL" fleet status --redis "$URL" --prefix "$PREFIX" --json > "$W/status.json"
+grep -q '"length":0,"pending":0' "$W/status.json" || fail "queue not empty: $(cat "$W/status.json")"
+# kill-to-claim: each claim of a job from a killed worker, measured from that worker's kill
+hit=0; worst=0; sum=0
+while read -r id t; do
+  c=$(awk -v w="$id" '$2 == "claimed" && $5 == w {print $1}' "$W/events.txt")
+  for at in $c; do
+    d=$(( at - t ))
+    hit=$(( hit + 1 )); sum=$(( sum + d ))
+    [ $d -gt $worst ] && worst=$d
+    [ $d -le $V ] || fail "job of $id claimed $d ms after the kill (visibility timeout $V ms)"
+  done
+done < "$W/kills.txt"
+runs=$(awk '$2 == "started" || $2 == "claimed"' "$W/events.txt" | wc -l)
+dup=$(grep -o '"duplicate_finishes":[0-9]*' "$W/status.json")
+echo "chaos: $KILLS kills, $hit of them interrupted a job; kill-to-claim mean $(( hit ? sum / hit : 0 )) ms, worst $worst ms (visibility timeout $V ms)"
+echo "chaos: $N jobs, $runs runs, each job done exactly once, images equal the single-worker run; $dup"
+echo "fleet chaos: ok"
