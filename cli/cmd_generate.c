@@ -228,6 +228,7 @@ static int parse_args(int argc, char **argv, opts *o) {
 typedef struct prog {
     int tty, quiet;
     int last_phase, last_step;
+    const int *signalled; /* set by the signal thread: cancel at the next report */
 } prog;
 
 static void fmt_time(double s, char *buf, size_t cap) {
@@ -238,6 +239,7 @@ static void fmt_time(double s, char *buf, size_t cap) {
 
 static int on_progress(void *user, const sdxl_progress *p) {
     prog *pg = user;
+    if (pg->signalled && __atomic_load_n(pg->signalled, __ATOMIC_SEQ_CST)) return 1;
     if (pg->quiet) return 0;
     char el[32], eta[32];
     fmt_time(p->elapsed, el, sizeof el);
@@ -271,7 +273,7 @@ static void *sig_thread(void *arg) {
     sigwatch *w = arg;
     int sig = 0;
     if (sigwait(&w->set, &sig) == 0 && sig != SIGUSR2) {
-        w->fired = 1;
+        __atomic_store_n(&w->fired, 1, __ATOMIC_SEQ_CST);
         sdxl_session_cancel(w->s);
     }
     return NULL;
@@ -385,6 +387,7 @@ int cmd_generate(int argc, char **argv) {
     o.g.progress = on_progress;
     o.g.progress_user = &pg;
     sigwatch sw = {.s = s};
+    pg.signalled = &sw.fired;
     sigemptyset(&sw.set);
     sigaddset(&sw.set, SIGINT);
     sigaddset(&sw.set, SIGTERM);
@@ -395,8 +398,17 @@ int cmd_generate(int argc, char **argv) {
     int have_th = pthread_create(&th, NULL, sig_thread, &sw) == 0;
     sdxl_status st = sdxl_generate(s, &o.g, &r);
     if (have_th) {
-        if (!sw.fired) pthread_kill(th, SIGUSR2);
+        if (!__atomic_load_n(&sw.fired, __ATOMIC_SEQ_CST)) pthread_kill(th, SIGUSR2);
         pthread_join(th, NULL);
+    }
+    /* a signal that arrived while loading (pending until the watcher ran) or after the last step
+     * still cancels: nothing is written */
+    if (__atomic_load_n(&sw.fired, __ATOMIC_SEQ_CST) && st == SDXL_OK) {
+        sdxl_result_free(r);
+        r = NULL;
+        fprintf(stderr, "sdxl generate: cancelled\n");
+        rc = EXIT_CANCEL;
+        goto out;
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (st != SDXL_OK) {

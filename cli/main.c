@@ -1,4 +1,6 @@
 /* `sdxl` entry point: dispatches to one subcommand per file (commands.def). */
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -33,9 +35,22 @@ int cmd_version(int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
+    /* SIGINT/SIGTERM are blocked before any thread exists (OpenMP's pool included), so every thread
+     * inherits the mask and a command's own watcher thread alone receives them (sigwait): a signal
+     * cancels the work instead of killing the process mid-write. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     if (argc < 2) return usage(stderr);
     if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) return usage(stdout);
     if (!strcmp(argv[1], "--version")) return cmd_version(0, NULL);
+    /* commands without a signal watcher keep the default action (a signal ends them at once) */
+    static const char *const WATCHERS[] = {"generate", "worker", "serve"};
+    int watched = 0;
+    for (size_t i = 0; i < sizeof WATCHERS / sizeof WATCHERS[0]; i++) watched |= !strcmp(argv[1], WATCHERS[i]);
+    if (!watched) pthread_sigmask(SIG_UNBLOCK, &sigs, NULL);
     for (size_t i = 0; i < sizeof COMMANDS / sizeof COMMANDS[0]; i++)
         if (!strcmp(argv[1], COMMANDS[i].name)) return COMMANDS[i].fn(argc - 1, argv + 1);
     fprintf(stderr, "sdxl: unknown command '%s'\n", argv[1]);

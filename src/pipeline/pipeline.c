@@ -411,8 +411,10 @@ static void *xmalloc(size_t n, size_t sz) {
 }
 
 static int stage_init(stage *s, sdxl_pl_model *m, const req *r, int idx, const sdxl_cond *cd, const float *tid, int K,
-                      int B, sdxl_err *e) {
+                      int B, const sdxl_pl_trace *tr, sdxl_err *e) {
     memset(s, 0, sizeof *s);
+    if (tr && tr->fail_alloc && tr->fail_alloc(tr->user, B))
+        return sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory for a UNet batch of %d (injected)", B);
     s->m = m;
     s->r = r;
     s->idx = idx;
@@ -451,6 +453,18 @@ static int stage_init(stage *s, sdxl_pl_model *m, const req *r, int idx, const s
         return sdxl_err_prefix(e, "sampler");
     }
     return SDXL_OK;
+}
+
+/* Replaces image i's rows of the CFG batch with another request's conditioning (same widths). */
+static void stage_set_image_cond(stage *s, int i, const sdxl_cond *cd, const float *tid) {
+    size_t cs = (size_t)(s->T * s->Wc);
+    for (int half = 0; half < (s->cfg ? 2 : 1); half++) {
+        int64_t row = s->cfg ? (int64_t)half * s->B + i : i;
+        int which = s->cfg ? half : 1;
+        memcpy(s->ctx + row * cs, cd->context + which * cs, cs * sizeof(float));
+        memcpy(s->pooled + row * s->P, cd->pooled + which * s->P, (size_t)s->P * sizeof(float));
+        memcpy(s->tids + row * s->K, tid + which * s->K, (size_t)s->K * sizeof(float));
+    }
 }
 
 /* diffusers rescale_noise_cfg per image: std over the image's values (unbiased, as torch.std). */
@@ -868,8 +882,8 @@ int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile 
 
     int steps_done = 0, steps_total = plan.n_sub * (base_steps + ref_steps);
     double t_steps0 = now_s();
-    if ((st = stage_init(&sb, m, &r, 0, &cb, tid_b, Kb, B, e))) goto done;
-    if (r.refine && (st = stage_init(&sr, m, &r, 1, &crf, tid_r, Kr, B, e))) goto done;
+    if ((st = stage_init(&sb, m, &r, 0, &cb, tid_b, Kb, B, tr, e))) goto done;
+    if (r.refine && (st = stage_init(&sr, m, &r, 1, &crf, tid_r, Kr, B, tr, e))) goto done;
     stage_bind(&sb, &sr, &r, cancel, tr, t0, &t_steps0, &steps_done, steps_total, mask_lat, &out->st.unet_calls);
     float sf = vc->scaling_factor;
     for (int b0 = 0; b0 < r.n_images; b0 += B) {
@@ -878,8 +892,8 @@ int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile 
             stage_free(&sb);
             stage_free(&sr);
             B = nb;
-            if ((st = stage_init(&sb, m, &r, 0, &cb, tid_b, Kb, B, e))) goto done;
-            if (r.refine && (st = stage_init(&sr, m, &r, 1, &crf, tid_r, Kr, B, e))) goto done;
+            if ((st = stage_init(&sb, m, &r, 0, &cb, tid_b, Kb, B, tr, e))) goto done;
+            if (r.refine && (st = stage_init(&sr, m, &r, 1, &crf, tid_r, Kr, B, tr, e))) goto done;
             stage_bind(&sb, &sr, &r, cancel, tr, t0, &t_steps0, &steps_done, steps_total, mask_lat,
                        &out->st.unet_calls);
         }
@@ -995,6 +1009,240 @@ done:
 done_cond:
     sdxl_cond_free(&cb);
     sdxl_cond_free(&crf);
+    if (st) sdxl_pl_result_free(out);
+    return st;
+}
+
+/* ---- merged requests (the service's batch manager) ------------------------------------------- */
+
+int sdxl_pl_generate_multi(sdxl_pl_model *m, const sdxl_gen_params *ps, int n_req, const volatile int *cancel,
+                           const sdxl_pl_trace *tr, const sdxl_logger *log, sdxl_pl_result *out, sdxl_err *e) {
+    memset(out, 0, sizeof *out);
+    if (n_req < 1) return sdxl_seterr(e, SDXL_ERR_ARG, "requests: at least one");
+    if (n_req == 1) return sdxl_pl_generate(m, ps, cancel, tr, log, out, e);
+    int st = SDXL_OK;
+    double t0 = now_s();
+    req *r = calloc((size_t)n_req, sizeof *r);
+    sdxl_cond *cb = calloc((size_t)n_req, sizeof *cb), *crf = calloc((size_t)n_req, sizeof *crf);
+    float(*tb)[16] = calloc((size_t)n_req, sizeof *tb), (*trf)[16] = calloc((size_t)n_req, sizeof *trf);
+    int *img_req = NULL, n_img = 0;
+    float *x = NULL, *lat_nhwc = NULL, *img = NULL;
+    sdxl_rng *rngs = NULL;
+    stage sb = {0}, sr = {0};
+    if (!r || !cb || !crf || !tb || !trf) {
+        st = sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    for (int i = 0; i < n_req && !st; i++) {
+        if ((st = resolve(m, &ps[i], &r[i], e))) {
+            sdxl_err_prefix(e, "request %d", i);
+            goto done;
+        }
+        const req *a = &r[0], *b = &r[i];
+        if (b->p.init_image || b->p.mask || b->stochastic || b->W != a->W || b->H != a->H ||
+            b->p.steps != a->p.steps || b->p.cfg_scale != a->p.cfg_scale ||
+            b->p.guidance_rescale != a->p.guidance_rescale || b->sc.sampler != a->sc.sampler ||
+            b->sc.schedule != a->sc.schedule || b->sc.diffusers_karras != a->sc.diffusers_karras ||
+            b->sc.eta != a->sc.eta || b->sc.ancestral_eta != a->sc.ancestral_eta || b->rng != a->rng ||
+            b->refine != a->refine || b->p.refiner_switch != a->p.refiner_switch) {
+            st = sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "request %d cannot share a UNet batch with request 0", i);
+            goto done;
+        }
+        if (b->p.seed < 0) r[i].p.seed = (int64_t)random_seed();
+        n_img += b->n_images;
+    }
+    req *r0 = &r[0];
+    sdxl_sampler *probe = NULL;
+    if ((st = sdxl_sampler_new(&r0->sc, 1, &probe, e))) goto done;
+    int base_end = r0->p.steps, ref_start = r0->p.steps;
+    int refine = r0->refine;
+    if (refine) {
+        base_end = sdxl_sampler_end_for_fraction(probe, r0->p.refiner_switch);
+        ref_start = sdxl_sampler_start_for_fraction(probe, r0->p.refiner_switch);
+        if (ref_start >= r0->p.steps) refine = 0;
+    }
+    if (!refine) base_end = r0->p.steps;
+    sdxl_sampler_free(probe);
+    int Kb = 0, Kr = 0;
+    double ts = now_s();
+    if (report(r0, SDXL_PHASE_TEXT, 0, 1 + refine, 0, t0)) {
+        st = sdxl_seterr(e, SDXL_ERR_CANCELLED, "cancelled");
+        goto done;
+    }
+    for (int i = 0; i < n_req; i++) {
+        if ((st = encode_stage(m, &r[i], 0, &cb[i], tb[i], &Kb, cancel, e))) goto done;
+        if (refine && (st = encode_stage(m, &r[i], 1, &crf[i], trf[i], &Kr, cancel, e))) goto done;
+        if (cb[i].n_tokens != cb[0].n_tokens || (refine && crf[i].n_tokens != crf[0].n_tokens)) {
+            st = sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "request %d: prompt length (%lld tokens) differs from request 0's",
+                             i, (long long)cb[i].n_tokens);
+            goto done;
+        }
+    }
+    out->st.text_s = now_s() - ts;
+    img_req = malloc((size_t)n_img * sizeof *img_req);
+    if (!img_req) {
+        st = sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    int64_t *img_seed = NULL;
+    for (int i = 0, k = 0; i < n_req; i++)
+        for (int j = 0; j < r[i].n_images; j++) img_req[k++] = i;
+    img_seed = malloc((size_t)n_img * sizeof *img_seed);
+    if (!img_seed) {
+        st = sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    for (int i = 0, k = 0; i < n_req; i++)
+        for (int j = 0; j < r[i].n_images; j++) img_seed[k++] = r[i].p.seed + j;
+
+    /* plan over every image of every request */
+    sdxl_mem_stats ms;
+    sdxl_mem_query(&ms);
+    uint64_t avail = ms.available ? ms.available : (uint64_t)8 << 30;
+    avail = avail > ((uint64_t)512 << 20) ? avail - avail / 10 : avail / 2;
+    int cap = n_img;
+    for (int i = 0; i < n_req; i++) {
+        if (r[i].p.batch_size > 0 && cap > r[i].p.batch_size) cap = r[i].p.batch_size;
+        if (r[i].p.max_batch > 0 && cap > r[i].p.max_batch) cap = r[i].p.max_batch;
+    }
+    req all = *r0;
+    all.n_images = n_img;
+    all.refine = refine;
+    est_ctx ec = {m, &all, cb[0].n_tokens, refine ? crf[0].n_tokens : 0};
+    sdxl_pl_plan plan;
+    if ((st = sdxl_pl_plan_make(n_img, cap, avail, estimate, &ec, &plan, e))) {
+        free(img_seed);
+        goto done;
+    }
+    sdxl_pl_plan_describe(&plan, r0->p.cfg_scale > 1.0f, out->plan, sizeof out->plan);
+    SDXL_INFO(log, "plan (%d merged requests): %s", n_req, out->plan);
+    out->st.n_images = n_img;
+    out->st.sub_batch = plan.sub_batch;
+    out->st.n_sub_batches = plan.n_sub;
+    out->st.plan_bytes = plan.bytes;
+    out->st.plan_available = plan.available;
+    const size_t hw = (size_t)r0->h * (size_t)r0->w, n_per = 4 * hw;
+    int B = plan.sub_batch;
+    out->img = calloc((size_t)n_img, sizeof *out->img);
+    x = xmalloc((size_t)B, n_per * sizeof(float));
+    lat_nhwc = xmalloc((size_t)B, n_per * sizeof(float));
+    img = xmalloc((size_t)B * 3, (size_t)r0->H * (size_t)r0->W * sizeof(float));
+    rngs = xmalloc((size_t)B, sizeof(sdxl_rng));
+    if (!out->img || !x || !lat_nhwc || !img || !rngs) {
+        free(img_seed);
+        st = sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory for a sub-batch of %d", B);
+        goto done;
+    }
+    int steps_done = 0, steps_total = plan.n_sub * (base_end + (refine ? r0->p.steps - ref_start : 0));
+    double t_steps0 = now_s();
+    all.p.progress = r0->p.progress;
+    all.p.progress_user = r0->p.progress_user;
+    if (!(st = stage_init(&sb, m, &all, 0, &cb[0], tb[0], Kb, B, tr, e)) && refine)
+        st = stage_init(&sr, m, &all, 1, &crf[0], trf[0], Kr, B, tr, e);
+    if (st) {
+        free(img_seed);
+        goto done;
+    }
+    stage_bind(&sb, &sr, &all, cancel, tr, t0, &t_steps0, &steps_done, steps_total, NULL, &out->st.unet_calls);
+    const sdxl_vae_config *vc = sdxl_vae_get_config(m->vae);
+    (void)vc;
+    for (int b0 = 0; b0 < n_img && !st; b0 += B) {
+        int nb = n_img - b0 < B ? n_img - b0 : B;
+        if (nb < B) {
+            stage_free(&sb);
+            stage_free(&sr);
+            B = nb;
+            if (!(st = stage_init(&sb, m, &all, 0, &cb[0], tb[0], Kb, B, tr, e)) && refine)
+                st = stage_init(&sr, m, &all, 1, &crf[0], trf[0], Kr, B, tr, e);
+            if (st) break;
+            stage_bind(&sb, &sr, &all, cancel, tr, t0, &t_steps0, &steps_done, steps_total, NULL, &out->st.unet_calls);
+        }
+        sb.image0 = sr.image0 = b0;
+        for (int i = 0; i < B; i++) {
+            int q = img_req[b0 + i];
+            stage_set_image_cond(&sb, i, &cb[q], tb[q]);
+            if (refine) stage_set_image_cond(&sr, i, &crf[q], trf[q]);
+            sdxl_rng_init(&rngs[i], r0->rng, (uint64_t)img_seed[b0 + i]);
+            float *xi = x + (size_t)i * n_per;
+            sdxl_rng_randn(&rngs[i], xi, n_per);
+            float s0 = sdxl_sampler_init_noise_sigma(sb.sampler);
+            for (size_t j = 0; j < n_per; j++) xi[j] *= s0;
+        }
+        sdxl_rng *srng = B == 1 ? &rngs[0] : NULL;
+        double tb0 = now_s();
+        if (tr && tr->init)
+            for (int i = 0; i < B; i++) tr->init(tr->user, 0, b0 + i, x + (size_t)i * n_per, n_per);
+        st = stage_run(&sb, x, srng, 0, base_end, e);
+        out->st.base_s += now_s() - tb0;
+        if (st) break;
+        if (refine) {
+            double trr = now_s();
+            st = stage_run(&sr, x, srng, ref_start, r0->p.steps, e);
+            out->st.refiner_s += now_s() - trr;
+            if (st) break;
+        }
+        double td = now_s();
+        if (report(r0, SDXL_PHASE_DECODE, 0, B, b0, t0) || (cancel && *cancel)) {
+            st = sdxl_seterr(e, SDXL_ERR_CANCELLED, "cancelled before decoding");
+            break;
+        }
+        nchw_to_nhwc(x, lat_nhwc, B, 4, (int64_t)hw);
+        pthread_mutex_lock(&m->mu);
+        sdxl_unet_trim(m->base_unet);
+        sdxl_unet_trim(m->ref_unet);
+        sdxl_compute_trim(m->c);
+        st = sdxl_vae_decode(m->vae, lat_nhwc, B, r0->h, r0->w, img, NULL, e);
+        sdxl_vae_trim(m->vae);
+        sdxl_compute_trim(m->c_vae);
+        pthread_mutex_unlock(&m->mu);
+        if (st) {
+            sdxl_err_prefix(e, "vae decode");
+            break;
+        }
+        size_t npx3 = (size_t)r0->H * (size_t)r0->W * 3;
+        for (int i = 0; i < B && !st; i++) {
+            const req *q = &r[img_req[b0 + i]];
+            sdxl_pl_image *im = &out->img[b0 + i];
+            im->rgb = malloc(npx3);
+            if (!im->rgb) {
+                st = sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory for image %d", b0 + i);
+                break;
+            }
+            sdxl_vae_to_uint8(img + (size_t)i * npx3, im->rgb, npx3);
+            im->width = r0->W;
+            im->height = r0->H;
+            im->seed = img_seed[b0 + i];
+            if ((st = sdxl_pl_infotext(m, &q->p, r0->W, r0->H, im->seed, &im->infotext, e)) ||
+                (st = sdxl_pl_request_json(m, &q->p, r0->W, r0->H, im->seed, &im->request, e)))
+                break;
+            out->n = b0 + i + 1;
+        }
+        out->st.decode_s += now_s() - td;
+    }
+    free(img_seed);
+done:
+    if (st == SDXL_OK) {
+        out->st.total_s = now_s() - t0;
+        sdxl_mem_stats ms2;
+        sdxl_mem_query(&ms2);
+        out->st.peak_rss = ms2.peak_rss;
+    }
+    stage_free(&sb);
+    stage_free(&sr);
+    free(x);
+    free(lat_nhwc);
+    free(img);
+    free(rngs);
+    free(img_req);
+    for (int i = 0; cb && crf && i < n_req; i++) {
+        sdxl_cond_free(&cb[i]);
+        sdxl_cond_free(&crf[i]);
+    }
+    free(cb);
+    free(crf);
+    free(tb);
+    free(trf);
+    free(r);
     if (st) sdxl_pl_result_free(out);
     return st;
 }

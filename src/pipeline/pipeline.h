@@ -56,6 +56,9 @@ typedef struct sdxl_pl_trace {
                  size_t n_per);
     /* Latents of the sub-batch after step `step` (NCHW, n floats = images x 4 x h x w). */
     void (*step)(void *user, int stage, int step, const float *x, size_t n);
+    /* Before each UNet batch allocation: nonzero makes it fail as out of memory (tests of the
+     * service's out-of-memory ladder). */
+    int (*fail_alloc)(void *user, int batch);
 } sdxl_pl_trace;
 
 typedef struct sdxl_pl_image {
@@ -81,6 +84,14 @@ int sdxl_pl_check(const sdxl_pl_model *m, const sdxl_gen_params *p, sdxl_err *e)
 /* Runs a request. cancel (may be NULL) is polled before every network call. */
 int sdxl_pl_generate(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile int *cancel, const sdxl_pl_trace *tr,
                      const sdxl_logger *log, sdxl_pl_result *out, sdxl_err *e);
+
+/* Runs n_req requests as one batch of UNet calls (the service's batch manager): txt2img with a
+ * deterministic sampler and equal size, steps, CFG, sampler, rng and refiner switch; prompts,
+ * seeds and micro-conditioning may differ. Image k of request i equals its lone run. out holds the
+ * images request by request. SDXL_ERR_UNSUPPORTED when the requests cannot share a batch
+ * (then run them one by one). Progress goes to ps[0].progress. */
+int sdxl_pl_generate_multi(sdxl_pl_model *m, const sdxl_gen_params *ps, int n_req, const volatile int *cancel,
+                           const sdxl_pl_trace *tr, const sdxl_logger *log, sdxl_pl_result *out, sdxl_err *e);
 
 /* ---- batch planner (planner.c) ----------------------------------------------------------- */
 
