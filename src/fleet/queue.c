@@ -195,22 +195,42 @@ int sdxl_fleet_read(sdxl_redis *r, const char *consumer, const char *const *stre
     return 0;
 }
 
+/* The oldest entry idle for ARGV[3] ms, with the consumer that held it. KEYS: stream.
+ * ARGV: group, consumer, min_idle. Returns {} or {entry, previous owner, job id}. */
+static const char CLAIM_LUA[] =
+    "local p = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+', 1)\n"
+    "if #p == 0 then return {} end\n"
+    "local eid, owner = p[1][1], p[1][2]\n"
+    "local c = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], eid)\n"
+    "if #c == 0 or not c[1] then\n"
+    "  redis.call('XACK', KEYS[1], ARGV[1], eid)\n"
+    "  return {}\n"
+    "end\n"
+    "local f = c[1][2]\n"
+    "for i = 1, #f, 2 do if f[i] == 'id' then return {eid, owner, f[i + 1]} end end\n"
+    "return {eid, owner, ''}\n";
+
 int sdxl_fleet_claim(sdxl_redis *r, const char *consumer, const char *stream, int64_t min_idle_ms,
                      sdxl_fleet_entry *out, sdxl_err *e) {
     char idle[32];
     snprintf(idle, sizeof idle, "%lld", (long long)min_idle_ms);
-    const char *argv[] = {"XAUTOCLAIM", stream, SDXL_FLEET_GROUP, consumer, idle, "0-0", "COUNT", "1"};
-    redisReply *rep = sdxl_redis_cmd(r, 8, argv, NULL, e);
-    if (!rep) return -1;
+    const char *keys[] = {stream};
+    const char *args[] = {SDXL_FLEET_GROUP, consumer, idle};
+    redisReply *rep = eval(r, CLAIM_LUA, 1, keys, 3, args, NULL, e);
+    if (!rep) {
+        /* a stream nobody created yet has no group: nothing to claim */
+        return strstr(e->msg, "NOGROUP") ? 0 : -1;
+    }
     int n = 0;
-    if (rep->type == REDIS_REPLY_ERROR) {
-        n = strncmp(rep->str, "NOGROUP", 7) ? -1 : 0;
-        if (n) sdxl_seterr(e, SDXL_ERR_IO, "redis: XAUTOCLAIM: %s", rep->str);
-    } else if (rep->type == REDIS_REPLY_ARRAY && rep->elements >= 2 && rep->element[1]->type == REDIS_REPLY_ARRAY) {
-        const redisReply *ents = rep->element[1];
-        for (size_t k = 0; k < ents->elements && !n; k++)
-            if (parse_entry(ents->element[k], stream, out) == 0) n = 1;
-        if (n) out->claimed = 1;
+    if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 3 && is_str(rep->element[0]) && is_str(rep->element[1]) &&
+        is_str(rep->element[2])) {
+        memset(out, 0, sizeof *out);
+        snprintf(out->stream, sizeof out->stream, "%s", stream);
+        snprintf(out->entry, sizeof out->entry, "%s", rep->element[0]->str);
+        snprintf(out->from, sizeof out->from, "%s", rep->element[1]->str);
+        snprintf(out->id, sizeof out->id, "%s", rep->element[2]->str);
+        out->claimed = 1;
+        n = 1;
     }
     freeReplyObject(rep);
     return n;
@@ -234,7 +254,7 @@ int sdxl_fleet_renew(sdxl_redis *r, const char *consumer, const sdxl_fleet_entry
 }
 
 /* KEYS: job, stream, dead, events, stats, channel.
- * ARGV: group, entry, worker, now, max_deliveries, claimed, id */
+ * ARGV: group, entry, worker, now, max_deliveries, unused, id */
 static const char START_LUA[] =
     "local function ack() redis.call('XACK', KEYS[2], ARGV[1], ARGV[2]); redis.call('XDEL', KEYS[2], ARGV[2]) end\n"
     "local st = redis.call('HGET', KEYS[1], 'state')\n"
@@ -260,15 +280,33 @@ static const char START_LUA[] =
     "  return {'dead', d}\n"
     "end\n"
     "redis.call('HSET', KEYS[1], 'state', 'running', 'worker', ARGV[3], 'started_ms', ARGV[4], 'run_entry', ARGV[2])\n"
-    "local ev = 'started'\n"
-    "if ARGV[6] == '1' then\n"
-    "  ev = 'claimed'\n"
-    "  redis.call('HSET', KEYS[1], 'claimed_ms', ARGV[4], 'claimed_from', prev)\n"
-    "  redis.call('HINCRBY', KEYS[5], 'claims', 1)\n"
-    "end\n"
-    "redis.call('XADD', KEYS[4], 'MAXLEN', '~', 100000, '*', 'event', ev, 'id', ARGV[7], 'at', ARGV[4],\n"
+    "redis.call('XADD', KEYS[4], 'MAXLEN', '~', 100000, '*', 'event', 'started', 'id', ARGV[7], 'at', ARGV[4],\n"
     "  'worker', ARGV[3], 'from', prev, 'delivery', d)\n"
     "return {'run', d, redis.call('HGET', KEYS[1], 'request')}\n";
+
+/* KEYS: job, events, stats. ARGV: worker, now, id, previous owner */
+static const char CLAIMED_LUA[] =
+    "local prev = ARGV[4]\n"
+    "redis.call('HSET', KEYS[1], 'claimed_ms', ARGV[2], 'claimed_from', prev, 'claimed_by', ARGV[1])\n"
+    "redis.call('HINCRBY', KEYS[3], 'claims', 1)\n"
+    "redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100000, '*', 'event', 'claimed', 'id', ARGV[3], 'at', ARGV[2],\n"
+    "  'worker', ARGV[1], 'from', prev)\n"
+    "return 1\n";
+
+int sdxl_fleet_note_claim(sdxl_redis *r, const char *prefix, const char *worker, const sdxl_fleet_entry *en,
+                          sdxl_err *e) {
+    char job[256], events[128], stats[128], now[32];
+    snprintf(job, sizeof job, "%s:job:%s", prefix, en->id);
+    snprintf(events, sizeof events, "%s:events", prefix);
+    snprintf(stats, sizeof stats, "%s:stats", prefix);
+    snprintf(now, sizeof now, "%lld", (long long)sdxl_now_ms());
+    const char *keys[] = {job, events, stats};
+    const char *args[] = {worker, now, en->id, en->from};
+    redisReply *rep = eval(r, CLAIMED_LUA, 3, keys, 4, args, NULL, e);
+    if (!rep) return -1;
+    freeReplyObject(rep);
+    return 0;
+}
 
 static void job_keys(const char *prefix, const char *id, char *job, size_t jc, char *chan, size_t cc) {
     snprintf(job, jc, "%s:job:%s", prefix, id);
@@ -285,7 +323,7 @@ int sdxl_fleet_start(sdxl_redis *r, const char *prefix, const char *worker, cons
     snprintf(now, sizeof now, "%lld", (long long)sdxl_now_ms());
     snprintf(maxd, sizeof maxd, "%d", max_deliveries);
     const char *keys[] = {job, en->stream, dead, events, stats, chan};
-    const char *args[] = {SDXL_FLEET_GROUP, en->entry, worker, now, maxd, en->claimed ? "1" : "0", en->id};
+    const char *args[] = {SDXL_FLEET_GROUP, en->entry, worker, now, maxd, "0", en->id};
     *request = NULL;
     *deliveries = 0;
     redisReply *rep = eval(r, START_LUA, 6, keys, 7, args, NULL, e);

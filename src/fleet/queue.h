@@ -5,7 +5,7 @@
  *   P:jobs, P:jobs:<model>  streams of jobs (entry field `id`); a consumer group "workers" reads them.
  *                           Finished entries are XACKed and XDELed, so XLEN = jobs not finished.
  *   P:job:<id>              hash: state (queued|running|done|failed), request, stream, entry,
- *                           submitted_ms, deliveries, worker, started_ms, claimed_ms, claimed_from,
+ *                           submitted_ms, deliveries, worker, started_ms, claimed_ms, claimed_from, claimed_by,
  *                           finished_ms, finished_by, outputs, seeds, stats, error_code, error, progress
  *   P:dead                  dead-letter stream: jobs failed as worker_crashed after N deliveries
  *   P:events                capped stream of lifecycle events (submitted, started, claimed, done, failed, dead)
@@ -55,6 +55,7 @@ typedef struct sdxl_fleet_entry {
     char entry[64];                  /* stream entry id */
     char id[SDXL_FLEET_NAME_MAX];    /* job id */
     int claimed;                     /* taken over from a worker that stopped renewing it */
+    char from[SDXL_FLEET_NAME_MAX + 64]; /* claimed: the consumer that held it */
 } sdxl_fleet_entry;
 
 /* Reads at most one new entry per stream (XREADGROUP ... >), blocking up to block_ms (0 = no
@@ -62,9 +63,14 @@ typedef struct sdxl_fleet_entry {
 int sdxl_fleet_read(sdxl_redis *r, const char *consumer, const char *const *streams, int n_streams, int block_ms,
                     sdxl_fleet_entry *out, sdxl_err *e);
 
-/* Claims one entry of stream idle for min_idle_ms or more (XAUTOCLAIM). 1 claimed, 0 none, -1 error. */
+/* Claims the oldest entry of stream idle for min_idle_ms or more, noting who held it.
+ * 1 claimed, 0 none, -1 error. */
 int sdxl_fleet_claim(sdxl_redis *r, const char *consumer, const char *stream, int64_t min_idle_ms,
                      sdxl_fleet_entry *out, sdxl_err *e);
+
+/* Records a claim in the job's record (claimed_ms, claimed_from, claimed_by) and the event log. */
+int sdxl_fleet_note_claim(sdxl_redis *r, const char *prefix, const char *worker, const sdxl_fleet_entry *en,
+                          sdxl_err *e);
 
 /* Renews this consumer's hold on an entry (resets its idle time) if it still owns it.
  * 1 renewed, 0 no longer ours, -1 error. */

@@ -120,7 +120,7 @@ static void *side_main(void *arg) {
     r.stop = &w->side_stop;
     int64_t renew_every = p->visibility_ms / 4 > 0 ? p->visibility_ms / 4 : 1;
     int ttl_s = (5 * p->heartbeat_ms + 999) / 1000;
-    int64_t last_renew = 0, last_hb = 0;
+    int64_t last_renew = 0, last_hb = 0, last_claim = sdxl_now_ms();
     unsigned seen = 0;
     char *prog = NULL;
     while (!atomic_load(&w->side_stop)) {
@@ -142,11 +142,36 @@ static void *side_main(void *arg) {
             int n = w->n_held;
             memcpy(held, w->held, (size_t)n * sizeof held[0]);
             pthread_mutex_unlock(&w->mu);
-            for (int i = 0; i < n; i++)
-                if (sdxl_fleet_renew(&r, w->id, &held[i], &e) == 0)
+            for (int i = 0; i < n; i++) {
+                if (sdxl_fleet_renew(&r, w->id, &held[i], &e) != 0) continue;
+                /* not pending for us: finished meanwhile, or claimed by another worker */
+                pthread_mutex_lock(&w->mu);
+                int still = 0;
+                for (int k = 0; k < w->n_held; k++) still |= !strcmp(w->held[k].entry, held[i].entry);
+                pthread_mutex_unlock(&w->mu);
+                if (still)
                     SDXL_WARN(p->log, "fleet worker %s: job %s was claimed by another worker; finishing it anyway",
                               w->id, held[i].id);
+            }
             last_renew = now;
+        }
+        /* a busy worker takes over one stopped worker's job, so that a claim never waits for a
+         * free worker; it runs after the current job */
+        if (now - last_claim >= renew_every) {
+            pthread_mutex_lock(&w->mu);
+            int busy = w->current[0] != 0 && w->n_held <= 1;
+            pthread_mutex_unlock(&w->mu);
+            for (int i = 0; busy && i < w->n_streams; i++) {
+                sdxl_fleet_entry en;
+                if (sdxl_fleet_claim(&r, w->id, w->streams[i], p->visibility_ms / 2, &en, &e) != 1) continue;
+                sdxl_fleet_note_claim(&r, w->prefix, w->id, &en, &e);
+                pthread_mutex_lock(&w->mu);
+                if (w->n_held < MAX_HELD) w->held[w->n_held++] = en;
+                pthread_mutex_unlock(&w->mu);
+                SDXL_INFO(p->log, "fleet worker %s: claimed job %s of a stopped worker; runs next", w->id, en.id);
+                break;
+            }
+            last_claim = now;
         }
         if (now - last_hb >= p->heartbeat_ms) {
             heartbeat(w, &r, ttl_s);
@@ -335,7 +360,7 @@ int sdxl_fleet_worker_run(const sdxl_fleet_worker_params *p, const sdxl_fleet_ru
         if (sdxl_now_ms() - last_scan >= quarter) {
             for (int i = 0; i < w->n_streams && !n; i++) {
                 int c = sdxl_fleet_claim(&r, w->id, w->streams[i], p->visibility_ms / 2, &got[0], e);
-                if (c < 0) {
+                if (c < 0 || (c == 1 && sdxl_fleet_note_claim(&r, w->prefix, w->id, &got[0], e))) {
                     rc = -1;
                     break;
                 }
@@ -352,8 +377,7 @@ int sdxl_fleet_worker_run(const sdxl_fleet_worker_params *p, const sdxl_fleet_ru
                 break;
             }
         }
-        if (!n) continue;
-        /* the model's own streams first */
+        /* the model's own streams first; entries the side thread claimed are already held */
         pthread_mutex_lock(&w->mu);
         for (int s = 0; s < w->n_streams; s++)
             for (int i = 0; i < n; i++)
