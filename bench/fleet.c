@@ -1,4 +1,4 @@
-/* bench-fleet: jobs per minute of 1, 2, 3... `sdxl fleet work` processes sharing one Redis stream
+/* bench-fleet: jobs per minute of 1, 2, 3... `sdxl worker --redis` processes sharing one Redis stream
  * on the tiny test model, and the queue's own cost per job: submit + XREADGROUP + start + finish
  * (the Lua scripts that record and XACK) with no work in between, and the gap a worker spends
  * between two jobs. Starts a private redis-server on a loopback port unless --redis is given.
@@ -6,9 +6,11 @@
  *   bench-fleet [--redis URL] [--sdxl ./build/sdxl] [--model tests/data/golden/models/tiny_sd_xl_base.safetensors]
  *               [--jobs 30] [--workers 1,2,3] [--size 128] [--steps 8] [--threads 1] [--ops 2000]
  *
- * Throughput runs from the first job's start to the last job's finish (model loads excluded). On
+ * Throughput runs from the first job's start to the last job's finish; each worker's first job
+ * includes its model load (the engine loads lazily), so jobs/min is a little low for few jobs. On
  * a machine with fewer cores than workers x threads, more workers show the queue's overhead and
  * the CPU contention, not scaling. Run from the repository root. */
+#include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -29,10 +31,15 @@ typedef struct job_rec {
     char worker[64];
 } job_rec;
 
+/* Runs argv with stderr to /dev/null. */
 static pid_t spawn(char *const argv[]) {
     pid_t pid;
-    if (posix_spawn(&pid, argv[0], NULL, NULL, argv, environ) != 0) return -1;
-    return pid;
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+    int rc = posix_spawn(&pid, argv[0], &fa, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    return rc ? -1 : pid;
 }
 
 static int hget(sdxl_redis *r, const char *key, const char *field, char *out, size_t cap) {
@@ -106,8 +113,9 @@ static int run_fleet(sdxl_redis *r, const char *url, const char *sdxl, const cha
     for (int w = 0; w < workers && w < 64; w++) {
         char wid[32];
         snprintf(wid, sizeof wid, "b%d", w + 1);
-        char *argv[] = {(char *)sdxl, "fleet", "work", "--redis", (char *)url, "--prefix", prefix, "-m", (char *)model,
-                        "-o", (char *)outdir, "-t", (char *)threads, "--id", wid, "--idle-exit-ms", "1500", "-q", NULL};
+        char *argv[] = {(char *)sdxl, "worker", "--redis", (char *)url, "--fleet-prefix", prefix, "-m", (char *)model,
+                        "--output-root", (char *)outdir, "-t", (char *)threads, "--worker-id", wid, "--idle-exit-ms",
+                        "1500", NULL};
         pids[n] = spawn(argv);
         if (pids[n] < 0) {
             fprintf(stderr, "bench-fleet: cannot run %s\n", sdxl);

@@ -4,22 +4,16 @@
  *   result  print one job's record
  *   status  workers, queue depth, pending and dead jobs
  *   events  the lifecycle log: one line per submitted/started/claimed/done/failed/dead event
- *   work    a worker on the library's generation pipeline (one model; canonical JSON requests)
- * Exit codes: 0 ok, 1 failure, 2 usage, 3 busy (submit) / timeout (wait), 130 stopped by a signal. */
+ * Workers are `sdxl worker --redis URL` (cli/cmd_worker.c, src/fleet/engine_runner.c).
+ * Exit codes: 0 ok, 1 failure, 2 usage, 3 busy (submit) / timeout (wait). */
 #include <errno.h>
-#include <pthread.h>
-#include <signal.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "cli.h"
 #include "fleet/queue.h"
-#include "fleet/runner.h"
 #include "fleet/status.h"
-#include "fleet/worker.h"
 #include "io/json.h"
 
 #define EXIT_FAIL 1
@@ -28,12 +22,12 @@
 
 static int usage(FILE *out) {
     fprintf(out,
-            "usage: sdxl fleet <submit|wait|result|status|events|work> --redis URL [options]\n"
+            "usage: sdxl fleet <submit|wait|result|status|events> --redis URL [options]\n"
             "\n"
             "common:\n"
             "      --redis URL            redis://[[user]:password@]host[:port][/db] (default redis://127.0.0.1:6379)\n"
             "      --prefix P             key prefix (default sdxl)\n"
-            "      --retry-ms N           how long to retry an unreachable server (default 10000; work: forever)\n"
+            "      --retry-ms N           how long to retry an unreachable server (default 10000)\n"
             "submit [FILE|-]              requests: a JSON file, or JSON objects one per line on stdin\n"
             "      --model NAME           queue on the model's own stream P:jobs:NAME (default: P:jobs)\n"
             "      --id ID                job id of a single request (default: random)\n"
@@ -45,19 +39,7 @@ static int usage(FILE *out) {
             "status                       workers, queue depth, pending and dead jobs\n"
             "      --json                 as one JSON object\n"
             "events                       lifecycle log, one line each: AT_MS EVENT JOB WORKER FROM DELIVERY\n"
-            "work                         take jobs until stopped (SIGINT/SIGTERM finish the running job first)\n"
-            "  -m, --model PATH           base checkpoint; its stem names the model stream read first\n"
-            "      --refiner PATH, --vae PATH, --precision P, -t/--threads N   as for `sdxl generate`\n"
-            "  -o, --output DIR           shared output directory: images go to DIR/<job id>/<i>.png (required)\n"
-            "      --stream-model NAME    read P:jobs:NAME first (repeatable; default: the model's stem)\n"
-            "      --id ID                worker id (default <host>-<pid>-<random>)\n"
-            "      --visibility-ms N      a dead worker's job is claimed within this (default 30000)\n"
-            "      --max-deliveries N     the next delivery fails the job as worker_crashed (default 3)\n"
-            "      --heartbeat-ms N       heartbeat period; the key lives 5 periods (default 1000)\n"
-            "      --result-ttl S         result records expire after S seconds (default 0: kept)\n"
-            "      --max-jobs N           stop after N jobs\n"
-            "      --idle-exit-ms N       stop after N ms without a job\n"
-            "  -q, --quiet                no log lines\n");
+            "\nworkers: sdxl worker --redis URL -m MODEL --output-root DIR (see `sdxl worker --help`)\n");
     return out == stdout ? 0 : EXIT_USAGE;
 }
 
@@ -459,151 +441,6 @@ static int cmd_events(int argc, char **argv, common *c) {
     return rc;
 }
 
-/* ---- work ------------------------------------------------------------------------------------- */
-
-typedef struct sigwatch {
-    sigset_t set;
-    atomic_int stop;
-    const sdxl_fleet_runner *rn;
-    atomic_int fired;
-} sigwatch;
-
-/* First SIGINT/SIGTERM: finish the running job, then stop. Second: cancel the running job too. */
-static void *sig_thread(void *arg) {
-    sigwatch *w = arg;
-    for (;;) {
-        int sig = 0;
-        if (sigwait(&w->set, &sig) != 0 || sig == SIGUSR2) return NULL;
-        atomic_store(&w->fired, 1);
-        if (atomic_exchange(&w->stop, 1) && w->rn && w->rn->cancel) w->rn->cancel(w->rn->user);
-    }
-}
-
-static void log_line(void *user, sdxl_log_level level, const char *msg) {
-    (void)user;
-    (void)level;
-    fprintf(stderr, "%s\n", msg);
-}
-
-static int cmd_work(int argc, char **argv, common *c) {
-    sdxl_fleet_worker_params wp;
-    sdxl_fleet_worker_params_init(&wp);
-    sdxl_model_params mp;
-    sdxl_model_params_init(&mp);
-    const char *models[12];
-    int n_models = 0, quiet = 0;
-    long threads = 0, v;
-    for (int i = 1; i < argc; i++) {
-        int k = common_opt(c, argc, argv, &i);
-        if (k < 0) return EXIT_USAGE;
-        if (k) continue;
-        const char *a = argv[i];
-        int has = i + 1 < argc;
-        if ((!strcmp(a, "-m") || !strcmp(a, "--model")) && has) mp.base = argv[++i];
-        else if (!strcmp(a, "--refiner") && has) mp.refiner = argv[++i];
-        else if (!strcmp(a, "--vae") && has) mp.vae = argv[++i];
-        else if (!strcmp(a, "--precision") && has) mp.precision = argv[++i];
-        else if ((!strcmp(a, "-t") || !strcmp(a, "--threads")) && has) {
-            if (num_arg("--threads", argv[++i], 0, 1024, &threads)) return EXIT_USAGE;
-        } else if ((!strcmp(a, "-o") || !strcmp(a, "--output")) && has) wp.output_dir = argv[++i];
-        else if (!strcmp(a, "--stream-model") && has) {
-            if (n_models >= 11) return fprintf(stderr, "sdxl fleet work: at most 11 --stream-model\n"), EXIT_USAGE;
-            models[n_models++] = argv[++i];
-        } else if (!strcmp(a, "--id") && has) wp.id = argv[++i];
-        else if (!strcmp(a, "--visibility-ms") && has) {
-            if (num_arg("--visibility-ms", argv[++i], 100, 86400000, &v)) return EXIT_USAGE;
-            wp.visibility_ms = (int)v;
-        } else if (!strcmp(a, "--max-deliveries") && has) {
-            if (num_arg("--max-deliveries", argv[++i], 1, 1000, &v)) return EXIT_USAGE;
-            wp.max_deliveries = (int)v;
-        } else if (!strcmp(a, "--heartbeat-ms") && has) {
-            if (num_arg("--heartbeat-ms", argv[++i], 10, 3600000, &v)) return EXIT_USAGE;
-            wp.heartbeat_ms = (int)v;
-        } else if (!strcmp(a, "--result-ttl") && has) {
-            if (num_arg("--result-ttl", argv[++i], 0, 1L << 31, &v)) return EXIT_USAGE;
-            wp.result_ttl_s = v;
-        } else if (!strcmp(a, "--max-jobs") && has) {
-            if (num_arg("--max-jobs", argv[++i], 0, 1L << 30, &v)) return EXIT_USAGE;
-            wp.max_jobs = (int)v;
-        } else if (!strcmp(a, "--idle-exit-ms") && has) {
-            if (num_arg("--idle-exit-ms", argv[++i], 0, 1L << 30, &v)) return EXIT_USAGE;
-            wp.idle_exit_ms = (int)v;
-        } else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) quiet = 1;
-        else return fprintf(stderr, "sdxl fleet work: unknown option or missing value: %s\n", a), EXIT_USAGE;
-    }
-    if (!mp.base) return fprintf(stderr, "sdxl fleet work: -m MODEL is required\n"), EXIT_USAGE;
-    if (!wp.output_dir) return fprintf(stderr, "sdxl fleet work: -o DIR (shared output directory) is required\n"), EXIT_USAGE;
-    /* the model's stem names its stream */
-    char stem[128];
-    const char *base = strrchr(mp.base, '/');
-    base = base && base[1] ? base + 1 : mp.base;
-    snprintf(stem, sizeof stem, "%s", base);
-    char *dot = strstr(stem, ".safetensors");
-    if (dot) *dot = 0;
-    for (char *p = stem; *p; p++)
-        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '.' ||
-              *p == '_' || *p == '-'))
-            *p = '_';
-    if (n_models == 0 && stem[0] && stem[0] != '.') models[n_models++] = stem;
-    wp.url = c->url;
-    wp.prefix = c->prefix;
-    wp.models = models;
-    wp.n_models = n_models;
-    sdxl_logger lg = {.fn = log_line, .level = quiet ? SDXL_LOG_WARN : SDXL_LOG_INFO};
-    wp.log = &lg;
-    sdxl_redis_url url;
-    sdxl_err e;
-    if (sdxl_redis_url_parse(c->url, &url, &e)) return fprintf(stderr, "sdxl fleet work: --redis: %s\n", e.msg), EXIT_USAGE;
-
-    /* signals are blocked before any thread exists (the compute pool included) and read by one */
-    sigwatch sw = {.stop = 0, .fired = 0};
-    sigemptyset(&sw.set);
-    sigaddset(&sw.set, SIGINT);
-    sigaddset(&sw.set, SIGTERM);
-    sigaddset(&sw.set, SIGUSR2);
-    sigset_t old;
-    pthread_sigmask(SIG_BLOCK, &sw.set, &old);
-    pthread_t th;
-    int have_th = pthread_create(&th, NULL, sig_thread, &sw) == 0;
-    wp.stop = &sw.stop;
-
-    int rc = EXIT_FAIL;
-    sdxl_ctx *ctx = NULL;
-    sdxl_model *model = NULL;
-    sdxl_ctx_params cp;
-    sdxl_ctx_params_init(&cp);
-    cp.n_threads = (int)threads;
-    cp.log_level = SDXL_LOG_WARN;
-    sdxl_fleet_lib_runner lr;
-    memset(&lr, 0, sizeof lr);
-    sdxl_fleet_runner rn;
-    if (sdxl_ctx_new(&cp, &ctx) != SDXL_OK) goto out;
-    if (sdxl_model_load(ctx, &mp, &model) != SDXL_OK) {
-        fprintf(stderr, "sdxl fleet work: %s\n", sdxl_errmsg(ctx));
-        goto out;
-    }
-    if (sdxl_fleet_lib_runner_init(&lr, ctx, model, stem, &rn, &e)) {
-        fprintf(stderr, "sdxl fleet work: %s\n", e.msg);
-        goto out;
-    }
-    sw.rn = &rn;
-    if (sdxl_fleet_worker_run(&wp, &rn, &e)) {
-        fprintf(stderr, "sdxl fleet work: %s\n", e.msg);
-        goto out;
-    }
-    rc = atomic_load(&sw.fired) ? 130 : 0;
-out:
-    if (have_th) {
-        pthread_kill(th, SIGUSR2);
-        pthread_join(th, NULL);
-    }
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    sdxl_fleet_lib_runner_free(&lr);
-    sdxl_model_free(model);
-    sdxl_ctx_free(ctx);
-    return rc;
-}
-
 int cmd_fleet(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) return usage(argc < 2 ? stderr : stdout);
     common c = {.url = "redis://127.0.0.1:6379", .prefix = "sdxl", .retry_ms = 10000};
@@ -613,10 +450,6 @@ int cmd_fleet(int argc, char **argv) {
     if (!strcmp(sub, "result")) return cmd_result(argc - 1, argv + 1, &c);
     if (!strcmp(sub, "status")) return cmd_status(argc - 1, argv + 1, &c);
     if (!strcmp(sub, "events")) return cmd_events(argc - 1, argv + 1, &c);
-    if (!strcmp(sub, "work")) {
-        c.retry_ms = -1;
-        return cmd_work(argc - 1, argv + 1, &c);
-    }
     fprintf(stderr, "sdxl fleet: unknown subcommand '%s'\n", sub);
     return usage(stderr);
 }

@@ -10,7 +10,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "fleet/runner.h"
 
 #define TMP_DIR ".fleet-tmp"
 
@@ -22,6 +21,13 @@ typedef struct eng_runner {
     sdxl_fleet_sink *sink;  /* of the running job */
     char model[128];
 } eng_runner;
+
+/* The seed of a job without one: 31 bits of FNV-1a of its id (fits the orchestrator's int32). */
+static int64_t job_seed(const char *id) {
+    uint64_t h = 1469598103934665603ULL;
+    for (const unsigned char *c = (const unsigned char *)id; *c; c++) h = (h ^ *c) * 1099511628211ULL;
+    return (int64_t)(h & 0x7fffffff);
+}
 
 static void on_event(void *user, const sdxl_event *ev) {
     eng_runner *er = user;
@@ -61,7 +67,7 @@ static int eng_run(void *user, const char *id, const char *request, const char *
         return fail(out, "invalid_request", msg);
     }
     /* the same names and seeds on every delivery of this job */
-    if (rq.g.seed < 0) rq.g.seed = sdxl_fleet_job_seed(id);
+    if (rq.g.seed < 0) rq.g.seed = job_seed(id);
     rq.save_path = TMP_DIR;
     rq.file_prefix = sdxl_svc_request_strdup(&rq, id);
     char eid[40] = "";
@@ -189,6 +195,17 @@ int sdxl_fleet_engine_run(sdxl_engine *eng, sdxl_fleet_worker_params *p, const c
     sdxl_logger lg = {.fn = log_line, .level = SDXL_LOG_INFO};
     if (!p->log) p->log = &lg;
     sweep_tmp(er.root);
+    /* take jobs only once the default model is loaded: a job is never held through a cold load */
+    if (default_model && *default_model) {
+        double load_s = 0;
+        uint64_t bytes = 0;
+        char resolved[1024], err[512];
+        if (sdxl_engine_load(eng, default_model, NULL, NULL, &load_s, &bytes, resolved, sizeof resolved, err,
+                             sizeof err))
+            SDXL_WARN(p->log, "model not preloaded (the first job loads it): %s", err);
+        else
+            SDXL_INFO(p->log, "%s loaded in %.2f s", resolved, load_s);
+    }
     sdxl_fleet_runner rn = {.user = &er, .run = eng_run, .cancel = eng_cancel, .model = er.model};
     int tok = sdxl_engine_subscribe(eng, on_event, &er);
     sdxl_err e;

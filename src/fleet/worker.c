@@ -12,6 +12,7 @@
 
 #define MAX_STREAMS 12
 #define MAX_HELD MAX_STREAMS
+#define MAX_WAITING 4 /* claimed entries a busy worker holds for after its current job */
 
 struct sdxl_fleet_sink {
     pthread_mutex_t mu;
@@ -119,6 +120,9 @@ static void *side_main(void *arg) {
     sdxl_redis_init(&r, &url);
     r.stop = &w->side_stop;
     int64_t renew_every = p->visibility_ms / 4 > 0 ? p->visibility_ms / 4 : 1;
+    int64_t scan_every = p->visibility_ms / 8 > 0 ? p->visibility_ms / 8 : 1;
+    /* idle workers get the first chance (their threshold is V/2) */
+    int64_t busy_idle = p->visibility_ms / 2 + scan_every;
     int ttl_s = (5 * p->heartbeat_ms + 999) / 1000;
     int64_t last_renew = 0, last_hb = 0, last_claim = sdxl_now_ms();
     unsigned seen = 0;
@@ -157,18 +161,19 @@ static void *side_main(void *arg) {
         }
         /* a busy worker takes over one stopped worker's job, so that a claim never waits for a
          * free worker; it runs after the current job */
-        if (now - last_claim >= renew_every) {
+        if (now - last_claim >= scan_every) {
             pthread_mutex_lock(&w->mu);
-            int busy = w->current[0] != 0 && w->n_held <= 1;
+            int busy = w->current[0] != 0 && w->n_held <= MAX_WAITING;
             pthread_mutex_unlock(&w->mu);
             for (int i = 0; busy && i < w->n_streams; i++) {
                 sdxl_fleet_entry en;
-                if (sdxl_fleet_claim(&r, w->id, w->streams[i], p->visibility_ms / 2, &en, &e) != 1) continue;
+                if (sdxl_fleet_claim(&r, w->id, w->streams[i], busy_idle, &en, &e) != 1) continue;
                 sdxl_fleet_note_claim(&r, w->prefix, w->id, &en, &e);
                 pthread_mutex_lock(&w->mu);
                 if (w->n_held < MAX_HELD) w->held[w->n_held++] = en;
                 pthread_mutex_unlock(&w->mu);
-                SDXL_INFO(p->log, "fleet worker %s: claimed job %s of a stopped worker; runs next", w->id, en.id);
+                SDXL_INFO(p->log, "fleet worker %s: claimed job %s of a stopped worker; runs after the current job",
+                          w->id, en.id);
                 break;
             }
             last_claim = now;
@@ -343,7 +348,7 @@ int sdxl_fleet_worker_run(const sdxl_fleet_worker_params *p, const sdxl_fleet_ru
     if (!rc) SDXL_INFO(p->log, "fleet worker %s: reading %s (+%d more) on %s:%d", w->id, w->streams[0],
                        w->n_streams - 1, url.host, url.port);
 
-    int64_t quarter = p->visibility_ms / 4 > 0 ? p->visibility_ms / 4 : 1;
+    int64_t eighth = p->visibility_ms / 8 > 0 ? p->visibility_ms / 8 : 1;
     int64_t last_scan = 0, last_job = sdxl_now_ms();
     long jobs = 0;
     int reconnects = 0;
@@ -357,7 +362,7 @@ int sdxl_fleet_worker_run(const sdxl_fleet_worker_params *p, const sdxl_fleet_ru
         sdxl_fleet_entry got[MAX_STREAMS];
         int n = 0;
         /* jobs of stopped workers first: they are the oldest */
-        if (sdxl_now_ms() - last_scan >= quarter) {
+        if (sdxl_now_ms() - last_scan >= eighth) {
             for (int i = 0; i < w->n_streams && !n; i++) {
                 int c = sdxl_fleet_claim(&r, w->id, w->streams[i], p->visibility_ms / 2, &got[0], e);
                 if (c < 0 || (c == 1 && sdxl_fleet_note_claim(&r, w->prefix, w->id, &got[0], e))) {
@@ -370,7 +375,7 @@ int sdxl_fleet_worker_run(const sdxl_fleet_worker_params *p, const sdxl_fleet_ru
         }
         if (rc) break;
         if (!n) {
-            int block = (int)(quarter < 2000 ? quarter : 2000);
+            int block = (int)(eighth < 2000 ? eighth : 2000);
             n = sdxl_fleet_read(&r, w->id, w->stream_ptrs, w->n_streams, block, got, e);
             if (n < 0) {
                 rc = -1;

@@ -4,9 +4,10 @@
  * progress and keeps the heartbeat key alive, so a worker that dies loses its hold within the
  * visibility timeout and a live worker claims the job.
  *
- * Visibility timeout V: holds are renewed every V/4, entries idle for V/2 are claimed, and idle
- * workers look for such entries every V/4, so a stopped worker's job is claimed within 3V/4 of its
- * death whenever a worker is free. */
+ * Visibility timeout V: holds are renewed every V/4. Every V/8, idle workers claim entries idle
+ * for V/2 or more, and busy workers (from the side thread, up to 4 waiting, run after the current
+ * job) entries idle for 5V/8. So a stopped worker's job is claimed within 5V/8 of its death when a
+ * worker is idle, within 3V/4 when all are busy, provided some worker has room to take it. */
 #ifndef SDXL_FLEET_WORKER_H
 #define SDXL_FLEET_WORKER_H
 

@@ -1,34 +1,63 @@
-# Fleet chaos: while 30 jobs run on 3 workers, kill -9 a random worker at a random moment, 10 times,
-# restarting each at once under a new id. Every job finishes exactly once (one done event, no
+# Fleet chaos: while 30 jobs (arriving one every 0.8 s) run on 3 workers, kill -9 a random worker that runs a job, at a random
+# moment of it, 10 times, restarting each at once under a new id (a kill waits until two workers
+# are up). Every job finishes exactly once (one done event, no
 # failure, nothing pending), its image equals the single-worker run, and each job held by a killed
 # worker is claimed by another within the visibility timeout of the kill.
 # usage: chaos.sh SDXL MODELS_DIR WORK REF_DIR
 . "$(dirname "$0")/lib.sh"
-SDXL=$1; M=$2/tiny_sd_xl_base.safetensors; W=$3; REF=$4
+SDXL=$1; MD=$2; W=$3; REF=$4
 [ -d "$REF" ] || fail "no reference images in $REF (fleet_jobs makes them)"
 rm -rf "$W"; mkdir -p "$W"
 fleet_redis "$W"
-N=30; V=2000; KILLS=10
+N=30; V=3000; KILLS=10
 declare -A pid
 cleanup() { for p in "${pid[@]}"; do { kill -9 "$p"; wait "$p"; } 2> /dev/null; done; stop_redis; }
 trap cleanup EXIT
 start() { # start SLOT ID
-  "$SDXL" fleet work --redis "$URL" --prefix "$PREFIX" -m "$M" -o "$W/out" -t 1 --id "$2" \
-    --visibility-ms $V --max-deliveries 50 --idle-exit-ms 3000 2> "$W/$2.log" &
+  "$SDXL" worker --redis "$URL" --fleet-prefix "$PREFIX" --models-dir "$MD" -m tiny_sd_xl_base --output-root "$W/out" -t 1 --worker-id "$2" \
+    --visibility-ms $V --max-deliveries 50 --heartbeat-ms 50 --idle-exit-ms 4000 2> "$W/$2.log" &
   pid[$1]=$!
 }
-requests $N | "$SDXL" fleet submit --redis "$URL" --prefix "$PREFIX" --id-prefix j > "$W/ids.txt" || fail "submit"
 for s in 1 2 3; do start $s "s$s-0"; done
+# jobs arrive one every 0.8 s, so that they are still running when the later kills land
+requests $N > "$W/requests.txt"
+seq 1 $N | sed 's/^/j/' > "$W/ids.txt"
+( for k in $(seq 1 $N); do
+    sed -n "${k}p" "$W/requests.txt" | "$SDXL" fleet submit --redis "$URL" --prefix "$PREFIX" --id "j$k" > /dev/null || exit 1
+    sleep 0.8
+  done ) &
+feeder=$!
 : > "$W/kills.txt"
-for k in $(seq 1 $KILLS); do
-  sleep "0.$(( 100 + $(rand) % 500 ))"
-  s=$(( 1 + $(rand) % 3 ))
-  id=$(ps -o args= -p "${pid[$s]}" | sed 's/.*--id \([^ ]*\).*/\1/')
+# each kill: a random worker among those running a job, at a random moment of that job
+running() { # ids of workers whose heartbeat says running
+  "$SDXL" fleet status --redis "$URL" --prefix "$PREFIX" --json | grep -o '"id":"[^"]*","host":"[^"]*","pid":[0-9]*,"model":"[^"]*","streams":\[[^]]*\],"state":"running"' |
+    sed 's/"id":"\([^"]*\)".*/\1/'
+}
+k=0
+while [ $k -lt $KILLS ]; do
+  mapfile -t cand < <(running)
+  if [ ${#cand[@]} = 0 ]; then
+    [ "$("$SDXL" fleet status --redis "$URL" --prefix "$PREFIX" --json | grep -o '"done":[0-9]*' | head -1)" = "\"done\":$N" ] && break
+    sleep 0.02; continue
+  fi
+  id=${cand[$(( $(rand) % ${#cand[@]} ))]}
+  s=${id%%-*}; s=${s#s}
+  [ "$(ps -o args= -p "${pid[$s]}" | sed 's/.*--worker-id \([^ ]*\).*/\1/')" = "$id" ] || continue
+  sleep "0.$(printf %03d $(( $(rand) % 200 )))"
+  k=$(( k + 1 ))
   t=$(now_ms)
   { kill -9 "${pid[$s]}"; wait "${pid[$s]}"; } 2> /dev/null
   echo "$id $t" >> "$W/kills.txt"
   start $s "s$s-$k"
+  # workers join once their model is loaded (their heartbeat appears): kill again only while at
+  # least two are up, so that someone is there to claim
+  for _ in $(seq 2400); do
+    [ "$("$SDXL" fleet status --redis "$URL" --prefix "$PREFIX" --json | grep -o '"id":"s[0-9]*-[0-9]*"' | wc -l)" -ge 2 ] && break
+    sleep 0.05
+  done
 done
+[ $k = $KILLS ] || fail "only $k kills landed before the jobs ran out"
+wait $feeder || fail "submit"
 "$SDXL" fleet wait --redis "$URL" --prefix "$PREFIX" --timeout 180 - < "$W/ids.txt" > "$W/results.jsonl" || fail "not every job finished"
 for s in 1 2 3; do wait "${pid[$s]}" 2> /dev/null; done
 pid=()

@@ -4,7 +4,7 @@
 # job whose worker dies on every delivery ends in the dead-letter stream as worker_crashed.
 # usage: jobs.sh SDXL MODELS_DIR WORK
 . "$(dirname "$0")/lib.sh"
-SDXL=$1; M=$2/tiny_sd_xl_base.safetensors; W=$3
+SDXL=$1; MD=$2; W=$3
 rm -rf "$W"; mkdir -p "$W"
 fleet_redis "$W"
 pids=()
@@ -13,14 +13,14 @@ trap cleanup EXIT
 N=30
 work() { # work ID PREFIX OUT [options]: one worker in the background, log in $W/ID.log
   local id=$1 pre=$2 out=$3; shift 3
-  "$SDXL" fleet work --redis "$URL" --prefix "$pre" -m "$M" -o "$out" -t 1 --id "$id" "$@" 2> "$W/$id.log" &
+  "$SDXL" worker --redis "$URL" --fleet-prefix "$pre" --models-dir "$MD" -m tiny_sd_xl_base --output-root "$out" -t 1 --worker-id "$id" "$@" 2> "$W/$id.log" &
   pids+=($!)
 }
 
 # single-worker reference
 requests $N | "$SDXL" fleet submit --redis "$URL" --prefix "${PREFIX}s" --id-prefix j > "$W/ids_s.txt" || fail "submit"
-"$SDXL" fleet work --redis "$URL" --prefix "${PREFIX}s" -m "$M" -o "$W/ref" -t 1 --id single --max-jobs $N 2> "$W/single.log" \
-  || fail "single worker: $(tail -3 "$W/single.log")"
+"$SDXL" worker --redis "$URL" --fleet-prefix "${PREFIX}s" --models-dir "$MD" -m tiny_sd_xl_base --output-root "$W/ref" -t 1 --worker-id single \
+  --idle-exit-ms 1500 2> "$W/single.log" || fail "single worker: $(tail -3 "$W/single.log")"
 "$SDXL" fleet wait --redis "$URL" --prefix "${PREFIX}s" --timeout 60 - < "$W/ids_s.txt" > /dev/null || fail "single-worker jobs"
 
 # back-pressure: 30 queued and no worker yet, the 31st is refused at --max-queue 30
@@ -57,14 +57,15 @@ echo "3 workers: $N jobs in $(( t1 - t0 )) ms, each done exactly once, images eq
 # an invalid request fails with a clear error and does not come back
 echo '{"prompt":"bad size","width":100,"height":64,"steps":2}' |
   "$SDXL" fleet submit --redis "$URL" --prefix "${PREFIX}d" --id bad > /dev/null || fail "submit bad"
-"$SDXL" fleet work --redis "$URL" --prefix "${PREFIX}d" -m "$M" -o "$W/outd" -t 1 --id wbad --max-jobs 1 2> "$W/wbad.log" || fail "worker on a bad request"
+"$SDXL" worker --redis "$URL" --fleet-prefix "${PREFIX}d" --models-dir "$MD" -m tiny_sd_xl_base --output-root "$W/outd" -t 1 --worker-id wbad \
+  --idle-exit-ms 1000 2> "$W/wbad.log" || fail "worker on a bad request"
 "$SDXL" fleet result --redis "$URL" --prefix "${PREFIX}d" bad > "$W/bad.json"
 grep -q '"state":"failed"' "$W/bad.json" && grep -q '"error_code":"invalid_request"' "$W/bad.json" && grep -q 'width' "$W/bad.json" \
   || fail "invalid request: $(cat "$W/bad.json")"
 echo "invalid request: $(grep -o '"error":"[^"]*"' "$W/bad.json")"
 
 # dead letter: the job's worker is killed on each of its 2 allowed deliveries; the 3rd fails it
-echo '{"prompt":"a job that kills its worker","width":256,"height":256,"steps":200,"seed":7}' |
+echo '{"prompt":"a job that kills its worker","width":256,"height":256,"steps":120,"seed":7}' |
   "$SDXL" fleet submit --redis "$URL" --prefix "${PREFIX}d" --id crash > /dev/null || fail "submit crash"
 for k in 1 2 3; do
   work "k$k" "${PREFIX}d" "$W/outd" --visibility-ms 1000 --max-deliveries 2 --idle-exit-ms 3000

@@ -3,6 +3,8 @@
 # loopback port in the test's work dir; without redis-server the test is skipped (exit 77).
 
 set -u
+# Several single-threaded workers share 2 cores: no OpenMP pool, no spinning waits.
+export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive
 fail() { echo "FAIL: $*" >&2; exit 1; }
 now_ms() { date +%s%3N; }
 rand() { od -An -N2 -tu2 /dev/urandom | tr -d ' '; } # 0..65535

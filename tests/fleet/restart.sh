@@ -4,7 +4,7 @@
 # the jobs they were running, and every job ends done exactly once with the single-worker image.
 # usage: restart.sh SDXL MODELS_DIR WORK REF_DIR
 . "$(dirname "$0")/lib.sh"
-SDXL=$1; M=$2/tiny_sd_xl_base.safetensors; W=$3; REF=$4
+SDXL=$1; MD=$2; W=$3; REF=$4
 [ -d "$REF" ] || fail "no reference images in $REF (fleet_jobs makes them)"
 rm -rf "$W"; mkdir -p "$W"
 start_redis "$W/redis" --appendonly yes --appendfsync always --save ''
@@ -22,7 +22,7 @@ wait_done() { # wait_done K: until at least K jobs are done
 }
 requests $N | "$SDXL" fleet submit --redis "$URL" --prefix "$PREFIX" --id-prefix j > "$W/ids.txt" || fail "submit"
 for w in w1 w2 w3; do
-  "$SDXL" fleet work --redis "$URL" --prefix "$PREFIX" -m "$M" -o "$W/out" -t 1 --id $w --visibility-ms $V \
+  "$SDXL" worker --redis "$URL" --fleet-prefix "$PREFIX" --models-dir "$MD" -m tiny_sd_xl_base --output-root "$W/out" -t 1 --worker-id $w --visibility-ms $V \
     --idle-exit-ms 6000 2> "$W/$w.log" &
   pids+=($!)
 done
