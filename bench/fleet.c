@@ -6,8 +6,8 @@
  *   bench-fleet [--redis URL] [--sdxl ./build/sdxl] [--model tests/data/golden/models/tiny_sd_xl_base.safetensors]
  *               [--jobs 30] [--workers 1,2,3] [--size 128] [--steps 8] [--threads 1] [--ops 2000]
  *
- * Throughput runs from the first job's start to the last job's finish; each worker's first job
- * includes its model load (the engine loads lazily), so jobs/min is a little low for few jobs. On
+ * Throughput runs from the first job's start to the last job's finish (workers load the model
+ * before they take jobs). On
  * a machine with fewer cores than workers x threads, more workers show the queue's overhead and
  * the CPU contention, not scaling. Run from the repository root. */
 #include <fcntl.h>
