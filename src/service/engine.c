@@ -1,6 +1,7 @@
 /* The job engine: queue, runner thread, journal, model cache, events. See engine.h. */
 #include "service/engine.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -823,6 +824,26 @@ static void out_path(sdxl_engine *eng, const job *j, int i, char *buf, size_t ca
     else snprintf(buf, cap, "%s/%s_%s_%d.%s", dir, prefix, j->info.id, i + 1, ext);
 }
 
+/* A run killed while writing may have left a temporary sibling of an output (name.PID.X.tmp):
+ * remove those of this job before it runs again. */
+static void remove_stale(sdxl_engine *eng, const job *j) {
+    char path[2048], dir[2048];
+    out_path(eng, j, 0, path, sizeof path, dir, sizeof dir);
+    char pre[128];
+    snprintf(pre, sizeof pre, "%s_%s_", j->req.file_prefix ? j->req.file_prefix : "sdxl", j->info.id);
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        size_t n = strlen(de->d_name);
+        if (strncmp(de->d_name, pre, strlen(pre)) || n < 4 || strcmp(de->d_name + n - 4, ".tmp")) continue;
+        char full[4096];
+        snprintf(full, sizeof full, "%s/%s", dir, de->d_name);
+        unlink(full);
+    }
+    closedir(d);
+}
+
 /* Loads init image / mask from a path inside the input roots or from base64. */
 static int load_image(sdxl_engine *eng, const char *ref, int channels, const char *what, sdxl_image *out,
                       sdxl_err *e) {
@@ -886,6 +907,7 @@ static void run_group(sdxl_engine *eng, job **jobs, int n) {
         pthread_mutex_unlock(&eng->mu);
         return;
     }
+    for (int i = 0; i < n; i++) remove_stale(eng, jobs[i]);
     progress_phase(&rc, "load", 0, 1);
     pthread_mutex_lock(&eng->cache_mu);
     int hit = 0;
@@ -971,7 +993,9 @@ static void run_group(sdxl_engine *eng, job **jobs, int n) {
         else st = sdxl_svc_batch_generate(me->m, gp, n, &rc.cancel, &tr, &eng->log, &res, &e);
         if (st != SDXL_ERR_NOMEM || rung >= 3) break;
         /* out-of-memory ladder: halve the batch (down to one image), then smaller VAE and attention work */
-        int was = res.st.sub_batch > 0 ? res.st.sub_batch : (cap > 0 ? cap : 2);
+        int total = 0;
+        for (int i = 0; i < n; i++) total += jobs[i]->info.n_images;
+        int was = cap > 0 ? cap : total;
         SDXL_WARN(&eng->log, "job %s: %s; retrying with a smaller batch", j0->info.id, e.msg);
         rung++;
         cap = was > 1 ? was / 2 : 1;
@@ -1014,8 +1038,17 @@ static void run_group(sdxl_engine *eng, job **jobs, int n) {
             if (j->timed_out) {
                 jst = SDXL_JOB_FAILED;
                 snprintf(msg, sizeof msg, "timed out after %.0f s", j->req.timeout_s > 0 ? j->req.timeout_s : eng->cfg.default_timeout_s);
-            } else if (cancelled && !j->cancel) {
-                snprintf(msg, sizeof msg, "cancelled with another job of its batch; re-queue it");
+            } else if (cancelled && !j->cancel && !eng->stop) {
+                /* another job of its merged batch was cancelled or timed out: this one runs again */
+                pthread_mutex_lock(&eng->mu);
+                j->info.state = SDXL_JOB_QUEUED;
+                char jerr[256];
+                if (eng->journal && sdxl_journal_requeue(eng->journal, j->info.id, jerr, sizeof jerr))
+                    SDXL_ERROR(&eng->log, "%s", jerr);
+                pthread_cond_broadcast(&eng->work_cv);
+                pthread_mutex_unlock(&eng->mu);
+                img0 += ni;
+                continue;
             } else {
                 snprintf(msg, sizeof msg, "%s", e.msg);
             }

@@ -87,7 +87,7 @@ typedef struct sdxl_job_metrics {
     int sub_batch, n_sub_batches;
     int merged_jobs;              /* jobs in the UNet batch this job ran in (1 = alone) */
     int unet_calls;               /* UNet forwards of the batch this job ran in */
-    int rung;                     /* out-of-memory ladder: 0 none, 1 halved batch, 2 tiled VAE, 3 small attention tiles */
+    int rung;                     /* out-of-memory ladder rungs taken: 0 none; each rung halves the UNet batch (at most 3) */
     int attempts;                 /* runs started (2 after one crash) */
     double images_per_s;
     int cond_cache_hits;

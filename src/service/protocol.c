@@ -94,7 +94,7 @@ static void hello(sdxl_proto *p) {
                    "\"limits\":{\"max_side\":%d,\"max_steps\":%d,\"max_images\":%d,\"queue_limit\":%d,"
                    "\"max_line\":%zu,\"timeout_s\":%g,\"max_merge\":%d},"
                    "\"capabilities\":{\"ops\":[\"submit\",\"cancel\",\"status\",\"jobs\",\"models\",\"schedulers\","
-                   "\"memory\",\"metrics\",\"plan\",\"validate\",\"shutdown\"],\"events\":[\"accepted\",\"progress\","
+                   "\"memory\",\"metrics\",\"plan\",\"validate\",\"resume\",\"shutdown\"],\"events\":[\"accepted\",\"progress\","
                    "\"preview\",\"result\",\"error\"],\"dialects\":[\"native\",\"orchestrator\",\"orchestrator_csharp\","
                    "\"a1111_txt2img\",\"a1111_img2img\"],\"formats\":[\"png\",\"jpeg\",\"webp\"],\"journal\":%s,"
                    "\"batching\":%s,\"img2img\":true,\"inpaint\":true,\"refiner\":true,\"lora\":false,"
@@ -220,6 +220,7 @@ static const char *str_field(const sdxl_json *o, const char *k) {
 static int native_request(sdxl_proto *p, const sdxl_json *o, const char *reqid, sdxl_svc_request *r,
                           sdxl_svc_issues *is) {
     (void)p;
+    sdxl_svc_request_init(r);
     const sdxl_json *rq = sdxl_json_get(o, "request");
     sdxl_svc_dialect d = SDXL_DIALECT_NATIVE;
     const char *ds = str_field(o, "dialect");
@@ -399,6 +400,9 @@ static int native(sdxl_proto *p, const sdxl_json *o) {
         native_reply(p, "shutdown", reqid, wait ? "\"drained\":\"all\"" : "\"drained\":\"running\"");
         sdxl_sb_free(&b);
         return 1;
+    } else if (!strcmp(op, "resume")) {
+        sdxl_engine_resume(p->eng);
+        native_reply(p, "ok", reqid, "\"op\":\"resume\"");
     } else if (!strcmp(op, "hello")) {
         hello(p);
     } else {
@@ -412,11 +416,14 @@ static int native(sdxl_proto *p, const sdxl_json *o) {
 
 /* ---- orchestrator dialect -------------------------------------------------------------------------- */
 
-static void orch_fail(sdxl_proto *p, const char *msg) {
+/* A failure reply; "code" (one of the documented codes) is an extra key the C# side ignores. */
+static void orch_fail(sdxl_proto *p, const char *code, const char *msg) {
     sdxl_strbuf b = {0};
     sdxl_sb_str(&b, "{\"success\":false,\"error\":");
     sdxl_sb_json(&b, msg);
-    sdxl_sb_str(&b, ",\"data\":null}");
+    sdxl_sb_str(&b, ",\"data\":null,\"code\":");
+    sdxl_sb_json(&b, code);
+    sdxl_sb_str(&b, "}");
     put(p, &b);
 }
 
@@ -424,6 +431,10 @@ static void orch_ok(sdxl_proto *p, const char *data) {
     sdxl_strbuf b = {0};
     sdxl_sb_printf(&b, "{\"success\":true,\"error\":null,\"data\":%s}", data);
     put(p, &b);
+}
+
+static const char *name_code(const char *err) {
+    return strstr(err, "refused") ? "path_refused" : strstr(err, "not found") ? "model_not_found" : "bad_value";
 }
 
 static void gpu_id(sdxl_proto *p, char *buf, size_t cap) { snprintf(buf, cap, "gpu_%d", p->device_index); }
@@ -450,19 +461,19 @@ static void orch_generate(sdxl_proto *p, sdxl_svc_request *r, int basic) {
     if (sdxl_engine_submit(p->eng, r, 0, id, &is)) {
         char msg[2048];
         sdxl_svc_issues_join(&is, msg, sizeof msg);
-        orch_fail(p, msg);
+        orch_fail(p, is.items[0].code, msg);
         return;
     }
     sdxl_job_info ji;
     if (sdxl_engine_wait(p->eng, id, 0, &ji)) {
-        orch_fail(p, "the job vanished (out of memory?)");
+        orch_fail(p, "internal", "the job vanished (out of memory?)");
         return;
     }
     if (ji.state != SDXL_JOB_DONE) {
         char msg[700];
         snprintf(msg, sizeof msg, "%s%s%s", ji.error_field[0] ? ji.error_field : "", ji.error_field[0] ? ": " : "",
                  ji.error[0] ? ji.error : ji.error_code);
-        orch_fail(p, msg);
+        orch_fail(p, ji.error_code[0] ? ji.error_code : "internal", msg);
         sdxl_job_info_free(&ji);
         return;
     }
@@ -500,7 +511,7 @@ static void orch_generate(sdxl_proto *p, sdxl_svc_request *r, int basic) {
         sdxl_sb_str(&b, "]}");
     }
     sdxl_job_info_free(&ji);
-    if (b.oom) orch_fail(p, "out of memory");
+    if (b.oom) orch_fail(p, "nomem", "out of memory");
     else orch_ok(p, b.p);
     sdxl_sb_free(&b);
 }
@@ -512,21 +523,21 @@ static int orch_parse(sdxl_proto *p, const sdxl_json *obj, const char *what, sdx
         char msg[128];
         snprintf(msg, sizeof msg, "%s: required (an object)", what);
         sdxl_svc_request_init(r);
-        orch_fail(p, msg);
+        orch_fail(p, "missing_field", msg);
         return SDXL_ERR_ARG;
     }
     if (obj->type != SDXL_JSON_OBJECT) {
         char msg[128];
         snprintf(msg, sizeof msg, "%s: must be an object", what);
         sdxl_svc_request_init(r);
-        orch_fail(p, msg);
+        orch_fail(p, "wrong_type", msg);
         return SDXL_ERR_ARG;
     }
     int st = sdxl_svc_request_parse(obj, d, r, is);
     if (st) {
         char msg[2048];
         sdxl_svc_issues_join(is, msg, sizeof msg);
-        orch_fail(p, msg);
+        orch_fail(p, is->items[0].code, msg);
     }
     return st;
 }
@@ -587,7 +598,7 @@ static void orchestrator(sdxl_proto *p, const sdxl_json *o) {
     const sdxl_json *ac = sdxl_json_get(o, "action");
     const sdxl_json *disp = mt && mt->type != SDXL_JSON_NULL ? mt : ac;
     if (!disp || disp->type != SDXL_JSON_STRING) {
-        orch_fail(p, disp == mt ? "message_type: must be a string" : "action: must be a string");
+        orch_fail(p, "wrong_type", disp == mt ? "message_type: must be a string" : "action: must be a string");
         return;
     }
     const char *a = disp->str;
@@ -595,11 +606,12 @@ static void orchestrator(sdxl_proto *p, const sdxl_json *o) {
     gpu_id(p, gid, sizeof gid);
     sdxl_svc_issues is = {0};
     sdxl_svc_request r;
+    sdxl_svc_request_init(&r);
     if (!strcmp(a, "initialize")) {
         const sdxl_json *di = sdxl_json_get(o, "device_index");
         if (di && di->type != SDXL_JSON_NULL) {
             if (di->type != SDXL_JSON_NUMBER || !di->is_int || di->integer < 0 || di->integer > 1024) {
-                orch_fail(p, "device_index: must be an integer 0..1024");
+                orch_fail(p, di->type != SDXL_JSON_NUMBER ? "wrong_type" : "out_of_range", "device_index: must be an integer 0..1024");
                 return;
             }
             p->device_index = (int)di->integer;
@@ -613,13 +625,14 @@ static void orchestrator(sdxl_proto *p, const sdxl_json *o) {
         const char *path = str_field(o, "model_path");
         const sdxl_json *mp = sdxl_json_get(o, "model_path");
         if (!path) {
-            orch_fail(p, mp && mp->type != SDXL_JSON_NULL ? "model_path: must be a string" : "model_path: required");
+            orch_fail(p, mp && mp->type != SDXL_JSON_NULL ? "wrong_type" : "missing_field",
+                      mp && mp->type != SDXL_JSON_NULL ? "model_path: must be a string" : "model_path: required");
             return;
         }
         const sdxl_json *mtv = sdxl_json_get(o, "model_type");
         const char *type = mtv && mtv->type == SDXL_JSON_STRING ? mtv->str : "SDXL";
         if (mtv && mtv->type != SDXL_JSON_STRING && mtv->type != SDXL_JSON_NULL) {
-            orch_fail(p, "model_type: must be a string");
+            orch_fail(p, "wrong_type", "model_type: must be a string");
             return;
         }
         const char *mid = str_field(o, "model_id");
@@ -629,7 +642,7 @@ static void orchestrator(sdxl_proto *p, const sdxl_json *o) {
         char id[256];
         if (!strcasecmp(type, "VAE")) {
             if (sdxl_engine_resolve(p->eng, "vae", path, resolved, sizeof resolved, err, sizeof err)) {
-                orch_fail(p, err);
+                orch_fail(p, name_code(err), err);
                 return;
             }
             snprintf(p->vae, sizeof p->vae, "%s", resolved);
@@ -642,13 +655,13 @@ static void orchestrator(sdxl_proto *p, const sdxl_json *o) {
         } else if (!strcasecmp(type, "LoRA") || !strcasecmp(type, "ControlNet")) {
             if (sdxl_engine_resolve(p->eng, !strcasecmp(type, "LoRA") ? "lora" : "control", path, resolved,
                                     sizeof resolved, err, sizeof err)) {
-                orch_fail(p, err);
+                orch_fail(p, name_code(err), err);
                 return;
             }
         } else {
             if (sdxl_engine_load(p->eng, path, NULL, p->vae[0] ? p->vae : NULL, &load_s, &bytes, resolved,
                                  sizeof resolved, err, sizeof err)) {
-                orch_fail(p, err);
+                orch_fail(p, strstr(err, "refused") || strstr(err, "not found") ? name_code(err) : "model_load", err);
                 return;
             }
             snprintf(p->model_path, sizeof p->model_path, "%s", resolved);
@@ -731,7 +744,7 @@ static void orchestrator(sdxl_proto *p, const sdxl_json *o) {
             if (!st) sdxl_job_plan_json(&plan, &b);
             else sdxl_sb_str(&b, "null");
             sdxl_sb_str(&b, "}}");
-            if (b.oom) orch_fail(p, "out of memory");
+            if (b.oom) orch_fail(p, "nomem", "out of memory");
             else orch_ok(p, b.p);
             sdxl_sb_free(&b);
         } else if (orch_parse(p, rq && rq->type != SDXL_JSON_NULL ? rq : NULL, "request", SDXL_DIALECT_ORCH_CSHARP, &r,
@@ -750,7 +763,7 @@ static void orchestrator(sdxl_proto *p, const sdxl_json *o) {
     } else {
         char msg[160];
         snprintf(msg, sizeof msg, "unknown %s \"%.60s\"", disp == mt ? "message_type" : "action", a);
-        orch_fail(p, msg);
+        orch_fail(p, "unknown_op", msg);
     }
 }
 

@@ -869,6 +869,39 @@ static sdxl_svc_dialect detect(const sdxl_json *o) {
     return SDXL_DIALECT_NATIVE;
 }
 
+/* The checks run on the struct and name canonical fields; report them as the dialect spells them. */
+static void dialect_path(sdxl_svc_dialect d, char *field, size_t cap) {
+    static const char *const payload[][2] = {
+        {"width", "dimensions.width"}, {"height", "dimensions.height"}, {"steps", "hyperparameters.num_inference_steps"},
+        {"cfg_scale", "hyperparameters.guidance_scale"}, {"sampler", "scheduler"}, {"model", "models.base"},
+        {"refiner", "models.refiner"}, {"vae", "models.vae"}, {"format", "output.format"},
+        {"save_path", "output.save_path"}, {"upscale.method", "output.upscale.method"}, {"loras", "lora.models"},
+        {"batch_count", "batch.size"}, {NULL, NULL}};
+    static const char *const csharp[][2] = {
+        {"width", "Hyperparameters.Width"}, {"height", "Hyperparameters.Height"}, {"steps", "Scheduler.Steps"},
+        {"cfg_scale", "Hyperparameters.GuidanceScale"}, {"sampler", "Scheduler.Type"}, {"model", "Model.Base"},
+        {"refiner", "Model.Refiner"}, {"vae", "Model.Vae"}, {"format", "Output.Format"},
+        {"save_path", "Output.SavePath"}, {"upscale.method", "PostProcessing.Model"}, {"loras", "Conditioning.LoRAs"},
+        {"controls", "Conditioning.ControlNets"}, {"batch_count", "Hyperparameters.BatchSize"}, {NULL, NULL}};
+    static const char *const a1111[][2] = {
+        {"sampler", "sampler_name"}, {"model", "override_settings.sd_model_checkpoint"},
+        {"vae", "override_settings.sd_vae"}, {"init_image", "init_images[0]"}, {"batch_count", "n_iter"},
+        {NULL, NULL}};
+    const char *const(*t)[2] = d == SDXL_DIALECT_ORCH_PAYLOAD ? payload
+                               : d == SDXL_DIALECT_ORCH_CSHARP ? csharp
+                               : d == SDXL_DIALECT_A1111_TXT2IMG || d == SDXL_DIALECT_A1111_IMG2IMG ? a1111
+                                                                                                     : NULL;
+    for (int i = 0; t && t[i][0]; i++) {
+        size_t n = strlen(t[i][0]);
+        if (!strncmp(field, t[i][0], n) && (field[n] == 0 || field[n] == '[' || field[n] == '.')) {
+            char rest[96];
+            snprintf(rest, sizeof rest, "%s", field + n);
+            snprintf(field, cap, "%s%s", t[i][1], rest);
+            return;
+        }
+    }
+}
+
 int sdxl_svc_request_parse(const sdxl_json *obj, sdxl_svc_dialect d, sdxl_svc_request *r, sdxl_svc_issues *is) {
     sdxl_svc_request_init(r);
     int before = is->n;
@@ -888,7 +921,9 @@ int sdxl_svc_request_parse(const sdxl_json *obj, sdxl_svc_dialect d, sdxl_svc_re
     default: parse_native(&c, obj); break;
     }
     if (r->storage && ((store *)r->storage)->oom) sdxl_svc_issue_add(is, "nomem", "", "out of memory");
+    int first_check = is->n;
     sdxl_svc_request_validate(r, is);
+    for (int i = first_check; i < is->n; i++) dialect_path(d, is->items[i].field, sizeof is->items[i].field);
     return is->n > before ? SDXL_ERR_ARG : SDXL_OK;
 }
 
@@ -1013,7 +1048,7 @@ int sdxl_svc_request_validate(const sdxl_svc_request *r, sdxl_svc_issues *is) {
         char f[48];
         snprintf(f, sizeof f, "controls[%d].image", i);
         check_image_ref(is, f, u->image);
-        if (!u->image && r->dialect == SDXL_DIALECT_NATIVE)
+        if (!u->image)
             sdxl_svc_issue_add(is, "missing_field", f, "a control unit needs an image");
         snprintf(f, sizeof f, "controls[%d].model", i);
         if (u->model) check_name(is, f, u->model);
