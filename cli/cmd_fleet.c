@@ -267,6 +267,8 @@ static int cmd_result(int argc, char **argv, common *c) {
         else return fprintf(stderr, "sdxl fleet result: unknown option: %s\n", argv[i]), EXIT_USAGE;
     }
     if (!id) return fprintf(stderr, "sdxl fleet result: a job id is required\n"), EXIT_USAGE;
+    sdxl_err e;
+    if (sdxl_fleet_check_name("job id", id, &e)) return fprintf(stderr, "sdxl fleet result: %s\n", e.msg), EXIT_USAGE;
     sdxl_redis r;
     if (open_redis(c, &r)) return EXIT_FAIL;
     int rc = print_job(&r, c, id, NULL);
@@ -301,6 +303,15 @@ static int cmd_wait(int argc, char **argv, common *c) {
         for (char *tok = strtok(text, " \t\r\n"); tok; tok = strtok(NULL, " \t\r\n")) ids[n++] = tok;
     }
     if (!n) return free(text), free(ids), fprintf(stderr, "sdxl fleet wait: no job id given\n"), EXIT_USAGE;
+    for (int i = 0; i < n; i++) {
+        sdxl_err ne;
+        if (sdxl_fleet_check_name("job id", ids[i], &ne)) {
+            fprintf(stderr, "sdxl fleet wait: %s\n", ne.msg);
+            free(text);
+            free(ids);
+            return EXIT_USAGE;
+        }
+    }
     sdxl_redis r;
     if (open_redis(c, &r)) return free(text), free(ids), EXIT_FAIL;
     int64_t t0 = sdxl_now_ms();

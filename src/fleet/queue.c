@@ -149,7 +149,7 @@ static int parse_entry(const redisReply *x, const char *stream, sdxl_fleet_entry
 
 int sdxl_fleet_read(sdxl_redis *r, const char *consumer, const char *const *streams, int n_streams, int block_ms,
                     sdxl_fleet_entry *out, sdxl_err *e) {
-    const char *argv[32];
+    const char *argv[10 + 2 * 12];
     char blk[32];
     if (n_streams < 1 || n_streams > 12) {
         sdxl_seterr(e, SDXL_ERR_ARG, "1..12 streams");
