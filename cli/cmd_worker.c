@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "fleet/engine_runner.h"
 #include "sdxl.h"
 #include "service/engine.h"
 #include "service/protocol.h"
@@ -81,6 +82,7 @@ static void usage(FILE *f) {
             "  --schema              print the request JSON Schema and exit\n"
             "  --codes               print the error codes and exit\n"
             "  -v                    log info to stderr\n");
+    fputs(sdxl_fleet_worker_usage(), f);
 }
 
 static int num_arg(const char *s, long lo, long hi, long *out) {
@@ -100,7 +102,13 @@ int cmd_worker(int argc, char **argv) {
     sdxl_proto_opts po;
     sdxl_proto_opts_init(&po);
     c.log_fn = log_stderr;
+    sdxl_fleet_worker_params fp;
+    sdxl_fleet_worker_params_init(&fp);
+    const char *fleet_models[12];
     for (int i = 1; i < argc; i++) {
+        int fk = sdxl_fleet_worker_option(&fp, fleet_models, argc, argv, &i);
+        if (fk < 0) return 2;
+        if (fk) continue;
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         long n = 0;
@@ -192,6 +200,10 @@ int cmd_worker(int argc, char **argv) {
     c.n_control_dirs = nc;
     c.input_dirs = inputs;
     c.n_input_dirs = ni;
+    if (fp.url && c.journal) {
+        fprintf(stderr, "sdxl worker: --journal and --redis: Redis holds the jobs of a fleet worker; drop --journal\n");
+        return 2;
+    }
 
     /* SIGINT/SIGTERM are blocked in every thread (cli/main.c); this thread alone receives them */
     sigctx sc;
@@ -216,6 +228,16 @@ int cmd_worker(int argc, char **argv) {
             pthread_join(sth, NULL);
         }
         return 1;
+    }
+    if (fp.url) {
+        int frc = sdxl_fleet_engine_run(eng, &fp, c.output_root, c.default_model, &sc.fired);
+        sdxl_engine_free(eng);
+        if (have_sth) {
+            if (!atomic_load(&sc.fired)) pthread_kill(sth, SIGUSR2);
+            pthread_join(sth, NULL);
+        }
+        pthread_mutex_destroy(&os.mu);
+        return frc;
     }
     sdxl_proto *proto = NULL;
     if (sdxl_proto_new(eng, &po, write_line, &os, &proto)) {
