@@ -587,10 +587,10 @@ int cmd_generate(int argc, char **argv) {
         goto out;
     }
     rc = EXIT_FAIL;
-    /* one request: each network is freed after its last use (LoRA merging and ControlNet units need
-     * every network converted when the request starts, so they keep the plain load) */
+    /* one request: each network is freed after its last use (LoRA merging, ControlNet units and the
+     * hires fix's two passes need every network converted throughout, so they keep the plain load) */
     o.mp.one_shot = !o.n_loras && !strstr(o.g.prompt ? o.g.prompt : "", "<lora:") &&
-                    !(o.g.prompt_2 && strstr(o.g.prompt_2, "<lora:")) && !o.g.n_loras && !o.n_units;
+                    !(o.g.prompt_2 && strstr(o.g.prompt_2, "<lora:")) && !o.g.n_loras && !o.n_units && !o.g.enable_hr;
     sdxl_status lst = sdxl_model_load(ctx, &o.mp, &m);
     if (lst != SDXL_OK) {
         fprintf(stderr, "sdxl generate: %s\n", sdxl_errmsg(ctx));

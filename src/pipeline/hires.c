@@ -192,6 +192,8 @@ int sdxl_pl_hires_check(const sdxl_gen_params *p, int w, int h, sdxl_err *e) {
 int sdxl_pl_hires(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile int *cancel, const sdxl_pl_trace *tr,
                   const sdxl_logger *log, sdxl_pl_result *out, sdxl_err *e) {
     memset(out, 0, sizeof *out);
+    if (m->one_shot)
+        return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "enable_hr: a one_shot model serves one pass; load it whole");
     int kind, st = upscaler_kind(p->hr_upscaler, &kind, e);
     if (st) return st;
     sdxl_gen_params p1 = *p;

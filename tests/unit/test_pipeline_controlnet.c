@@ -278,6 +278,7 @@ int main(void) {
         pi.init_image = init;
         pi.init_width = pi.init_height = SIDE;
         pi.strength = 0.5f;
+        pi.sampler = "EulerDiscreteScheduler"; /* diffusers' img2img: strength x steps steps (A1111's runs one more) */
         rec ri = own;
         ri.n_units = 1;
         ri.map[0] = 0;

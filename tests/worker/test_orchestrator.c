@@ -327,14 +327,15 @@ int main(int argc, char **argv) {
               0, NULL);
     if (v) CHECK(strstr(err_str(v), "upscale") && strstr(err_str(v), "Real-ESRGAN"), "upscale error names it: %s", err_str(v));
     sdxl_json_free(v);
-    /* LoRA: passes through; until LoRA merging is in the build, a clear error naming loras */
+    /* LoRA: passes through to the merge; a name that resolves to a file without LoRA tensors is a
+     * clear error naming the LoRA */
     v = ask_s(&w, "lora",
               "{\"message_type\":\"inference_request\",\"request_id\":\"00000000000000ad\",\"data\":{\"prompt\":\"x\","
               "\"model_name\":\"sdxl_base\",\"hyperparameters\":{\"num_inference_steps\":2,\"guidance_scale\":5,\"seed\":1,"
               "\"strength\":0.8},\"dimensions\":{\"width\":64,\"height\":64},\"lora\":{\"enabled\":true,\"models\":[{"
               "\"name\":\"sdxl_base\",\"weight\":0.8,\"adapter_name\":null}]}}}",
               -1, ENH);
-    if (v && !sdxl_json_bool(v, "success", 0)) CHECK(strstr(err_str(v), "lora") != NULL, "lora error names loras: %s", err_str(v));
+    if (v && !sdxl_json_bool(v, "success", 0)) CHECK(strcasestr(err_str(v), "lora") != NULL, "lora error names the LoRA: %s", err_str(v));
     sdxl_json_free(v);
     /* the C# object, PascalCase, under "request" and under "request_data" */
     static const char csharp[] =
