@@ -35,15 +35,6 @@ static double rel_max(const float *a, const float *b, size_t n) {
     return d / (mx > 0 ? mx : 1);
 }
 
-static double rel_elem(const float *a, const float *b, size_t n) {
-    double w = 0;
-    for (size_t i = 0; i < n; i++) {
-        double x = fabs((double)a[i] - b[i]) / fmax(fabs(b[i]), 1e-30);
-        if (!(x <= w)) w = x;
-    }
-    return w;
-}
-
 typedef struct toy {
     golden_set *s;
     const char *v;
@@ -122,7 +113,7 @@ static void run_variant(golden_ctx *g, golden_set *s, const char *v, const sdxl_
     size_t na = 0;
     float *ac = golden_f32(g, s, ack, NULL, NULL, &na);
     const sdxl_train_table *T = sdxl_ksampler_table(k);
-    if (ac && na == (size_t)T->n) golden_check(g, C, v, "alphas_cumprod_rel", rel_elem(T->alphas_cumprod, ac, na), 1e-6);
+    if (ac && na == (size_t)T->n) golden_check(g, C, v, "alphas_cumprod_rel", golden_max_rel(T->alphas_cumprod, ac, na, 1e-30), 1e-6);
     free(ac);
     /* the sigma list */
     int ns = 0;
@@ -132,7 +123,7 @@ static void run_variant(golden_ctx *g, golden_set *s, const char *v, const sdxl_
         size_t nr = 0;
         float *rs = golden_f32(g, s, key, NULL, NULL, &nr);
         if (rs && nr == (size_t)ns)
-            golden_check(g, C, v, "sigmas_rel", rel_elem(sig, rs, nr), 1e-6);
+            golden_check(g, C, v, "sigmas_rel", golden_max_rel(sig, rs, nr, 1e-30), 1e-6);
         else if (rs)
             golden_fail(g, C, v, "sigmas: %d values, reference %zu", ns, nr);
         free(rs);

@@ -34,16 +34,6 @@ static double rel_err(const float *a, const float *b, size_t n) {
     return d / (mx > 0 ? mx : 1);
 }
 
-/* per-element relative error with a floor, for schedule arrays that span 0.03..1000 */
-static double rel_elem(const float *a, const float *b, size_t n) {
-    double w = 0;
-    for (size_t i = 0; i < n; i++) {
-        double x = fabs((double)a[i] - b[i]) / fmax(fabs(b[i]), 1e-3);
-        if (!(x <= w)) w = x;
-    }
-    return w;
-}
-
 typedef struct toy {
     golden_ctx *g;
     golden_set *s;
@@ -351,7 +341,7 @@ static void check_schedule(golden_ctx *g, golden_set *s, const char *v, const sd
             if ((size_t)n != nt)
                 golden_fail(g, C, name, "timesteps: %d values, reference has %zu", n, nt);
             else
-                golden_check(g, C, name, "timesteps_rel", rel_elem(mine, ts, nt), 1e-6);
+                golden_check(g, C, name, "timesteps_rel", golden_max_rel(mine, ts, nt, 1e-3), 1e-6);
         }
         free(ts);
         char sk[200];
@@ -363,7 +353,7 @@ static void check_schedule(golden_ctx *g, golden_set *s, const char *v, const sd
                 if ((size_t)n != nt || !ms)
                     golden_fail(g, C, name, "sigmas: %d values, reference has %zu", n, nt);
                 else
-                    golden_check(g, C, name, "sigmas_rel", rel_elem(ms, sg, nt), 1e-6);
+                    golden_check(g, C, name, "sigmas_rel", golden_max_rel(ms, sg, nt, 1e-3), 1e-6);
             }
             free(sg);
         }
@@ -485,10 +475,10 @@ int golden_schedulers(golden_ctx *g) {
         sdxl_train_table_init(tab, bcfg.train_steps, bcfg.beta_kind, bcfg.beta_start, bcfg.beta_end, &e) == SDXL_OK) {
         size_t n = 0;
         float *ac = golden_f32(g, &s, "alphas_cumprod", NULL, NULL, &n);
-        if (ac && n == (size_t)tab->n) golden_check(g, C, "alphas_cumprod", "rel", rel_elem(tab->alphas_cumprod, ac, n), 0);
+        if (ac && n == (size_t)tab->n) golden_check(g, C, "alphas_cumprod", "rel", golden_max_rel(tab->alphas_cumprod, ac, n, 1e-3), 0);
         free(ac);
         float *b = golden_f32(g, &s, "betas", NULL, NULL, &n);
-        if (b && n == (size_t)tab->n) golden_check(g, C, "betas", "rel", rel_elem(tab->betas, b, n), 0);
+        if (b && n == (size_t)tab->n) golden_check(g, C, "betas", "rel", golden_max_rel(tab->betas, b, n, 1e-3), 0);
         free(b);
     } else {
         golden_fail(g, C, "base_config", "%s", e.msg);
