@@ -35,7 +35,7 @@ extern const size_t sdxl_srv_n_routes;
 
 enum { SRV_IDLE, SRV_SUSPENDED, SRV_READY };
 
-#define SRV_MAX_HEADERS 4
+#define SRV_MAX_HEADERS 8
 
 struct srv_req {
     sdxl_serve *srv;
@@ -57,7 +57,7 @@ struct srv_req {
     int status;
     sdxl_strbuf out;
     const char *ctype;
-    char hdr[SRV_MAX_HEADERS][2][96];
+    char hdr[SRV_MAX_HEADERS][2][320]; /* name, value (a Content-Security-Policy is long) */
     int n_hdr;
     char job[72]; /* job id for the access log */
     size_t bytes;

@@ -197,18 +197,21 @@ void h_jobs_list(srv_req *r) {
     }
     const char *state = srv_query(r, "state");
     const char *lim = srv_query(r, "limit");
+    const char *off = srv_query(r, "offset");
     int limit = lim ? atoi(lim) : 100;
     if (limit <= 0 || limit > 10000) limit = 100;
+    long offset = off ? strtol(off, NULL, 10) : 0; /* pages: the first `offset` matching jobs are skipped */
+    if (offset < 0) offset = 0;
     sdxl_strbuf b = {0};
     sdxl_sb_str(&b, "{\"jobs\":[");
-    int shown = 0;
+    int shown = 0, matched = 0;
     for (int i = n - 1; i >= 0; i--) {
         if (state && strcmp(state, sdxl_job_state_name(list[i].state))) continue;
-        if (shown >= limit) continue;
+        if (matched++ < offset || shown >= limit) continue;
         if (shown++) sdxl_sb_str(&b, ",");
         sdxl_job_info_json(&list[i], &b);
     }
-    sdxl_sb_printf(&b, "],\"total\":%d}", n);
+    sdxl_sb_printf(&b, "],\"total\":%d,\"matched\":%d}", n, matched);
     for (int i = 0; i < n; i++) sdxl_job_info_free(&list[i]);
     free(list);
     srv_take_json(r, 200, &b);

@@ -247,6 +247,17 @@ for p in ["/v1/jobs/..%2F..%2Fetc%2Fpasswd", "/v1/jobs/%2e%2e", "/v1/jobs/" + JO
         expect("traversal_url", 404, m, p)
 next_valid("traversal")
 
+# the web page's helpers: wrong types, unknown fields, bad images and specs
+for body in [{"prompt": 1}, {"negative_prompt": []}, {"prompt": "a", "nope": 1}, {"prompt": "<lora:x:abc>"}]:
+    expect("tokenize_bad", 422, "POST", "/v1/tokenize", json=body)
+for body in [{}, {"image": 5}, {"image": "!!!"}, {"image": base64.b64encode(b"nope").decode()},
+             {"image": GOOD_PNG, "preprocess": "canny:abc"}, {"image": GOOD_PNG, "preprocess": "sobel"},
+             {"image": GOOD_PNG, "resize": "zoom"}, {"image": GOOD_PNG, "width": -1}, {"image": GOOD_PNG, "max_side": 1},
+             {"image": GOOD_PNG, "extra": 1}]:
+    expect("preprocess_bad", 422, "POST", "/v1/preprocess", json=body)
+expect("preprocess_bomb", 413, "POST", "/v1/preprocess", json={"image": BOMB_PNG})
+next_valid("web helpers")
+
 for p in ["/v1/jobs/nope", "/v1/jobs/0", "/v1/jobs/ffffffffffffffff"]:
     expect("unknown_job", 404, "GET", p)
     expect("unknown_job_cancel", 404, "DELETE", p)
@@ -254,7 +265,7 @@ for p in ["/v1/jobs/nope", "/v1/jobs/0", "/v1/jobs/ffffffffffffffff"]:
     expect("unknown_job_image", 404, "GET", p + "/images/0")
 for n in ["1", "99", "abc", "-1", "1e3", "0x1", "9999999999"]:
     expect("bad_image_index", 404, "GET", "/v1/jobs/%s/images/%s" % (JOB, n))
-for p in ["/", "/v2/jobs", "/sdapi/v1/nope", "/sdapi/v2/txt2img", "/v1", "/v1/", "/health/", "/metrics/x",
+for p in ["/index.html", "/app.js/x", "/v2/jobs", "/sdapi/v1/nope", "/sdapi/v2/txt2img", "/v1", "/v1/", "/health/", "/metrics/x",
           "/openapi.yaml", "/sdapi/v1/txt2img/x", "//v1/jobs", "/v1//jobs"]:
     expect("unknown_route", 404, "GET", p)
 for m, p in [("GET", T2I), ("PUT", "/v1/jobs"), ("DELETE", "/health"), ("POST", "/v1/schedulers"), ("PATCH", "/v1/jobs/" + JOB),

@@ -120,6 +120,8 @@ BODIES = {
     ("/sdapi/v1/img2img", "post"): {"prompt": "doc", "init_images": [PNG], "width": 64, "height": 64, "steps": 2, "denoising_strength": 0.5},
     ("/sdapi/v1/options", "post"): {"CLIP_stop_at_last_layers": 1},
     ("/sdapi/v1/png-info", "post"): {"image": PNG},
+    ("/v1/tokenize", "post"): {"prompt": "doc, <lora:x:0.5>", "negative_prompt": ""},
+    ("/v1/preprocess", "post"): {"image": PNG, "preprocess": "canny:100:200", "max_side": 32},
 }
 order = sorted(ops, key=lambda o: o[1] == "delete")  # cancel last
 for path, m in order:
