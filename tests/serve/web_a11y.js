@@ -82,7 +82,7 @@ const opacity = (e) => {
   return o;
 };
 const low = [];
-let checked = 0;
+let checked = 0, lowest = 99, lowestWhat = '';
 const check = (e, color, what) => {
   const bg = background(e);
   const fg0 = parse(color);
@@ -91,6 +91,7 @@ const check = (e, color, what) => {
   const l1 = lum(fg), l2 = lum(bg);
   const ratio = (Math.max(l1, l2) + 0.05) / (Math.min(l1, l2) + 0.05);
   checked++;
+  if (ratio < lowest) { lowest = ratio; lowestWhat = desc(e) + (what ? ' ' + what : ''); }
   if (ratio < 4.5) low.push(desc(e) + (what ? ' ' + what : '') + ': ' + ratio.toFixed(2) + ':1 (' + color + ' on ' +
     'rgb(' + [bg.r, bg.g, bg.b].map(Math.round).join(', ') + '))');
 };
@@ -102,4 +103,4 @@ for (const e of document.querySelectorAll('body *')) {
   if (e.matches('input[placeholder], textarea[placeholder]') && !e.value && e.placeholder)
     check(e, getComputedStyle(e, '::placeholder').color, '::placeholder');
 }
-return { unlabelled, positive, expected, low, checked };
+return { unlabelled, positive, expected, low, checked, lowest: Math.round(lowest * 100) / 100, lowestWhat };

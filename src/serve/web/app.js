@@ -162,7 +162,7 @@
     S.schedules = sch.schedules || [];
     S.aliases = sch.aliases || [];
     fillSelect($('sampler'), S.samplers.map((s) => [s.name, s.a1111 || s.name]), 0);
-    fillSelect($('schedule'), [['Automatic', 'Automatic (the sampler\'s own)']].concat(S.schedules.map((s) => [s, s])), 0);
+    fillSelect($('schedule'), [['Automatic', 'Automatic']].concat(S.schedules.map((s) => [s, s])), 0);
     if (!$('sampler').value && S.samplers.length) $('sampler').value = S.samplers[0].name;
     const names = (a) => (a || []).map((m) => (typeof m === 'string' ? m : m.name)).filter(Boolean);
     S.models = names(mod.models);
@@ -531,18 +531,21 @@
     }
     for (const w of warnings || []) list.append(el('li', { class: 'warn', text: 'Note: ' + w }));
   }
+  /* seconds for a plan, from the median cost of the last finished jobs: UNet seconds per call per
+     image pixel (a merged batch shares its calls), plus text, encode, decode and write times */
   function estimate(plan) {
-    const ref = S.history.find((j) => j.state === 'done' && j.metrics && j.metrics.unet_calls > 0 && j.metrics.base_s > 0 && j.width > 0);
-    if (!ref) return null;
-    const m = ref.metrics;
-    const perPx = m.base_s / m.unet_calls / (ref.width * ref.height * Math.max(1, m.sub_batch || 1));
+    const refs = S.history.filter((j) => j.state === 'done' && j.metrics && j.metrics.unet_calls > 0 && j.metrics.base_s > 0 && j.width > 0).slice(0, 5);
+    if (!refs.length) return null;
+    const med = (a) => a.slice().sort((x, y) => x - y)[a.length >> 1];
+    const perPx = med(refs.map((j) => j.metrics.base_s / j.metrics.unet_calls /
+      (j.width * j.height * Math.max(1, j.metrics.sub_batch || 1) * Math.max(1, j.metrics.merged_jobs || 1))));
+    const perImage = med(refs.map((j) => (j.metrics.decode_s + j.metrics.write_s) / Math.max(1, j.n_images)));
+    const fixed = med(refs.map((j) => j.metrics.text_s + j.metrics.encode_s));
     const s = S.samplers.find((x) => x.name === plan.sampler);
     const evals = s ? s.traits.evals_per_step : 1;
     const steps = Math.max(0, plan.steps - (plan.img2img_start_step || 0));
     const calls = steps * evals * Math.max(1, plan.n_sub_batches);
-    const base = calls * perPx * plan.width * plan.height * Math.max(1, plan.sub_batch);
-    const per = (m.decode_s + m.write_s) / Math.max(1, ref.n_images);
-    return base + per * plan.n_images + m.text_s + m.encode_s + (m.refiner_s || 0) * (plan.refiner ? 1 : 0);
+    return calls * perPx * plan.width * plan.height * Math.max(1, plan.sub_batch) + perImage * plan.n_images + fixed;
   }
   function renderPlan(v) {
     const dl = $('plan');
@@ -560,7 +563,7 @@
     if (p.img2img_start_step) row('Image to image', 'starts at step ' + p.img2img_start_step + ' of ' + p.steps);
     if (p.loras && p.loras.length) row('LoRA', p.loras.map((l) => l.split('/').pop()).join(', '));
     const t = estimate(p);
-    row('Expected time', t === null ? 'known after the first run' : '≈ ' + fmtSecs(t) + ' (from the last run)');
+    row('Expected time', t === null ? 'known after the first run' : '≈ ' + fmtSecs(t) + ' (from recent runs)');
   }
   const updatePlan = debounce(async () => {
     const seq = ++S.planSeq;
@@ -749,6 +752,7 @@
           queued = a.jobs.slice().sort((x, y) => y.priority - x.priority || x.created - y.created);
           running = b.jobs;
         } catch (e) { await sleep(2000); continue; }
+        $('server-status').textContent = 'Connected · ' + queued.length + ' queued, ' + running.length + ' running';
         let streams = [...S.jobs.values()].filter((j) => j.streaming).length;
         for (const job of S.jobs.values()) {
           if (job.final) continue;
@@ -816,7 +820,12 @@
     for (const u of S.urls) URL.revokeObjectURL(u);
     S.urls = [];
   }
+  async function serverCounts() {
+    const h = await getJSON('/ready').catch((e) => e.body || {});
+    if (h.queued !== undefined) $('server-status').textContent = 'Connected · ' + h.queued + ' queued, ' + h.running + ' running';
+  }
   const refreshGallery = debounce(async () => {
+    serverCounts();
     try {
       const d = await getJSON('/v1/jobs?state=done&limit=' + PAGE + '&offset=' + S.page * PAGE);
       S.matched = d.matched !== undefined ? d.matched : d.jobs.length;
@@ -856,6 +865,7 @@
       const blob = await r.blob();
       const url = URL.createObjectURL(blob);
       S.urls.push(url);
+      img.addEventListener('load', () => img.classList.toggle('small', img.naturalWidth < img.clientWidth), { once: true });
       img.src = url;
       dl.href = url;
       dl.removeAttribute('aria-disabled');
@@ -1034,8 +1044,7 @@
     bind();
     try {
       await loadLists();
-      const h = await getJSON('/ready').catch((e) => e.body || {});
-      $('server-status').textContent = 'Connected · ' + (h.queued || 0) + ' queued, ' + (h.running || 0) + ' running';
+      await serverCounts();
     } catch (e) {
       $('server-status').textContent = 'Server unavailable: ' + e.message;
     }
