@@ -28,7 +28,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 A11Y = open(os.path.join(HERE, "web_a11y.js")).read()
 c = Checks("serve_web_browser")
 work = workdir("serve_web_browser")
-srv = Server(SDXL, MODEL, work).start()
+# the test models' folder is also the LoRA folder, so the picker lists the tiny LoRAs
+srv = Server(SDXL, MODEL, work, extra=["--lora-dir", os.path.dirname(os.path.abspath(MODEL))]).start()
 U = srv.url
 t_start = time.time()
 
@@ -301,6 +302,50 @@ try:
                    return document.getElementById('mode-img2img').checked && /Image to image: starts at step/.test(d) && d""",
                 timeout=20, what="an img2img plan")
     c.ok(True, "send to img2img: %s" % p2)
+
+    # --- inpaint: paint a mask with the pointer, run it ---
+    b.click("#mode-inpaint")
+    cv = b.find("#init-canvas")
+    b._call("POST", b.s + "/actions", {"actions": [{"type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"}, "actions": [
+        {"type": "pointerMove", "origin": {webdriver.ELEMENT: cv}, "x": -10, "y": 0}, {"type": "pointerDown", "button": 0},
+        {"type": "pointerMove", "origin": {webdriver.ELEMENT: cv}, "x": 10, "y": 0, "duration": 100}, {"type": "pointerUp", "button": 0}]}]})
+    b._call("DELETE", b.s + "/actions")
+    tint = b.js("const c = document.getElementById('init-canvas'); const g = c.getContext('2d');"
+                "const a = g.getImageData(c.width / 2, c.height / 2, 1, 1).data; return [a[0], a[1], a[2]]")
+    before = b.js("return [...document.querySelectorAll('#queue li')].map((li) => li.dataset.id)")
+    b.click("#generate")
+    jid3 = b.wait("const li = [...document.querySelectorAll('#queue li')].find((li) => !arguments[0].includes(li.dataset.id));"
+                  "return li && li.dataset.id", timeout=20, what="the inpaint job", args=[before])
+    b.wait("return document.querySelector('#queue li[data-id=\"%s\"][data-state=\"done\"]')" % jid3, timeout=120, what="inpaint done")
+    req = json.loads(png_info(requests.get(U + "/v1/jobs/%s/images/0" % jid3, timeout=30).content)[2]["sdxl"])
+    c.ok(req.get("mask_blur") is not None and "strength" in req, "inpaint with a painted mask ran (mask tint at the centre %s; request has strength %s, mask_blur %s)" % (
+        tint, req.get("strength"), req.get("mask_blur")))
+    b.click("#mode-txt2img")
+
+    # --- LoRA picker: the plan resolves the file ---
+    b.js("document.getElementById('lora-sec').open = true")
+    b.click("#lora-add")
+    name = b.js("const s = document.querySelector('#lora-list select'); const o = [...s.options].find((x) => /lora_kohya/.test(x.value));"
+                "s.value = o.value; s.dispatchEvent(new Event('change')); return o.value")
+    b.clear("#lora-list input")
+    b.type("#lora-list input", "0.5")
+    lp = b.wait("""const d = [...document.querySelectorAll('#plan dt')].map((x) => x.textContent + ': ' + x.nextElementSibling.textContent);
+                   return d.find((x) => x.startsWith('LoRA: ') && x.includes(arguments[0]))""", timeout=20, what="a LoRA plan", args=[name])
+    c.ok(True, "LoRA picker: %s -> plan %s" % (name, lp))
+    b.click("#lora-list button")
+
+    # --- ControlNet unit: the preprocessed preview of a picked image ---
+    b.js("document.getElementById('cn-sec').open = true")
+    b.click("#cn-add")
+    src_png = os.path.join(work, "control.png")
+    open(src_png, "wb").write(api_png)
+    b.type("#cn-list input[type=file]", src_png)
+    pv = b.wait("const i = document.querySelector('#cn-list img[id$=\"-pre\"]'); return i && !i.hidden && i.complete && i.naturalWidth > 0 && [i.naturalWidth, i.naturalHeight]",
+                timeout=30, what="the ControlNet preview")
+    bad = b.wait("const e = document.querySelector('#cn-list [aria-invalid=\"true\"]'); return e && e.id + ': ' + (document.getElementById(e.id + '-err') || {}).textContent",
+                 timeout=20, what="the unit's model marked")
+    c.ok(pv[0] > 0, "ControlNet unit: canny preview %dx%d from /v1/preprocess; without a ControlNet file the unit is marked (%s)" % (pv[0], pv[1], bad))
+    b.click("#cn-list .buttons button")
 
     errs = console_errors(b)
     c.ok(not errs, "no console errors, exceptions or CSP violations (%s)" % errs[:5])

@@ -106,7 +106,7 @@ class Browser:
         self._call("POST", self.s + "/actions", {"actions": [{"type": "key", "id": "keyboard", "actions": acts}]})
         self._call("DELETE", self.s + "/actions")
 
-    def wait(self, script, timeout=30, what="condition", *args):
+    def wait(self, script, timeout=30, what="condition", args=()):
         """Polls script (returns a truthy value when done) every 50 ms; returns that value."""
         t0 = time.time()
         while True:

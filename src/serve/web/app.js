@@ -563,7 +563,7 @@
     if (p.img2img_start_step) row('Image to image', 'starts at step ' + p.img2img_start_step + ' of ' + p.steps);
     if (p.loras && p.loras.length) row('LoRA', p.loras.map((l) => l.split('/').pop()).join(', '));
     const t = estimate(p);
-    row('Expected time', t === null ? 'known after the first run' : '≈ ' + fmtSecs(t) + ' (from recent runs)');
+    row('Expected time', t === null ? 'known after the first run' : (t < 0.1 ? '' : '≈ ') + fmtSecs(t) + ' (from recent runs)');
   }
   const updatePlan = debounce(async () => {
     const seq = ++S.planSeq;
