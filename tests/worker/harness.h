@@ -4,6 +4,7 @@
 #define SDXL_TESTS_WORKER_HARNESS_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <sys/types.h>
 
 #include "io/json.h"
@@ -41,5 +42,20 @@ int make_models_dir(const char *src_models, const char *dir);
 int rm_rf(const char *path);
 int read_file(const char *path, char **out, size_t *n);
 double mono(void);
+/* 1 when both files exist with the same bytes. */
+int wk_file_eq(const char *a, const char *b);
+int wk_copy_file(const char *src, const char *dst);
+
+/* A test program's check: counts into its own static n_pass / n_fail, prints a failure. */
+#define CHECK(c, ...)                                                                                                  \
+    do {                                                                                                               \
+        if (c) n_pass++;                                                                                               \
+        else {                                                                                                         \
+            n_fail++;                                                                                                  \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__);                                                                \
+            printf(__VA_ARGS__);                                                                                       \
+            printf("\n");                                                                                              \
+        }                                                                                                              \
+    } while (0)
 
 #endif

@@ -17,17 +17,6 @@
 
 static int n_pass, n_fail;
 
-#define CHECK(c, ...)                                                                                                  \
-    do {                                                                                                               \
-        if (c) n_pass++;                                                                                               \
-        else {                                                                                                         \
-            n_fail++;                                                                                                  \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);                                                                \
-            printf(__VA_ARGS__);                                                                                       \
-            printf("\n");                                                                                              \
-        }                                                                                                              \
-    } while (0)
-
 typedef struct kind {
     const char *name;
     const char *code;

@@ -17,17 +17,6 @@
 
 static int n_pass, n_fail;
 
-#define CHECK(c, ...)                                                                                                  \
-    do {                                                                                                               \
-        if (c) n_pass++;                                                                                               \
-        else {                                                                                                         \
-            n_fail++;                                                                                                  \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);                                                                \
-            printf(__VA_ARGS__);                                                                                       \
-            printf("\n");                                                                                              \
-        }                                                                                                              \
-    } while (0)
-
 #define MAX_JOBS 64
 
 static void job_line(int k, char *b, size_t cap) {
@@ -54,20 +43,6 @@ static void on_line(void *user, const char *line) {
         pl->last[n] = 0;
         pl->progress++;
     }
-}
-
-static int file_eq(const char *a, const char *b) {
-    char *x, *y;
-    size_t nx, ny;
-    if (read_file(a, &x, &nx)) return 0;
-    if (read_file(b, &y, &ny)) {
-        free(x);
-        return 0;
-    }
-    int eq = nx == ny && !memcmp(x, y, nx);
-    free(x);
-    free(y);
-    return eq;
 }
 
 /* client id -> reference image paths, from the undisturbed run's result events */
@@ -211,7 +186,7 @@ int main(int argc, char **argv) {
                 size_t n = strcspn(p, "\n");
                 char path[PATH_MAX * 2];
                 snprintf(path, sizeof path, "%s/%.*s", killdir, (int)n, p);
-                CHECK(i < refs[k].n && file_eq(path, refs[k].paths[i]),
+                CHECK(i < refs[k].n && wk_file_eq(path, refs[k].paths[i]),
                       "job %d image %d is byte-identical to the undisturbed run", k, i);
                 if (n_done_paths < MAX_JOBS * 2) snprintf(done_paths[n_done_paths++], PATH_MAX, "%.*s", (int)n, p);
                 images++;
