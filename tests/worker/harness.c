@@ -2,6 +2,7 @@
 #include "harness.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -269,4 +270,13 @@ int rm_rf(const char *path) {
     char cmd[4200];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", path);
     return system(cmd);
+}
+
+int wk_setup(const char *bin_arg, const char *src_arg, const char *work_arg, char *bin, char *src, char *work,
+             char *models) {
+    rm_rf(work_arg);
+    mkdir(work_arg, 0755);
+    if (!realpath(bin_arg, bin) || !realpath(src_arg, src) || !realpath(work_arg, work)) return -1;
+    snprintf(models, PATH_MAX + 16, "%s/models", work);
+    return make_models_dir(src, models);
 }

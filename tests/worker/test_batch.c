@@ -230,13 +230,9 @@ static void cond_cache(const char *bin, const char *work, const char *models) {
 
 int main(int argc, char **argv) {
     if (argc < 4) return 2;
-    char bin[PATH_MAX], src[PATH_MAX], work[PATH_MAX];
-    rm_rf(argv[3]);
-    mkdir(argv[3], 0755);
-    if (!realpath(argv[1], bin) || !realpath(argv[2], src) || !realpath(argv[3], work)) return 2;
-    char models[PATH_MAX + 16], a[PATH_MAX + 64], b[PATH_MAX + 64];
-    snprintf(models, sizeof models, "%s/models", work);
-    if (make_models_dir(src, models)) return 1;
+    char bin[PATH_MAX], src[PATH_MAX], work[PATH_MAX], models[PATH_MAX + 16];
+    if (wk_setup(argv[1], argv[2], argv[3], bin, src, work, models)) return 2;
+    char a[PATH_MAX + 64], b[PATH_MAX + 64];
     snprintf(a, sizeof a, "%s/tiny_sdxl_lora_kohya.safetensors", src);
     snprintf(b, sizeof b, "%s/tiny_lora.safetensors", models);
     if (wk_copy_file(a, b)) return 1;

@@ -62,20 +62,15 @@ int main(int argc, char **argv) {
     if (n_jobs < 1 || n_jobs > MAX_JOBS) return 2;
     srand(seed);
     printf("jobs %d, kills %d, random seed %u\n", n_jobs, n_kills, seed);
-    char bin[PATH_MAX], src[PATH_MAX], work[PATH_MAX];
-    rm_rf(argv[3]);
-    mkdir(argv[3], 0755);
-    if (!realpath(argv[1], bin) || !realpath(argv[2], src) || !realpath(argv[3], work)) return 2;
-    char models[PATH_MAX + 16], refdir[PATH_MAX + 16], killdir[PATH_MAX + 16], journal[PATH_MAX + 32],
-        errlog[PATH_MAX + 16];
-    snprintf(models, sizeof models, "%s/models", work);
+    char bin[PATH_MAX], src[PATH_MAX], work[PATH_MAX], models[PATH_MAX + 16];
+    if (wk_setup(argv[1], argv[2], argv[3], bin, src, work, models)) return 2;
+    char refdir[PATH_MAX + 16], killdir[PATH_MAX + 16], journal[PATH_MAX + 32], errlog[PATH_MAX + 16];
     snprintf(refdir, sizeof refdir, "%s/ref", work);
     snprintf(killdir, sizeof killdir, "%s/kill", work);
     snprintf(journal, sizeof journal, "%s/kill/jobs.db", work);
     snprintf(errlog, sizeof errlog, "%s/stderr.log", work);
     mkdir(refdir, 0755);
     mkdir(killdir, 0755);
-    if (make_models_dir(src, models)) return 1;
     char line[1024];
 
     /* 1. the undisturbed run */

@@ -96,15 +96,11 @@ static void idle_check(const char *bin, const char *dir, const char *model, cons
 
 int main(int argc, char **argv) {
     if (argc < 4) return 2;
-    char bin[PATH_MAX], src[PATH_MAX], work[PATH_MAX];
-    rm_rf(argv[3]);
-    mkdir(argv[3], 0755);
-    if (!realpath(argv[1], bin) || !realpath(argv[2], src) || !realpath(argv[3], work)) return 2;
-    char models[PATH_MAX + 16], model[PATH_MAX + 64], other[PATH_MAX + 64], out[PATH_MAX + 16];
-    snprintf(models, sizeof models, "%s/models", work);
+    char bin[PATH_MAX], src[PATH_MAX], work[PATH_MAX], models[PATH_MAX + 16];
+    if (wk_setup(argv[1], argv[2], argv[3], bin, src, work, models)) return 2;
+    char model[PATH_MAX + 64], other[PATH_MAX + 64], out[PATH_MAX + 16];
     snprintf(out, sizeof out, "%s/out", work);
     mkdir(out, 0755);
-    if (make_models_dir(src, models)) return 1;
     snprintf(model, sizeof model, "%s/sdxl_base.safetensors", models);
     snprintf(other, sizeof other, "%s/other.safetensors", models);
     if (wk_copy_file(model, other)) return 1; /* another file of the folder (not a link to the model) */
