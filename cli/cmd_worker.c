@@ -61,7 +61,8 @@ static void usage(FILE *f) {
             "  --vae-dir DIR         extra folder for VAE names (repeatable)\n"
             "  --controlnet-dir DIR  extra folder for ControlNet names (repeatable)\n"
             "  --input-dir DIR       folder init / mask / control image paths may point into (repeatable)\n"
-            "  -m, --model NAME      base model used when a request names none\n"
+            "  -m, --model NAME      base model used when a request names none; a file path works without\n"
+            "                        --models-dir (that file alone, not its folder, becomes nameable)\n"
             "  --output-root DIR     images are written under DIR/save_path (default .)\n"
             "  --journal FILE        SQLite job journal: accepted jobs survive crashes (default: none)\n"
             "  --queue-limit N       queued jobs at most (default 64)\n"
@@ -72,13 +73,15 @@ static void usage(FILE *f) {
             "  --no-merge            never merge compatible jobs into one UNet batch\n"
             "  --max-merge N         images per merged UNet batch (default 8)\n"
             "  --cache-bytes N       model LRU budget in bytes (default 0: keep one model set)\n"
+            "  --cond-cache-bytes N  text-encoder output cache budget in bytes (default 64 MiB, 0 = off)\n"
             "  --precision P         auto (default), f32, bf16\n"
             "  -t, --threads N       compute threads (default: one per CPU)\n"
             "  --max-line N          longest request line in bytes (default 33554432)\n"
             "  --hello               write the native hello line at start (default: before the reply to the\n"
             "                        first native line, so orchestrator sessions see nothing unasked)\n"
             "  --paused              accept and journal jobs but run none until stdin closes (tests)\n"
-            "  --fail-alloc-at K     test hook: the K-th UNet batch allocation fails (out-of-memory ladder)\n"
+            "  --fail-alloc-at K     test hook: the K-th large allocation (UNet batch, VAE decode) fails\n"
+            "  --fail-alloc-count N  with --fail-alloc-at: N allocations in a row fail (default 1)\n"
             "  --schema              print the request JSON Schema and exit\n"
             "  --codes               print the error codes and exit\n"
             "  -v                    log info to stderr\n");
@@ -174,9 +177,11 @@ int cmd_worker(int argc, char **argv) {
         else if (!strcmp(a, "--max-images")) NUM(1, 4096, c.max_images);
         else if (!strcmp(a, "--max-merge")) NUM(1, 64, c.max_merge);
         else if (!strcmp(a, "--cache-bytes")) NUM(0, LONG_MAX, c.cache_bytes);
+        else if (!strcmp(a, "--cond-cache-bytes")) NUM(0, LONG_MAX, c.cond_cache_bytes);
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) NUM(0, 4096, c.n_threads);
         else if (!strcmp(a, "--max-line")) NUM(1024, 1L << 31, po.max_line);
         else if (!strcmp(a, "--fail-alloc-at")) NUM(1, 1000000, c.fail_alloc_at);
+        else if (!strcmp(a, "--fail-alloc-count")) NUM(1, 1000000, c.fail_alloc_count);
         else if (!strcmp(a, "--no-merge")) c.merge = 0;
         else if (!strcmp(a, "--hello")) po.hello_at_start = 1;
         else if (!strcmp(a, "--paused")) c.start_paused = 1;

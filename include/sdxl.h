@@ -283,6 +283,9 @@ typedef struct sdxl_gen_params {
     const char *hr_schedule;       /* NULL = schedule */
     const char *hr_prompt;         /* NULL = prompt */
     const char *hr_negative_prompt;/* NULL = negative_prompt */
+    /* memory savers (the worker's out-of-memory ladder); neither changes the UNet's numbers */
+    int vae_tiling;                /* 1: the VAE decodes in tiles even when the whole image fits; 0 (default) = auto */
+    int unet_max_rows;             /* > 0: each UNet call runs at most this many CFG batch rows; 0 (default) = all */
 } sdxl_gen_params;
 
 void sdxl_gen_params_init(sdxl_gen_params *p);

@@ -2,6 +2,7 @@
  * (base, then refiner) -> VAE decode -> RGB images with metadata. See pipeline.h. */
 #include "pipeline/pipeline.h"
 #include "pipeline/condsched.h"
+#include "pipeline/condcache.h"
 #include "io/prediction.h"
 
 #include <fcntl.h>
@@ -591,6 +592,53 @@ static int condsched_first(const sdxl_pl_condsched *cs, sdxl_cond *cd, sdxl_err 
     return SDXL_OK;
 }
 
+/* The conditioning cache key of a stage: every input of the encoders besides the model (texts,
+ * clip skip, emphasis, force_zeros) and, on the base, the text-encoder deltas merged now (each
+ * LoRA's content hash and te weight). Caller holds m->mu; -1 when no key can be made. */
+static int cond_key(sdxl_pl_model *m, const req *r, int refiner, const sdxl_cond_params *cp, char **out, size_t *n) {
+    const char *t[4] = {cp->prompt, cp->prompt_2, cp->negative, cp->negative_2};
+    int n_te = 0;
+    if (!refiner && r->n_loras) {
+        if (!m->lora || sdxl_lora_applied(m->lora) != r->n_loras) return -1;
+        n_te = r->n_loras;
+    }
+    size_t cap = 128 + (size_t)n_te * 100;
+    for (int i = 0; i < 4; i++) cap += 32 + (t[i] ? strlen(t[i]) : 0);
+    char *k = malloc(cap);
+    if (!k) return -1;
+    size_t at = (size_t)snprintf(k, cap, "%d|%d|%d|%d|%d|%d", refiner, cp->force_zeros, cp->clip_skip, cp->emphasis,
+                                 cp->max_chunks, cp->te2_literal_special);
+    for (int i = 0; i < 4; i++) {
+        size_t len = t[i] ? strlen(t[i]) : 0;
+        at += (size_t)snprintf(k + at, cap - at, t[i] ? "|%zu:" : "|-", len);
+        memcpy(k + at, t[i] ? t[i] : "", len);
+        at += len;
+    }
+    for (int i = 0; i < n_te; i++)
+        if (r->loras[i].te_weight != 0.0f)
+            at += (size_t)snprintf(k + at, cap - at, "|%.64s*%a", sdxl_lora_hash(sdxl_lora_applied_at(m->lora, i)),
+                                   (double)r->loras[i].te_weight);
+    *out = k;
+    *n = at;
+    return 0;
+}
+
+/* sdxl_cond_encode through the model's conditioning cache when it has one. Caller holds m->mu. */
+static int encode_cached(sdxl_pl_model *m, const req *r, int refiner, const sdxl_cond_params *cp, sdxl_cond *cd,
+                         sdxl_err *e) {
+    char *key = NULL;
+    size_t kn = 0;
+    if (m->cond_cache && cond_key(m, r, refiner, cp, &key, &kn) == 0 &&
+        sdxl_pl_condcache_get(m->cond_cache, m->cond_cache_id, key, kn, cd)) {
+        free(key);
+        return SDXL_OK;
+    }
+    int st = sdxl_cond_encode(m->c, refiner ? &m->ref_cond : &m->base_cond, m->tok, cp, cd, e);
+    if (!st && key && !cd->n_loras) sdxl_pl_condcache_put(m->cond_cache, m->cond_cache_id, key, kn, cd);
+    free(key);
+    return st;
+}
+
 /* Conditioning of a stage for the whole request (the same for every image). */
 static int encode_stage(sdxl_pl_model *m, const req *r, int refiner, sdxl_cond *cd, float *tid, int *K,
                         sdxl_pl_condsched *cs, const volatile int *cancel, sdxl_err *e) {
@@ -612,7 +660,7 @@ static int encode_stage(sdxl_pl_model *m, const req *r, int refiner, sdxl_cond *
     if (!st)
         st = sdxl_pl_condsched_build(m->c, refiner ? &m->ref_cond : &m->base_cond, m->tok, &cp, sched_steps(r),
                                      r->hr_first, cs, e);
-    if (!st) st = cs->active ? condsched_first(cs, cd, e) : sdxl_cond_encode(m->c, refiner ? &m->ref_cond : &m->base_cond, m->tok, &cp, cd, e);
+    if (!st) st = cs->active ? condsched_first(cs, cd, e) : encode_cached(m, r, refiner, &cp, cd, e);
     pthread_mutex_unlock(&m->mu);
     if (st) return refiner ? sdxl_err_prefix(e, "refiner") : st; /* the message already names the field */
     const sdxl_unet_cfg *uc = sdxl_unet_config(refiner ? m->ref_unet : m->base_unet);
@@ -771,12 +819,23 @@ static int model_cb(void *user, const float *x_in, size_t n, double t, double si
     if (!st && s->ctrl) st = sdxl_pl_ctrl_run(s->ctrl, &in, in_ch, s->cur_step - s->ctrl_i0, s->ctrl_n, &active, e);
     if (!st && s->ctrl && s->trace && s->trace->control)
         s->trace->control(s->trace->user, s->calls, s->cur_step, active, &in);
-    if (!st) st = sdxl_unet_forward(s->unet, &in, s->out, e);
+    /* unet_max_rows: the batch in slices of rows (not with ControlNet residuals, bound to the whole batch) */
+    int slice = r->p.unet_max_rows > 0 && r->p.unet_max_rows < rows && !s->ctrl ? r->p.unet_max_rows : rows;
+    for (int r0 = 0; !st && r0 < rows; r0 += slice) {
+        sdxl_unet_in si = in;
+        si.batch = rows - r0 < slice ? rows - r0 : slice;
+        si.x = s->xin + (size_t)r0 * (size_t)in_ch * hw;
+        si.t = s->tt + r0;
+        si.context = s->ctx + (size_t)r0 * (size_t)(s->T * s->Wc);
+        si.pooled = s->pooled + (size_t)r0 * (size_t)s->P;
+        si.time_ids = s->tids + (size_t)r0 * (size_t)s->K;
+        st = sdxl_unet_forward(s->unet, &si, s->out + (size_t)r0 * s->n_per, e);
+    }
     pthread_mutex_unlock(&s->m->mu);
     if (st) return st;
     if (s->trace && s->trace->unet) s->trace->unet(s->trace->user, s->idx, s->calls, t, s->xin, s->out, rows, s->n_per);
     s->calls++;
-    (*s->calls_total)++;
+    *s->calls_total += (rows + slice - 1) / slice; /* UNet forwards */
     if (s->cs) {
         /* A1111 combine_denoised: u + sum_k (c_k - u) (w_k cfg), on eps (an affine map of denoised) */
         const float *u = s->out;
@@ -961,6 +1020,7 @@ static int estimate(void *user, int b, uint64_t *bytes, sdxl_err *e) {
     est_ctx *x = user;
     const req *r = x->r;
     int rows = r->p.cfg_scale > 1.0f ? 2 * b : b;
+    if (r->p.unet_max_rows > 0 && r->p.unet_max_rows < rows && !x->ctrl) rows = r->p.unet_max_rows;
     size_t ub = 0, rb = 0;
     pthread_mutex_lock(&x->m->mu);
     int st = sdxl_unet_estimate(x->m->base_unet, rows, r->h, r->w, x->T, &ub, e);
@@ -973,6 +1033,7 @@ static int estimate(void *user, int b, uint64_t *bytes, sdxl_err *e) {
     sdxl_vae_run run;
     sdxl_vae_run_init(&run);
     run.max_bytes = x->vae_budget;
+    if (r->p.vae_tiling) run.tile = SDXL_VAE_TILE_ON;
     uint64_t vb = sdxl_vae_decode_bytes(sdxl_vae_get_config(x->m->vae), b, r->h, r->w, x->m->vae_prec, &run);
     /* sampler buffers (about 8 latent copies), CFG batch inputs and the decoded images */
     uint64_t lat = (uint64_t)b * 4 * (uint64_t)r->h * (uint64_t)r->w * sizeof(float);
@@ -1411,12 +1472,16 @@ static int sdxl_pl_generate_req(sdxl_pl_model *m, req *rq, const float *init_lat
         sdxl_compute_trim(m->c);
         sdxl_vae_run vr;
         sdxl_vae_run_init(&vr);
+        if (r.p.vae_tiling) vr.tile = SDXL_VAE_TILE_ON;
         if (r.p.max_memory) { /* tiles when the untiled decode would not fit what is left */
             sdxl_mem_stats md;
             sdxl_mem_query(&md);
             vr.max_bytes = r.p.max_memory > md.rss ? r.p.max_memory - md.rss : 1;
         }
-        st = sdxl_vae_decode(m->vae, lat_nhwc, B, r.h, r.w, img, &vr, e);
+        if (tr && tr->fail_alloc && tr->fail_alloc(tr->user, -B))
+            st = sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory for the decode of %d images (injected)", B);
+        else
+            st = sdxl_vae_decode(m->vae, lat_nhwc, B, r.h, r.w, img, &vr, e);
         sdxl_vae_trim(m->vae);
         sdxl_compute_trim(m->c_vae);
         pthread_mutex_unlock(&m->mu);
@@ -1674,7 +1739,13 @@ int sdxl_pl_generate_multi(sdxl_pl_model *m, const sdxl_gen_params *ps, int n_re
         sdxl_unet_trim(m->base_unet);
         sdxl_unet_trim(m->ref_unet);
         sdxl_compute_trim(m->c);
-        st = sdxl_vae_decode(m->vae, lat_nhwc, B, r0->h, r0->w, img, NULL, e);
+        sdxl_vae_run vr;
+        sdxl_vae_run_init(&vr);
+        if (r0->p.vae_tiling) vr.tile = SDXL_VAE_TILE_ON;
+        if (tr && tr->fail_alloc && tr->fail_alloc(tr->user, -B))
+            st = sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory for the decode of %d images (injected)", B);
+        else
+            st = sdxl_vae_decode(m->vae, lat_nhwc, B, r0->h, r0->w, img, &vr, e);
         sdxl_vae_trim(m->vae);
         sdxl_compute_trim(m->c_vae);
         pthread_mutex_unlock(&m->mu);

@@ -45,6 +45,10 @@ typedef struct sdxl_pl_model {
     sdxl_lora_state *lora;  /* what is merged into the base networks (created on first use) */
     uint64_t lora_serial;   /* requests so far; lora_owner: the one whose LoRA list is merged */
     uint64_t lora_owner;
+    /* text-encoder output cache (condcache.h) shared with other models, borrowed; NULL = none.
+     * cond_cache_id names this model in it (the owner sets both, unique per load). */
+    struct sdxl_pl_condcache *cond_cache;
+    uint64_t cond_cache_id;
 } sdxl_pl_model;
 
 int sdxl_pl_model_load(const sdxl_model_params *p, const sdxl_logger *log, sdxl_pl_model **out, sdxl_err *e);
@@ -72,8 +76,8 @@ typedef struct sdxl_pl_trace {
      * (bit k = unit k) and the UNet input with the summed residuals (ctrl_down/ctrl_mid NULL when
      * none is active). */
     void (*control)(void *user, int call, int step, unsigned active, const sdxl_unet_in *in);
-    /* Before each UNet batch allocation: nonzero makes it fail as out of memory (tests of the
-     * service's out-of-memory ladder). */
+    /* Before each UNet batch allocation (batch > 0 images) and each VAE decode (batch < 0: -images):
+     * nonzero makes it fail as out of memory (tests of the service's out-of-memory ladder). */
     int (*fail_alloc)(void *user, int batch);
 } sdxl_pl_trace;
 

@@ -17,9 +17,11 @@
 
 #include "base/log.h"
 #include "base/mem.h"
+#include "base/threads.h"
 #include "denoise/registry.h"
 #include "io/image.h"
 #include "io/resize.h"
+#include "pipeline/condcache.h"
 #include "pipeline/pipeline.h"
 #include "service/batch.h"
 #include "service/journal.h"
@@ -88,6 +90,8 @@ struct sdxl_engine {
     double *latencies;
     int n_lat, cap_lat;
     int alloc_count; /* large allocations seen by the fail_alloc hook (runner only) */
+    sdxl_pl_condcache *cond_cache; /* text-encoder outputs of every cached model; NULL = off */
+    uint64_t model_ids;            /* loads so far: each loaded model's id in cond_cache */
     char loaded[1024];
 };
 
@@ -139,6 +143,8 @@ void sdxl_engine_config_init(sdxl_engine_config *c) {
     c->max_side = 2048;
     c->max_steps = 150;
     c->max_images = 16;
+    c->cond_cache_bytes = (uint64_t)64 << 20;
+    c->fail_alloc_count = 1;
     c->log_level = SDXL_LOG_WARN;
 }
 
@@ -192,12 +198,14 @@ static void metrics_json(const sdxl_job_metrics *m, sdxl_strbuf *b) {
                    "\"refiner_s\":%.4f,\"decode_s\":%.4f,\"write_s\":%.4f,\"total_s\":%.4f,\"peak_rss\":%llu,"
                    "\"plan_bytes\":%llu,\"plan_available\":%llu,\"sub_batch\":%d,\"n_sub_batches\":%d,"
                    "\"merged_jobs\":%d,\"unet_calls\":%d,\"rung\":%d,\"attempts\":%d,\"images_per_s\":%.4f,"
-                   "\"cond_cache_hits\":%d,\"model_cache_hit\":%s}",
+                   "\"cond_cache_hits\":%d,\"model_cache_hit\":%s,\"ladder\":",
                    m->queue_s, m->load_s, m->text_s, m->encode_s, m->base_s, m->refiner_s, m->decode_s, m->write_s,
                    m->total_s, (unsigned long long)m->peak_rss, (unsigned long long)m->plan_bytes,
                    (unsigned long long)m->plan_available, m->sub_batch, m->n_sub_batches, m->merged_jobs,
                    m->unet_calls, m->rung, m->attempts, m->images_per_s, m->cond_cache_hits,
                    m->model_cache_hit ? "true" : "false");
+    sdxl_sb_json(b, m->ladder);
+    sdxl_sb_str(b, "}");
 }
 
 void sdxl_job_info_json(const sdxl_job_info *j, sdxl_strbuf *b) {
@@ -648,6 +656,7 @@ static model_entry *cache_get(sdxl_engine *eng, const char *base, const char *re
         int over = eng->cfg.cache_bytes ? used + need > eng->cfg.cache_bytes : n >= 1;
         if (n >= MAX_MODELS) over = 1;
         if (!over || lru < 0) break;
+        sdxl_pl_condcache_drop(eng->cond_cache, eng->models[lru].m->cond_cache_id);
         sdxl_pl_model_free(eng->models[lru].m);
         memset(&eng->models[lru], 0, sizeof eng->models[lru]);
     }
@@ -668,6 +677,8 @@ static model_entry *cache_get(sdxl_engine *eng, const char *base, const char *re
     sdxl_pl_model *m = NULL;
     if (sdxl_pl_model_load(&mp, &eng->log, &m, e)) return NULL;
     *load_s = now_mono() - t0;
+    m->cond_cache = eng->cond_cache;
+    m->cond_cache_id = ++eng->model_ids;
     model_entry *me = &eng->models[slot];
     snprintf(me->key, sizeof me->key, "%s", key);
     snprintf(me->base, sizeof me->base, "%s", base);
@@ -693,6 +704,7 @@ int sdxl_engine_load(sdxl_engine *eng, const char *base, const char *refiner, co
     if (!st && refiner) st = sdxl_svc_resolve(&eng->roots, "model", refiner, r, sizeof r, err, err_cap);
     if (!st && vae) st = sdxl_svc_resolve(&eng->roots, "vae", vae, v, sizeof v, err, err_cap);
     if (st) return st;
+    sdxl_threads_set(eng->cfg.n_threads); /* the load runs on the caller's thread */
     pthread_mutex_lock(&eng->cache_mu);
     int hit = 0;
     sdxl_err e = {0};
@@ -719,6 +731,7 @@ void sdxl_engine_unload(sdxl_engine *eng) {
     pthread_mutex_lock(&eng->cache_mu);
     for (int i = 0; i < MAX_MODELS; i++)
         if (eng->models[i].m && !eng->models[i].refs) {
+            sdxl_pl_condcache_drop(eng->cond_cache, eng->models[i].m->cond_cache_id);
             sdxl_pl_model_free(eng->models[i].m);
             memset(&eng->models[i], 0, sizeof eng->models[i]);
         }
@@ -742,8 +755,9 @@ typedef struct run_ctx {
 static int fail_alloc_hook(void *user, int batch) {
     run_ctx *rc = user;
     (void)batch;
-    rc->eng->alloc_count++;
-    return rc->eng->cfg.fail_alloc_at > 0 && rc->eng->alloc_count == rc->eng->cfg.fail_alloc_at;
+    const sdxl_engine_config *c = &rc->eng->cfg;
+    int k = ++rc->eng->alloc_count;
+    return c->fail_alloc_at > 0 && k >= c->fail_alloc_at && k < c->fail_alloc_at + (c->fail_alloc_count > 0 ? c->fail_alloc_count : 1);
 }
 
 static void step_hook(void *user, int stage, int step, const float *x, size_t n) {
@@ -985,23 +999,60 @@ static void run_group(sdxl_engine *eng, job **jobs, int n) {
         }
     }
     sdxl_pl_trace tr = {.user = &rc, .fail_alloc = fail_alloc_hook, .step = step_hook};
+    sdxl_pl_condcache_stats cc0, cc1;
+    sdxl_pl_condcache_stats_get(eng->cond_cache, &cc0);
     double t_gen = now_mono();
-    int cap = 0; /* 0 = the planner's choice */
+    int total = 0;
+    for (int i = 0; i < n; i++) total += jobs[i]->info.n_images;
+    int cap = 0, vae_tiled = 0, unet_rows = 0; /* the ladder's settings: 0 = the planner's choice */
+    char ladder[128] = "";
     while (!st) {
-        for (int i = 0; i < n; i++) gp[i].max_batch = cap;
+        for (int i = 0; i < n; i++) {
+            gp[i].max_batch = cap;
+            gp[i].vae_tiling = vae_tiled;
+            gp[i].unet_max_rows = unet_rows;
+        }
         if (n == 1) st = sdxl_pl_generate(me->m, &gp[0], &rc.cancel, &tr, &eng->log, &res, &e);
         else st = sdxl_svc_batch_generate(me->m, gp, n, &rc.cancel, &tr, &eng->log, &res, &e);
-        if (st != SDXL_ERR_NOMEM || rung >= 3) break;
-        /* out-of-memory ladder: halve the batch (down to one image), then smaller VAE and attention work */
-        int total = 0;
-        for (int i = 0; i < n; i++) total += jobs[i]->info.n_images;
+        if (st != SDXL_ERR_NOMEM || rc.cancel) break;
+        /* out-of-memory ladder: halve the UNet batch down to one image, then tile the VAE decode,
+         * then run the UNet's CFG rows one at a time; past the last rung the job fails with the plan */
         int was = cap > 0 ? cap : total;
-        SDXL_WARN(&eng->log, "job %s: %s; retrying with a smaller batch", j0->info.id, e.msg);
+        size_t at = strlen(ladder);
+        char *lp = ladder + at;
+        size_t lcap = sizeof ladder - at;
+        const char *sep = at ? ", " : "";
+        if (was > 1) {
+            cap = was / 2;
+            snprintf(lp, lcap, "%sbatch %d->%d", sep, was, cap);
+        } else if (!vae_tiled) {
+            vae_tiled = 1;
+            snprintf(lp, lcap, "%svae_tiled", sep);
+        } else if (!unet_rows) {
+            unet_rows = 1;
+            snprintf(lp, lcap, "%sunet_rows 1", sep);
+        } else {
+            sdxl_job_plan pl;
+            sdxl_svc_issues pis = {0};
+            char msg[SDXL_ERR_MSG_MAX];
+            snprintf(msg, sizeof msg, "%s", e.msg);
+            if (sdxl_engine_plan(eng, &j0->req, &pl, &pis) == SDXL_OK)
+                sdxl_seterr(&e, SDXL_ERR_NOMEM,
+                            "%s; every rung of the out-of-memory ladder was taken (%s); plan: %d images, sub-batch "
+                            "%d, about %.2f GiB of activations, %.2f GiB available",
+                            msg, ladder, total, pl.sub_batch, (double)pl.memory_bytes / (1 << 30),
+                            (double)pl.memory_available / (1 << 30));
+            else
+                sdxl_seterr(&e, SDXL_ERR_NOMEM, "%s; every rung of the out-of-memory ladder was taken (%s)", msg,
+                            ladder);
+            break;
+        }
         rung++;
-        cap = was > 1 ? was / 2 : 1;
+        SDXL_WARN(&eng->log, "job %s: %s; out-of-memory ladder rung %d: %s", j0->info.id, e.msg, rung, lp + strlen(sep));
         sdxl_err_clear(&e);
         st = SDXL_OK;
     }
+    sdxl_pl_condcache_stats_get(eng->cond_cache, &cc1);
     double gen_s = now_mono() - t_gen;
     pthread_mutex_lock(&eng->mu);
     eng->unet_batches++;
@@ -1031,6 +1082,8 @@ static void run_group(sdxl_engine *eng, job **jobs, int n) {
         m->unet_calls = res.st.unet_calls;
         m->merged_jobs = n;
         m->rung = rung;
+        snprintf(m->ladder, sizeof m->ladder, "%s", ladder);
+        m->cond_cache_hits = (int)(cc1.hits - cc0.hits);
         if (st) {
             int cancelled = st == SDXL_ERR_CANCELLED || rc.cancel;
             jst = cancelled ? SDXL_JOB_CANCELLED : SDXL_JOB_FAILED;
@@ -1165,6 +1218,9 @@ static int pick_group(sdxl_engine *eng, job **group, int cap) {
 static void *runner(void *arg) {
     sdxl_engine *eng = arg;
     job *group[64];
+    /* OpenMP (and oneDNN on it) keeps the thread count per calling thread: this thread loads the
+     * models and runs every job, so -t governs all of their kernels */
+    sdxl_threads_set(eng->cfg.n_threads);
     pthread_mutex_lock(&eng->mu);
     for (;;) {
         int n = 0;
@@ -1315,18 +1371,24 @@ void sdxl_engine_metrics_get(sdxl_engine *eng, sdxl_engine_metrics *out) {
     out->rss = ms.rss;
     out->peak_rss = ms.peak_rss;
     out->mem_available = ms.available;
+    sdxl_pl_condcache_stats cs;
+    sdxl_pl_condcache_stats_get(eng->cond_cache, &cs);
+    out->cond_cache_hits = cs.hits;
+    out->cond_cache_misses = cs.misses;
+    out->cond_cache_bytes = cs.bytes;
 }
 
 void sdxl_engine_metrics_json(const sdxl_engine_metrics *m, sdxl_strbuf *b) {
     sdxl_sb_printf(b,
                    "{\"jobs\":{\"queued\":%d,\"running\":%d,\"done\":%d,\"failed\":%d,\"cancelled\":%d},"
                    "\"images\":%lld,\"mean_latency_s\":%.4f,\"p95_latency_s\":%.4f,\"model_cache_hits\":%lld,"
-                   "\"model_cache_misses\":%lld,\"cond_cache_hits\":%lld,\"cond_cache_misses\":%lld,"
+                   "\"model_cache_misses\":%lld,\"cond_cache_hits\":%lld,\"cond_cache_misses\":%lld,\"cond_cache_bytes\":%llu,"
                    "\"unet_batches\":%lld,\"merged_batches\":%lld,\"uptime_s\":%.3f,\"rss\":%llu,\"peak_rss\":%llu,"
                    "\"mem_available\":%llu,\"queue_limit\":%d,\"loaded_model\":",
                    m->queued, m->running, m->done, m->failed, m->cancelled, (long long)m->images, m->mean_latency_s,
                    m->p95_latency_s, (long long)m->model_cache_hits, (long long)m->model_cache_misses,
-                   (long long)m->cond_cache_hits, (long long)m->cond_cache_misses, (long long)m->unet_batches,
+                   (long long)m->cond_cache_hits, (long long)m->cond_cache_misses,
+                   (unsigned long long)m->cond_cache_bytes, (long long)m->unet_batches,
                    (long long)m->merged_batches, m->uptime_s, (unsigned long long)m->rss,
                    (unsigned long long)m->peak_rss, (unsigned long long)m->mem_available, m->queue_limit);
     if (m->loaded_model[0]) sdxl_sb_json(b, m->loaded_model);
@@ -1450,6 +1512,7 @@ int sdxl_engine_new(const sdxl_engine_config *c, sdxl_engine **out, char *err, s
     eng->rng = seed ^ (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     int st = sdxl_svc_roots_init(&eng->roots, c, err, err_cap);
     if (!st && (!eng->output_root || !eng->precision)) st = SDXL_ERR_NOMEM;
+    if (!st && c->cond_cache_bytes) st = sdxl_pl_condcache_new(c->cond_cache_bytes, &eng->cond_cache);
     if (!st && c->journal) {
         st = sdxl_journal_open(c->journal, &eng->journal, err, err_cap);
         if (!st) st = recover(eng, err, err_cap);
@@ -1496,6 +1559,7 @@ void sdxl_engine_free(sdxl_engine *eng) {
     for (int i = 0; i < eng->n_jobs; i++) job_free(eng->jobs[i]);
     free(eng->jobs);
     for (int i = 0; i < MAX_MODELS; i++) sdxl_pl_model_free(eng->models[i].m);
+    sdxl_pl_condcache_free(eng->cond_cache);
     sdxl_journal_close(eng->journal);
     sdxl_svc_roots_free(&eng->roots);
     free(eng->latencies);

@@ -33,7 +33,8 @@ typedef struct sdxl_engine_config {
     int n_control_dirs;
     const char *const *input_dirs;  /* where init/mask/control image paths may point; none = refused */
     int n_input_dirs;
-    const char *default_model;      /* base used when a request names none (a path or a name) */
+    const char *default_model;      /* base used when a request names none (a path or a name); an
+                                       existing file outside the roots is allowed for itself alone */
     const char *output_root;        /* images go to output_root/save_path; default "." */
     const char *journal;            /* SQLite file; NULL = no journal (jobs live in memory only) */
     const char *precision;          /* "auto" (default), "f32", "bf16" */
@@ -47,7 +48,9 @@ typedef struct sdxl_engine_config {
     int max_steps;                  /* default 150 */
     int max_images;                 /* per job; default 16 */
     int start_paused;               /* 1: jobs queue but nothing runs until sdxl_engine_resume */
-    int fail_alloc_at;              /* test hook: the k-th large allocation (UNet batch) fails; 0 off */
+    uint64_t cond_cache_bytes;      /* text-encoder output cache budget; default 64 MiB; 0 = off */
+    int fail_alloc_at;              /* test hook: the k-th large allocation (UNet batch, VAE decode) fails; 0 off */
+    int fail_alloc_count;           /* with fail_alloc_at: this many allocations in a row fail (default 1) */
     sdxl_log_level log_level;
     sdxl_log_fn log_fn;             /* NULL = stderr */
     void *log_user;
@@ -87,10 +90,11 @@ typedef struct sdxl_job_metrics {
     int sub_batch, n_sub_batches;
     int merged_jobs;              /* jobs in the UNet batch this job ran in (1 = alone) */
     int unet_calls;               /* UNet forwards of the batch this job ran in */
-    int rung;                     /* out-of-memory ladder rungs taken: 0 none; each rung halves the UNet batch (at most 3) */
+    int rung;                     /* out-of-memory ladder rungs taken (0 none), each named in ladder */
+    char ladder[128];             /* the rungs in order: "batch 8->4", "vae_tiled", "unet_rows 1"; "" none */
     int attempts;                 /* runs started (2 after one crash) */
     double images_per_s;
-    int cond_cache_hits;
+    int cond_cache_hits;          /* text encodings of the run this job was in served from the cache */
     int model_cache_hit;
 } sdxl_job_metrics;
 
@@ -192,6 +196,7 @@ typedef struct sdxl_engine_metrics {
     int64_t images;
     double mean_latency_s, p95_latency_s;     /* accepted -> finished, done jobs */
     int64_t model_cache_hits, model_cache_misses, cond_cache_hits, cond_cache_misses;
+    uint64_t cond_cache_bytes;                /* held by the conditioning cache */
     int64_t unet_batches, merged_batches;
     double uptime_s;
     uint64_t rss, peak_rss, mem_available;

@@ -36,6 +36,33 @@ static int add_dirs(sdxl_svc_roots *r, int k, const char *const *dirs, int n, ch
     return SDXL_OK;
 }
 
+static int inside(const char *root, const char *path);
+
+/* The operator's -m naming an existing file (or diffusers folder) that no model root holds. */
+static int pin_default(sdxl_svc_roots *r, const char *model) {
+    char rp[PATH_MAX];
+    struct stat sb;
+    if (!model || model[0] != '/' || stat(model, &sb) || !realpath(model, rp)) return SDXL_OK;
+    for (int i = 0; i < r->n[K_MODEL]; i++)
+        if (inside(r->dirs[K_MODEL][i], rp)) return SDXL_OK;
+    r->pinned = strdup(rp);
+    return r->pinned ? SDXL_OK : SDXL_ERR_NOMEM;
+}
+
+/* 1 when name means the pinned model: its path, its file name, or its stem. */
+static int is_pinned(const sdxl_svc_roots *r, const char *name) {
+    if (!r->pinned) return 0;
+    char rp[PATH_MAX];
+    if (name[0] == '/') return realpath(name, rp) && !strcmp(rp, r->pinned);
+    const char *b = strrchr(r->pinned, '/') + 1;
+    size_t n = strlen(name);
+    if (!strcmp(name, b)) return 1;
+    static const char *const ext[] = {".safetensors", ".sft"};
+    for (int i = 0; i < 2; i++)
+        if (strlen(b) == n + strlen(ext[i]) && !strncmp(b, name, n) && !strcmp(b + n, ext[i])) return 1;
+    return 0;
+}
+
 int sdxl_svc_roots_init(sdxl_svc_roots *r, const sdxl_engine_config *c, char *err, size_t cap) {
     memset(r, 0, sizeof *r);
     int st = add_dirs(r, K_MODEL, c->models_dirs, c->n_models_dirs, err, cap);
@@ -46,6 +73,7 @@ int sdxl_svc_roots_init(sdxl_svc_roots *r, const sdxl_engine_config *c, char *er
     /* the per-kind folders come first; the model roots serve every model-like kind */
     for (int k = K_VAE; !st && k <= K_CONTROL; k++)
         st = add_dirs(r, k, c->models_dirs, c->n_models_dirs, err, cap);
+    if (!st) st = pin_default(r, c->default_model);
     if (st) sdxl_svc_roots_free(r);
     return st;
 }
@@ -55,6 +83,7 @@ void sdxl_svc_roots_free(sdxl_svc_roots *r) {
         for (int i = 0; i < r->n[k]; i++) free(r->dirs[k][i]);
         free(r->dirs[k]);
     }
+    free(r->pinned);
     memset(r, 0, sizeof *r);
 }
 
@@ -91,6 +120,10 @@ int sdxl_svc_resolve(const sdxl_svc_roots *r, const char *kind, const char *name
     if (strstr(name, "..") || strchr(name, '\\')) {
         snprintf(err, err_cap, "\"%.80s\" refused: \"..\" and backslashes may not appear in names", name);
         return SDXL_ERR_ARG;
+    }
+    if (k == K_MODEL && is_pinned(r, name) && strlen(r->pinned) < cap) {
+        snprintf(out, cap, "%s", r->pinned);
+        return SDXL_OK;
     }
     if (!r->n[k]) {
         snprintf(err, err_cap, "\"%.80s\" refused: no %s folder is configured", name, kind);
@@ -182,6 +215,18 @@ int sdxl_svc_list_models(const sdxl_svc_roots *r, sdxl_strbuf *b) {
     int first = 1;
     sdxl_sb_str(b, "[");
     for (int i = 0; i < r->n[K_MODEL]; i++) list_dir(r->dirs[K_MODEL][i], "", b, &first, 0);
+    struct stat sb;
+    if (r->pinned && !stat(r->pinned, &sb)) {
+        char stem[PATH_MAX];
+        snprintf(stem, sizeof stem, "%s", strrchr(r->pinned, '/') + 1);
+        size_t n = strlen(stem);
+        if (n > 12 && !strcmp(stem + n - 12, ".safetensors")) stem[n - 12] = 0;
+        sdxl_sb_str(b, first ? "{\"name\":" : ",{\"name\":");
+        sdxl_sb_json(b, stem);
+        sdxl_sb_str(b, ",\"path\":");
+        sdxl_sb_json(b, r->pinned);
+        sdxl_sb_printf(b, ",\"bytes\":%llu}", S_ISREG(sb.st_mode) ? (unsigned long long)sb.st_size : 0ULL);
+    }
     sdxl_sb_str(b, "]");
     return b->oom ? SDXL_ERR_NOMEM : SDXL_OK;
 }

@@ -14,6 +14,8 @@
 typedef struct sdxl_svc_roots {
     char **dirs[5]; /* real paths, by kind: model, vae, lora, control, input */
     int n[5];
+    char *pinned;   /* real path of the operator's default model when no model root holds it: that
+                       file alone resolves (by path, file name or stem), not its folder; else NULL */
 } sdxl_svc_roots;
 
 int sdxl_svc_roots_init(sdxl_svc_roots *r, const sdxl_engine_config *c, char *err, size_t cap);

@@ -4,6 +4,7 @@
 
 #include <ctype.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -254,6 +255,49 @@ static int rd_int(rd *c, const sdxl_json *obj, const char *keys, int lo, int hi,
     return 1;
 }
 
+/* One scalar field of a dialect: its spellings ("a|b", the first present wins; errors name it as
+ * written here), type, range and place in the request. A dialect is mostly a list of these. */
+typedef struct fld {
+    const char *keys;
+    char type; /* 's' string, 'i' int, 'l' int64, 'f' float, 'd' double */
+    double lo, hi;
+    size_t off;
+} fld;
+
+#define G_(m) offsetof(sdxl_svc_request, g.m)
+#define R_(m) offsetof(sdxl_svc_request, m)
+#define NFLD(t) (sizeof(t) / sizeof *(t))
+
+/* Reads every field of the table that obj has, in table order. */
+static void rd_fields(rd *c, const sdxl_json *obj, const fld *t, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        void *dst = (char *)c->r + t[i].off;
+        switch (t[i].type) {
+        case 's': rd_str(c, obj, t[i].keys, (const char **)dst); break;
+        case 'i': rd_int(c, obj, t[i].keys, (int)t[i].lo, (int)t[i].hi, (int *)dst); break;
+        case 'l': rd_i64(c, obj, t[i].keys, (int64_t)t[i].lo, (int64_t)t[i].hi, (int64_t *)dst); break;
+        case 'f': rd_float(c, obj, t[i].keys, t[i].lo, t[i].hi, (float *)dst); break;
+        default: rd_num(c, obj, t[i].keys, t[i].lo, t[i].hi, (double *)dst); break;
+        }
+    }
+}
+
+static int rd_bool(rd *c, const sdxl_json *obj, const char *keys, int *out);
+static const sdxl_json *rd_obj(rd *c, const sdxl_json *obj, const char *keys);
+static size_t push(rd *c, const char *seg);
+static void pop(rd *c, size_t n);
+
+/* The fields of the table inside the object member `key` (errors name key.field); the member or NULL. */
+static const sdxl_json *rd_section(rd *c, const sdxl_json *obj, const char *key, const fld *t, size_t n) {
+    const sdxl_json *o = rd_obj(c, obj, key);
+    if (o) {
+        size_t s = push(c, key);
+        rd_fields(c, o, t, n);
+        pop(c, s);
+    }
+    return o;
+}
+
 static int rd_bool(rd *c, const sdxl_json *obj, const char *keys, int *out) {
     char k[64], f[160];
     const sdxl_json *v = look(obj, keys, k, sizeof k);
@@ -402,52 +446,70 @@ static int is_control_type(const char *t) {
     "model|base|refiner|vae|loras|controls|format|quality|save_path|file_prefix|upscale|priority|timeout|"           \
     "client_id|request_id|preview_every|dry_run|events"
 
+#define SIDE 0, 65536 /* width, height and micro-conditioning sizes */
+
+static const fld NATIVE_GEN[] = {
+    {"prompt", 's', 0, 0, G_(prompt)},
+    {"negative_prompt", 's', 0, 0, G_(negative_prompt)},
+    {"prompt_2", 's', 0, 0, G_(prompt_2)},
+    {"negative_prompt_2", 's', 0, 0, G_(negative_prompt_2)},
+    {"width", 'i', SIDE, G_(width)},
+    {"height", 'i', SIDE, G_(height)},
+    {"steps", 'i', 1, 10000, G_(steps)},
+    {"cfg_scale|guidance_scale", 'f', 0, 100, G_(cfg_scale)},
+    {"guidance_rescale", 'f', 0, 1, G_(guidance_rescale)},
+    {"sampler|scheduler", 's', 0, 0, G_(sampler)},
+    {"schedule", 's', 0, 0, G_(schedule)},
+    {"seed", 'l', -1, 0xffffffffLL, G_(seed)},
+    {"rng", 's', 0, 0, G_(rng)},
+    {"batch_count", 'i', 1, 4096, G_(batch_count)},
+    {"batch_size", 'i', 0, 64, G_(batch_size)},
+    {"original_width", 'i', SIDE, G_(original_width)},
+    {"original_height", 'i', SIDE, G_(original_height)},
+    {"crop_left", 'i', SIDE, G_(crop_left)},
+    {"crop_top", 'i', SIDE, G_(crop_top)},
+    {"target_width", 'i', SIDE, G_(target_width)},
+    {"target_height", 'i', SIDE, G_(target_height)},
+    {"negative_original_width", 'i', SIDE, G_(negative_original_width)},
+    {"negative_original_height", 'i', SIDE, G_(negative_original_height)},
+    {"negative_crop_left", 'i', -1, 65536, G_(negative_crop_left)},
+    {"negative_crop_top", 'i', -1, 65536, G_(negative_crop_top)},
+    {"negative_target_width", 'i', SIDE, G_(negative_target_width)},
+    {"negative_target_height", 'i', SIDE, G_(negative_target_height)},
+    {"refiner_switch", 'f', 0, 1, G_(refiner_switch)},
+    {"aesthetic_score", 'f', -100, 100, G_(aesthetic_score)},
+    {"negative_aesthetic_score", 'f', -100, 100, G_(negative_aesthetic_score)},
+    {"init_image", 's', 0, 0, R_(init_image)},
+    {"strength", 'f', 0, 1, G_(strength)},
+    {"mask", 's', 0, 0, R_(mask)},
+    {"mask_blur", 'i', 0, 256, G_(mask_blur)},
+    {"clip_skip", 'i', 0, 64, G_(clip_skip)},
+    {"model|base", 's', 0, 0, R_(base)},
+    {"refiner", 's', 0, 0, R_(refiner)},
+    {"vae", 's', 0, 0, R_(vae)},
+};
+
+static const fld NATIVE_OUT[] = {
+    {"format", 's', 0, 0, R_(format)},
+    {"quality", 'i', 1, 100, R_(quality)},
+    {"save_path", 's', 0, 0, R_(save_path)},
+    {"file_prefix", 's', 0, 0, R_(file_prefix)},
+};
+
+static const fld NATIVE_JOB[] = {
+    {"timeout", 'd', 0, 86400 * 7, R_(timeout_s)},
+    {"client_id|request_id", 's', 0, 0, R_(client_id)},
+    {"preview_every", 'i', 0, 10000, R_(preview_every)},
+};
+
 static void parse_native(rd *c, const sdxl_json *o) {
     sdxl_svc_request *r = c->r;
-    sdxl_gen_params *g = &r->g;
     unknown_keys(c, o, NATIVE_KEYS);
     int64_t sv = SDXL_SVC_SCHEMA_VERSION;
     if (rd_i64(c, o, "schema_version", 1, 1000, &sv) && sv > SDXL_SVC_SCHEMA_VERSION)
         sdxl_svc_issue_add(c->is, "unsupported", "schema_version", "this worker speaks version %d, got %lld",
                            SDXL_SVC_SCHEMA_VERSION, (long long)sv);
-    rd_str(c, o, "prompt", &g->prompt);
-    rd_str(c, o, "negative_prompt", &g->negative_prompt);
-    rd_str(c, o, "prompt_2", &g->prompt_2);
-    rd_str(c, o, "negative_prompt_2", &g->negative_prompt_2);
-    rd_int(c, o, "width", 0, 65536, &g->width);
-    rd_int(c, o, "height", 0, 65536, &g->height);
-    rd_int(c, o, "steps", 1, 10000, &g->steps);
-    rd_float(c, o, "cfg_scale|guidance_scale", 0, 100, &g->cfg_scale);
-    rd_float(c, o, "guidance_rescale", 0, 1, &g->guidance_rescale);
-    rd_str(c, o, "sampler|scheduler", &g->sampler);
-    rd_str(c, o, "schedule", &g->schedule);
-    rd_i64(c, o, "seed", -1, 0xffffffffLL, &g->seed);
-    rd_str(c, o, "rng", &g->rng);
-    rd_int(c, o, "batch_count", 1, 4096, &g->batch_count);
-    rd_int(c, o, "batch_size", 0, 64, &g->batch_size);
-    rd_int(c, o, "original_width", 0, 65536, &g->original_width);
-    rd_int(c, o, "original_height", 0, 65536, &g->original_height);
-    rd_int(c, o, "crop_left", 0, 65536, &g->crop_left);
-    rd_int(c, o, "crop_top", 0, 65536, &g->crop_top);
-    rd_int(c, o, "target_width", 0, 65536, &g->target_width);
-    rd_int(c, o, "target_height", 0, 65536, &g->target_height);
-    rd_int(c, o, "negative_original_width", 0, 65536, &g->negative_original_width);
-    rd_int(c, o, "negative_original_height", 0, 65536, &g->negative_original_height);
-    rd_int(c, o, "negative_crop_left", -1, 65536, &g->negative_crop_left);
-    rd_int(c, o, "negative_crop_top", -1, 65536, &g->negative_crop_top);
-    rd_int(c, o, "negative_target_width", 0, 65536, &g->negative_target_width);
-    rd_int(c, o, "negative_target_height", 0, 65536, &g->negative_target_height);
-    rd_float(c, o, "refiner_switch", 0, 1, &g->refiner_switch);
-    rd_float(c, o, "aesthetic_score", -100, 100, &g->aesthetic_score);
-    rd_float(c, o, "negative_aesthetic_score", -100, 100, &g->negative_aesthetic_score);
-    rd_str(c, o, "init_image", &r->init_image);
-    rd_float(c, o, "strength", 0, 1, &g->strength);
-    rd_str(c, o, "mask", &r->mask);
-    rd_int(c, o, "mask_blur", 0, 256, &g->mask_blur);
-    rd_int(c, o, "clip_skip", 0, 64, &g->clip_skip);
-    rd_str(c, o, "model|base", &r->base);
-    rd_str(c, o, "refiner", &r->refiner);
-    rd_str(c, o, "vae", &r->vae);
+    rd_fields(c, o, NATIVE_GEN, NFLD(NATIVE_GEN));
     char ap[128];
     const sdxl_json *la = rd_arr(c, o, "loras", 64, ap, sizeof ap);
     if (la) rd_lora_list(c, la, ap, "name|path", "weight|unet_weight");
@@ -479,10 +541,7 @@ static void parse_native(rd *c, const sdxl_json *o) {
             c->path[save] = 0;
         }
     }
-    rd_str(c, o, "format", &r->format);
-    rd_int(c, o, "quality", 1, 100, &r->quality);
-    rd_str(c, o, "save_path", &r->save_path);
-    rd_str(c, o, "file_prefix", &r->file_prefix);
+    rd_fields(c, o, NATIVE_OUT, NFLD(NATIVE_OUT));
     const sdxl_json *up = rd_obj(c, o, "upscale");
     if (up) {
         size_t s = push(c, "upscale");
@@ -495,9 +554,7 @@ static void parse_native(rd *c, const sdxl_json *o) {
         pop(c, s);
     }
     rd_priority(c, o, "priority");
-    rd_num(c, o, "timeout", 0, 86400 * 7, &r->timeout_s);
-    rd_str(c, o, "client_id|request_id", &r->client_id);
-    rd_int(c, o, "preview_every", 0, 10000, &r->preview_every);
+    rd_fields(c, o, NATIVE_JOB, NFLD(NATIVE_JOB));
 }
 
 /* ---- the orchestrator's enhanced payload (snake_case, nested) -------------------------------- */
@@ -564,6 +621,38 @@ static void orch_output(rd *c, const sdxl_json *out) {
     pop(c, s);
 }
 
+/* the orchestrator's seeds are C# int */
+#define SEED32 -1, 0x7fffffffLL
+
+/* flat keys of the older payload */
+static const fld ORCH_FLAT[] = {
+    {"prompt", 's', 0, 0, G_(prompt)},
+    {"negative_prompt", 's', 0, 0, G_(negative_prompt)},
+    {"model_name", 's', 0, 0, R_(base)},
+    {"steps|num_inference_steps", 'i', 1, 10000, G_(steps)},
+    {"guidance_scale|cfg_scale", 'f', 0, 100, G_(cfg_scale)},
+    {"width", 'i', SIDE, G_(width)},
+    {"height", 'i', SIDE, G_(height)},
+    {"seed", 'l', SEED32, G_(seed)},
+    {"refiner_model", 's', 0, 0, R_(refiner)},
+    {"vae_model", 's', 0, 0, R_(vae)},
+    {"scheduler_type", 's', 0, 0, G_(sampler)},
+};
+
+static const fld ORCH_HP[] = {
+    {"num_inference_steps|steps", 'i', 1, 10000, G_(steps)},
+    {"guidance_scale", 'f', 0, 100, G_(cfg_scale)},
+    {"seed", 'l', SEED32, G_(seed)},
+    {"strength", 'f', 0, 1, G_(strength)}, /* always sent (0.8); img2img only with an init image */
+    {"guidance_rescale", 'f', 0, 1, G_(guidance_rescale)},
+    {"clip_skip", 'i', 0, 64, G_(clip_skip)},
+};
+
+static const fld ORCH_DIM[] = {{"width", 'i', SIDE, G_(width)}, {"height", 'i', SIDE, G_(height)}};
+
+static const fld ORCH_MODELS[] = {
+    {"base", 's', 0, 0, R_(base)}, {"refiner", 's', 0, 0, R_(refiner)}, {"vae", 's', 0, 0, R_(vae)}};
+
 static void parse_orch_payload(rd *c, const sdxl_json *o) {
     sdxl_svc_request *r = c->r;
     sdxl_gen_params *g = &r->g;
@@ -575,46 +664,11 @@ static void parse_orch_payload(rd *c, const sdxl_json *o) {
     g->width = g->height = 512;
     g->steps = 20;
     g->cfg_scale = 7.5f;
-    rd_str(c, o, "prompt", &g->prompt);
-    rd_str(c, o, "negative_prompt", &g->negative_prompt);
-    rd_str(c, o, "model_name", &r->base);
-    /* flat keys of the older payload */
-    rd_int(c, o, "steps|num_inference_steps", 1, 10000, &g->steps);
-    rd_float(c, o, "guidance_scale|cfg_scale", 0, 100, &g->cfg_scale);
-    rd_int(c, o, "width", 0, 65536, &g->width);
-    rd_int(c, o, "height", 0, 65536, &g->height);
-    rd_i64(c, o, "seed", -1, 0x7fffffffLL, &g->seed);
-    rd_str(c, o, "refiner_model", &r->refiner);
-    rd_str(c, o, "vae_model", &r->vae);
-    rd_str(c, o, "scheduler_type", &g->sampler);
-    const sdxl_json *hp = rd_obj(c, o, "hyperparameters");
-    if (hp) {
-        size_t s = push(c, "hyperparameters");
-        rd_int(c, hp, "num_inference_steps|steps", 1, 10000, &g->steps);
-        rd_float(c, hp, "guidance_scale", 0, 100, &g->cfg_scale);
-        rd_i64(c, hp, "seed", -1, 0x7fffffffLL, &g->seed);
-        /* always present (default 0.8); img2img only when an init image comes with it */
-        rd_float(c, hp, "strength", 0, 1, &g->strength);
-        rd_float(c, hp, "guidance_rescale", 0, 1, &g->guidance_rescale);
-        rd_int(c, hp, "clip_skip", 0, 64, &g->clip_skip);
-        pop(c, s);
-    }
-    const sdxl_json *dm = rd_obj(c, o, "dimensions");
-    if (dm) {
-        size_t s = push(c, "dimensions");
-        rd_int(c, dm, "width", 0, 65536, &g->width);
-        rd_int(c, dm, "height", 0, 65536, &g->height);
-        pop(c, s);
-    }
+    rd_fields(c, o, ORCH_FLAT, NFLD(ORCH_FLAT));
+    rd_section(c, o, "hyperparameters", ORCH_HP, NFLD(ORCH_HP));
+    rd_section(c, o, "dimensions", ORCH_DIM, NFLD(ORCH_DIM));
     rd_str(c, o, "scheduler", &g->sampler);
-    const sdxl_json *ms = rd_obj(c, o, "models");
-    if (ms) {
-        size_t s = push(c, "models");
-        rd_str(c, ms, "base", &r->base);
-        rd_str(c, ms, "refiner", &r->refiner);
-        rd_str(c, ms, "vae", &r->vae);
-        pop(c, s);
-    }
+    rd_section(c, o, "models", ORCH_MODELS, NFLD(ORCH_MODELS));
     const sdxl_json *lo = rd_obj(c, o, "lora");
     if (lo) {
         size_t s = push(c, "lora");
@@ -668,23 +722,53 @@ static void parse_orch_payload(rd *c, const sdxl_json *o) {
 
 /* ---- the orchestrator's basic generate_image parameters ---------------------------------------- */
 
+static const fld ORCH_BASIC[] = {
+    {"prompt", 's', 0, 0, G_(prompt)},
+    {"negative_prompt", 's', 0, 0, G_(negative_prompt)},
+    {"width", 'i', SIDE, G_(width)},
+    {"height", 'i', SIDE, G_(height)},
+    {"steps|num_inference_steps", 'i', 1, 10000, G_(steps)},
+    {"guidance_scale|cfg_scale", 'f', 0, 100, G_(cfg_scale)},
+    {"seed", 'l', SEED32, G_(seed)},
+    {"scheduler|sampler", 's', 0, 0, G_(sampler)},
+    {"model_name|model", 's', 0, 0, R_(base)},
+};
+
 static void parse_orch_basic(rd *c, const sdxl_json *o) {
     sdxl_gen_params *g = &c->r->g;
     g->width = g->height = 512;
     g->steps = 20;
     g->cfg_scale = 7.5f;
-    rd_str(c, o, "prompt", &g->prompt);
-    rd_str(c, o, "negative_prompt", &g->negative_prompt);
-    rd_int(c, o, "width", 0, 65536, &g->width);
-    rd_int(c, o, "height", 0, 65536, &g->height);
-    rd_int(c, o, "steps|num_inference_steps", 1, 10000, &g->steps);
-    rd_float(c, o, "guidance_scale|cfg_scale", 0, 100, &g->cfg_scale);
-    rd_i64(c, o, "seed", -1, 0x7fffffffLL, &g->seed);
-    rd_str(c, o, "scheduler|sampler", &g->sampler);
-    rd_str(c, o, "model_name|model", &c->r->base);
+    rd_fields(c, o, ORCH_BASIC, NFLD(ORCH_BASIC));
 }
 
 /* ---- the orchestrator's C# EnhancedSDXLRequest object (PascalCase, nested) ----------------------- */
+
+static const fld CS_MODEL[] = {
+    {"Base", 's', 0, 0, R_(base)}, {"Refiner", 's', 0, 0, R_(refiner)}, {"Vae", 's', 0, 0, R_(vae)}};
+
+static const fld CS_SCHEDULER[] = {
+    {"Type|Name", 's', 0, 0, G_(sampler)},
+    {"Steps|NumInferenceSteps", 'i', 1, 10000, G_(steps)},
+    {"GuidanceScale", 'f', 0, 100, G_(cfg_scale)},
+};
+
+static const fld CS_HP[] = {
+    {"NumInferenceSteps|Steps", 'i', 1, 10000, G_(steps)},
+    {"GuidanceScale", 'f', 0, 100, G_(cfg_scale)},
+    {"Seed", 'l', SEED32, G_(seed)},
+    {"Strength", 'f', 0, 1, G_(strength)},
+    {"Width", 'i', SIDE, G_(width)},
+    {"Height", 'i', SIDE, G_(height)},
+    {"BatchSize", 'i', 1, 64, G_(batch_count)},
+    {"GuidanceRescale", 'f', 0, 1, G_(guidance_rescale)},
+    {"ClipSkip", 'i', 0, 64, G_(clip_skip)},
+};
+
+static const fld CS_DIM[] = {{"Width", 'i', SIDE, G_(width)}, {"Height", 'i', SIDE, G_(height)}};
+
+static const fld CS_OUTPUT[] = {
+    {"Format", 's', 0, 0, R_(format)}, {"Quality", 'i', 1, 100, R_(quality)}, {"SavePath", 's', 0, 0, R_(save_path)}};
 
 static void parse_csharp(rd *c, const sdxl_json *o) {
     sdxl_svc_request *r = c->r;
@@ -692,45 +776,12 @@ static void parse_csharp(rd *c, const sdxl_json *o) {
     g->width = g->height = 1024;
     g->steps = 20;
     g->cfg_scale = 7.5f;
-    const sdxl_json *m = rd_obj(c, o, "Model");
-    if (m) {
-        size_t s = push(c, "Model");
-        rd_str(c, m, "Base", &r->base);
-        rd_str(c, m, "Refiner", &r->refiner);
-        rd_str(c, m, "Vae", &r->vae);
-        pop(c, s);
-    }
+    rd_section(c, o, "Model", CS_MODEL, NFLD(CS_MODEL));
     const sdxl_json *sc = look(o, "Scheduler", (char[64]){0}, 64);
-    if (sc && sc->type == SDXL_JSON_STRING) {
-        rd_str(c, o, "Scheduler", &g->sampler);
-    } else if ((sc = rd_obj(c, o, "Scheduler"))) {
-        size_t s = push(c, "Scheduler");
-        rd_str(c, sc, "Type|Name", &g->sampler);
-        rd_int(c, sc, "Steps|NumInferenceSteps", 1, 10000, &g->steps);
-        rd_float(c, sc, "GuidanceScale", 0, 100, &g->cfg_scale);
-        pop(c, s);
-    }
-    const sdxl_json *hp = rd_obj(c, o, "Hyperparameters");
-    if (hp) {
-        size_t s = push(c, "Hyperparameters");
-        rd_int(c, hp, "NumInferenceSteps|Steps", 1, 10000, &g->steps);
-        rd_float(c, hp, "GuidanceScale", 0, 100, &g->cfg_scale);
-        rd_i64(c, hp, "Seed", -1, 0x7fffffffLL, &g->seed);
-        rd_float(c, hp, "Strength", 0, 1, &g->strength);
-        rd_int(c, hp, "Width", 0, 65536, &g->width);
-        rd_int(c, hp, "Height", 0, 65536, &g->height);
-        rd_int(c, hp, "BatchSize", 1, 64, &g->batch_count);
-        rd_float(c, hp, "GuidanceRescale", 0, 1, &g->guidance_rescale);
-        rd_int(c, hp, "ClipSkip", 0, 64, &g->clip_skip);
-        pop(c, s);
-    }
-    const sdxl_json *dm = rd_obj(c, o, "Dimensions");
-    if (dm) {
-        size_t s = push(c, "Dimensions");
-        rd_int(c, dm, "Width", 0, 65536, &g->width);
-        rd_int(c, dm, "Height", 0, 65536, &g->height);
-        pop(c, s);
-    }
+    if (sc && sc->type == SDXL_JSON_STRING) rd_str(c, o, "Scheduler", &g->sampler);
+    else rd_section(c, o, "Scheduler", CS_SCHEDULER, NFLD(CS_SCHEDULER));
+    rd_section(c, o, "Hyperparameters", CS_HP, NFLD(CS_HP));
+    rd_section(c, o, "Dimensions", CS_DIM, NFLD(CS_DIM));
     const sdxl_json *cd = rd_obj(c, o, "Conditioning");
     if (cd) {
         size_t s = push(c, "Conditioning");
@@ -767,14 +818,7 @@ static void parse_csharp(rd *c, const sdxl_json *o) {
         rd_str(c, cd, "MaskImage|Mask", &r->mask);
         pop(c, s);
     }
-    const sdxl_json *out = rd_obj(c, o, "Output");
-    if (out) {
-        size_t s = push(c, "Output");
-        rd_str(c, out, "Format", &r->format);
-        rd_int(c, out, "Quality", 1, 100, &r->quality);
-        rd_str(c, out, "SavePath", &r->save_path);
-        pop(c, s);
-    }
+    rd_section(c, o, "Output", CS_OUTPUT, NFLD(CS_OUTPUT));
     char ap[128];
     const sdxl_json *pp = rd_arr(c, o, "PostProcessing", 16, ap, sizeof ap);
     for (size_t i = 0; pp && i < pp->len; i++) {
@@ -806,23 +850,31 @@ static void parse_csharp(rd *c, const sdxl_json *o) {
 
 /* ---- A1111 /sdapi/v1/txt2img and img2img bodies ------------------------------------------------ */
 
+static const fld A1111_GEN[] = {
+    {"prompt", 's', 0, 0, G_(prompt)},
+    {"negative_prompt", 's', 0, 0, G_(negative_prompt)},
+    {"width", 'i', SIDE, G_(width)},
+    {"height", 'i', SIDE, G_(height)},
+    {"steps", 'i', 1, 10000, G_(steps)},
+    {"cfg_scale", 'f', 0, 100, G_(cfg_scale)},
+    {"seed", 'l', -1, 0xffffffffLL, G_(seed)},
+};
+
+static const fld A1111_BATCH[] = {
+    {"scheduler", 's', 0, 0, G_(schedule)},
+    {"batch_size", 'i', 1, 64, G_(batch_size)},
+    {"n_iter", 'i', 1, 4096, G_(batch_count)},
+};
+
 static void parse_a1111(rd *c, const sdxl_json *o, int img2img) {
     sdxl_svc_request *r = c->r;
     sdxl_gen_params *g = &r->g;
     g->width = g->height = 512;
     g->steps = 50;
     g->cfg_scale = 7.0f;
-    rd_str(c, o, "prompt", &g->prompt);
-    rd_str(c, o, "negative_prompt", &g->negative_prompt);
-    rd_int(c, o, "width", 0, 65536, &g->width);
-    rd_int(c, o, "height", 0, 65536, &g->height);
-    rd_int(c, o, "steps", 1, 10000, &g->steps);
-    rd_float(c, o, "cfg_scale", 0, 100, &g->cfg_scale);
-    rd_i64(c, o, "seed", -1, 0xffffffffLL, &g->seed);
+    rd_fields(c, o, A1111_GEN, NFLD(A1111_GEN));
     if (!rd_str(c, o, "sampler_name", &g->sampler)) rd_str(c, o, "sampler_index", &g->sampler);
-    rd_str(c, o, "scheduler", &g->schedule);
-    rd_int(c, o, "batch_size", 1, 64, &g->batch_size);
-    rd_int(c, o, "n_iter", 1, 4096, &g->batch_count);
+    rd_fields(c, o, A1111_BATCH, NFLD(A1111_BATCH));
     rd_str(c, o, "refiner_checkpoint", &r->refiner);
     if (r->refiner && (!r->refiner[0] || !strcmp(r->refiner, "None"))) r->refiner = NULL; /* A1111: no refiner */
     float sw = g->refiner_switch;

@@ -2,6 +2,7 @@
 #include "harness.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -206,7 +207,21 @@ int read_file(const char *path, char **out, size_t *n) {
     return 0;
 }
 
-static int copy_file(const char *src, const char *dst) {
+int wk_file_eq(const char *a, const char *b) {
+    char *x, *y;
+    size_t nx, ny;
+    if (read_file(a, &x, &nx)) return 0;
+    if (read_file(b, &y, &ny)) {
+        free(x);
+        return 0;
+    }
+    int eq = nx == ny && !memcmp(x, y, nx);
+    free(x);
+    free(y);
+    return eq;
+}
+
+int wk_copy_file(const char *src, const char *dst) {
     char *b;
     size_t n;
     if (read_file(src, &b, &n)) return -1;
@@ -222,10 +237,10 @@ int make_models_dir(const char *src, const char *dir) {
     mkdir(dir, 0755);
     snprintf(a, sizeof a, "%s/tiny_sd_xl_base.safetensors", src);
     snprintf(b, sizeof b, "%s/sdxl_base.safetensors", dir);
-    if (copy_file(a, b)) return -1;
+    if (wk_copy_file(a, b)) return -1;
     snprintf(a, sizeof a, "%s/tiny_sd_xl_base.yaml", src);
     snprintf(b, sizeof b, "%s/sdxl_base.yaml", dir);
-    if (copy_file(a, b)) return -1;
+    if (wk_copy_file(a, b)) return -1;
     /* other names of the same model, as links inside the folder (allowed: they stay in the root) */
     const char *names[] = {"cyberrealistic_v1.1", "sdxl-base-1.0", NULL};
     for (int i = 0; names[i]; i++) {
@@ -255,4 +270,13 @@ int rm_rf(const char *path) {
     char cmd[4200];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", path);
     return system(cmd);
+}
+
+int wk_setup(const char *bin_arg, const char *src_arg, const char *work_arg, char *bin, char *src, char *work,
+             char *models) {
+    rm_rf(work_arg);
+    mkdir(work_arg, 0755);
+    if (!realpath(bin_arg, bin) || !realpath(src_arg, src) || !realpath(work_arg, work)) return -1;
+    snprintf(models, PATH_MAX + 16, "%s/models", work);
+    return make_models_dir(src, models);
 }

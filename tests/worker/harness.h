@@ -4,6 +4,7 @@
 #define SDXL_TESTS_WORKER_HARNESS_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <sys/types.h>
 
 #include "io/json.h"
@@ -39,7 +40,27 @@ const sdxl_json *ci_get(const sdxl_json *o, const char *key);
 /* Test model folder: tiny base under several names (copies, and symlinks inside the folder). */
 int make_models_dir(const char *src_models, const char *dir);
 int rm_rf(const char *path);
+/* A test's start from its SDXL_BIN MODELS_SRC WORK_DIR arguments: WORK_DIR emptied, the real paths
+ * in bin, src, work (PATH_MAX each) and the test model folder made at models = WORK_DIR/models
+ * (PATH_MAX + 16). 0 on success. */
+int wk_setup(const char *bin_arg, const char *src_arg, const char *work_arg, char *bin, char *src, char *work,
+             char *models);
 int read_file(const char *path, char **out, size_t *n);
 double mono(void);
+/* 1 when both files exist with the same bytes. */
+int wk_file_eq(const char *a, const char *b);
+int wk_copy_file(const char *src, const char *dst);
+
+/* A test program's check: counts into its own static n_pass / n_fail, prints a failure. */
+#define CHECK(c, ...)                                                                                                  \
+    do {                                                                                                               \
+        if (c) n_pass++;                                                                                               \
+        else {                                                                                                         \
+            n_fail++;                                                                                                  \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__);                                                                \
+            printf(__VA_ARGS__);                                                                                       \
+            printf("\n");                                                                                              \
+        }                                                                                                              \
+    } while (0)
 
 #endif

@@ -17,17 +17,6 @@
 
 static int n_pass, n_fail;
 
-#define CHECK(c, ...)                                                                                                  \
-    do {                                                                                                               \
-        if (c) n_pass++;                                                                                               \
-        else {                                                                                                         \
-            n_fail++;                                                                                                  \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);                                                                \
-            printf(__VA_ARGS__);                                                                                       \
-            printf("\n");                                                                                              \
-        }                                                                                                              \
-    } while (0)
-
 typedef struct kind {
     const char *name;
     const char *code;
@@ -177,14 +166,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: test_malformed SDXL_BIN MODELS_SRC WORK_DIR\n");
         return 2;
     }
-    char bin[PATH_MAX], src[PATH_MAX], work[PATH_MAX];
-    rm_rf(argv[3]);
-    mkdir(argv[3], 0755);
-    if (!realpath(argv[1], bin) || !realpath(argv[2], src) || !realpath(argv[3], work)) return 2;
-    char models[PATH_MAX + 16], errlog[PATH_MAX + 16];
-    snprintf(models, sizeof models, "%s/models", work);
+    char bin[PATH_MAX], src[PATH_MAX], work[PATH_MAX], models[PATH_MAX + 16];
+    if (wk_setup(argv[1], argv[2], argv[3], bin, src, work, models)) return 2;
+    char errlog[PATH_MAX + 16];
     snprintf(errlog, sizeof errlog, "%s/stderr.log", work);
-    if (make_models_dir(src, models)) return 1;
     char maxline[32];
     snprintf(maxline, sizeof maxline, "%d", MAX_LINE);
     const char *args[] = {"--models-dir", models, "--precision", "f32", "-t", "2", "--max-line", maxline,

@@ -20,17 +20,6 @@
 static int n_pass, n_fail;
 static const char *g_work;
 
-#define CHECK(c, ...)                                                                                                  \
-    do {                                                                                                               \
-        if (c) n_pass++;                                                                                               \
-        else {                                                                                                         \
-            n_fail++;                                                                                                  \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);                                                                \
-            printf(__VA_ARGS__);                                                                                       \
-            printf("\n");                                                                                              \
-        }                                                                                                              \
-    } while (0)
-
 /* C# property kinds: s string, d double, l int64, i int32, b bool, m map string->bool,
  * a array of strings, o object */
 typedef struct prop {

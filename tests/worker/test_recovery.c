@@ -17,17 +17,6 @@
 
 static int n_pass, n_fail;
 
-#define CHECK(c, ...)                                                                                                  \
-    do {                                                                                                               \
-        if (c) n_pass++;                                                                                               \
-        else {                                                                                                         \
-            n_fail++;                                                                                                  \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);                                                                \
-            printf(__VA_ARGS__);                                                                                       \
-            printf("\n");                                                                                              \
-        }                                                                                                              \
-    } while (0)
-
 #define MAX_JOBS 64
 
 static void job_line(int k, char *b, size_t cap) {
@@ -56,20 +45,6 @@ static void on_line(void *user, const char *line) {
     }
 }
 
-static int file_eq(const char *a, const char *b) {
-    char *x, *y;
-    size_t nx, ny;
-    if (read_file(a, &x, &nx)) return 0;
-    if (read_file(b, &y, &ny)) {
-        free(x);
-        return 0;
-    }
-    int eq = nx == ny && !memcmp(x, y, nx);
-    free(x);
-    free(y);
-    return eq;
-}
-
 /* client id -> reference image paths, from the undisturbed run's result events */
 typedef struct ref {
     char id[8];
@@ -87,20 +62,15 @@ int main(int argc, char **argv) {
     if (n_jobs < 1 || n_jobs > MAX_JOBS) return 2;
     srand(seed);
     printf("jobs %d, kills %d, random seed %u\n", n_jobs, n_kills, seed);
-    char bin[PATH_MAX], src[PATH_MAX], work[PATH_MAX];
-    rm_rf(argv[3]);
-    mkdir(argv[3], 0755);
-    if (!realpath(argv[1], bin) || !realpath(argv[2], src) || !realpath(argv[3], work)) return 2;
-    char models[PATH_MAX + 16], refdir[PATH_MAX + 16], killdir[PATH_MAX + 16], journal[PATH_MAX + 32],
-        errlog[PATH_MAX + 16];
-    snprintf(models, sizeof models, "%s/models", work);
+    char bin[PATH_MAX], src[PATH_MAX], work[PATH_MAX], models[PATH_MAX + 16];
+    if (wk_setup(argv[1], argv[2], argv[3], bin, src, work, models)) return 2;
+    char refdir[PATH_MAX + 16], killdir[PATH_MAX + 16], journal[PATH_MAX + 32], errlog[PATH_MAX + 16];
     snprintf(refdir, sizeof refdir, "%s/ref", work);
     snprintf(killdir, sizeof killdir, "%s/kill", work);
     snprintf(journal, sizeof journal, "%s/kill/jobs.db", work);
     snprintf(errlog, sizeof errlog, "%s/stderr.log", work);
     mkdir(refdir, 0755);
     mkdir(killdir, 0755);
-    if (make_models_dir(src, models)) return 1;
     char line[1024];
 
     /* 1. the undisturbed run */
@@ -211,7 +181,7 @@ int main(int argc, char **argv) {
                 size_t n = strcspn(p, "\n");
                 char path[PATH_MAX * 2];
                 snprintf(path, sizeof path, "%s/%.*s", killdir, (int)n, p);
-                CHECK(i < refs[k].n && file_eq(path, refs[k].paths[i]),
+                CHECK(i < refs[k].n && wk_file_eq(path, refs[k].paths[i]),
                       "job %d image %d is byte-identical to the undisturbed run", k, i);
                 if (n_done_paths < MAX_JOBS * 2) snprintf(done_paths[n_done_paths++], PATH_MAX, "%.*s", (int)n, p);
                 images++;
