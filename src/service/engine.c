@@ -945,6 +945,9 @@ static void run_group(sdxl_engine *eng, job **jobs, int n) {
     sdxl_gen_params *gp = calloc((size_t)n, sizeof *gp);
     sdxl_image *init = calloc((size_t)n, sizeof *init), *mask = calloc((size_t)n, sizeof *mask);
     sdxl_lora_spec *loras = NULL;
+    sdxl_control_spec *ctls = NULL;
+    sdxl_image *cimg = NULL;
+    int n_cimg = 0;
     sdxl_pl_result res = {0};
     int rung = 0;
     if (!gp || !init || !mask) {
@@ -994,8 +997,44 @@ static void run_group(sdxl_engine *eng, job **jobs, int n) {
             gp[i].n_loras = j->req.n_loras;
         }
         if (j->req.n_controls) {
-            st = sdxl_seterr(&e, SDXL_ERR_UNSUPPORTED, "controls: ControlNet is not in this build");
-            break;
+            /* the batch manager runs control requests alone: one set of units per batch */
+            if (ctls) {
+                st = sdxl_seterr(&e, SDXL_ERR_ARG, "controls: a request with ControlNet units runs alone");
+                break;
+            }
+            ctls = calloc((size_t)j->req.n_controls, sizeof *ctls);
+            cimg = calloc((size_t)j->req.n_controls, sizeof *cimg);
+            n_cimg = j->req.n_controls;
+            if (!ctls || !cimg) {
+                st = sdxl_seterr(&e, SDXL_ERR_NOMEM, "out of memory");
+                break;
+            }
+            for (int k = 0; k < j->req.n_controls && !st; k++) {
+                const sdxl_svc_control *c = &j->req.controls[k];
+                const char *name = c->model ? c->model : c->type;
+                char p[1024], err[512], what[48];
+                if (sdxl_svc_resolve(&eng->roots, "control", name, p, sizeof p, err, sizeof err)) {
+                    st = sdxl_seterr(&e, SDXL_ERR_ARG, "controls[%d].model: %s", k, err);
+                    break;
+                }
+                if (!c->image) {
+                    st = sdxl_seterr(&e, SDXL_ERR_ARG, "controls[%d].image: required", k);
+                    break;
+                }
+                snprintf(what, sizeof what, "controls[%d].image", k);
+                if ((st = load_image(eng, c->image, 3, what, &cimg[k], &e))) break;
+                ctls[k].model = sdxl_svc_request_strdup(&j->req, p);
+                ctls[k].image = cimg[k].data;
+                ctls[k].image_width = cimg[k].width;
+                ctls[k].image_height = cimg[k].height;
+                ctls[k].scale = c->scale;
+                ctls[k].guidance_start = c->guidance_start;
+                ctls[k].guidance_end = c->guidance_end;
+                ctls[k].preprocess = c->preprocess;
+            }
+            if (st) break;
+            gp[i].controls = ctls;
+            gp[i].n_controls = j->req.n_controls;
         }
     }
     sdxl_pl_trace tr = {.user = &rc, .fail_alloc = fail_alloc_hook, .step = step_hook};
@@ -1175,6 +1214,9 @@ out:
         sdxl_image_free(&mask[i]);
     }
     free(loras);
+    for (int k = 0; cimg && k < n_cimg; k++) sdxl_image_free(&cimg[k]);
+    free(cimg);
+    free(ctls);
     free(gp);
     free(init);
     free(mask);

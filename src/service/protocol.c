@@ -546,7 +546,7 @@ static void capabilities(sdxl_proto *p) {
     const sdxl_engine_config *c = sdxl_engine_get_config(p->eng);
     sdxl_strbuf b = {0};
     sdxl_sb_printf(&b,
-                   "{\"Features\":{\"lora_support\":false,\"controlnet_support\":false,\"refiner_support\":true,"
+                   "{\"Features\":{\"lora_support\":true,\"controlnet_support\":true,\"refiner_support\":true,"
                    "\"img2img\":true,\"inpainting\":true,\"postprocessing\":true,\"custom_scheduler\":true,"
                    "\"batch_generation\":true,\"job_journal\":%s},"
                    "\"SupportedSchedulers\":[\"DPMSolverMultistepScheduler\",\"DDIMScheduler\",\"EulerDiscreteScheduler\","

@@ -83,4 +83,28 @@ expect "no control image" "needs --control-image" --control "$CN"
 expect "bad preprocessor" "preprocess" --control "$CN" --control-image "$W/src.png" --control-preprocess sobel
 expect "bad resize mode" "control-resize" --control "$CN" --control-image "$W/src.png" --control-resize stretch
 expect "a UNet is not a ControlNet" "not a ControlNet" --control "$2/tiny-sdxl-base/unet" --control-image "$W/src.png"
+# the same unit through `sdxl worker` (names resolved in its folders): the same pixels as the CLI
+$SDXL generate -m "$MODEL" -p "a house" -W 64 -H 64 --steps 2 --precision f32 -q -s 5 --control "$CN" \
+    --control-image "$W/src.png" --control-preprocess canny:100:200 --control-scale 0.7 --control-end 0.5 \
+    -o "$W/cli_just.png" 2> /dev/null || bad "CLI run for the worker comparison"
+mkdir -p "$W/wout"
+printf '%s\n' '{"op":"submit","id":"c1","prompt":"a house","width":64,"height":64,"steps":2,"seed":5,"controls":[{"model":"tiny-sdxl-controlnet","image":"src.png","scale":0.7,"guidance_end":0.5,"preprocess":"canny:100:200"}]}' \
+    '{"op":"submit","id":"c2","prompt":"a house","width":64,"height":64,"steps":2,"controls":[{"model":"../tiny-sdxl-controlnet","image":"src.png"}]}' \
+    '{"op":"shutdown","wait":true}' |
+    $SDXL worker --models-dir "$2" -m tiny_sd_xl_base --controlnet-dir "$2" --input-dir "$W" --output-root "$W/wout" \
+        --precision f32 > "$W/worker.txt" 2> "$W/worker_err.txt"
+WIMG=$(ls "$W"/wout/*.png 2> /dev/null | head -n 1)
+if [ -n "$WIMG" ] && $SDXL meta "$WIMG" | grep -q 'ControlNet 0: "Module: canny, Model: tiny-sdxl-controlnet, Weight: 0.7'; then
+    ok "worker: ControlNet unit in the infotext"
+else bad "worker ControlNet job: $(cat "$W/worker.txt" "$W/worker_err.txt" | tail -n 5)"; fi
+if [ -n "$WIMG" ] && [ "$($SDXL meta "$WIMG" | head -n 2)" = "$($SDXL meta "$W/cli_just.png" | head -n 2)" ]; then
+    ok "worker: infotext equals the CLI's"
+else bad "worker: infotext differs from the CLI's"; fi
+if [ -n "$WIMG" ] && /usr/bin/python3 -c 'import cv2' 2> /dev/null; then
+    /usr/bin/python3 -c 'import cv2, sys; a = cv2.imread(sys.argv[1]); b = cv2.imread(sys.argv[2]); sys.exit(0 if a is not None and b is not None and a.shape == b.shape and (a == b).all() else 1)' \
+        "$WIMG" "$W/cli_just.png" && ok "worker: pixels equal the CLI's" || bad "worker: pixels differ from the CLI's"
+fi
+grep '"id":"c2"' "$W/worker.txt" | grep -q '"field":"controls\[0\].model"' && ok "worker: '..' in a ControlNet name refused" \
+    || bad "worker: '..' in a ControlNet name: $(grep '"c2"' "$W/worker.txt" | tail -n 1)"
+
 exit $fail
