@@ -395,10 +395,11 @@ static int cmd_status(int argc, char **argv, common *c) {
     }
     const sdxl_json *st = sdxl_json_get(v, "stats");
     printf("\ndone %lld, failed %lld, dead %lld (dead-letter stream: %lld), claimed after a worker stopped %lld, "
-           "duplicate finishes %lld\n",
+           "duplicate finishes %lld, cancelled without a run %lld\n",
            (long long)sdxl_json_i64(st, "done", 0), (long long)sdxl_json_i64(st, "failed", 0),
            (long long)sdxl_json_i64(st, "dead", 0), (long long)sdxl_json_i64(v, "dead", 0),
-           (long long)sdxl_json_i64(st, "claims", 0), (long long)sdxl_json_i64(st, "duplicate_finishes", 0));
+           (long long)sdxl_json_i64(st, "claims", 0), (long long)sdxl_json_i64(st, "duplicate_finishes", 0),
+           (long long)sdxl_json_i64(st, "cancelled", 0));
     printf("\n%zu worker(s)\n", workers ? workers->len : 0);
     for (size_t i = 0; workers && i < workers->len; i++) {
         const sdxl_json *w = sdxl_json_at(workers, i);

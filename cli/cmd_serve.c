@@ -42,6 +42,10 @@ static int usage(FILE *f) {
             "  --idle-timeout S       close idle connections (default 30)\n"
             "  --body-timeout S       a request body must arrive within S seconds (default 60)\n"
             "  --port-file FILE       write the bound port there once listening\n"
+            "  --redis URL            fleet front end (docs/fleet.md): /v1 jobs go to the Redis stream that\n"
+            "                         `sdxl worker --redis` processes take; -o is their shared output root and\n"
+            "                         --queue-limit the stream's limit (429 busy past it)\n"
+            "  --fleet-prefix P       fleet key prefix (default sdxl)\n"
             "  --no-access-log        no per-request JSON line on stderr\n");
     return f == stdout ? 0 : 2;
 }
@@ -143,6 +147,8 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(a, "--body-timeout")) NUM(1, 86400, so.lim.body_timeout_s);
         else if (!strcmp(a, "--port-file")) { NEEDV; port_file = v; }
         else if (!strcmp(a, "--no-access-log")) so.access_log = 0;
+        else if (!strcmp(a, "--redis")) { NEEDV; so.redis_url = v; }
+        else if (!strcmp(a, "--fleet-prefix")) { NEEDV; so.fleet_prefix = v; }
         else {
             fprintf(stderr, "sdxl serve: unknown option '%s'\n", a);
             return usage(stderr);
@@ -175,6 +181,11 @@ int cmd_serve(int argc, char **argv) {
         journal = journal_path;
     } else if (!strcmp(journal, "none")) {
         journal = NULL;
+    }
+    /* a fleet front end runs nothing itself: its engine only answers listings and dry runs */
+    if (so.redis_url) {
+        journal = NULL;
+        ec.start_paused = 1;
     }
     ec.models_dirs = models;
     ec.n_models_dirs = nm;

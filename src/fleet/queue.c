@@ -260,6 +260,17 @@ static const char START_LUA[] =
     "local st = redis.call('HGET', KEYS[1], 'state')\n"
     "if not st then ack(); return {'skip', 0} end\n"
     "if st == 'done' or st == 'failed' then ack(); return {'skip', 0} end\n"
+    "if redis.call('HGET', KEYS[1], 'cancel') == '1' then\n"
+    "  local msg = 'cancelled before it finished'\n"
+    "  redis.call('HSET', KEYS[1], 'state', 'failed', 'error_code', 'cancelled', 'error', msg, 'finished_ms', ARGV[4],\n"
+    "    'finished_by', ARGV[3])\n"
+    "  ack()\n"
+    "  redis.call('HINCRBY', KEYS[5], 'cancelled', 1)\n"
+    "  redis.call('XADD', KEYS[4], 'MAXLEN', '~', 100000, '*', 'event', 'cancelled', 'id', ARGV[7], 'at', ARGV[4])\n"
+    "  redis.call('PUBLISH', KEYS[6], cjson.encode({job = ARGV[7], event = 'failed', error_code = 'cancelled',\n"
+    "    error = msg}))\n"
+    "  return {'skip', 0}\n"
+    "end\n"
     "local prev = redis.call('HGET', KEYS[1], 'worker') or ''\n"
     "if st == 'running' and prev == ARGV[3] and redis.call('HGET', KEYS[1], 'run_entry') == ARGV[2] then\n"
     "  return {'run', tonumber(redis.call('HGET', KEYS[1], 'deliveries')), redis.call('HGET', KEYS[1], 'request')}\n"
@@ -443,4 +454,49 @@ int sdxl_fleet_publish_progress(sdxl_redis *r, const char *prefix, const char *i
     if (!rep) return -1;
     freeReplyObject(rep);
     return 0;
+}
+
+/* KEYS: job, events, stats, channel. ARGV: now, id, group. A queued job fails as cancelled at once
+ * (its entry is acknowledged and deleted, so no worker starts it); a running one gets cancel=1,
+ * which its worker polls, and which fails it at its next start if that worker dies meanwhile. */
+static const char CANCEL_LUA[] =
+    "local st = redis.call('HGET', KEYS[1], 'state')\n"
+    "if not st then return 'unknown' end\n"
+    "if st == 'done' or st == 'failed' then return st end\n"
+    "if st == 'queued' then\n"
+    "  local s, en = redis.call('HGET', KEYS[1], 'stream'), redis.call('HGET', KEYS[1], 'entry')\n"
+    "  if s and en then redis.call('XACK', s, ARGV[3], en); redis.call('XDEL', s, en) end\n"
+    "  local msg = 'cancelled while queued'\n"
+    "  redis.call('HSET', KEYS[1], 'state', 'failed', 'error_code', 'cancelled', 'error', msg, 'finished_ms', ARGV[1],\n"
+    "    'finished_by', '')\n"
+    "  redis.call('HINCRBY', KEYS[3], 'cancelled', 1)\n"
+    "  redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100000, '*', 'event', 'cancelled', 'id', ARGV[2], 'at', ARGV[1])\n"
+    "  redis.call('PUBLISH', KEYS[4], cjson.encode({job = ARGV[2], event = 'failed', error_code = 'cancelled',\n"
+    "    error = msg}))\n"
+    "  return 'cancelled'\n"
+    "end\n"
+    "redis.call('HSET', KEYS[1], 'cancel', '1')\n"
+    "return 'cancelling'\n";
+
+int sdxl_fleet_cancel(sdxl_redis *r, const char *prefix, const char *id, sdxl_err *e) {
+    char job[256], chan[256], events[128], stats[128], now[32];
+    job_keys(prefix, id, job, sizeof job, chan, sizeof chan);
+    snprintf(events, sizeof events, "%s:events", prefix);
+    snprintf(stats, sizeof stats, "%s:stats", prefix);
+    snprintf(now, sizeof now, "%lld", (long long)sdxl_now_ms());
+    const char *keys[] = {job, events, stats, chan};
+    const char *args[] = {now, id, SDXL_FLEET_GROUP};
+    redisReply *rep = eval(r, CANCEL_LUA, 4, keys, 3, args, NULL, e);
+    if (!rep) return -1;
+    int st = -1;
+    if (is_str(rep)) {
+        st = !strcmp(rep->str, "unknown")      ? SDXL_FLEET_CANCEL_UNKNOWN
+             : !strcmp(rep->str, "cancelled")  ? SDXL_FLEET_CANCELLED
+             : !strcmp(rep->str, "cancelling") ? SDXL_FLEET_CANCELLING
+                                               : SDXL_FLEET_CANCEL_FINISHED;
+    } else {
+        bad_reply(e, "cancel");
+    }
+    freeReplyObject(rep);
+    return st;
 }

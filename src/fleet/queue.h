@@ -4,12 +4,12 @@
  * Keys (prefix P, default "sdxl"):
  *   P:jobs, P:jobs:<model>  streams of jobs (entry field `id`); a consumer group "workers" reads them.
  *                           Finished entries are XACKed and XDELed, so XLEN = jobs not finished.
- *   P:job:<id>              hash: state (queued|running|done|failed), request, stream, entry,
+ *   P:job:<id>              hash: state (queued|running|done|failed), request, stream, entry, cancel,
  *                           submitted_ms, deliveries, worker, started_ms, claimed_ms, claimed_from, claimed_by,
  *                           finished_ms, finished_by, outputs, seeds, stats, error_code, error, progress
  *   P:dead                  dead-letter stream: jobs failed as worker_crashed after N deliveries
  *   P:events                capped stream of lifecycle events (submitted, started, claimed, done, failed, dead)
- *   P:stats                 hash of counters: done, failed, dead, claims, duplicate_finishes
+ *   P:stats                 hash of counters: done, failed, dead, cancelled, claims, duplicate_finishes
  *   P:streams               set of the job streams in use
  *   P:worker:<id>           heartbeat (JSON, with a TTL)
  *   P:progress:<id>         pub/sub channel of a job's progress events (JSON), ending with done/failed */
@@ -105,6 +105,16 @@ typedef enum sdxl_fleet_finish_status {
  * atomically. ttl_s > 0 sets the result record's expiry. */
 int sdxl_fleet_finish(sdxl_redis *r, const char *prefix, const char *worker, const sdxl_fleet_entry *en,
                       const sdxl_fleet_result *res, long ttl_s, sdxl_err *e);
+
+typedef enum sdxl_fleet_cancel_status {
+    SDXL_FLEET_CANCELLED = 0,    /* it was queued: failed as cancelled now, no worker will start it */
+    SDXL_FLEET_CANCELLING,       /* it runs: its worker stops it within its poll (0.2 s) and one step */
+    SDXL_FLEET_CANCEL_FINISHED,  /* already done or failed: nothing changed */
+    SDXL_FLEET_CANCEL_UNKNOWN    /* no record */
+} sdxl_fleet_cancel_status;
+
+/* Cancels job id. Returns an sdxl_fleet_cancel_status, or -1 on a Redis failure. */
+int sdxl_fleet_cancel(sdxl_redis *r, const char *prefix, const char *id, sdxl_err *e);
 
 /* Publishes one progress event (JSON) of job id and keeps it in the job's record. */
 int sdxl_fleet_publish_progress(sdxl_redis *r, const char *prefix, const char *id, const char *json, sdxl_err *e);

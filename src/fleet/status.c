@@ -95,7 +95,7 @@ int sdxl_fleet_status_json(sdxl_redis *r, const char *prefix, sdxl_strbuf *out, 
     if (!dl || dl->type != REDIS_REPLY_INTEGER) return io_fail(dl, e, "XLEN");
     sdxl_sb_printf(out, "],\"dead\":%lld,\"stats\":{", dl->integer);
     freeReplyObject(dl);
-    static const char *const FIELDS[] = {"done", "failed", "dead", "claims", "duplicate_finishes"};
+    static const char *const FIELDS[] = {"done", "failed", "dead", "claims", "duplicate_finishes", "cancelled"};
     for (size_t i = 0; i < sizeof FIELDS / sizeof FIELDS[0]; i++) {
         redisReply *v = sdxl_redis_cmdf(r, e, "HGET %s:stats %s", prefix, FIELDS[i]);
         if (!v) return -1;

@@ -9,32 +9,41 @@
 #include <unistd.h>
 
 #include "base/mem.h"
+#include "io/json.h"
 
 #define MAX_STREAMS 12
 #define MAX_HELD MAX_STREAMS
 #define MAX_WAITING 4 /* claimed entries a busy worker holds for after its current job */
 
+#define SINK_RING 128 /* progress events waiting for the side thread; one per step, in order */
+#define SINK_EVENT 512
+
 struct sdxl_fleet_sink {
     pthread_mutex_t mu;
     char job[SDXL_FLEET_NAME_MAX];
-    sdxl_strbuf json; /* latest progress event of job */
-    unsigned seq;     /* bumped on every report */
+    char ring[SINK_RING][SINK_EVENT]; /* progress events of job not yet published */
+    unsigned head, tail;              /* ring[tail % SINK_RING] is the oldest; full: the newest replaces the last */
 };
 
 void sdxl_fleet_report(sdxl_fleet_sink *s, const sdxl_fleet_progress *p) {
     if (!s || !p) return;
     pthread_mutex_lock(&s->mu);
-    s->json.n = 0;
-    if (s->json.p) s->json.p[0] = 0;
-    sdxl_sb_str(&s->json, "{\"job\":");
-    sdxl_sb_json(&s->json, s->job);
-    sdxl_sb_str(&s->json, ",\"event\":\"progress\",\"phase\":");
-    sdxl_sb_json(&s->json, p->phase ? p->phase : "");
-    sdxl_sb_printf(&s->json, ",\"step\":%d,\"steps\":%d,\"image\":%d,\"images\":%d", p->step, p->total, p->image,
-                   p->n_images);
-    if (p->eta_s >= 0) sdxl_sb_printf(&s->json, ",\"eta_s\":%.2f", p->eta_s);
-    sdxl_sb_str(&s->json, "}");
-    s->seq++;
+    if (s->job[0]) {
+        if (s->head - s->tail == SINK_RING) s->head--;
+        char *b = s->ring[s->head % SINK_RING];
+        char job[2 * SDXL_FLEET_NAME_MAX], phase[64];
+        sdxl_json_escape(job, sizeof job, s->job, strlen(s->job));
+        sdxl_json_escape(phase, sizeof phase, p->phase ? p->phase : "", p->phase ? strlen(p->phase) : 0);
+        int n = snprintf(b, SINK_EVENT,
+                         "{\"job\":%s,\"event\":\"progress\",\"phase\":%s,\"step\":%d,\"steps\":%d,\"image\":%d,"
+                         "\"images\":%d",
+                         job, phase, p->step, p->total, p->image, p->n_images);
+        if (n > 0 && n < SINK_EVENT && p->eta_s >= 0) n += snprintf(b + n, SINK_EVENT - (size_t)n, ",\"eta_s\":%.2f", p->eta_s);
+        if (n > 0 && n + 2 < SINK_EVENT) {
+            b[n] = '}', b[n + 1] = 0;
+            s->head++;
+        }
+    }
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -125,21 +134,43 @@ static void *side_main(void *arg) {
     int64_t busy_idle = p->visibility_ms / 2 + scan_every;
     int ttl_s = (5 * p->heartbeat_ms + 999) / 1000;
     int64_t last_renew = 0, last_hb = 0, last_claim = sdxl_now_ms();
-    unsigned seen = 0;
-    char *prog = NULL;
+    int64_t last_cancel_check = 0;
+    char cancelled[SDXL_FLEET_NAME_MAX] = "";
     while (!atomic_load(&w->side_stop)) {
         int64_t now = sdxl_now_ms();
-        pthread_mutex_lock(&w->sink.mu);
-        int changed = w->sink.seq != seen && w->sink.json.p && w->sink.job[0];
-        char job[SDXL_FLEET_NAME_MAX];
-        if (changed) {
-            seen = w->sink.seq;
-            free(prog);
-            prog = strdup(w->sink.json.p);
-            snprintf(job, sizeof job, "%s", w->sink.job);
+        /* every progress event in order: one per step reaches the subscribers */
+        for (int k = 0; k < SINK_RING; k++) {
+            char job[SDXL_FLEET_NAME_MAX], ev[SINK_EVENT];
+            pthread_mutex_lock(&w->sink.mu);
+            int have = w->sink.tail != w->sink.head;
+            if (have) {
+                memcpy(ev, w->sink.ring[w->sink.tail % SINK_RING], SINK_EVENT);
+                snprintf(job, sizeof job, "%s", w->sink.job);
+                w->sink.tail++;
+            }
+            pthread_mutex_unlock(&w->sink.mu);
+            if (!have) break;
+            sdxl_fleet_publish_progress(&r, w->prefix, job, ev, &e);
         }
-        pthread_mutex_unlock(&w->sink.mu);
-        if (changed && prog) sdxl_fleet_publish_progress(&r, w->prefix, job, prog, &e);
+        /* a cancel asked through the job's record (DELETE on `sdxl serve --redis`) */
+        pthread_mutex_lock(&w->mu);
+        char cur[SDXL_FLEET_NAME_MAX];
+        snprintf(cur, sizeof cur, "%s", w->current);
+        pthread_mutex_unlock(&w->mu);
+        if (cur[0] && now - last_cancel_check >= 200) {
+            char key[256];
+            snprintf(key, sizeof key, "%s:job:%s", w->prefix, cur);
+            redisReply *rep = sdxl_redis_cmdf(&r, &e, "HGET %s cancel", key);
+            /* asked again on every check: the runner may not have started the job the first time */
+            if (rep && rep->type == REDIS_REPLY_STRING && !strcmp(rep->str, "1") && w->rn->cancel) {
+                if (strcmp(cur, cancelled))
+                    SDXL_INFO(p->log, "fleet worker %s: job %s cancelled through its record", w->id, cur);
+                w->rn->cancel(w->rn->user);
+                snprintf(cancelled, sizeof cancelled, "%s", cur);
+            }
+            if (rep) freeReplyObject(rep);
+            last_cancel_check = now;
+        }
         if (now - last_renew >= renew_every) {
             sdxl_fleet_entry held[MAX_HELD];
             pthread_mutex_lock(&w->mu);
@@ -184,7 +215,6 @@ static void *side_main(void *arg) {
         }
         sdxl_sleep_ms(50);
     }
-    free(prog);
     char key[256];
     snprintf(key, sizeof key, "%s:worker:%s", w->prefix, w->id);
     atomic_store(&w->side_stop, 0); /* one last, non-retried DEL */
@@ -245,6 +275,7 @@ static int run_one(worker *w, sdxl_redis *r, const sdxl_fleet_entry *en, sdxl_er
     pthread_mutex_unlock(&w->mu);
     pthread_mutex_lock(&w->sink.mu);
     snprintf(w->sink.job, sizeof w->sink.job, "%s", en->id);
+    w->sink.head = w->sink.tail = 0;
     pthread_mutex_unlock(&w->sink.mu);
     SDXL_INFO(p->log, "fleet worker %s: job %s %s (delivery %d)", w->id, en->id, en->claimed ? "claimed" : "started",
               deliveries);
@@ -272,12 +303,21 @@ static int run_one(worker *w, sdxl_redis *r, const sdxl_fleet_entry *en, sdxl_er
         .error_code = oom ? "runtime" : out.error_code[0] ? out.error_code : "runtime",
         .error = oom ? "out of memory" : out.error,
     };
+    /* the last progress events go out before the final one (the side thread publishes every 50 ms) */
+    for (int k = 0; k < 20; k++) {
+        pthread_mutex_lock(&w->sink.mu);
+        int left = w->sink.head != w->sink.tail;
+        pthread_mutex_unlock(&w->sink.mu);
+        if (!left) break;
+        sdxl_sleep_ms(20);
+    }
     st = sdxl_fleet_finish(r, w->prefix, w->id, en, &res, p->result_ttl_s, e);
     sdxl_sb_free(&out.outputs);
     sdxl_sb_free(&out.seeds);
     sdxl_sb_free(&out.stats);
     pthread_mutex_lock(&w->sink.mu);
     w->sink.job[0] = 0;
+    w->sink.head = w->sink.tail = 0;
     pthread_mutex_unlock(&w->sink.mu);
     pthread_mutex_lock(&w->mu);
     w->current[0] = 0;
@@ -416,7 +456,6 @@ int sdxl_fleet_worker_run(const sdxl_fleet_worker_params *p, const sdxl_fleet_ru
     SDXL_INFO(p->log, "fleet worker %s: stopped after %ld jobs", w->id, jobs);
     pthread_mutex_destroy(&w->mu);
     pthread_mutex_destroy(&w->sink.mu);
-    sdxl_sb_free(&w->sink.json);
     free(w);
     return rc;
 }

@@ -278,6 +278,8 @@ static void on_event(void *user, const sdxl_event *ev) {
     pthread_mutex_unlock(&h->mu);
 }
 
+void srv_hub_inject(srv_hub *h, const sdxl_event *ev) { on_event(h, ev); }
+
 int srv_hub_new(sdxl_engine *eng, srv_hub **out) {
     srv_hub *h = calloc(1, sizeof *h);
     if (!h) return -1;

@@ -22,6 +22,8 @@ void srv_hub_detach_engine(srv_hub *h, sdxl_engine *eng);
 int srv_hub_stream(srv_hub *h, const char *id, unsigned long long after, const sdxl_job_info *snap, srv_req *r);
 /* Resumes r (already suspended) once job id has finished; at once when it has. */
 void srv_hub_wait(srv_hub *h, const char *id, srv_req *r);
+/* Feeds one event as if the engine had sent it (the fleet relay's events). */
+void srv_hub_inject(srv_hub *h, const sdxl_event *ev);
 /* Forgets r (its request is over). */
 void srv_hub_forget(srv_hub *h, srv_req *r);
 

@@ -85,6 +85,7 @@ struct sdxl_serve {
     struct MHD_Daemon *d;
     struct sdxl_engine *eng;    /* owned; NULL once freed at shutdown */
     struct srv_hub *hub;
+    struct srv_fleet *fleet;    /* --redis: /v1 jobs go to the fleet's queue (fleet.c); NULL = local engine */
     const struct sdxl_engine_config *ecfg;
     pthread_rwlock_t eng_lock;  /* handlers hold it shared while they use eng */
     int port;

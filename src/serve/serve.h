@@ -34,6 +34,8 @@ typedef struct sdxl_serve_opts {
     int access_log;       /* one JSON line per request on stderr; default 1 */
     int paused;           /* the engine was started paused (POST /v1/resume starts it) */
     int preview_every;    /* previews for A1111 jobs (progress current_image) every N steps; 0 none */
+    const char *redis_url;    /* fleet front end (docs/fleet.md): jobs go to this Redis; NULL = local engine */
+    const char *fleet_prefix; /* fleet key prefix; NULL = "sdxl" */
     sdxl_serve_limits lim;
 } sdxl_serve_opts;
 

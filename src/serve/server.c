@@ -13,6 +13,7 @@
 
 #include "base/threads.h"
 #include "serve/b64.h"
+#include "serve/fleet.h"
 #include "serve/hub.h"
 #include "serve/internal.h"
 
@@ -675,6 +676,10 @@ int sdxl_serve_start(const sdxl_serve_opts *o, struct sdxl_engine *eng, const st
     s->api_key = o->api_key ? strdup(o->api_key) : NULL;
     s->api_auth = o->api_auth ? strdup(o->api_auth) : NULL;
     s->listen_copy = strdup(o->listen ? o->listen : "127.0.0.1:7860");
+    if (o->redis_url && (st = srv_fleet_new(s, o->redis_url, o->fleet_prefix, &s->fleet, e)) != SDXL_OK) {
+        sdxl_serve_free(s);
+        return st;
+    }
     s->o.listen = s->listen_copy;
     int threads = o->threads > 0 ? o->threads : sdxl_cpu_count();
     if (threads < 2) threads = 2;
@@ -751,6 +756,7 @@ void sdxl_serve_free(sdxl_serve *s) {
         MHD_stop_daemon(s->d);
     }
     pthread_cond_destroy(&s->ka_cond);
+    srv_fleet_free(s->fleet);
     srv_hub_free(s->hub, NULL);
     pthread_rwlock_destroy(&s->eng_lock);
     free(s->api_key);

@@ -7,6 +7,7 @@
 
 #include "base/mem.h"
 #include "denoise/registry.h"
+#include "serve/fleet.h"
 #include "serve/hub.h"
 #include "serve/internal.h"
 #include "service/engine.h"
@@ -18,6 +19,10 @@ void h_health(srv_req *r) {
 }
 
 void h_ready(srv_req *r) {
+    if (r->srv->fleet) {
+        srv_fleet_ready(r);
+        return;
+    }
     sdxl_engine *eng = srv_eng(r);
     if (!eng) return;
     sdxl_engine_metrics m;
@@ -119,6 +124,7 @@ static void job_links(sdxl_strbuf *b, const char *id) {
 
 /* Submits q; answers 202, 422, 429 or 500. Returns 0 and the id when accepted. */
 int srv_submit(srv_req *r, sdxl_engine *eng, const sdxl_svc_request *q, char id[64]) {
+    if (r->srv->fleet) return srv_fleet_submit(r, q, id);
     sdxl_svc_issues is;
     memset(&is, 0, sizeof is);
     int st = sdxl_engine_submit(eng, q, 1, id, &is);
@@ -185,6 +191,10 @@ static void job_json(const sdxl_job_info *j, sdxl_strbuf *b) {
 }
 
 void h_jobs_list(srv_req *r) {
+    if (r->srv->fleet) {
+        srv_fleet_jobs_list(r);
+        return;
+    }
     sdxl_engine *eng = srv_eng(r);
     if (!eng) return;
     sdxl_job_info *list = NULL;
@@ -218,6 +228,10 @@ void h_jobs_list(srv_req *r) {
 }
 
 void h_job_get(srv_req *r) {
+    if (r->srv->fleet) {
+        srv_fleet_job_get(r);
+        return;
+    }
     sdxl_engine *eng = srv_eng(r);
     if (!eng) return;
     sdxl_job_info j;
@@ -236,6 +250,10 @@ void h_job_get(srv_req *r) {
 }
 
 void h_job_cancel(srv_req *r) {
+    if (r->srv->fleet) {
+        srv_fleet_job_cancel(r);
+        return;
+    }
     sdxl_engine *eng = srv_eng(r);
     if (!eng) return;
     snprintf(r->job, sizeof r->job, "%s", r->params[0]);
@@ -268,6 +286,10 @@ void h_job_events(srv_req *r) {
             return;
         }
     }
+    if (r->srv->fleet) {
+        srv_fleet_job_events(r, after);
+        return;
+    }
     sdxl_engine *eng = srv_eng(r);
     if (!eng) return;
     sdxl_job_info j;
@@ -299,6 +321,10 @@ void h_job_image(srv_req *r) {
         return;
     }
     int k = atoi(ns);
+    if (r->srv->fleet) {
+        srv_fleet_job_image(r, k);
+        return;
+    }
     sdxl_engine *eng = srv_eng(r);
     if (!eng) return;
     sdxl_job_info j;

@@ -10,6 +10,8 @@ SDXL=$1; MD=$2; W=$3; REF=$4
 rm -rf "$W"; mkdir -p "$W"
 fleet_redis "$W"
 N=30; V=3000; KILLS=10
+# under ASan + UBSan (SDXL_FLEET_SANITIZED=1) jobs run several times slower: fewer of them, fewer kills
+[ "${SDXL_FLEET_SANITIZED:-0}" = 1 ] && { N=12; KILLS=4; }
 declare -A pid
 cleanup() { for p in "${pid[@]}"; do { kill -9 "$p"; wait "$p"; } 2> /dev/null; done; stop_redis; }
 trap cleanup EXIT
@@ -50,9 +52,11 @@ while [ $k -lt $KILLS ]; do
   echo "$id $t" >> "$W/kills.txt"
   start $s "s$s-$k"
   # workers join once their model is loaded (their heartbeat appears): kill again only while at
-  # least two are up, so that someone is there to claim
+  # least two are up, so that someone is there to claim (or until every job is done)
   for _ in $(seq 2400); do
-    [ "$("$SDXL" fleet status --redis "$URL" --prefix "$PREFIX" --json | grep -o '"id":"s[0-9]*-[0-9]*"' | wc -l)" -ge 2 ] && break
+    st=$("$SDXL" fleet status --redis "$URL" --prefix "$PREFIX" --json)
+    [ "$(echo "$st" | grep -o '"id":"s[0-9]*-[0-9]*"' | wc -l)" -ge 2 ] && break
+    echo "$st" | grep -q "\"stats\":{\"done\":$N," && break
     sleep 0.05
   done
 done
