@@ -50,6 +50,7 @@ int sdxl_dev_concat_channels(sdxl_dev *d, const float *a, int64_t ca, const floa
 int sdxl_dev_add(sdxl_dev *d, const float *a, const float *b, float *y, int64_t n, sdxl_err *e);
 int sdxl_dev_axpy(sdxl_dev *d, float s, const float *x, float *y, int64_t n, sdxl_err *e);
 int sdxl_dev_scale(sdxl_dev *d, float *x, float s, int64_t n, sdxl_err *e);
+int sdxl_dev_fill(sdxl_dev *d, float *x, float v, int64_t n, sdxl_err *e);
 int sdxl_dev_add_bias(sdxl_dev *d, float *x, const float *bias, int64_t rows, int64_t c, sdxl_err *e);
 int sdxl_dev_div(sdxl_dev *d, float *x, float s, int64_t n, sdxl_err *e);
 int sdxl_dev_place_phase(sdxl_dev *d, const float *p, float *y, int64_t n, int64_t h, int64_t w, int64_t c, int a,
