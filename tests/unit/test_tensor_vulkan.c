@@ -462,6 +462,44 @@ static void test_seam(void) {
     sdxl_compute_free(cv);
 }
 
+/* Weights replaced after load (LoRA merge and undo) on a device layer: a linear and a padded
+ * conv then compute what fresh CPU layers with the new weights compute (NMSE 1e-10, f32). */
+static void test_set_weights(void) {
+    sdxl_err e = {0};
+    sdxl_compute *cc = NULL, *cv = NULL;
+    if (sdxl_compute_new_device(SDXL_PREC_F32, "cpu", &cc, &e) || sdxl_compute_new_device(SDXL_PREC_F32, "vulkan", &cv, &e)) {
+        CHECK(0, "contexts: %s", e.msg);
+        sdxl_compute_free(cc);
+        return;
+    }
+    const int64_t M = 29, K = 19, N = 23, n = 2, H = 5, W = 6, ci = 7, co = 9;
+    float *w1 = rnd(N * K, -1, 1), *w2 = rnd(N * K, -1, 1), *b1 = rnd(N, -1, 1), *b2 = rnd(N, -1, 1), *x = rnd(M * K, -1, 1);
+    float *k1 = rnd(co * ci * 9, -1, 1), *k2 = rnd(co * ci * 9, -1, 1), *kb = rnd(co, -1, 1), *img = rnd(n * H * W * ci, -1, 1);
+    float *y[2], *z[2];
+    for (int d = 0; d < 2; d++) {
+        sdxl_compute *c = d ? cv : cc;
+        sdxl_linear l;
+        sdxl_conv2d k;
+        y[d] = malloc((size_t)(M * N) * 4);
+        z[d] = malloc((size_t)(n * H * W * co) * 4);
+        int st = sdxl_linear_init(c, &l, K, N, d ? w1 : w2, SDXL_F32, d ? b1 : b2, SDXL_F32, &e);
+        if (!st && d) st = sdxl_linear_set_weights(c, &l, w2, b2, &e);
+        if (!st) st = sdxl_linear_fwd(c, &l, x, M, y[d], 0, &e);
+        if (!st) st = sdxl_conv2d_init(c, &k, ci, co, 3, 3, 1, 1, 1, 1, 1, d ? k1 : k2, SDXL_F32, kb, SDXL_F32, &e);
+        if (!st && d) st = sdxl_conv2d_set_weights(c, &k, k2, NULL, &e);
+        if (!st) st = sdxl_conv2d_fwd(c, &k, img, n, H, W, z[d], 0, &e);
+        CHECK(!st, "set weights on %s: %s", sdxl_compute_device_name(c), e.msg);
+        sdxl_linear_free(&l);
+        sdxl_conv2d_free(&k);
+    }
+    cmp("linear after set_weights on the device", y[1], y[0], M * N, 1e-10);
+    cmp("conv 3x3 after set_weights on the device (bias kept)", z[1], z[0], n * H * W * co, 1e-10);
+    free(w1), free(w2), free(b1), free(b2), free(x), free(k1), free(k2), free(kb), free(img);
+    free(y[0]), free(y[1]), free(z[0]), free(z[1]);
+    sdxl_compute_free(cc);
+    sdxl_compute_free(cv);
+}
+
 /* The matrix-unit GEMM is chosen from the device's property list: fabricated lists, since
  * lavapipe has no VK_NV_cooperative_matrix (a real GPU runs gemm_mma.comp in the GEMM tests). */
 static void test_mma_pick(void) {
@@ -507,6 +545,7 @@ int main(void) {
     CHECK(sdxl_vk_new(999, &bad, &e) == SDXL_ERR_ARG && !bad, "missing device refused: %s", e.msg);
 
     test_seam();
+    test_set_weights();
     test_alloc(v);
     test_convert(v);
     test_eltwise(v);

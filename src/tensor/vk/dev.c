@@ -321,6 +321,11 @@ int sdxl_dev_layer_init(sdxl_dev *d, void **impl, int64_t cin, int64_t cout, int
     return SDXL_OK;
 }
 
+int sdxl_dev_layer_set_weights(void *impl, const float *w, const float *b, sdxl_err *e) {
+    dev_layer *l = impl;
+    return sdxl_vk_layer_set(l->d->vk, &l->g, w, b, e);
+}
+
 void sdxl_dev_layer_free(void *impl) {
     dev_layer *l = impl;
     if (!l) return;

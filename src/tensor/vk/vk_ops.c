@@ -139,6 +139,30 @@ int sdxl_vk_conv2d_init(sdxl_vk *v, sdxl_vk_gemm_layer *l, int64_t cin, int64_t 
     return SDXL_OK;
 }
 
+int sdxl_vk_layer_set(sdxl_vk *v, sdxl_vk_gemm_layer *l, const float *w, const float *b, sdxl_err *e) {
+    if (!l->w.buffer || !w) return sdxl_seterr(e, SDXL_ERR_ARG, "vulkan gemm layer: set weights on no layer");
+    int64_t taps = (int64_t)l->kh * l->kw, nw = mul3(l->out, l->in, taps);
+    int64_t words = l->store == SDXL_F32 ? nw : (nw + 1) / 2;
+    float *wf = malloc((size_t)nw * 4);
+    uint32_t *packed = malloc((size_t)words * 4);
+    if (!wf || !packed) {
+        free(wf), free(packed);
+        return sdxl_seterr(e, SDXL_ERR_NOMEM, "vulkan gemm layer: out of memory");
+    }
+    for (int64_t o = 0; o < l->out; o++) /* [cout][cin][kh][kw] -> [cout][kh][kw][cin], as at init */
+        for (int64_t i = 0; i < l->in; i++)
+            for (int64_t t = 0; t < taps; t++) wf[(o * taps + t) * l->in + i] = w[(o * l->in + i) * taps + t];
+    packed[words - 1] = 0;
+    if (l->store == SDXL_F32) memcpy(packed, wf, (size_t)nw * 4);
+    else if (l->store == SDXL_F16) sdxl_f32_to_f16(wf, (uint16_t *)packed, (size_t)nw);
+    else sdxl_f32_to_bf16(wf, (uint16_t *)packed, (size_t)nw);
+    int st = sdxl_vk_upload(v, &l->w, 0, packed, (uint64_t)words * 4, e);
+    if (!st && b && l->has_bias) st = sdxl_vk_upload(v, &l->bias, 0, b, (uint64_t)l->out * 4, e);
+    free(wf);
+    free(packed);
+    return st;
+}
+
 void sdxl_vk_layer_free(sdxl_vk *v, sdxl_vk_gemm_layer *l) {
     if (!l) return;
     sdxl_vk_release(v, &l->w);

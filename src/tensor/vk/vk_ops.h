@@ -31,6 +31,9 @@ int sdxl_vk_conv2d_init(sdxl_vk *v, sdxl_vk_gemm_layer *l, int64_t cin, int64_t 
                         int pad_t, int pad_l, int pad_b, int pad_r, const void *w, sdxl_dtype wdt, const void *b,
                         sdxl_dtype bdt, sdxl_dtype store, sdxl_err *e);
 void sdxl_vk_layer_free(sdxl_vk *v, sdxl_vk_gemm_layer *l);
+/* New f32 weights in torch order ([out, in] or [cout, cin, kh, kw]) and bias (NULL: kept) into
+ * the layer's buffers, converted as at init (LoRA merge and undo). */
+int sdxl_vk_layer_set(sdxl_vk *v, sdxl_vk_gemm_layer *l, const float *w, const float *b, sdxl_err *e);
 /* y[M, out] (+)= x[M, in] W^T + b; flags: SDXL_OP_ACCUM. */
 int sdxl_vk_linear_fwd(sdxl_vk *v, const sdxl_vk_gemm_layer *l, const sdxl_vk_buf *x, int64_t M,
                        const sdxl_vk_buf *y, int flags, sdxl_err *e);
