@@ -2,7 +2,7 @@
  * (one workgroup per group, and split over pixel chunks) as GB/s of the tensor read twice and
  * written once, with the ratio of their times in this run; GEMM as GFLOP/s per weight dtype
  * (f16 takes the matrix units where the device has them), against --peak when given.
- * Usage: bench-vkops [--device vulkan[:N]] [--reps N] [--peak GFLOPS] [--only gn,gemm]
+ * Usage: bench-vkops [--device vulkan[:N]] [--reps N] [--peak GFLOPS] [--only gn|gn-unet,gemm]
  * Each figure is the best of `reps` runs after one warm-up, each run submitted and waited for. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,7 +52,7 @@ static double time_gn(sdxl_vk *v, int reps, const sdxl_vk_buf *x, const sdxl_vk_
     return best;
 }
 
-static void bench_gn(sdxl_vk *v, int reps) {
+static void bench_gn(sdxl_vk *v, int reps, int unet_only) {
     static const struct { const char *what; int64_t n, hw, c; } s[] = {
         {"UNet 1024^2 CFG, level 0 (2x128^2x320)", 2, 128 * 128, 320},
         {"UNet 1024^2 CFG, level 2 (2x32^2x1280)", 2, 32 * 32, 1280},
@@ -60,13 +60,13 @@ static void bench_gn(sdxl_vk *v, int reps) {
         {"VAE decode 512^2, 512^2x128", 1, 512 * 512, 128},
     };
     printf("group norm + SiLU, 32 groups: one workgroup per group vs split (chunks of pixels)\n");
-    for (size_t i = 0; i < sizeof s / sizeof *s; i++) {
+    for (size_t i = 0; i < (unet_only ? 2 : sizeof s / sizeof *s); i++) {
         int64_t n = s[i].n * s[i].hw * s[i].c;
         sdxl_vk_buf x = rnd_buf(v, n), y = rnd_buf(v, n), g = rnd_buf(v, s[i].c), b = rnd_buf(v, s[i].c);
         double t1 = time_gn(v, reps, &x, &y, s[i].n, s[i].hw, s[i].c, &g, &b, SDXL_VK_GN_ONE);
         double t2 = time_gn(v, reps, &x, &y, s[i].n, s[i].hw, s[i].c, &g, &b, SDXL_VK_GN_SPLIT);
         double gb = 3.0 * (double)n * 4 * 1e-9;
-        printf("%-42s one %8.2f ms (%6.1f GB/s)  split %8.2f ms (%6.1f GB/s)  one/split %.2fx  auto: %s\n", s[i].what,
+        printf("%-42s one %8.2f ms (%6.2f GB/s)  split %8.2f ms (%6.2f GB/s)  one/split %.2fx  auto: %s\n", s[i].what,
                t1 * 1e3, gb / t1, t2 * 1e3, gb / t2, t1 / t2,
                s[i].hw * (s[i].c / 32) <= SDXL_VK_GN_ONE_MAX ? "one" : "split");
         sdxl_vk_release(v, &x), sdxl_vk_release(v, &y), sdxl_vk_release(v, &g), sdxl_vk_release(v, &b);
@@ -129,7 +129,7 @@ int main(int argc, char **argv) {
     sdxl_vk *v = NULL;
     if (sdxl_vk_parse_device(device, &index, &e) || sdxl_vk_new(index, &v, &e)) die("device", &e);
     printf("device: %s\n", sdxl_vk_info(v)->name);
-    if (strstr(only, "gn")) bench_gn(v, reps);
+    if (strstr(only, "gn")) bench_gn(v, reps, strstr(only, "gn-unet") != NULL);
     if (strstr(only, "gemm")) bench_gemm(v, reps, peak);
     sdxl_vk_free(v);
     return 0;

@@ -106,13 +106,14 @@ void main() {
         }
         return;
     }
-    if (mode == 5u) { // elementwise; binding 1 holds (mean, rs * gamma, beta) per (image, channel)
-        uint hw = pc.u[2];
-        if (gid >= pc.u[1] * hw * c) return;
-        uint o = pc.u[10] + ((gid / (hw * c)) * c + gid % c) * 3u;
-        float v = (x[xo + gid] - gamma[o]) * gamma[o + 1u] + gamma[o + 2u];
-        if (pc.u[5] != 0u) v = v / (1.0 + exp(-v));
-        y[yo + gid] = v;
+    if (mode == 5u) { // elementwise, grid-stride; binding 1 holds (mean, rs * gamma, beta) per (image, channel)
+        uint hw = pc.u[2], total = pc.u[1] * hw * c, step = gl_NumWorkGroups.x * gl_NumWorkGroups.y * 256u;
+        for (uint i = gid; i < total; i += step) {
+            uint o = pc.u[10] + ((i / (hw * c)) * c + i % c) * 3u;
+            float v = (x[xo + i] - gamma[o]) * gamma[o + 1u] + gamma[o + 2u];
+            if (pc.u[5] != 0u) v = v / (1.0 + exp(-v));
+            y[yo + i] = v;
+        }
         return;
     }
     if (mode == 0u) {

@@ -304,7 +304,8 @@ static int norm_run(sdxl_vk *v, int mode, const sdxl_vk_buf *x, const sdxl_vk_bu
     return sdxl_vk_dispatch(v, SDXL_VK_SH_NORM, bufs, &p, sizeof p, (uint32_t)wgs, 1, 1, e);
 }
 
-#define GN_CHUNK 64 /* pixels per partial statistic of the split path */
+#define GN_CHUNK 64                 /* pixels per partial statistic of the split path */
+#define GN_THREADS ((int64_t)1 << 18) /* its elementwise pass loops over the rest */
 
 /* Split group norm: statistics per (image, chunk, channel) into the scratch, per (image,
  * channel) (mean, rs * gamma, beta) after them, then the elementwise pass. */
@@ -349,7 +350,7 @@ static int gn_split(sdxl_vk *v, const sdxl_vk_buf *x, const sdxl_vk_buf *y, int6
     p.u[7] = by.eoff;
     p.u[10] = (uint32_t)stat_floats;
     const sdxl_vk_buf *b5[4] = {&bx.b, &sc, NULL, &by.b};
-    return run1d(v, SDXL_VK_SH_NORM, b5, &p, total, e);
+    return run1d(v, SDXL_VK_SH_NORM, b5, &p, total < GN_THREADS ? total : GN_THREADS, e);
 }
 
 int sdxl_vk_group_norm_path(sdxl_vk *v, const sdxl_vk_buf *x, const sdxl_vk_buf *y, int64_t n, int64_t hw,
