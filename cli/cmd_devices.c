@@ -51,7 +51,8 @@ int cmd_devices(int argc, char **argv) {
         printf("  features: fp16 arithmetic %s, 16-bit storage %s, bf16 %s, cooperative matrix %s; subgroup %u, "
                "shared memory %u KiB, storage range %.0f MiB\n",
                x->fp16 ? "yes" : "no", x->storage16 ? "yes" : "no", x->bf16 ? "yes" : "no",
-               x->coopmat ? "yes (not used yet)" : "no", x->subgroup_size, x->max_shared / 1024,
+               x->mma ? "yes (GEMM on matrix units, f16)" : x->coopmat ? "yes (no usable f16 16x16x16 shape)" : "no",
+               x->subgroup_size, x->max_shared / 1024,
                x->max_storage_range / 1048576.0);
     }
     free(d);

@@ -12,7 +12,7 @@ layout(std430, binding = 3) buffer Y { float y[]; };
 const uint OP_ADD = 0u, OP_AXPY = 1u, OP_SCALE = 2u, OP_SILU = 3u, OP_GELU = 4u, OP_GELU_TANH = 5u,
            OP_QUICK_GELU = 6u, OP_ADD_BIAS = 7u, OP_GEGLU = 8u, OP_CONCAT = 9u, OP_RESIZE = 10u,
            OP_TIMESTEP = 11u, OP_ADD_ROWVEC = 12u, OP_TRANSPOSE = 13u, OP_DIV = 14u,
-           OP_PHASE = 15u;
+           OP_PHASE = 15u, OP_FILL = 16u;
 
 float sigmoid(float v) {
     if (v >= 0.0) return 1.0 / (1.0 + exp(-v));
@@ -87,6 +87,7 @@ void main() {
         uint hw = pc.u[2], c = pc.u[3];
         y[yo + i] = a[ao + i] + b[bo + (i / (hw * c)) * c + i % c];
     } else if (op == OP_DIV) y[yo + i] = a[ao + i] / s;
+    else if (op == OP_FILL) y[yo + i] = s;
     else if (op == OP_PHASE) { // p [n, h, w, c] -> y [n, 2h, 2w, c] at rows 2i+pa, columns 2j+pq
         uint h = pc.u[2], w = pc.u[3], c = pc.u[4], pa = pc.u[5], pq = pc.u[6];
         uint ch = i % c, t = i / c, j = t % w, t2 = t / w, r = t2 % h, n = t2 / h;

@@ -35,7 +35,7 @@ struct sdxl_controlnet {
     int lora_rank;
     uint64_t weight_bytes;
     uint8_t *merged;    /* Control-LoRA: the merged trunk's safetensors image, during load only */
-    float *scratch;     /* zero-conv output of one feature map */
+    float *scratch;     /* zero-conv output of one feature map, in the context's memory */
     size_t scratch_cap; /* floats */
 };
 
@@ -297,7 +297,7 @@ void sdxl_controlnet_free(sdxl_controlnet *cn) {
     sdxl_unet_free(cn->trunk);
     sdxl_ckpt_close(cn->ck);
     free(cn->merged);
-    free(cn->scratch);
+    sdxl_compute_release(cn->c, cn->scratch);
     free(cn);
 }
 
@@ -431,30 +431,35 @@ int sdxl_controlnet_hint(sdxl_controlnet *cn, const float *img, int64_t rows, in
     if (rows < 1 || H < 8 || W < 8 || H % 8 || W % 8 || H > 65536 || W > 65536)
         return sdxl_seterr(e, SDXL_ERR_ARG, "control image: %lldx%lld must be multiples of 8", (long long)W,
                            (long long)H);
+    /* activations in the context's memory (the device's on a Vulkan context); the image goes up once */
     int64_t m = hint_max_floats(cn, H, W);
-    float *a = malloc((size_t)m * sizeof(float)), *b = malloc((size_t)m * sizeof(float));
-    int st = SDXL_OK;
-    if (!a || !b) st = sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory embedding a %lldx%lld control image",
-                                   (long long)W, (long long)H);
     const int64_t ch = cn->hint_ch;
+    float *a = sdxl_compute_alloc(cn->c, (size_t)m * sizeof(float), e);
+    float *b = a ? sdxl_compute_alloc(cn->c, (size_t)m * sizeof(float), e) : NULL;
+    float *swap = cn->bgr ? malloc((size_t)(H * W * ch) * sizeof(float)) : NULL;
+    int st = SDXL_OK;
+    if (!a || !b || (cn->bgr && !swap))
+        st = sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory embedding a %lldx%lld control image", (long long)W,
+                         (long long)H);
     int64_t oh = H / 8, ow = W / 8, oc = cn->hint_out.cout;
     for (int64_t r = 0; r < rows && !st; r++) {
         const float *src = img + r * H * W * ch;
-        if (cn->bgr)
+        if (cn->bgr) {
             for (int64_t i = 0; i < H * W; i++)
-                for (int64_t k = 0; k < ch; k++) b[i * ch + k] = src[i * ch + (ch - 1 - k)];
-        else memcpy(b, src, (size_t)(H * W * ch) * sizeof(float));
+                for (int64_t k = 0; k < ch; k++) swap[i * ch + k] = src[i * ch + (ch - 1 - k)];
+            src = swap;
+        }
         int64_t h = H, w = W;
-        st = sdxl_conv2d_fwd(cn->c, &cn->hint_in, b, 1, h, w, a, 0, e);
-        if (st) break;
-        sdxl_silu(a, h * w * cn->hint_in.cout);
+        st = sdxl_op_copy(cn->c, b, src, (size_t)(H * W * ch) * sizeof(float), e);
+        if (!st) st = sdxl_conv2d_fwd(cn->c, &cn->hint_in, b, 1, h, w, a, 0, e);
+        if (!st) st = sdxl_op_silu(cn->c, a, h * w * cn->hint_in.cout, e);
         for (int k = 0; k < cn->n_hint_blocks && !st; k++) {
             int64_t nh, nw;
             sdxl_conv2d_out_size(&cn->hint_blocks[k], h, w, &nh, &nw);
             st = sdxl_conv2d_fwd(cn->c, &cn->hint_blocks[k], a, 1, h, w, b, 0, e);
             h = nh;
             w = nw;
-            sdxl_silu(b, h * w * cn->hint_blocks[k].cout);
+            if (!st) st = sdxl_op_silu(cn->c, b, h * w * cn->hint_blocks[k].cout, e);
             float *t = a;
             a = b;
             b = t;
@@ -467,8 +472,10 @@ int sdxl_controlnet_hint(sdxl_controlnet *cn, const float *img, int64_t rows, in
         }
         st = sdxl_conv2d_fwd(cn->c, &cn->hint_out, a, 1, h, w, out + r * oh * ow * oc, 0, e);
     }
-    free(a);
-    free(b);
+    if (!st) st = sdxl_compute_sync(cn->c, e);
+    sdxl_compute_release(cn->c, a);
+    sdxl_compute_release(cn->c, b);
+    free(swap);
     return st ? sdxl_err_prefix(e, "ControlNet hint") : SDXL_OK;
 }
 
@@ -489,10 +496,10 @@ static int zero_sink(void *user, int i, const float *x, int64_t n, int64_t h, in
     const sdxl_conv2d *cv = i < cn->n_zero ? &cn->zero[i] : &cn->zero_mid;
     size_t need = (size_t)(n * h * w * cv->cout);
     if (need > cn->scratch_cap) { /* grows on the first pass of a shape only */
-        free(cn->scratch);
-        cn->scratch = malloc(need * sizeof(float));
+        sdxl_compute_release(cn->c, cn->scratch);
+        cn->scratch = sdxl_compute_alloc(cn->c, need * sizeof(float), e);
         cn->scratch_cap = cn->scratch ? need : 0;
-        if (!cn->scratch) return sdxl_seterr(e, SDXL_ERR_NOMEM, "ControlNet: out of memory for residual %d", i);
+        if (!cn->scratch) return sdxl_err_prefix(e, "ControlNet: residual %d", i);
     }
     (void)c;
     int st = sdxl_conv2d_fwd(cn->c, cv, x, n, h, w, cn->scratch, 0, e);
@@ -501,8 +508,7 @@ static int zero_sink(void *user, int i, const float *x, int64_t n, int64_t h, in
     float k = s->scale;
     if (s->guess && i < cn->n_zero) k *= powf(10.0f, -1.0f + (float)i / (float)cn->n_zero);
     float *acc = (i < cn->n_zero ? s->acc_down[i] : s->acc_mid) + s->row0 * h * w * cv->cout;
-    sdxl_axpy(k, cn->scratch, acc, (int64_t)need);
-    return SDXL_OK;
+    return sdxl_op_axpy(cn->c, k, cn->scratch, acc, (int64_t)need, e);
 }
 
 int sdxl_controlnet_apply(sdxl_controlnet *cn, const sdxl_unet_in *in, float scale, int guess, float *const *acc_down,
@@ -530,7 +536,7 @@ int sdxl_controlnet_estimate(sdxl_controlnet *cn, int64_t batch, int64_t h, int6
 void sdxl_controlnet_trim(sdxl_controlnet *cn) {
     if (!cn) return;
     sdxl_unet_trim(cn->trunk);
-    free(cn->scratch);
+    sdxl_compute_release(cn->c, cn->scratch);
     cn->scratch = NULL;
     cn->scratch_cap = 0;
 }

@@ -36,7 +36,7 @@ typedef struct unit {
     sdxl_controlnet *cn;
     float scale, start, end;
     int guess;
-    float *hint; /* [1, h, w, ch0] */
+    float *hint; /* [1, h, w, ch0], in the context's memory */
 } unit;
 
 struct sdxl_pl_ctrl {
@@ -45,11 +45,13 @@ struct sdxl_pl_ctrl {
     int ns;                 /* skips of the base UNet */
     int64_t rows, B, h, w;
     int cfg;
+    sdxl_compute *c;        /* the UNet's: residual sums and hints live in its memory (a device's too) */
     float *acc[64];         /* summed residuals per skip, channels-last [rows, h_i, w_i, c_i] */
     size_t acc_n[64];
     float *acc_mid;
     size_t acc_mid_n;
     float *x4;              /* 4-channel ControlNet input when the UNet takes 9 (inpainting) */
+    float *host[65];        /* host copies of acc and acc_mid for trace hooks (device contexts) */
     const sdxl_unet *unet;
 };
 
@@ -142,9 +144,10 @@ static int get_cn(sdxl_pl_model *m, const char *path, const sdxl_logger *log, sd
 
 void sdxl_pl_ctrl_free(sdxl_pl_ctrl *c) {
     if (!c) return;
-    for (int i = 0; i < c->n; i++) free(c->u[i].hint);
-    for (int i = 0; i < 64; i++) free(c->acc[i]);
-    free(c->acc_mid);
+    for (int i = 0; i < c->n; i++) sdxl_compute_release(c->c, c->u[i].hint);
+    for (int i = 0; i < 64; i++) sdxl_compute_release(c->c, c->acc[i]);
+    sdxl_compute_release(c->c, c->acc_mid);
+    for (int i = 0; i < 65; i++) free(c->host[i]);
     free(c->x4);
     free(c);
 }
@@ -152,12 +155,12 @@ void sdxl_pl_ctrl_free(sdxl_pl_ctrl *c) {
 int sdxl_pl_ctrl_count(const sdxl_pl_ctrl *c) { return c ? c->n : 0; }
 
 /* Control image -> W x H by the resize mode -> preprocessor -> float [0, 1] -> hint embedding. */
-static int prepare_unit(const sdxl_control_spec *s, int i, unit *u, int W, int H, sdxl_err *e) {
+static int prepare_unit(sdxl_compute *c, const sdxl_control_spec *s, int i, unit *u, int W, int H, sdxl_err *e) {
     size_t npx = (size_t)W * (size_t)H;
     uint8_t *fit = malloc(npx * 3), *pre = malloc(npx * 3);
     float *f = malloc(npx * 3 * sizeof(float));
     const sdxl_unet_cfg *tc = sdxl_unet_config(sdxl_controlnet_trunk(u->cn));
-    u->hint = malloc(npx / 64 * (size_t)tc->ch[0] * sizeof(float));
+    u->hint = sdxl_compute_alloc(c, npx / 64 * (size_t)tc->ch[0] * sizeof(float), NULL);
     int st = SDXL_OK;
     if (!fit || !pre || !f || !u->hint) st = sdxl_seterr(e, SDXL_ERR_NOMEM, "controls[%d]: out of memory", i);
     sdxl_preprocess pp;
@@ -180,11 +183,10 @@ int sdxl_pl_ctrl_new(sdxl_pl_model *m, const sdxl_gen_params *p, int W, int H, c
     if (!p->n_controls) return SDXL_OK;
     if (m->one_shot)
         return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "controls: a one_shot model cannot run ControlNet units; load it whole");
-    if (sdxl_compute_is_device(m->c))
-        return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "controls: ControlNet runs on the CPU only; load the model with device cpu");
     sdxl_pl_ctrl *c = calloc(1, sizeof *c);
     if (!c) return sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory");
     c->unet = m->base_unet;
+    c->c = m->c;
     c->ns = sdxl_unet_n_skips(m->base_unet);
     int st = SDXL_OK;
     for (int i = 0; i < p->n_controls && !st; i++) {
@@ -200,7 +202,7 @@ int sdxl_pl_ctrl_new(sdxl_pl_model *m, const sdxl_gen_params *p, int W, int H, c
             pthread_mutex_lock(&m->mu);
             st = get_cn(m, path, log, &u->cn, e);
             if (st) sdxl_err_prefix(e, "controls[%d].model", i);
-            else st = prepare_unit(s, i, u, W, H, e);
+            else st = prepare_unit(m->c, s, i, u, W, H, e);
             pthread_mutex_unlock(&m->mu);
         }
     }
@@ -214,10 +216,14 @@ int sdxl_pl_ctrl_new(sdxl_pl_model *m, const sdxl_gen_params *p, int W, int H, c
 
 int sdxl_pl_ctrl_bind(sdxl_pl_ctrl *c, int64_t rows, int B, int cfg, int64_t h, int64_t w, sdxl_err *e) {
     for (int i = 0; i < 64; i++) {
-        free(c->acc[i]);
+        sdxl_compute_release(c->c, c->acc[i]);
         c->acc[i] = NULL;
     }
-    free(c->acc_mid);
+    for (int i = 0; i < 65; i++) {
+        free(c->host[i]);
+        c->host[i] = NULL;
+    }
+    sdxl_compute_release(c->c, c->acc_mid);
     free(c->x4);
     c->acc_mid = c->x4 = NULL;
     c->rows = rows;
@@ -230,14 +236,15 @@ int sdxl_pl_ctrl_bind(sdxl_pl_ctrl *c, int64_t rows, int B, int cfg, int64_t h, 
     for (int i = 0; i < c->ns; i++) {
         sdxl_unet_skip_shape(c->unet, i, h, w, &oh, &ow, &oc);
         c->acc_n[i] = (size_t)(rows * oh * ow * oc);
-        if (!(c->acc[i] = malloc(c->acc_n[i] * sizeof(float))))
-            return sdxl_seterr(e, SDXL_ERR_NOMEM, "ControlNet: out of memory for residual %d", i);
+        if (!(c->acc[i] = sdxl_compute_alloc(c->c, c->acc_n[i] * sizeof(float), e)))
+            return sdxl_err_prefix(e, "ControlNet: residual %d", i);
     }
     const sdxl_unet_cfg *g = sdxl_unet_config(c->unet);
     c->acc_mid_n = (size_t)(rows * oh * ow * g->ch[g->levels - 1]); /* the mid block runs at the last skip's size */
     c->x4 = g->in_ch != 4 ? malloc((size_t)(rows * 4 * h * w) * sizeof(float)) : NULL;
-    if (!(c->acc_mid = malloc(c->acc_mid_n * sizeof(float))) || (g->in_ch != 4 && !c->x4))
-        return sdxl_seterr(e, SDXL_ERR_NOMEM, "ControlNet: out of memory for the residuals");
+    if (g->in_ch != 4 && !c->x4) return sdxl_seterr(e, SDXL_ERR_NOMEM, "ControlNet: out of memory for the residuals");
+    if (!(c->acc_mid = sdxl_compute_alloc(c->c, c->acc_mid_n * sizeof(float), e)))
+        return sdxl_err_prefix(e, "ControlNet: the mid residual");
     return SDXL_OK;
 }
 
@@ -273,13 +280,17 @@ int sdxl_pl_ctrl_run(sdxl_pl_ctrl *c, sdxl_unet_in *in, int64_t in_ch, int i, in
     if (!*active) return SDXL_OK;
     if (in->batch != c->rows) return sdxl_seterr(e, SDXL_ERR_INTERNAL, "ControlNet: bound for %lld rows, got %lld",
                                                  (long long)c->rows, (long long)in->batch);
-    for (int s = 0; s < c->ns; s++) memset(c->acc[s], 0, c->acc_n[s] * sizeof(float));
-    memset(c->acc_mid, 0, c->acc_mid_n * sizeof(float));
+    int st = SDXL_OK;
+    for (int s = 0; s < c->ns && !st; s++) st = sdxl_op_fill(c->c, c->acc[s], 0.0f, (int64_t)c->acc_n[s], e);
+    if (!st) st = sdxl_op_fill(c->c, c->acc_mid, 0.0f, (int64_t)c->acc_mid_n, e);
+    if (st) return sdxl_err_prefix(e, "ControlNet");
     const float *x = in->x;
     size_t hw = (size_t)(in->h * in->w);
     if (in_ch != 4) { /* the ControlNet sees the latents, not the inpainting UNet's mask channels */
-        for (int64_t r = 0; r < in->batch; r++)
-            memcpy(c->x4 + (size_t)r * 4 * hw, in->x + (size_t)r * (size_t)in_ch * hw, 4 * hw * sizeof(float));
+        for (int64_t r = 0; r < in->batch && !st; r++)
+            st = sdxl_op_copy(c->c, c->x4 + (size_t)r * 4 * hw, in->x + (size_t)r * (size_t)in_ch * hw,
+                              4 * hw * sizeof(float), e);
+        if (st) return st;
         x = c->x4;
     }
     const sdxl_unet_cfg *g = sdxl_unet_config(c->unet);
@@ -303,12 +314,26 @@ int sdxl_pl_ctrl_run(sdxl_pl_ctrl *c, sdxl_unet_in *in, int64_t in_ch, int i, in
             ci.pooled = in->pooled + (size_t)(row0 * in->pooled_dim);
             ci.time_ids = in->time_ids + (size_t)(row0 * in->n_time_ids);
         }
-        int st = sdxl_controlnet_apply(u->cn, &ci, u->scale, u->guess, c->acc, c->acc_mid, row0, e);
+        st = sdxl_controlnet_apply(u->cn, &ci, u->scale, u->guess, c->acc, c->acc_mid, row0, e);
         if (st) return sdxl_err_prefix(e, "controls[%d]", k);
     }
     in->ctrl_down = (const float *const *)c->acc;
     in->n_ctrl_down = c->ns;
     in->ctrl_mid = c->acc_mid;
+    return SDXL_OK;
+}
+
+int sdxl_pl_ctrl_host_view(sdxl_pl_ctrl *c, sdxl_unet_in *in, sdxl_err *e) {
+    if (!c || !in->ctrl_down || !sdxl_compute_is_device(c->c)) return SDXL_OK;
+    for (int i = 0; i <= c->ns; i++) {
+        size_t n = i < c->ns ? c->acc_n[i] : c->acc_mid_n;
+        if (!c->host[i] && !(c->host[i] = malloc(n * sizeof(float))))
+            return sdxl_seterr(e, SDXL_ERR_NOMEM, "ControlNet: out of memory");
+        int st = sdxl_op_copy(c->c, c->host[i], i < c->ns ? c->acc[i] : c->acc_mid, n * sizeof(float), e);
+        if (st) return st;
+    }
+    in->ctrl_down = (const float *const *)c->host;
+    in->ctrl_mid = c->host[c->ns];
     return SDXL_OK;
 }
 

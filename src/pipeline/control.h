@@ -46,6 +46,9 @@ int sdxl_pl_ctrl_run(sdxl_pl_ctrl *c, sdxl_unet_in *in, int64_t in_ch, int i, in
 
 /* The per-unit values for metadata: the resolved model name and preprocess module. */
 int sdxl_pl_ctrl_count(const sdxl_pl_ctrl *c);
+/* For trace hooks: in's residuals as host memory (copies on a device context, made on first
+ * use; the same pointers on the CPU). */
+int sdxl_pl_ctrl_host_view(sdxl_pl_ctrl *c, sdxl_unet_in *in, sdxl_err *e);
 void sdxl_pl_ctrl_trim(sdxl_pl_ctrl *c);
 
 #endif

@@ -817,8 +817,11 @@ static int model_cb(void *user, const float *x_in, size_t n, double t, double si
     int st = s->idx ? SDXL_OK : lora_ensure(s->m, r, e);
     unsigned active = 0;
     if (!st && s->ctrl) st = sdxl_pl_ctrl_run(s->ctrl, &in, in_ch, s->cur_step - s->ctrl_i0, s->ctrl_n, &active, e);
-    if (!st && s->ctrl && s->trace && s->trace->control)
-        s->trace->control(s->trace->user, s->calls, s->cur_step, active, &in);
+    if (!st && s->ctrl && s->trace && s->trace->control) {
+        sdxl_unet_in hv = in; /* residuals readable on the host (device contexts) */
+        st = sdxl_pl_ctrl_host_view(s->ctrl, &hv, e);
+        if (!st) s->trace->control(s->trace->user, s->calls, s->cur_step, active, &hv);
+    }
     /* unet_max_rows: the batch in slices of rows (not with ControlNet residuals, bound to the whole batch) */
     int slice = r->p.unet_max_rows > 0 && r->p.unet_max_rows < rows && !s->ctrl ? r->p.unet_max_rows : rows;
     for (int r0 = 0; !st && r0 < rows; r0 += slice) {

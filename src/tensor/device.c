@@ -65,6 +65,11 @@ int sdxl_op_copy(sdxl_compute *c, void *dst, const void *src, size_t bytes, sdxl
     return SDXL_OK;
 }
 
+uint64_t sdxl_compute_device_allocs(const sdxl_compute *c) {
+    sdxl_dev *d = sdxl_compute_dev(c);
+    return d ? sdxl_vk_n_allocs(sdxl_dev_vk(d)) : 0;
+}
+
 int sdxl_compute_sync(sdxl_compute *c, sdxl_err *e) {
     sdxl_dev *d = sdxl_compute_dev(c);
     return d ? sdxl_dev_sync(d, e) : SDXL_OK;
@@ -139,6 +144,14 @@ int sdxl_op_axpy(sdxl_compute *c, float s, const float *x, float *y, int64_t n, 
 
 int sdxl_op_scale(sdxl_compute *c, float *x, float s, int64_t n, sdxl_err *e) {
     DEV_OR(sdxl_dev_scale(d_, x, s, n, e), sdxl_scale(x, s, n));
+}
+
+static void fill(float *x, float v, int64_t n) {
+    for (int64_t i = 0; i < n; i++) x[i] = v;
+}
+
+int sdxl_op_fill(sdxl_compute *c, float *x, float v, int64_t n, sdxl_err *e) {
+    DEV_OR(sdxl_dev_fill(d_, x, v, n, e), fill(x, v, n));
 }
 
 int sdxl_op_add_bias(sdxl_compute *c, float *x, const float *bias, int64_t rows, int64_t ch, sdxl_err *e) {

@@ -706,6 +706,7 @@ static int replace_weights(sdxl_compute *c, const gemm_layer *gl, void *wstore, 
 
 int sdxl_linear_set_weights(sdxl_compute *c, sdxl_linear *l, const float *w, const float *b, sdxl_err *e) {
     if (l->prec != c->prec) return sdxl_seterr(e, SDXL_ERR_ARG, "linear: set weights in another precision");
+    if (c->dev && l->impl && !l->w) return sdxl_dev_layer_set_weights(l->impl, w, b, e);
     dnnl_dims_t dims = {l->in, l->out};
     int st = replace_weights(c, l->impl, l->w, w, 2, dims, dnnl_ba, e);
     if (!st && b && l->bias) memcpy(l->bias, b, (size_t)l->out * sizeof(float));
@@ -714,6 +715,7 @@ int sdxl_linear_set_weights(sdxl_compute *c, sdxl_linear *l, const float *w, con
 
 int sdxl_conv2d_set_weights(sdxl_compute *c, sdxl_conv2d *cv, const float *w, const float *b, sdxl_err *e) {
     if (cv->prec != c->prec) return sdxl_seterr(e, SDXL_ERR_ARG, "conv2d: set weights in another precision");
+    if (c->dev && cv->impl && !cv->w) return sdxl_dev_layer_set_weights(cv->impl, w, b, e);
     dnnl_dims_t dims = {cv->cout, cv->cin, cv->kh, cv->kw};
     int st = replace_weights(c, cv->impl, cv->w, w, 4, dims, dnnl_oihw, e);
     if (!st && b && cv->bias) memcpy(cv->bias, b, (size_t)cv->cout * sizeof(float));

@@ -162,6 +162,9 @@ void sdxl_compute_device_memory(sdxl_compute *c, uint64_t *budget, uint64_t *hel
 int sdxl_op_copy(sdxl_compute *c, void *dst, const void *src, size_t bytes, sdxl_err *e);
 /* Waits for recorded device work (no-op on the CPU). */
 int sdxl_compute_sync(sdxl_compute *c, sdxl_err *e);
+/* Device memory allocations made so far by a device context (0 on the CPU): the step loop
+ * must not add any once warm. */
+uint64_t sdxl_compute_device_allocs(const sdxl_compute *c);
 
 int sdxl_op_group_norm(sdxl_compute *c, const float *x, float *y, int64_t n, int64_t hw, int64_t ch, int groups,
                        float eps, const float *gamma, const float *beta, int silu, sdxl_err *e);
@@ -182,6 +185,8 @@ int sdxl_op_concat_channels(sdxl_compute *c, const float *a, int64_t ca, const f
 int sdxl_op_add(sdxl_compute *c, const float *a, const float *b, float *y, int64_t n, sdxl_err *e);
 int sdxl_op_axpy(sdxl_compute *c, float s, const float *x, float *y, int64_t n, sdxl_err *e);
 int sdxl_op_scale(sdxl_compute *c, float *x, float s, int64_t n, sdxl_err *e);
+/* x[i] = v for n floats (device memory is not zeroed by sdxl_compute_alloc). */
+int sdxl_op_fill(sdxl_compute *c, float *x, float v, int64_t n, sdxl_err *e);
 /* x[i] /= s, a true division (x * (1/s) rounds differently). */
 int sdxl_op_div(sdxl_compute *c, float *x, float s, int64_t n, sdxl_err *e);
 /* One phase of a 2x upsample: p [n, h, w, ch] -> y [n, 2h, 2w, ch] at rows 2i+a, columns 2j+q. */

@@ -157,7 +157,7 @@ int golden_controlnet(golden_ctx *g) {
     sdxl_ckpt *ck = NULL;
     sdxl_compute *c = NULL;
     sdxl_unet *u = NULL;
-    if (sdxl_ckpt_open(base, &ck, &e) || sdxl_compute_new(SDXL_PREC_F32, &c, &e) ||
+    if (sdxl_ckpt_open(base, &ck, &e) || sdxl_compute_new_device(SDXL_PREC_F32, g->device, &c, &e) ||
         sdxl_unet_load(c, ck, NULL, &u, &e)) {
         golden_fail(g, "controlnet", "load", "base %s: %s", base, e.msg);
         goto done;

@@ -183,25 +183,30 @@ static void cmp(const char *what, const float *got, const float *want, int64_t n
 
 static void test_norms(sdxl_vk *v) {
     sdxl_err e = {0};
+    /* both strategies on every shape: the split one's chunks end mid-image (hw % 64 != 0) */
     struct { int64_t n, hw, c; int g, silu; float eps, off; } gn[] = {
-        {2, 35, 96, 32, 0, 1e-5f, 3.0f}, {1, 143, 4, 2, 1, 1e-6f, 0.0f}, {2, 11 * 13, 320, 32, 1, 1e-5f, -2.0f}};
-    for (size_t t = 0; t < sizeof gn / sizeof *gn; t++) {
-        int64_t n = gn[t].n * gn[t].hw * gn[t].c;
-        float *x = rnd(n, -1 + gn[t].off, 1 + gn[t].off), *g = rnd(gn[t].c, 0.5f, 1.5f), *b = rnd(gn[t].c, -1, 1);
-        float *want = malloc((size_t)n * 4);
-        sdxl_group_norm(x, want, gn[t].n, gn[t].hw, gn[t].c, gn[t].g, gn[t].eps, g, b, gn[t].silu);
-        sdxl_vk_buf bx = up(v, x, n), bg = up(v, g, gn[t].c), bb = up(v, b, gn[t].c);
-        CHECK(!sdxl_vk_group_norm(v, &bx, &bx, gn[t].n, gn[t].hw, gn[t].c, gn[t].g, gn[t].eps, &bg, &bb, gn[t].silu,
-                                  &e),
-              "group norm: %s", e.msg);
-        float *got = down(v, &bx, n);
-        char name[96];
-        snprintf(name, sizeof name, "group_norm %lldx%lldx%lld g%d silu %d (in place)", (long long)gn[t].n,
-                 (long long)gn[t].hw, (long long)gn[t].c, gn[t].g, gn[t].silu);
-        cmp(name, got, want, n, 1e-12);
-        sdxl_vk_release(v, &bx), sdxl_vk_release(v, &bg), sdxl_vk_release(v, &bb);
-        free(x), free(g), free(b), free(want), free(got);
-    }
+        {2, 35, 96, 32, 0, 1e-5f, 3.0f},         {1, 143, 4, 2, 1, 1e-6f, 0.0f},
+        {2, 11 * 13, 320, 32, 1, 1e-5f, -2.0f},  {2, 67 * 61, 64, 32, 1, 1e-5f, 5.0f},
+        {1, 1000, 6, 3, 0, 1e-6f, -0.5f}};
+    const char *pname[3] = {"auto", "one workgroup", "split"};
+    for (size_t t = 0; t < sizeof gn / sizeof *gn; t++)
+        for (int path = SDXL_VK_GN_AUTO; path <= SDXL_VK_GN_SPLIT; path++) {
+            int64_t n = gn[t].n * gn[t].hw * gn[t].c;
+            float *x = rnd(n, -1 + gn[t].off, 1 + gn[t].off), *g = rnd(gn[t].c, 0.5f, 1.5f), *b = rnd(gn[t].c, -1, 1);
+            float *want = malloc((size_t)n * 4);
+            sdxl_group_norm(x, want, gn[t].n, gn[t].hw, gn[t].c, gn[t].g, gn[t].eps, g, b, gn[t].silu);
+            sdxl_vk_buf bx = up(v, x, n), bg = up(v, g, gn[t].c), bb = up(v, b, gn[t].c);
+            CHECK(!sdxl_vk_group_norm_path(v, &bx, &bx, gn[t].n, gn[t].hw, gn[t].c, gn[t].g, gn[t].eps, &bg, &bb,
+                                           gn[t].silu, (sdxl_vk_gn_path)path, &e),
+                  "group norm: %s", e.msg);
+            float *got = down(v, &bx, n);
+            char name[128];
+            snprintf(name, sizeof name, "group_norm %lldx%lldx%lld g%d silu %d (in place, %s)", (long long)gn[t].n,
+                     (long long)gn[t].hw, (long long)gn[t].c, gn[t].g, gn[t].silu, pname[path]);
+            cmp(name, got, want, n, 1e-12);
+            sdxl_vk_release(v, &bx), sdxl_vk_release(v, &bg), sdxl_vk_release(v, &bb);
+            free(x), free(g), free(b), free(want), free(got);
+        }
     int64_t shapes[][2] = {{77, 768}, {5, 1280}, {3, 33}};
     for (size_t t = 0; t < 3; t++) {
         int64_t r = shapes[t][0], c = shapes[t][1], n = r * c;
@@ -266,6 +271,12 @@ static void test_eltwise(sdxl_vk *v) {
     CHECK(!sdxl_vk_scale(v, &bs, 0.37f, n, &e), "scale: %s", e.msg);
     got = down(v, &bs, n);
     CHECK(exact(got, want, n), "scale is exact");
+    free(got);
+    for (int64_t i = 0; i < n; i++) want[i] = 0.0f;
+    CHECK(!sdxl_vk_fill(v, &bs, 0.0f, n - 1, &e), "fill: %s", e.msg); /* the last float stays */
+    got = down(v, &bs, n);
+    want[n - 1] = x[n - 1] * 0.37f;
+    CHECK(exact(got, want, n), "fill writes its n floats only");
     free(got);
     memcpy(want, x2, n * 4);
     sdxl_axpy(-1.25f, x, want, n);
@@ -451,8 +462,70 @@ static void test_seam(void) {
     sdxl_compute_free(cv);
 }
 
+/* Weights replaced after load (LoRA merge and undo) on a device layer: a linear and a padded
+ * conv then compute what fresh CPU layers with the new weights compute (NMSE 1e-10, f32). */
+static void test_set_weights(void) {
+    sdxl_err e = {0};
+    sdxl_compute *cc = NULL, *cv = NULL;
+    if (sdxl_compute_new_device(SDXL_PREC_F32, "cpu", &cc, &e) || sdxl_compute_new_device(SDXL_PREC_F32, "vulkan", &cv, &e)) {
+        CHECK(0, "contexts: %s", e.msg);
+        sdxl_compute_free(cc);
+        return;
+    }
+    const int64_t M = 29, K = 19, N = 23, n = 2, H = 5, W = 6, ci = 7, co = 9;
+    float *w1 = rnd(N * K, -1, 1), *w2 = rnd(N * K, -1, 1), *b1 = rnd(N, -1, 1), *b2 = rnd(N, -1, 1), *x = rnd(M * K, -1, 1);
+    float *k1 = rnd(co * ci * 9, -1, 1), *k2 = rnd(co * ci * 9, -1, 1), *kb = rnd(co, -1, 1), *img = rnd(n * H * W * ci, -1, 1);
+    float *y[2], *z[2];
+    for (int d = 0; d < 2; d++) {
+        sdxl_compute *c = d ? cv : cc;
+        sdxl_linear l;
+        sdxl_conv2d k;
+        y[d] = malloc((size_t)(M * N) * 4);
+        z[d] = malloc((size_t)(n * H * W * co) * 4);
+        int st = sdxl_linear_init(c, &l, K, N, d ? w1 : w2, SDXL_F32, d ? b1 : b2, SDXL_F32, &e);
+        if (!st && d) st = sdxl_linear_set_weights(c, &l, w2, b2, &e);
+        if (!st) st = sdxl_linear_fwd(c, &l, x, M, y[d], 0, &e);
+        if (!st) st = sdxl_conv2d_init(c, &k, ci, co, 3, 3, 1, 1, 1, 1, 1, d ? k1 : k2, SDXL_F32, kb, SDXL_F32, &e);
+        if (!st && d) st = sdxl_conv2d_set_weights(c, &k, k2, NULL, &e);
+        if (!st) st = sdxl_conv2d_fwd(c, &k, img, n, H, W, z[d], 0, &e);
+        CHECK(!st, "set weights on %s: %s", sdxl_compute_device_name(c), e.msg);
+        sdxl_linear_free(&l);
+        sdxl_conv2d_free(&k);
+    }
+    cmp("linear after set_weights on the device", y[1], y[0], M * N, 1e-10);
+    cmp("conv 3x3 after set_weights on the device (bias kept)", z[1], z[0], n * H * W * co, 1e-10);
+    free(w1), free(w2), free(b1), free(b2), free(x), free(k1), free(k2), free(kb), free(img);
+    free(y[0]), free(y[1]), free(z[0]), free(z[1]);
+    sdxl_compute_free(cc);
+    sdxl_compute_free(cv);
+}
+
+/* The matrix-unit GEMM is chosen from the device's property list: fabricated lists, since
+ * lavapipe has no VK_NV_cooperative_matrix (a real GPU runs gemm_mma.comp in the GEMM tests). */
+static void test_mma_pick(void) {
+    enum { F16 = SDXL_VK_MMA_F16, F32 = SDXL_VK_MMA_F32, I8 = SDXL_VK_MMA_OTHER };
+    const sdxl_vk_mma_shape want = {16, 16, 16, F16, F16, F32, F32, 1};
+    const sdxl_vk_mma_shape nvidia[] = {{16, 8, 16, F16, F16, F32, F32, 1}, {16, 8, 8, F16, F16, F16, F16, 1},
+                                        {16, 16, 16, F16, F16, F16, F16, 1}, want, {16, 16, 32, I8, I8, I8, I8, 1}};
+    CHECK(sdxl_vk_mma_pick(nvidia, 5, 32) == 3, "the 16x16x16 f16->f32 subgroup entry is found among others");
+    CHECK(sdxl_vk_mma_pick(nvidia, 3, 32) == -1, "only 16x8 shapes or f16 accumulation: plain GEMM");
+    CHECK(sdxl_vk_mma_pick(nvidia, 0, 32) == -1, "empty list: plain GEMM");
+    CHECK(sdxl_vk_mma_pick(&want, 1, 64) == -1 && sdxl_vk_mma_pick(&want, 1, 16) == -1,
+          "subgroups other than 32 wide: plain GEMM");
+    sdxl_vk_mma_shape w = want;
+    w.subgroup = 0;
+    CHECK(sdxl_vk_mma_pick(&w, 1, 32) == -1, "workgroup scope: plain GEMM");
+    w = want;
+    w.b = I8;
+    CHECK(sdxl_vk_mma_pick(&w, 1, 32) == -1, "another B type: plain GEMM");
+    w = want;
+    w.k = 8;
+    CHECK(sdxl_vk_mma_pick(&w, 1, 32) == -1, "K 8: plain GEMM");
+}
+
 int main(void) {
     sdxl_err e = {0};
+    test_mma_pick();
     sdxl_vk_devinfo *devs = NULL;
     int nd = 0;
     int st = sdxl_vk_list(&devs, &nd, &e);
@@ -472,6 +545,7 @@ int main(void) {
     CHECK(sdxl_vk_new(999, &bad, &e) == SDXL_ERR_ARG && !bad, "missing device refused: %s", e.msg);
 
     test_seam();
+    test_set_weights();
     test_alloc(v);
     test_convert(v);
     test_eltwise(v);
@@ -496,7 +570,8 @@ int main(void) {
     test_attention(v, 1, 70, 70, 2, 24, 0, 0, SDXL_F32, 6.0f); /* scores spread: the running max moves */
     int pipes = sdxl_vk_n_pipelines(v);
     test_linear(v, 3, 5, 7, 1, 0, SDXL_F16);
-    CHECK(sdxl_vk_n_pipelines(v) == pipes && pipes == 5, "pipelines created once (%d)", pipes);
+    int used = 5 + (sdxl_vk_info(v)->mma ? 1 : 0); /* f16 weights take gemm_mma.comp where it runs */
+    CHECK(sdxl_vk_n_pipelines(v) == pipes && pipes == used, "pipelines created once (%d)", pipes);
     printf("dispatches %llu, peak device bytes %llu\n", (unsigned long long)sdxl_vk_n_dispatches(v),
            (unsigned long long)sdxl_vk_bytes_peak(v));
     sdxl_vk_free(v);

@@ -10,6 +10,7 @@
 #define KONST_MAX 4096
 #define KONST_MAX_TOTAL ((uint64_t)256 << 20) /* host copies kept, all entries together */
 #define TMP_MAX 8
+#define FREQS_MAX 8
 
 typedef struct shadow {
     char *base;
@@ -23,6 +24,12 @@ typedef struct konst {
     void *copy;
     sdxl_vk_buf buf;
 } konst;
+
+typedef struct freqs {
+    int dim;
+    float shift, max_period;
+    sdxl_vk_buf buf;
+} freqs;
 
 typedef struct readback {
     void *host;
@@ -38,8 +45,10 @@ struct sdxl_dev {
     konst *k;
     int nk, capk;
     uint64_t kbytes;
-    sdxl_vk_buf tmp[TMP_MAX];
+    sdxl_vk_buf tmp[TMP_MAX]; /* kept between ops and grown, so a warm step loop allocates nothing */
     int ntmp;
+    freqs fq[FREQS_MAX];      /* timestep-embedding frequencies per (dim, shift, max_period) */
+    int nfq;
     readback rb[2];
     int nrb;
 };
@@ -69,13 +78,22 @@ static void konst_drop_all(sdxl_dev *d) {
     d->kbytes = 0;
 }
 
+static void tmp_drop_all(sdxl_dev *d) {
+    for (int i = 0; i < TMP_MAX; i++) sdxl_vk_release(d->vk, &d->tmp[i]);
+    for (int i = 0; i < d->nfq; i++) sdxl_vk_release(d->vk, &d->fq[i].buf);
+    d->nfq = 0;
+}
+
 void sdxl_dev_trim(sdxl_dev *d) {
-    if (d) konst_drop_all(d);
+    if (!d) return;
+    konst_drop_all(d);
+    tmp_drop_all(d);
 }
 
 void sdxl_dev_free(sdxl_dev *d) {
     if (!d) return;
     konst_drop_all(d);
+    tmp_drop_all(d);
     free(d->k);
     for (int i = 0; i < d->nsh; i++) {
         sdxl_vk_release(d->vk, &d->sh[i].buf);
@@ -126,10 +144,17 @@ static shadow *find_shadow(sdxl_dev *d, const void *p) {
     return NULL;
 }
 
+/* The next temporary of this op: the slot's buffer when it is large enough, else a larger one.
+ * Recorded work that still reads a slot runs before anything rewrites it (uploads are recorded
+ * after it, behind a barrier). */
 static int tmp_new(sdxl_dev *d, uint64_t bytes, int *at, sdxl_err *e) {
     if (d->ntmp == TMP_MAX) return sdxl_seterr(e, SDXL_ERR_INTERNAL, "device: too many host operands in one op");
-    int st = sdxl_vk_alloc(d->vk, bytes, &d->tmp[d->ntmp], e);
-    if (st) return st;
+    sdxl_vk_buf *t = &d->tmp[d->ntmp];
+    if (!t->buffer || t->size < bytes) {
+        sdxl_vk_release(d->vk, t);
+        int st = sdxl_vk_alloc(d->vk, bytes, t, e);
+        if (st) return st;
+    }
     *at = d->ntmp++;
     return SDXL_OK;
 }
@@ -197,12 +222,10 @@ static int out_(sdxl_dev *d, void *p, uint64_t bytes, sdxl_vk_buf *v, sdxl_err *
     return SDXL_OK;
 }
 
-/* Ends an op: reads host outputs back, frees temporaries. */
+/* Ends an op: reads host outputs back; the temporaries stay for the next op. */
 static int done(sdxl_dev *d, int st, sdxl_err *e) {
     for (int i = 0; i < d->nrb; i++)
         if (!st) st = sdxl_vk_download(d->vk, &d->tmp[d->rb[i].tmp], 0, d->rb[i].host, d->rb[i].bytes, e);
-    if (d->ntmp && !d->nrb && !st) st = sdxl_vk_flush(d->vk, e); /* temporaries are read by recorded work */
-    for (int i = 0; i < d->ntmp; i++) sdxl_vk_release(d->vk, &d->tmp[i]);
     d->ntmp = d->nrb = 0;
     /* The cache is bounded between ops, never inside one (its views are in use there). */
     if (d->nk >= KONST_MAX || d->kbytes > KONST_MAX_TOTAL) konst_drop_all(d);
@@ -286,7 +309,8 @@ int sdxl_dev_layer_init(sdxl_dev *d, void **impl, int64_t cin, int64_t cout, int
     dev_layer *l = calloc(1, sizeof *l);
     if (!l) return sdxl_seterr(e, SDXL_ERR_NOMEM, "device: out of memory");
     l->d = d;
-    sdxl_dtype store = d->prec == SDXL_PREC_BF16 ? SDXL_BF16 : SDXL_F32;
+    /* bf16 precision: f16 where the matrix units take it (VK_NV_cooperative_matrix has no bf16) */
+    sdxl_dtype store = d->prec != SDXL_PREC_BF16 ? SDXL_F32 : sdxl_vk_info(d->vk)->mma ? SDXL_F16 : SDXL_BF16;
     int st = sdxl_vk_conv2d_init(d->vk, &l->g, cin, cout, kh, kw, stride, pad_t, pad_l, pad_b, pad_r, w, wdt, b, bdt,
                                  store, e);
     if (st) {
@@ -295,6 +319,11 @@ int sdxl_dev_layer_init(sdxl_dev *d, void **impl, int64_t cin, int64_t cout, int
     }
     *impl = l;
     return SDXL_OK;
+}
+
+int sdxl_dev_layer_set_weights(void *impl, const float *w, const float *b, sdxl_err *e) {
+    dev_layer *l = impl;
+    return sdxl_vk_layer_set(l->d->vk, &l->g, w, b, e);
 }
 
 void sdxl_dev_layer_free(void *impl) {
@@ -437,6 +466,14 @@ int sdxl_dev_scale(sdxl_dev *d, float *x, float s, int64_t n, sdxl_err *e) {
     return done(d, st, e);
 }
 
+int sdxl_dev_fill(sdxl_dev *d, float *x, float v, int64_t n, sdxl_err *e) {
+    sdxl_vk_buf bx;
+    if (n <= 0) return SDXL_OK;
+    int st = out_(d, x, fb(n), &bx, e);
+    if (!st) st = sdxl_vk_fill(d->vk, &bx, v, n, e);
+    return done(d, st, e);
+}
+
 int sdxl_dev_add_bias(sdxl_dev *d, float *x, const float *bias, int64_t rows, int64_t c, sdxl_err *e) {
     sdxl_vk_buf bx, bb;
     if (rows <= 0) return SDXL_OK;
@@ -457,21 +494,25 @@ int sdxl_dev_timestep_embedding(sdxl_dev *d, const float *t, int64_t n, int dim,
         }
         return SDXL_OK;
     }
-    int half = dim / 2;
-    float *f = malloc((size_t)half * sizeof *f);
-    if (!f) return sdxl_seterr(e, SDXL_ERR_NOMEM, "device: out of memory");
-    const float neg_log = (float)(-log((double)max_period)), denom = (float)half - downscale_freq_shift;
-    for (int i = 0; i < half; i++) { /* as sdxl_timestep_embedding computes them */
-        float ex = neg_log * (float)i;
-        ex = ex / denom;
-        f[i] = (float)exp((double)ex);
+    freqs *fq = NULL;
+    for (int i = 0; i < d->nfq && !fq; i++)
+        if (d->fq[i].dim == dim && d->fq[i].shift == downscale_freq_shift && d->fq[i].max_period == max_period)
+            fq = &d->fq[i];
+    int st;
+    if (!fq) { /* made once per (dim, shift, max_period), as sdxl_timestep_embedding computes them */
+        if (d->nfq == FREQS_MAX) {
+            sdxl_vk_release(d->vk, &d->fq[0].buf);
+            memmove(d->fq, d->fq + 1, sizeof *d->fq * (FREQS_MAX - 1));
+            d->nfq--;
+        }
+        fq = &d->fq[d->nfq];
+        *fq = (freqs){.dim = dim, .shift = downscale_freq_shift, .max_period = max_period};
+        if ((st = sdxl_vk_timestep_freqs(d->vk, dim, downscale_freq_shift, max_period, &fq->buf, e))) return st;
+        d->nfq++;
     }
-    sdxl_vk_buf bt, bf, bo;
-    int st = in_(d, t, fb(n), &bt, e);
-    if (!st) st = in_(d, f, fb(half), &bf, e);
+    sdxl_vk_buf bt, bo;
+    st = in_(d, t, fb(n), &bt, e);
     if (!st) st = out_(d, out, fb(n * dim), &bo, e);
-    if (!st) st = sdxl_vk_timestep_embedding(d->vk, &bt, n, dim, flip_sin_to_cos, &bf, &bo, e);
-    st = done(d, st, e);
-    free(f);
-    return st;
+    if (!st) st = sdxl_vk_timestep_embedding(d->vk, &bt, n, dim, flip_sin_to_cos, &fq->buf, &bo, e);
+    return done(d, st, e);
 }

@@ -29,6 +29,7 @@ int sdxl_dev_layer_init(sdxl_dev *d, void **impl, int64_t cin, int64_t cout, int
                         int pad_l, int pad_b, int pad_r, const void *w, sdxl_dtype wdt, const void *b,
                         sdxl_dtype bdt, sdxl_err *e);
 void sdxl_dev_layer_free(void *impl);
+int sdxl_dev_layer_set_weights(void *impl, const float *w, const float *b, sdxl_err *e);
 int sdxl_dev_linear_fwd(sdxl_dev *d, const void *impl, const float *x, int64_t M, float *y, int flags, sdxl_err *e);
 int sdxl_dev_conv2d_fwd(sdxl_dev *d, const void *impl, const float *x, int64_t n, int64_t h, int64_t w, float *y,
                         int flags, sdxl_err *e);
@@ -50,6 +51,7 @@ int sdxl_dev_concat_channels(sdxl_dev *d, const float *a, int64_t ca, const floa
 int sdxl_dev_add(sdxl_dev *d, const float *a, const float *b, float *y, int64_t n, sdxl_err *e);
 int sdxl_dev_axpy(sdxl_dev *d, float s, const float *x, float *y, int64_t n, sdxl_err *e);
 int sdxl_dev_scale(sdxl_dev *d, float *x, float s, int64_t n, sdxl_err *e);
+int sdxl_dev_fill(sdxl_dev *d, float *x, float v, int64_t n, sdxl_err *e);
 int sdxl_dev_add_bias(sdxl_dev *d, float *x, const float *bias, int64_t rows, int64_t c, sdxl_err *e);
 int sdxl_dev_div(sdxl_dev *d, float *x, float s, int64_t n, sdxl_err *e);
 int sdxl_dev_place_phase(sdxl_dev *d, const float *p, float *y, int64_t n, int64_t h, int64_t w, int64_t c, int a,

@@ -118,6 +118,7 @@ struct sdxl_vk {
     VkFence fence;
     int recording;
     uint64_t n_dispatch;
+    uint64_t n_alloc; /* sub-allocations made */
     /* pipelines */
     VkDescriptorSetLayout dsl;
     VkPipelineLayout playout;
@@ -127,6 +128,7 @@ struct sdxl_vk {
     VkPipeline pipe[SDXL_VK_SH_COUNT];
     int n_pipes;
     sdxl_vk_buf dummy;
+    sdxl_vk_buf scratch; /* sdxl_vk_scratch: grows, never shrinks */
 };
 
 static const char *vk_res(VkResult r) {
@@ -214,6 +216,45 @@ static int dev_exts(vk_fns *f, VkPhysicalDevice pd, VkExtensionProperties **out,
     return 0;
 }
 
+int sdxl_vk_mma_pick(const sdxl_vk_mma_shape *p, int n, uint32_t subgroup_size) {
+    if (subgroup_size != 32) return -1;
+    for (int i = 0; i < n; i++)
+        if (p[i].m == 16 && p[i].n == 16 && p[i].k == 16 && p[i].a == SDXL_VK_MMA_F16 && p[i].b == SDXL_VK_MMA_F16 &&
+            p[i].c == SDXL_VK_MMA_F32 && p[i].d == SDXL_VK_MMA_F32 && p[i].subgroup)
+            return i;
+    return -1;
+}
+
+static int mma_type(VkComponentTypeNV t) {
+    return t == VK_COMPONENT_TYPE_FLOAT16_NV ? SDXL_VK_MMA_F16 : t == VK_COMPONENT_TYPE_FLOAT32_NV ? SDXL_VK_MMA_F32
+                                                                                                 : SDXL_VK_MMA_OTHER;
+}
+
+/* The device's VK_NV_cooperative_matrix shapes hold the one gemm_mma.comp uses. */
+static int mma_shape_listed(vk_fns *f, VkPhysicalDevice pd, uint32_t subgroup_size) {
+    PFN_vkGetPhysicalDeviceCooperativeMatrixPropertiesNV get = (PFN_vkGetPhysicalDeviceCooperativeMatrixPropertiesNV)
+        f->vkGetInstanceProcAddr(f->inst, "vkGetPhysicalDeviceCooperativeMatrixPropertiesNV");
+    uint32_t n = 0;
+    if (!get || get(pd, &n, NULL) != VK_SUCCESS || !n || n > 1024) return 0;
+    VkCooperativeMatrixPropertiesNV *p = calloc(n, sizeof *p);
+    sdxl_vk_mma_shape *s = calloc(n, sizeof *s);
+    int ok = 0;
+    if (p && s) {
+        for (uint32_t i = 0; i < n; i++) p[i].sType = VK_STRUCTURE_TYPE_COOPERATIVE_MATRIX_PROPERTIES_NV;
+        VkResult r = get(pd, &n, p);
+        if (r == VK_SUCCESS || r == VK_INCOMPLETE) {
+            for (uint32_t i = 0; i < n; i++)
+                s[i] = (sdxl_vk_mma_shape){p[i].MSize,          p[i].NSize,          p[i].KSize,
+                                           mma_type(p[i].AType), mma_type(p[i].BType), mma_type(p[i].CType),
+                                           mma_type(p[i].DType), p[i].scope == VK_SCOPE_SUBGROUP_NV};
+            ok = sdxl_vk_mma_pick(s, (int)n, subgroup_size) >= 0;
+        }
+    }
+    free(p);
+    free(s);
+    return ok;
+}
+
 static void describe(vk_fns *f, VkPhysicalDevice pd, sdxl_vk_devinfo *d) {
     memset(d, 0, sizeof *d);
     VkExtensionProperties *x = NULL;
@@ -222,6 +263,9 @@ static void describe(vk_fns *f, VkPhysicalDevice pd, sdxl_vk_devinfo *d) {
     d->has_budget = has_ext(x, nx, "VK_EXT_memory_budget");
     d->bf16 = has_ext(x, nx, "VK_KHR_shader_bfloat16");
     d->coopmat = has_ext(x, nx, "VK_KHR_cooperative_matrix") || has_ext(x, nx, "VK_NV_cooperative_matrix");
+    /* gemm_mma.comp's SPIR-V needs these three extensions (Vulkan 1.1 instance) */
+    int mma_exts = has_ext(x, nx, "VK_NV_cooperative_matrix") && has_ext(x, nx, "VK_KHR_vulkan_memory_model") &&
+                   has_ext(x, nx, "VK_KHR_shader_float16_int8");
     free(x);
 
     VkPhysicalDeviceSubgroupProperties sg = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES};
@@ -245,14 +289,21 @@ static void describe(vk_fns *f, VkPhysicalDevice pd, sdxl_vk_devinfo *d) {
     d->max_wg_invocations = p->limits.maxComputeWorkGroupInvocations;
     d->max_storage_range = p->limits.maxStorageBufferRange;
 
+    VkPhysicalDeviceCooperativeMatrixFeaturesNV cm = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_NV};
+    VkPhysicalDeviceVulkanMemoryModelFeaturesKHR mm = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_MEMORY_MODEL_FEATURES_KHR, .pNext = &cm};
     VkPhysicalDeviceShaderFloat16Int8Features f16 = {
-        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_FLOAT16_INT8_FEATURES};
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_FLOAT16_INT8_FEATURES, .pNext = mma_exts ? &mm : NULL};
     VkPhysicalDevice16BitStorageFeatures s16 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_16BIT_STORAGE_FEATURES,
                                                 .pNext = &f16};
     VkPhysicalDeviceFeatures2 f2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &s16};
     f->vkGetPhysicalDeviceFeatures2(pd, &f2);
     d->fp16 = !!f16.shaderFloat16;
     d->storage16 = !!s16.storageBuffer16BitAccess;
+    const char *env = getenv("SDXL_VULKAN_MMA"); /* "0": the plain GEMM, to compare the two */
+    d->mma = mma_exts && d->fp16 && cm.cooperativeMatrix && mm.vulkanMemoryModel &&
+             mma_shape_listed(f, pd, d->subgroup_size) && !(env && !strcmp(env, "0"));
 
     VkPhysicalDeviceMemoryBudgetPropertiesEXT bud = {
         .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MEMORY_BUDGET_PROPERTIES_EXT};
@@ -327,6 +378,7 @@ uint64_t sdxl_vk_bytes_held(const sdxl_vk *v) { return v->held; }
 uint64_t sdxl_vk_bytes_peak(const sdxl_vk *v) { return v->peak; }
 uint64_t sdxl_vk_align(const sdxl_vk *v) { return v->align; }
 uint64_t sdxl_vk_n_dispatches(const sdxl_vk *v) { return v->n_dispatch; }
+uint64_t sdxl_vk_n_allocs(const sdxl_vk *v) { return v->n_alloc; }
 int sdxl_vk_n_pipelines(const sdxl_vk *v) { return v->n_pipes; }
 
 int sdxl_vk_budget(sdxl_vk *v, uint64_t *budget, uint64_t *usage) {
@@ -421,6 +473,7 @@ int sdxl_vk_alloc(sdxl_vk *v, uint64_t bytes, sdxl_vk_buf *out, sdxl_err *e) {
                                                    (unsigned long long)bytes);
     uint64_t need = (bytes + v->align - 1) / v->align * v->align;
     int slot = -1;
+    v->n_alloc++;
     for (int i = 0; i < v->nblocks; i++) {
         vk_block *b = &v->blocks[i];
         uint64_t off;
@@ -486,6 +539,17 @@ void sdxl_vk_release(sdxl_vk *v, sdxl_vk_buf *x) {
     }
     memset(x, 0, sizeof *x);
     x->block = -1;
+}
+
+int sdxl_vk_scratch(sdxl_vk *v, uint64_t bytes, sdxl_vk_buf *out, sdxl_err *e) {
+    if (!v->scratch.buffer || v->scratch.size < bytes) {
+        sdxl_vk_release(v, &v->scratch); /* recorded work still reading it runs first (release) */
+        int st = sdxl_vk_alloc(v, bytes, &v->scratch, e);
+        if (st) return st;
+    }
+    *out = v->scratch;
+    out->size = bytes;
+    return SDXL_OK;
 }
 
 /* ---- recording ---------------------------------------------------------------------------- */
@@ -688,10 +752,25 @@ int sdxl_vk_new(int index, sdxl_vk **out, sdxl_err *e) {
                                   .queueFamilyIndex = v->qfam,
                                   .queueCount = 1,
                                   .pQueuePriorities = &prio};
-    const char *exts[1];
+    const char *exts[4];
     uint32_t next = 0;
     if (v->info.has_budget) exts[next++] = "VK_EXT_memory_budget";
+    /* the matrix-unit GEMM: its extensions and features, only where describe() found them all */
+    VkPhysicalDeviceCooperativeMatrixFeaturesNV cm = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_NV, .cooperativeMatrix = VK_TRUE};
+    VkPhysicalDeviceVulkanMemoryModelFeaturesKHR mm = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_MEMORY_MODEL_FEATURES_KHR, .pNext = &cm,
+        .vulkanMemoryModel = VK_TRUE};
+    VkPhysicalDeviceShaderFloat16Int8Features f16 = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_FLOAT16_INT8_FEATURES, .pNext = &mm, .shaderFloat16 = VK_TRUE};
+    VkPhysicalDeviceFeatures2 f2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &f16};
+    if (v->info.mma) {
+        exts[next++] = "VK_NV_cooperative_matrix";
+        exts[next++] = "VK_KHR_vulkan_memory_model";
+        exts[next++] = "VK_KHR_shader_float16_int8";
+    }
     VkDeviceCreateInfo di = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
+                             .pNext = v->info.mma ? &f2 : NULL,
                              .queueCreateInfoCount = 1,
                              .pQueueCreateInfos = &qi,
                              .enabledExtensionCount = next,
@@ -778,6 +857,7 @@ void sdxl_vk_free(sdxl_vk *v) {
         }
         for (int i = 0; i < SDXL_VK_SH_COUNT; i++)
             if (v->pipe[i]) f->vkDestroyPipeline(v->dev, v->pipe[i], NULL);
+        sdxl_vk_release(v, &v->scratch);
         for (int i = 0; i < v->nblocks; i++) {
             vk_block *b = &v->blocks[i];
             if (b->buf) f->vkDestroyBuffer(v->dev, b->buf, NULL);

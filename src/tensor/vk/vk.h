@@ -26,9 +26,22 @@ typedef struct sdxl_vk_devinfo {
     int storage16;         /* storageBuffer16BitAccess */
     int bf16;              /* VK_KHR_shader_bfloat16 advertised */
     int coopmat;           /* VK_KHR_cooperative_matrix or VK_NV_cooperative_matrix advertised */
+    int mma;               /* gemm_mma.comp runs here (sdxl_vk_mma_pick found its shape; features on) */
     uint32_t subgroup_size, max_shared, max_wg_invocations;
     uint64_t max_storage_range;
 } sdxl_vk_devinfo;
+
+/* One entry of a device's VK_NV_cooperative_matrix property list, in our own terms. */
+enum { SDXL_VK_MMA_OTHER = 0, SDXL_VK_MMA_F16 = 1, SDXL_VK_MMA_F32 = 2 };
+typedef struct sdxl_vk_mma_shape {
+    uint32_t m, n, k;
+    int a, b, c, d;   /* SDXL_VK_MMA_*: A and B inputs, C and D accumulators */
+    int subgroup;     /* scope is the subgroup */
+} sdxl_vk_mma_shape;
+/* Index of the entry gemm_mma.comp needs (16x16x16, f16 A and B, f32 C and D, subgroup scope)
+ * when the device's subgroups are 32 wide (the shader's four subgroups fill 128 threads); -1
+ * when there is none, and the plain tiled GEMM runs. */
+int sdxl_vk_mma_pick(const sdxl_vk_mma_shape *p, int n, uint32_t subgroup_size);
 
 /* Lists every Vulkan device. *out is malloc'd (free()); *n may be 0. Fails with
  * SDXL_ERR_UNSUPPORTED when no loader or no instance is available. */
@@ -58,6 +71,9 @@ typedef struct sdxl_vk_buf {
 
 int sdxl_vk_alloc(sdxl_vk *v, uint64_t bytes, sdxl_vk_buf *b, sdxl_err *e);
 void sdxl_vk_release(sdxl_vk *v, sdxl_vk_buf *b);
+/* A device range of at least `bytes` that ops use between their own dispatches (group norm's
+ * statistics); one per context, grown on demand: a later call may hand out the same memory. */
+int sdxl_vk_scratch(sdxl_vk *v, uint64_t bytes, sdxl_vk_buf *out, sdxl_err *e);
 /* Host <-> device through the staging buffer; wait for completion. Flushes pending work first. */
 int sdxl_vk_upload(sdxl_vk *v, const sdxl_vk_buf *b, uint64_t off, const void *src, uint64_t n, sdxl_err *e);
 int sdxl_vk_download(sdxl_vk *v, const sdxl_vk_buf *b, uint64_t off, void *dst, uint64_t n, sdxl_err *e);
@@ -69,6 +85,7 @@ typedef enum sdxl_vk_shader {
     SDXL_VK_SH_NORM,
     SDXL_VK_SH_ELTWISE,
     SDXL_VK_SH_CONVERT,
+    SDXL_VK_SH_GEMM_MMA, /* devices with sdxl_vk_devinfo.mma only */
     SDXL_VK_SH_COUNT
 } sdxl_vk_shader;
 
@@ -83,6 +100,8 @@ int sdxl_vk_dispatch(sdxl_vk *v, sdxl_vk_shader sh, const sdxl_vk_buf *const buf
 int sdxl_vk_flush(sdxl_vk *v, sdxl_err *e);
 /* Dispatches recorded since the context was made, and pipelines created (the cache is hit after). */
 uint64_t sdxl_vk_n_dispatches(const sdxl_vk *v);
+/* Sub-allocations made since the context was made (a warm step loop makes none). */
+uint64_t sdxl_vk_n_allocs(const sdxl_vk *v);
 int sdxl_vk_n_pipelines(const sdxl_vk *v);
 
 #endif

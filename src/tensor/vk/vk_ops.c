@@ -139,6 +139,30 @@ int sdxl_vk_conv2d_init(sdxl_vk *v, sdxl_vk_gemm_layer *l, int64_t cin, int64_t 
     return SDXL_OK;
 }
 
+int sdxl_vk_layer_set(sdxl_vk *v, sdxl_vk_gemm_layer *l, const float *w, const float *b, sdxl_err *e) {
+    if (!l->w.buffer || !w) return sdxl_seterr(e, SDXL_ERR_ARG, "vulkan gemm layer: set weights on no layer");
+    int64_t taps = (int64_t)l->kh * l->kw, nw = mul3(l->out, l->in, taps);
+    int64_t words = l->store == SDXL_F32 ? nw : (nw + 1) / 2;
+    float *wf = malloc((size_t)nw * 4);
+    uint32_t *packed = malloc((size_t)words * 4);
+    if (!wf || !packed) {
+        free(wf), free(packed);
+        return sdxl_seterr(e, SDXL_ERR_NOMEM, "vulkan gemm layer: out of memory");
+    }
+    for (int64_t o = 0; o < l->out; o++) /* [cout][cin][kh][kw] -> [cout][kh][kw][cin], as at init */
+        for (int64_t i = 0; i < l->in; i++)
+            for (int64_t t = 0; t < taps; t++) wf[(o * taps + t) * l->in + i] = w[(o * l->in + i) * taps + t];
+    packed[words - 1] = 0;
+    if (l->store == SDXL_F32) memcpy(packed, wf, (size_t)nw * 4);
+    else if (l->store == SDXL_F16) sdxl_f32_to_f16(wf, (uint16_t *)packed, (size_t)nw);
+    else sdxl_f32_to_bf16(wf, (uint16_t *)packed, (size_t)nw);
+    int st = sdxl_vk_upload(v, &l->w, 0, packed, (uint64_t)words * 4, e);
+    if (!st && b && l->has_bias) st = sdxl_vk_upload(v, &l->bias, 0, b, (uint64_t)l->out * 4, e);
+    free(wf);
+    free(packed);
+    return st;
+}
+
 void sdxl_vk_layer_free(sdxl_vk *v, sdxl_vk_gemm_layer *l) {
     if (!l) return;
     sdxl_vk_release(v, &l->w);
@@ -180,7 +204,9 @@ static int gemm_run(sdxl_vk *v, const sdxl_vk_gemm_layer *l, const sdxl_vk_buf *
     const sdxl_vk_buf *bufs[4] = {&bx.b, &l->w, l->has_bias ? &l->bias : NULL, &by.b};
     int64_t gy = (M + 63) / 64, gx = (N + 63) / 64;
     if (gy > 65535 || gx > 65535) return sdxl_seterr(e, SDXL_ERR_LIMIT, "vulkan gemm: M=%lld too large", (long long)M);
-    return sdxl_vk_dispatch(v, SDXL_VK_SH_GEMM, bufs, &p, sizeof p, (uint32_t)gx, (uint32_t)gy, 1, e);
+    /* f16 weights go to the matrix units where the device has the shape (same tiles, same rounding) */
+    sdxl_vk_shader sh = l->store == SDXL_F16 && sdxl_vk_info(v)->mma ? SDXL_VK_SH_GEMM_MMA : SDXL_VK_SH_GEMM;
+    return sdxl_vk_dispatch(v, sh, bufs, &p, sizeof p, (uint32_t)gx, (uint32_t)gy, 1, e);
 }
 
 int sdxl_vk_linear_fwd(sdxl_vk *v, const sdxl_vk_gemm_layer *l, const sdxl_vk_buf *x, int64_t M,
@@ -278,13 +304,70 @@ static int norm_run(sdxl_vk *v, int mode, const sdxl_vk_buf *x, const sdxl_vk_bu
     return sdxl_vk_dispatch(v, SDXL_VK_SH_NORM, bufs, &p, sizeof p, (uint32_t)wgs, 1, 1, e);
 }
 
-int sdxl_vk_group_norm(sdxl_vk *v, const sdxl_vk_buf *x, const sdxl_vk_buf *y, int64_t n, int64_t hw, int64_t c,
-                       int groups, float eps, const sdxl_vk_buf *gamma, const sdxl_vk_buf *beta, int silu,
-                       sdxl_err *e) {
+#define GN_CHUNK 64                 /* pixels per partial statistic of the split path */
+#define GN_THREADS ((int64_t)1 << 18) /* its elementwise pass loops over the rest */
+
+/* Split group norm: statistics per (image, chunk, channel) into the scratch, per (image,
+ * channel) (mean, rs * gamma, beta) after them, then the elementwise pass. */
+static int gn_split(sdxl_vk *v, const sdxl_vk_buf *x, const sdxl_vk_buf *y, int64_t n, int64_t hw, int64_t c,
+                    int groups, float eps, const sdxl_vk_buf *gamma, const sdxl_vk_buf *beta, int silu,
+                    sdxl_err *e) {
+    int64_t chunks = (hw + GN_CHUNK - 1) / GN_CHUNK, parts = mul3(n, chunks, c), total = mul3(n, hw, c);
+    int64_t wgs = n * groups;
+    if (parts < 0 || total < 0 || wgs > 65535LL * 65535LL)
+        return sdxl_seterr(e, SDXL_ERR_LIMIT, "vulkan group norm: too large");
+    sdxl_vk_buf sc;
+    int64_t stat_floats = 2 * parts, chan_floats = 3 * n * c;
+    int st = sdxl_vk_scratch(v, (uint64_t)(stat_floats + chan_floats) * 4, &sc, e);
+    if (st) return st;
+    bound bx, by, bg, bb;
+    if ((st = bind(v, x, total, "norm input", &bx, e)) || (st = bind(v, y, total, "norm output", &by, e)) ||
+        (st = bind(v, gamma, c, "norm gamma", &bg, e)) || (st = bind(v, beta, c, "norm beta", &bb, e)))
+        return st;
+    if (bg.eoff || bb.eoff) return sdxl_seterr(e, SDXL_ERR_ARG, "vulkan norm: gamma/beta must be whole buffers");
+    push p = {0};
+    p.u[1] = (uint32_t)n;
+    p.u[2] = (uint32_t)hw;
+    p.u[3] = (uint32_t)c;
+    p.u[4] = (uint32_t)groups;
+    p.u[5] = silu ? 1u : 0u;
+    p.u[8] = GN_CHUNK;
+    p.u[9] = (uint32_t)chunks;
+    p.f[0] = eps;
+    p.u[0] = 3; /* chunk statistics: x -> scratch[0, stat_floats) */
+    p.u[6] = bx.eoff;
+    p.u[7] = 0;
+    const sdxl_vk_buf *b3[4] = {&bx.b, NULL, NULL, &sc};
+    if ((st = run1d(v, SDXL_VK_SH_NORM, b3, &p, parts, e))) return st;
+    p.u[0] = 4; /* per group: scratch -> scratch[stat_floats, +chan_floats) */
+    p.u[6] = 0;
+    p.u[7] = (uint32_t)stat_floats;
+    const sdxl_vk_buf *b4[4] = {&sc, &bg.b, &bb.b, &sc};
+    uint32_t gx = wgs < 65535 ? (uint32_t)wgs : 65535u, gy = (uint32_t)((wgs + gx - 1) / gx);
+    if ((st = sdxl_vk_dispatch(v, SDXL_VK_SH_NORM, b4, &p, sizeof p, gx, gy, 1, e))) return st;
+    p.u[0] = 5; /* normalise: x, scratch -> y */
+    p.u[6] = bx.eoff;
+    p.u[7] = by.eoff;
+    p.u[10] = (uint32_t)stat_floats;
+    const sdxl_vk_buf *b5[4] = {&bx.b, &sc, NULL, &by.b};
+    return run1d(v, SDXL_VK_SH_NORM, b5, &p, total < GN_THREADS ? total : GN_THREADS, e);
+}
+
+int sdxl_vk_group_norm_path(sdxl_vk *v, const sdxl_vk_buf *x, const sdxl_vk_buf *y, int64_t n, int64_t hw,
+                            int64_t c, int groups, float eps, const sdxl_vk_buf *gamma, const sdxl_vk_buf *beta,
+                            int silu, sdxl_vk_gn_path path, sdxl_err *e) {
     if (n <= 0 || hw <= 0 || c <= 0 || groups <= 0 || c % groups)
         return sdxl_seterr(e, SDXL_ERR_ARG, "vulkan group norm: bad shape n=%lld hw=%lld c=%lld groups=%d",
                            (long long)n, (long long)hw, (long long)c, groups);
+    if (path == SDXL_VK_GN_AUTO) path = hw * (c / groups) <= SDXL_VK_GN_ONE_MAX ? SDXL_VK_GN_ONE : SDXL_VK_GN_SPLIT;
+    if (path == SDXL_VK_GN_SPLIT) return gn_split(v, x, y, n, hw, c, groups, eps, gamma, beta, silu, e);
     return norm_run(v, 0, x, y, n, hw, c, groups, silu, eps, gamma, beta, n * groups, e);
+}
+
+int sdxl_vk_group_norm(sdxl_vk *v, const sdxl_vk_buf *x, const sdxl_vk_buf *y, int64_t n, int64_t hw, int64_t c,
+                       int groups, float eps, const sdxl_vk_buf *gamma, const sdxl_vk_buf *beta, int silu,
+                       sdxl_err *e) {
+    return sdxl_vk_group_norm_path(v, x, y, n, hw, c, groups, eps, gamma, beta, silu, SDXL_VK_GN_AUTO, e);
 }
 
 int sdxl_vk_layer_norm(sdxl_vk *v, const sdxl_vk_buf *x, const sdxl_vk_buf *y, int64_t rows, int64_t c, float eps,
@@ -302,7 +385,7 @@ int sdxl_vk_softmax_rows(sdxl_vk *v, const sdxl_vk_buf *x, int64_t rows, int64_t
 
 enum { OP_ADD = 0, OP_AXPY = 1, OP_SCALE = 2, OP_ADD_BIAS = 7, OP_GEGLU = 8, OP_CONCAT = 9, OP_RESIZE = 10,
        OP_TIMESTEP = 11, OP_ADD_ROWVEC = 12, OP_TRANSPOSE = 13, OP_DIV = 14,
-       OP_PHASE = 15 };
+       OP_PHASE = 15, OP_FILL = 16 };
 
 static int elt(sdxl_vk *v, int op, const sdxl_vk_buf *a, int64_t na, const sdxl_vk_buf *b, int64_t nb,
                const sdxl_vk_buf *y, int64_t ny, const uint32_t args[6], float s, sdxl_err *e) {
@@ -390,6 +473,10 @@ int sdxl_vk_place_phase(sdxl_vk *v, const sdxl_vk_buf *p, const sdxl_vk_buf *y, 
 
 int sdxl_vk_scale(sdxl_vk *v, const sdxl_vk_buf *x, float s, int64_t n, sdxl_err *e) {
     return elt(v, OP_SCALE, x, n, NULL, 0, x, n, NULL, s, e);
+}
+
+int sdxl_vk_fill(sdxl_vk *v, const sdxl_vk_buf *x, float val, int64_t n, sdxl_err *e) {
+    return elt(v, OP_FILL, x, n, NULL, 0, x, n, NULL, val, e);
 }
 
 int sdxl_vk_add_bias(sdxl_vk *v, const sdxl_vk_buf *x, const sdxl_vk_buf *bias, int64_t rows, int64_t c,

@@ -31,6 +31,9 @@ int sdxl_vk_conv2d_init(sdxl_vk *v, sdxl_vk_gemm_layer *l, int64_t cin, int64_t 
                         int pad_t, int pad_l, int pad_b, int pad_r, const void *w, sdxl_dtype wdt, const void *b,
                         sdxl_dtype bdt, sdxl_dtype store, sdxl_err *e);
 void sdxl_vk_layer_free(sdxl_vk *v, sdxl_vk_gemm_layer *l);
+/* New f32 weights in torch order ([out, in] or [cout, cin, kh, kw]) and bias (NULL: kept) into
+ * the layer's buffers, converted as at init (LoRA merge and undo). */
+int sdxl_vk_layer_set(sdxl_vk *v, sdxl_vk_gemm_layer *l, const float *w, const float *b, sdxl_err *e);
 /* y[M, out] (+)= x[M, in] W^T + b; flags: SDXL_OP_ACCUM. */
 int sdxl_vk_linear_fwd(sdxl_vk *v, const sdxl_vk_gemm_layer *l, const sdxl_vk_buf *x, int64_t M,
                        const sdxl_vk_buf *y, int flags, sdxl_err *e);
@@ -47,6 +50,14 @@ int sdxl_vk_attention(sdxl_vk *v, const sdxl_vk_buf *q, int64_t q_ld, const sdxl
 int sdxl_vk_group_norm(sdxl_vk *v, const sdxl_vk_buf *x, const sdxl_vk_buf *y, int64_t n, int64_t hw, int64_t c,
                        int groups, float eps, const sdxl_vk_buf *gamma, const sdxl_vk_buf *beta, int silu,
                        sdxl_err *e);
+/* Group norm's two strategies: one workgroup per (image, group), a single dispatch that reads
+ * the group three times from one core (small groups); or split over pixel chunks, all cores,
+ * three dispatches (large images). AUTO takes the first up to SDXL_VK_GN_ONE_MAX values a group. */
+typedef enum sdxl_vk_gn_path { SDXL_VK_GN_AUTO = 0, SDXL_VK_GN_ONE, SDXL_VK_GN_SPLIT } sdxl_vk_gn_path;
+#define SDXL_VK_GN_ONE_MAX 4096
+int sdxl_vk_group_norm_path(sdxl_vk *v, const sdxl_vk_buf *x, const sdxl_vk_buf *y, int64_t n, int64_t hw,
+                            int64_t c, int groups, float eps, const sdxl_vk_buf *gamma, const sdxl_vk_buf *beta,
+                            int silu, sdxl_vk_gn_path path, sdxl_err *e);
 int sdxl_vk_layer_norm(sdxl_vk *v, const sdxl_vk_buf *x, const sdxl_vk_buf *y, int64_t rows, int64_t c, float eps,
                        const sdxl_vk_buf *gamma, const sdxl_vk_buf *beta, sdxl_err *e);
 int sdxl_vk_softmax_rows(sdxl_vk *v, const sdxl_vk_buf *x, int64_t rows, int64_t n, sdxl_err *e);
@@ -69,6 +80,8 @@ int sdxl_vk_div(sdxl_vk *v, const sdxl_vk_buf *x, float s, int64_t n, sdxl_err *
 int sdxl_vk_place_phase(sdxl_vk *v, const sdxl_vk_buf *p, const sdxl_vk_buf *y, int64_t n, int64_t h, int64_t w,
                         int64_t c, int a, int q, sdxl_err *e);
 int sdxl_vk_scale(sdxl_vk *v, const sdxl_vk_buf *x, float s, int64_t n, sdxl_err *e);
+/* x[i] = val. */
+int sdxl_vk_fill(sdxl_vk *v, const sdxl_vk_buf *x, float val, int64_t n, sdxl_err *e);
 /* x [rows, c] += bias [c]. */
 int sdxl_vk_add_bias(sdxl_vk *v, const sdxl_vk_buf *x, const sdxl_vk_buf *bias, int64_t rows, int64_t c,
                      sdxl_err *e);

@@ -18,6 +18,9 @@ static const uint32_t eltwise_spv[] = {
 static const uint32_t convert_spv[] = {
 #include "convert.spv.inc"
 };
+static const uint32_t gemm_mma_spv[] = {
+#include "gemm_mma.spv.inc"
+};
 
 const uint32_t *sdxl_vk_spirv(int shader, size_t *words) {
     switch (shader) {
@@ -26,6 +29,7 @@ const uint32_t *sdxl_vk_spirv(int shader, size_t *words) {
     case SDXL_VK_SH_NORM: *words = sizeof norm_spv / 4; return norm_spv;
     case SDXL_VK_SH_ELTWISE: *words = sizeof eltwise_spv / 4; return eltwise_spv;
     case SDXL_VK_SH_CONVERT: *words = sizeof convert_spv / 4; return convert_spv;
+    case SDXL_VK_SH_GEMM_MMA: *words = sizeof gemm_mma_spv / 4; return gemm_mma_spv;
     default: *words = 0; return NULL;
     }
 }
