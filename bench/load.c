@@ -133,9 +133,14 @@ static int one_start(double t0, const char *model, const char *prec, const char 
     sdxl_mem_query(&ms);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
+    double cpu = (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_sec +
+                 1e-6 * (double)ru.ru_stime.tv_usec;
     printf("  %-11s process start to the end of the first UNet step: %6.2f s  (load %.2f s: text encoders + VAE; "
-           "text + UNet + step %.2f s; text phase at %.2f s); peak RSS %.2f GB, major faults %ld, minor %ld\n",
-           label, mk.first_step, load_s, gen_s, mk.text, (double)ms.peak_rss / 1e9, ru.ru_majflt, ru.ru_minflt);
+           "text + UNet + step %.2f s; text phase at %.2f s); CPU %.2f s (%.2f s system); peak RSS %.2f GB, major "
+           "faults %ld, minor %ld\n",
+           label, mk.first_step, load_s, gen_s, mk.text, cpu,
+           (double)ru.ru_stime.tv_sec + 1e-6 * (double)ru.ru_stime.tv_usec, (double)ms.peak_rss / 1e9, ru.ru_majflt,
+           ru.ru_minflt);
     fflush(stdout);
     sdxl_pl_result_free(&res);
     sdxl_pl_model_free(m);
