@@ -30,10 +30,30 @@ static long minflt(void) {
     return ru.ru_minflt;
 }
 
+/* Process CPU seconds and involuntary context switches: CPU time per wall second below the
+ * thread count, with switches, means the threads waited for a CPU (another tenant). */
+static void cpu_use(double *cpu, long *nivcsw) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    *cpu = (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_sec +
+           1e-6 * (double)ru.ru_stime.tv_usec;
+    *nivcsw = ru.ru_nivcsw;
+}
+
+static double loadavg1(void) {
+    double l = -1;
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (f) {
+        if (fscanf(f, "%lf", &l) != 1) l = -1;
+        fclose(f);
+    }
+    return l;
+}
+
 /* Wall time and page faults at each base step's end, and around the decode. */
 typedef struct trace {
-    double t[MAX_STEPS + 1];
-    long flt[MAX_STEPS + 1];
+    double t[MAX_STEPS + 1], cpu[MAX_STEPS + 1];
+    long flt[MAX_STEPS + 1], csw[MAX_STEPS + 1];
     int n;
     double dec_t0, dec_t1;
     long dec_f0, dec_f1;
@@ -44,6 +64,7 @@ static int on_progress(void *user, const sdxl_progress *p) {
     double now = bench_now();
     if (p->phase == SDXL_PHASE_BASE && tr->n <= MAX_STEPS) {
         tr->t[tr->n] = now;
+        cpu_use(&tr->cpu[tr->n], &tr->csw[tr->n]);
         tr->flt[tr->n++] = minflt();
     } else if (p->phase == SDXL_PHASE_DECODE) {
         if (p->step == 0) {
@@ -84,18 +105,29 @@ static int bare(sdxl_pl_model *m, int side, int cfg2, const trace *tr, sdxl_err 
     for (int64_t i = 0; i < batch * nid; i++) ids[i] = (float)side;
     sdxl_unet_in in = {.batch = batch, .h = s, .w = s, .x = x, .t = t, .context = ctx, .ctx_len = lc,
                        .pooled = pooled, .pooled_dim = pd, .time_ids = ids, .n_time_ids = nid};
-    double ub = 1e30;
-    long uf = 0;
+    double ub = 1e30, ucpu = 0;
+    long uf = 0, ucsw = 0;
     for (int k = 0; k < 2; k++) {
-        long f0 = minflt();
-        double t0 = bench_now();
+        long f0 = minflt(), s0, s1;
+        double t0 = bench_now(), c0, c1;
+        cpu_use(&c0, &s0);
         if (sdxl_unet_forward(m->base_unet, &in, y, e)) goto done;
         double dt = bench_now() - t0;
+        cpu_use(&c1, &s1);
         if (dt < ub) {
             ub = dt;
             uf = minflt() - f0;
+            ucpu = c1 - c0;
+            ucsw = s1 - s0;
         }
     }
+    for (int i = 1; i < tr->n; i++)
+        printf("  step %d: %.2f s wall, %.2f s CPU (%.2f threads busy), %ld faults, %ld involuntary switches\n", i + 1,
+               tr->t[i] - tr->t[i - 1], tr->cpu[i] - tr->cpu[i - 1],
+               (tr->cpu[i] - tr->cpu[i - 1]) / (tr->t[i] - tr->t[i - 1]), tr->flt[i] - tr->flt[i - 1],
+               tr->csw[i] - tr->csw[i - 1]);
+    printf("  bare UNet: %.2f s wall, %.2f s CPU (%.2f threads busy), %ld involuntary switches; load average %.2f\n", ub,
+           ucpu, ucpu / ub, ucsw, loadavg1());
     double ps = 1e30;
     long pf = 0;
     for (int i = 2; i < tr->n; i++) { /* steady steps: the first carries the warm-up */

@@ -35,6 +35,9 @@ static int usage(FILE *out) {
             "      --device D             cpu | vulkan | vulkan:N | auto (default cpu; `sdxl devices` lists them)\n"
             "      --vae-precision P      f32 | bf16 | auto (default auto: as --precision)\n"
             "      --head-dim N           force the UNet attention head width (default: from the model)\n"
+            "      --weights-cache W      on | off | FOLDER: keep converted weights in a cache file and map them\n"
+            "                             on the next load (default: $SDXL_WEIGHTS_CACHE, else off; on =\n"
+            "                             $XDG_CACHE_HOME/sdxl, capped at 32 GiB)\n"
             "prompt:\n"
             "  -p, --prompt TEXT          A1111 syntax: (word:1.2), [word], BREAK\n"
             "  -n, --negative-prompt TEXT (default: none, i.e. zero uncond on the base)\n"
@@ -296,6 +299,7 @@ static int parse_args(int argc, char **argv, opts *o) {
             else if (IS("--precision")) o->mp.precision = v;
             else if (IS("--device")) o->mp.device = v;
             else if (IS("--vae-precision")) o->mp.vae_precision = v;
+            else if (IS("--weights-cache")) o->mp.weights_cache = v;
             else if (IS("--head-dim")) r = parse_int(a, v, 0, 4096, &o->mp.head_dim);
             else if (IS("-p") || IS("--prompt")) g->prompt = v;
             else if (IS("-n") || IS("--negative-prompt")) g->negative_prompt = v;

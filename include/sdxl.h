@@ -154,6 +154,10 @@ typedef struct sdxl_model_params {
     int one_shot;          /* 1: the model serves one request in the least memory: the UNets are
                               converted once the prompt is encoded, the text encoders freed after
                               encoding, the UNets before the last decode; a second request fails */
+    const char *weights_cache; /* converted-weights cache folder (docs/compute.md): NULL = the
+                                  SDXL_WEIGHTS_CACHE variable decides; "" / "off" / "0": off; "on" /
+                                  "1": the default folder ($XDG_CACHE_HOME/sdxl); else the folder */
+    uint64_t weights_cache_max; /* bytes the folder's cache files may take; 0 = 32 GiB */
 } sdxl_model_params;
 
 void sdxl_model_params_init(sdxl_model_params *p);

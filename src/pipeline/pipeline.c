@@ -4,6 +4,7 @@
 #include "pipeline/condsched.h"
 #include "pipeline/condcache.h"
 #include "io/prediction.h"
+#include "io/wcache.h"
 
 #include <fcntl.h>
 #include <math.h>
@@ -91,6 +92,7 @@ void sdxl_pl_model_free(sdxl_pl_model *m) {
     sdxl_ckpt_close(m->base_ck);
     sdxl_ckpt_close(m->ref_ck);
     sdxl_ckpt_close(m->vae_ck);
+    for (int i = 0; i < SDXL_PL_NWC; i++) sdxl_wcache_free(m->wc[i]);
     sdxl_compute_free(m->c);
     sdxl_compute_free(m->c_vae);
     pthread_mutex_destroy(&m->mu);
@@ -118,6 +120,67 @@ static int parse_prec(const char *s, sdxl_prec *out, sdxl_err *e) {
     return SDXL_OK;
 }
 
+/* ---- converted-weights cache ---------------------------------------------------------------- */
+
+/* One network to build: text encoders (cond), a UNet, or the VAE. */
+typedef struct net_job {
+    sdxl_pl_model *m;
+    int kind; /* 0 text encoders, 1 UNet, 2 VAE */
+    const sdxl_ckpt *ck;
+    sdxl_cond_model *cond;
+    sdxl_unet **unet;
+    const sdxl_unet_opts *uo;
+} net_job;
+
+static const char *WC_NAME[SDXL_PL_NWC] = {"text", "unet", "vae", "refiner-text", "refiner-unet"};
+
+static int job_load(net_job *j, sdxl_err *e) {
+    if (j->kind == 0) return sdxl_cond_model_load(j->m->c, j->ck, j->cond, e);
+    if (j->kind == 1) return sdxl_unet_load(j->m->c, j->ck, j->uo, j->unet, e);
+    return sdxl_vae_load(j->ck, j->m->c_vae, &j->m->vae, e);
+}
+
+static void job_unload(net_job *j) {
+    if (j->kind == 0) sdxl_cond_model_free(j->cond);
+    else if (j->kind == 1) {
+        sdxl_unet_free(*j->unet);
+        *j->unet = NULL;
+    } else {
+        sdxl_vae_free(j->m->vae);
+        j->m->vae = NULL;
+    }
+}
+
+/* Builds a network through its weights cache when the cache is on: packed weights come from a
+ * valid cache file in place, or are converted and written to a new one. A cache that turns out
+ * stale is dropped and the network built again from the checkpoint alone. */
+static int load_net(sdxl_pl_model *m, int slot, net_job *j, sdxl_err *e) {
+    sdxl_compute *c = j->kind == 2 ? m->c_vae : m->c;
+    if (!m->wc_dir[0] || sdxl_compute_is_device(c)) return job_load(j, e);
+    for (int attempt = 0;; attempt++) {
+        sdxl_wcache_free(m->wc[slot]); /* nothing borrows from it any more */
+        m->wc[slot] = NULL;
+        int st = sdxl_wcache_open(m->wc_dir, m->wc_max, j->ck, WC_NAME[slot], sdxl_compute_prec(c), m->log,
+                                  &m->wc[slot], e);
+        if (st) return st;
+        sdxl_compute_set_wstore(c, sdxl_wcache_store(m->wc[slot]));
+        st = job_load(j, e);
+        sdxl_compute_set_wstore(c, NULL);
+        if (!sdxl_wcache_finish(m->wc[slot], st == SDXL_OK) || st || attempt) return st;
+        job_unload(j);
+    }
+}
+
+/* The cache folder from the parameter or SDXL_WEIGHTS_CACHE; "" when off. */
+static void wcache_config(const sdxl_model_params *p, sdxl_pl_model *m) {
+    const char *v = p->weights_cache ? p->weights_cache : getenv("SDXL_WEIGHTS_CACHE");
+    m->wc_dir[0] = 0;
+    m->wc_max = p->weights_cache_max;
+    if (!v || !*v || !strcmp(v, "off") || !strcmp(v, "0")) return;
+    int dflt = !strcmp(v, "on") || !strcmp(v, "1") || !strcmp(v, "auto");
+    sdxl_wcache_dir(dflt ? NULL : v, m->wc_dir, sizeof m->wc_dir);
+}
+
 int sdxl_pl_model_load(const sdxl_model_params *p, const sdxl_logger *log, sdxl_pl_model **out, sdxl_err *e) {
     *out = NULL;
     if (!p || !p->base || !*p->base) return sdxl_seterr(e, SDXL_ERR_ARG, "base: a model path is required");
@@ -142,12 +205,18 @@ int sdxl_pl_model_load(const sdxl_model_params *p, const sdxl_logger *log, sdxl_
     m->uo = uo;
     m->one_shot = p->one_shot != 0;
     uo.validate_only = m->one_shot; /* converted after the text encoders are freed */
+    if (log) {
+        m->log_copy = *log;
+        m->log = &m->log_copy;
+    }
+    wcache_config(p, m);
     if ((st = sdxl_compute_new_device(prec, p->device, &m->c, e)) ||
         (st = sdxl_compute_new_device(vae_prec, p->device, &m->c_vae, e)))
         goto fail;
     if ((st = sdxl_tokenizer_new(&m->tok, e))) goto fail;
     if ((st = sdxl_ckpt_open(p->base, &m->base_ck, e))) goto fail;
-    if ((st = sdxl_cond_model_load(m->c, m->base_ck, &m->base_cond, e))) {
+    net_job jt = {m, 0, m->base_ck, &m->base_cond, NULL, NULL};
+    if ((st = load_net(m, SDXL_PL_WC_TEXT, &jt, e))) {
         sdxl_err_prefix(e, "base %s", p->base);
         goto fail;
     }
@@ -158,7 +227,8 @@ int sdxl_pl_model_load(const sdxl_model_params *p, const sdxl_logger *log, sdxl_
     /* Each network holds converted weights once loaded: drop the file pages it faulted in, so
      * the load peak is one network's pages, not the whole file's. */
     sdxl_ckpt_release_pages(m->base_ck);
-    if ((st = sdxl_unet_load(m->c, m->base_ck, &uo, &m->base_unet, e))) {
+    net_job ju = {m, 1, m->base_ck, NULL, &m->base_unet, &uo};
+    if ((st = uo.validate_only ? job_load(&ju, e) : load_net(m, SDXL_PL_WC_UNET, &ju, e))) {
         sdxl_err_prefix(e, "base %s", p->base);
         goto fail;
     }
@@ -175,19 +245,22 @@ int sdxl_pl_model_load(const sdxl_model_params *p, const sdxl_logger *log, sdxl_
         if ((st = sdxl_ckpt_open(p->vae, &m->vae_ck, e))) goto fail;
         vck = m->vae_ck;
     }
-    if ((st = sdxl_vae_load(vck, m->c_vae, &m->vae, e))) {
+    net_job jv = {m, 2, vck, NULL, NULL, NULL};
+    if ((st = load_net(m, SDXL_PL_WC_VAE, &jv, e))) {
         sdxl_err_prefix(e, "vae %s", sdxl_ckpt_path(vck));
         goto fail;
     }
     if (p->refiner && *p->refiner) {
         if ((st = sdxl_ckpt_open(p->refiner, &m->ref_ck, e))) goto fail;
-        if ((st = sdxl_cond_model_load(m->c, m->ref_ck, &m->ref_cond, e))) {
+        net_job jrt = {m, 0, m->ref_ck, &m->ref_cond, NULL, NULL};
+        if ((st = load_net(m, SDXL_PL_WC_REF_TEXT, &jrt, e))) {
             sdxl_err_prefix(e, "refiner %s", p->refiner);
             goto fail;
         }
         sdxl_ckpt_release_pages(m->ref_ck);
         m->has_ref = 1;
-        if ((st = sdxl_unet_load(m->c, m->ref_ck, &uo, &m->ref_unet, e))) {
+        net_job jru = {m, 1, m->ref_ck, NULL, &m->ref_unet, &uo};
+        if ((st = uo.validate_only ? job_load(&jru, e) : load_net(m, SDXL_PL_WC_REF_UNET, &jru, e))) {
             sdxl_err_prefix(e, "refiner %s", p->refiner);
             goto fail;
         }
@@ -1012,7 +1085,8 @@ static int one_shot_unets(sdxl_pl_model *m, int refine, sdxl_err *e) {
     for (int i = 0; i < 1 + (refine != 0); i++) {
         sdxl_unet_free(*u[i]);
         *u[i] = NULL;
-        int st = sdxl_unet_load(m->c, ck[i], &m->uo, u[i], e);
+        net_job j = {m, 1, ck[i], NULL, u[i], &m->uo};
+        int st = load_net(m, i ? SDXL_PL_WC_REF_UNET : SDXL_PL_WC_UNET, &j, e);
         sdxl_ckpt_release_pages(ck[i]);
         if (st) return sdxl_err_prefix(e, "%s", i ? "refiner" : "base");
     }
@@ -1194,6 +1268,9 @@ static int sdxl_pl_generate_req(sdxl_pl_model *m, req *rq, const float *init_lat
     if (m->one_shot) { /* the prompt is encoded: the text encoders' memory goes to the UNet */
         sdxl_cond_model_free(&m->base_cond);
         sdxl_cond_model_free(&m->ref_cond);
+        sdxl_wcache_free(m->wc[SDXL_PL_WC_TEXT]);
+        sdxl_wcache_free(m->wc[SDXL_PL_WC_REF_TEXT]);
+        m->wc[SDXL_PL_WC_TEXT] = m->wc[SDXL_PL_WC_REF_TEXT] = NULL;
         sdxl_compute_trim(m->c);
         give_back_heap();
     }
@@ -1470,6 +1547,9 @@ static int sdxl_pl_generate_req(sdxl_pl_model *m, req *rq, const float *init_lat
             sdxl_unet_free(m->base_unet);
             sdxl_unet_free(m->ref_unet);
             m->base_unet = m->ref_unet = NULL;
+            sdxl_wcache_free(m->wc[SDXL_PL_WC_UNET]);
+            sdxl_wcache_free(m->wc[SDXL_PL_WC_REF_UNET]);
+            m->wc[SDXL_PL_WC_UNET] = m->wc[SDXL_PL_WC_REF_UNET] = NULL;
             give_back_heap();
         }
         sdxl_compute_trim(m->c);

@@ -24,6 +24,9 @@
 
 /* One loaded model set. Immutable after load except for the networks' internal workspaces,
  * which is why every network call holds mu. */
+/* Networks with a converted-weights cache each. */
+enum { SDXL_PL_WC_TEXT = 0, SDXL_PL_WC_UNET, SDXL_PL_WC_VAE, SDXL_PL_WC_REF_TEXT, SDXL_PL_WC_REF_UNET, SDXL_PL_NWC };
+
 typedef struct sdxl_pl_model {
     sdxl_prec prec, vae_prec;
     sdxl_compute *c;     /* text encoders and UNets, in prec */
@@ -49,6 +52,11 @@ typedef struct sdxl_pl_model {
      * cond_cache_id names this model in it (the owner sets both, unique per load). */
     struct sdxl_pl_condcache *cond_cache;
     uint64_t cond_cache_id;
+    struct sdxl_wcache *wc[SDXL_PL_NWC]; /* converted-weights caches, per network (io/wcache.h) */
+    char wc_dir[4096];                   /* "" when the cache is off */
+    uint64_t wc_max;
+    sdxl_logger log_copy; /* the load's logger, for loads during a request (one_shot) */
+    const sdxl_logger *log;
 } sdxl_pl_model;
 
 int sdxl_pl_model_load(const sdxl_model_params *p, const sdxl_logger *log, sdxl_pl_model **out, sdxl_err *e);

@@ -25,6 +25,7 @@ typedef struct gemm_layer {
     int layout_id;
     int op;
     uint64_t serial; /* unique per layer in its context: keys private weight copies */
+    int borrowed;    /* the weights belong to a packed-weights store: not freed with the layer */
 } gemm_layer;
 
 typedef struct prim_key {
@@ -63,7 +64,16 @@ struct sdxl_compute {
     sdxl_buf attn;       /* attention per-thread tiles */
     uint64_t next_serial;
     sdxl_dev *dev;       /* Vulkan device, or NULL for the CPU */
+    struct lmemo { prim_key k; int id; } *lmemo; /* typical key -> layout: one descriptor per shape */
+    int n_lmemo, cap_lmemo;
+    sdxl_wstore ws;
+    int has_ws;
 };
+
+void sdxl_compute_set_wstore(sdxl_compute *c, const sdxl_wstore *s) {
+    c->has_ws = s != NULL;
+    if (s) c->ws = *s;
+}
 
 sdxl_dev *sdxl_compute_dev(const sdxl_compute *c) { return c ? c->dev : NULL; }
 void sdxl_compute_set_dev(sdxl_compute *c, sdxl_dev *d) { c->dev = d; }
@@ -149,6 +159,7 @@ void sdxl_compute_free(sdxl_compute *c) {
     free(c->wcopies);
     free(c->prims);
     free(c->layouts);
+    free(c->lmemo);
     sdxl_buf_free(&c->xbuf);
     sdxl_buf_free(&c->dnnl_scratch);
     sdxl_buf_free(&c->attn);
@@ -444,23 +455,159 @@ static float *to_f32_copy(const void *src, sdxl_dtype t, int64_t n) {
 
 static int valid_dtype(sdxl_dtype t) { return t >= SDXL_F32 && t <= SDXL_F8_E5M2; }
 
-/* Chooses the layout for (op at a typical shape) and stores the reordered weights in *w_out. */
-static int weights_init(sdxl_compute *c, const prim_key *typical, const dnnl_memory_desc_t *plain_f32,
-                        const float *wf32, gemm_layer *gl, void **w_out, sdxl_err *e) {
+/* The layout oneDNN prefers for the typical key, created once per distinct key in the context. */
+static int layout_for(sdxl_compute *c, const prim_key *typical, int ndims, const dnnl_dims_t dims, gemm_layer *gl,
+                      sdxl_err *e) {
+    gl->serial = ++c->next_serial;
+    for (int i = 0; i < c->n_lmemo; i++)
+        if (!memcmp(&c->lmemo[i].k, typical, sizeof *typical)) {
+            gl->layout_id = c->lmemo[i].id;
+            gl->wmd = c->layouts[gl->layout_id];
+            return SDXL_OK;
+        }
     dnnl_memory_desc_t any;
-    dnnl_dims_t dims;
-    memcpy(dims, plain_f32->dims, sizeof dims);
-    DNNL_TRY(dnnl_memory_desc_init_by_tag(&any, plain_f32->ndims, dims, gemm_dt((sdxl_prec)typical->prec),
-                                          dnnl_format_tag_any),
+    dnnl_dims_t d;
+    memcpy(d, dims, sizeof d);
+    DNNL_TRY(dnnl_memory_desc_init_by_tag(&any, ndims, d, gemm_dt((sdxl_prec)typical->prec), dnnl_format_tag_any),
              "weights descriptor");
     dnnl_primitive_desc_t pd = NULL;
     DNNL_TRY(make_pd(c, typical, &any, &pd), typical->op == OP_LINEAR ? "matmul creation" : "convolution creation");
     gl->wmd = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
     dnnl_primitive_desc_destroy(pd);
     gl->layout_id = layout_id(c, &gl->wmd);
-    gl->serial = ++c->next_serial;
     if (gl->layout_id < 0) return sdxl_seterr(e, SDXL_ERR_NOMEM, "layout table: out of memory");
-    return reorder_new(c, plain_f32, wf32, &gl->wmd, w_out, e);
+    if (c->n_lmemo == c->cap_lmemo) {
+        int cap = c->cap_lmemo ? 2 * c->cap_lmemo : 32;
+        struct lmemo *n = realloc(c->lmemo, (size_t)cap * sizeof *n);
+        if (!n) return sdxl_seterr(e, SDXL_ERR_NOMEM, "layout table: out of memory");
+        c->lmemo = n;
+        c->cap_lmemo = cap;
+    }
+    c->lmemo[c->n_lmemo++] = (struct lmemo){*typical, gl->layout_id};
+    return SDXL_OK;
+}
+
+#define HASH_CHUNK ((size_t)1 << 20)
+
+static uint64_t mix64(uint64_t h) {
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ull;
+    return h ^ (h >> 33);
+}
+
+/* Eight independent multiply-add lanes over whole 64-byte blocks, then the tail. */
+static uint64_t hash_chunk(const unsigned char *p, size_t n, uint64_t seed) {
+    uint64_t a[8];
+    for (int i = 0; i < 8; i++) a[i] = seed + (uint64_t)i * 0x9e3779b97f4a7c15ull;
+    size_t nb = n / 64;
+    for (size_t b = 0; b < nb; b++) {
+        uint64_t v[8];
+        memcpy(v, p + b * 64, 64);
+        for (int i = 0; i < 8; i++) a[i] = (a[i] ^ v[i]) * 0x100000001b3ull + (a[i] >> 29);
+    }
+    uint64_t h = seed ^ n;
+    for (int i = 0; i < 8; i++) h = mix64(h ^ a[i]);
+    for (size_t i = nb * 64; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
+    return mix64(h);
+}
+
+uint64_t sdxl_hash_bytes(const void *p, size_t n) {
+    const unsigned char *b = p;
+    int64_t nch = (int64_t)((n + HASH_CHUNK - 1) / HASH_CHUNK);
+    uint64_t h = mix64(n + 1);
+#pragma omp parallel for schedule(static) reduction(^ : h) if (nch > 1)
+    for (int64_t i = 0; i < nch; i++) {
+        size_t o = (size_t)i * HASH_CHUNK, len = n - o < HASH_CHUNK ? n - o : HASH_CHUNK;
+        h ^= mix64(hash_chunk(b + o, len, (uint64_t)i) + (uint64_t)i);
+    }
+    return h;
+}
+
+uint64_t sdxl_gemm_build_hash(void) {
+    const dnnl_version_t *v = dnnl_version();
+    uint64_t h = mix64(((uint64_t)v->major << 40) ^ ((uint64_t)v->minor << 20) ^ (uint64_t)v->patch);
+    if (v->hash) h = mix64(h ^ hash_chunk((const unsigned char *)v->hash, strlen(v->hash), 3));
+    const int isa[] = {__builtin_cpu_supports("avx2"), __builtin_cpu_supports("avx512f"),
+                       __builtin_cpu_supports("avx512bw"), __builtin_cpu_supports("avx512vnni"),
+                       __builtin_cpu_supports("avx512bf16"), (int)dnnl_get_effective_cpu_isa()};
+    return mix64(h ^ hash_chunk((const unsigned char *)isa, sizeof isa, 5));
+}
+
+/* Hash of what decides a descriptor's bytes: dims, dtype, padding and blocking. */
+static uint64_t layout_hash(const dnnl_memory_desc_t *md) {
+    int64_t v[8 + 5 * DNNL_MAX_NDIMS];
+    int n = 0;
+    memset(v, 0, sizeof v);
+    v[n++] = md->ndims;
+    v[n++] = md->data_type;
+    v[n++] = md->format_kind;
+    v[n++] = md->offset0;
+    v[n++] = (int64_t)md->extra.flags;
+    for (int i = 0; i < md->ndims && i < DNNL_MAX_NDIMS; i++) {
+        v[n++] = md->dims[i];
+        v[n++] = md->padded_dims[i];
+        v[n++] = md->padded_offsets[i];
+    }
+    if (md->format_kind == dnnl_blocked) {
+        const dnnl_blocking_desc_t *bd = &md->format_desc.blocking;
+        v[n++] = bd->inner_nblks;
+        for (int i = 0; i < md->ndims && i < DNNL_MAX_NDIMS; i++) v[n++] = bd->strides[i];
+        for (int i = 0; i < bd->inner_nblks && i < DNNL_MAX_NDIMS; i++) {
+            v[n++] = bd->inner_blks[i];
+            v[n++] = bd->inner_idxs[i];
+        }
+    }
+    return hash_chunk((const unsigned char *)v, (size_t)n * sizeof *v, 0x5d71);
+}
+
+/* Hash of the source values' count, dtype and first and last bytes: tells layers apart. */
+static uint64_t src_hash(const void *w, sdxl_dtype t, int64_t n) {
+    size_t bytes = (size_t)n * sdxl_dtype_size(t), k = bytes < 256 ? bytes : 256;
+    uint64_t h = hash_chunk(w, k, (uint64_t)bytes * 31u + (uint64_t)t);
+    return mix64(h ^ hash_chunk((const unsigned char *)w + bytes - k, k, 7));
+}
+
+/* Source values of dtype t into plain bf16, in parallel; values pass through f32 exactly, then
+ * round to nearest even (as a reorder from f32 does). */
+static uint16_t *to_bf16_copy(const void *src, sdxl_dtype t, int64_t n) {
+    if (n <= 0 || (uint64_t)n > SIZE_MAX / 2) return NULL;
+    uint16_t *d = sdxl_alloc_big((size_t)n * 2);
+    if (!d) return NULL;
+    enum { CH = 1 << 13 };
+    const size_t es = sdxl_dtype_size(t);
+    const int64_t nch = (n + CH - 1) / CH;
+#pragma omp parallel for schedule(static) if (nch > 4)
+    for (int64_t i = 0; i < nch; i++) {
+        float f[CH];
+        int64_t o = i * CH, len = n - o < CH ? n - o : CH;
+        const void *s = (const char *)src + (size_t)o * es;
+        if (t == SDXL_F32) sdxl_f32_to_bf16(s, d + o, (size_t)len);
+        else {
+            sdxl_to_f32(s, t, f, (size_t)len);
+            sdxl_f32_to_bf16(f, d + o, (size_t)len);
+        }
+    }
+    return d;
+}
+
+/* Source values (torch order: dims + tag, dtype t) converted and reordered into wmd at dst. */
+static int pack_into(sdxl_compute *c, int ndims, const dnnl_dims_t dims, dnnl_format_tag_t tag, const void *w,
+                     sdxl_dtype t, int64_t nw, const dnnl_memory_desc_t *wmd, void *dst, sdxl_err *e) {
+    int bf = c->prec == SDXL_PREC_BF16;
+    void *tmp = NULL;
+    const void *src = w;
+    if (bf && t != SDXL_BF16) src = tmp = to_bf16_copy(w, t, nw);
+    else if (!bf && t != SDXL_F32) src = tmp = to_f32_copy(w, t, nw);
+    if (!src) return sdxl_seterr(e, SDXL_ERR_NOMEM, "weights: out of memory");
+    dnnl_memory_desc_t plain;
+    dnnl_dims_t d;
+    memcpy(d, dims, sizeof d);
+    dnnl_status_t s = dnnl_memory_desc_init_by_tag(&plain, ndims, d, bf ? dnnl_bf16 : dnnl_f32, tag);
+    int st = s != dnnl_success ? dnnl_fail(e, s, "weights descriptor") : reorder_into(c, &plain, src, wmd, dst, e);
+    free(tmp);
+    return st;
 }
 
 static int bias_init(const void *b, sdxl_dtype bdt, int64_t n, float **out, sdxl_err *e) {
@@ -472,28 +619,50 @@ static int bias_init(const void *b, sdxl_dtype bdt, int64_t n, float **out, sdxl
 }
 
 /* The part of linear and conv init they share: the layer record, and the weights (torch order,
- * given by dims + tag) converted and laid out for the typical primitive key k, which already
- * reflects the bias. On failure the caller's *_free releases whatever was set. */
+ * given by dims + tag) laid out for the typical primitive key k, which already reflects the
+ * bias: taken from the context's packed-weights store when it holds them, else converted (and
+ * handed to the store). On failure the caller's *_free releases whatever was set. */
 static int layer_weights(sdxl_compute *c, int op, const void *w, sdxl_dtype wdt, int ndims, const dnnl_dims_t dims,
                          dnnl_format_tag_t tag, const prim_key *k, void **impl, void **w_out, sdxl_err *e) {
     int64_t nw = 1;
     for (int i = 0; i < ndims; i++) nw *= dims[i];
     gemm_layer *gl = calloc(1, sizeof *gl);
-    float *wf = to_f32_copy(w, wdt, nw);
-    int st = SDXL_OK;
-    if (!gl || !wf) {
-        free(gl);
-        st = sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory");
-    } else {
-        gl->op = op;
-        *impl = gl;
-        dnnl_memory_desc_t plain;
-        dnnl_status_t s = dnnl_memory_desc_init_by_tag(&plain, ndims, dims, dnnl_f32, tag);
-        st = s != dnnl_success ? dnnl_fail(e, s, "weights descriptor") : weights_init(c, k, &plain, wf, gl, w_out, e);
+    if (!gl) return sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory");
+    gl->op = op;
+    *impl = gl;
+    int st = layout_for(c, k, ndims, dims, gl, e);
+    if (st) return st;
+    size_t bytes = dnnl_memory_desc_get_size(&gl->wmd);
+    sdxl_wkey key;
+    memset(&key, 0, sizeof key);
+    if (c->has_ws) {
+        key.op = op;
+        key.prec = (int32_t)c->prec;
+        key.ndims = ndims;
+        for (int i = 0; i < ndims && i < 4; i++) key.dims[i] = dims[i];
+        key.layout = layout_hash(&gl->wmd);
+        key.bytes = bytes;
+        key.src = src_hash(w, wdt, nw);
+        const void *p = c->ws.lookup ? c->ws.lookup(c->ws.user, &key) : NULL;
+        if (p) {
+            *w_out = (void *)p;
+            gl->borrowed = 1;
+            return SDXL_OK;
+        }
     }
-    free(wf);
-    return st;
+    void *dst = sdxl_alloc_big(bytes);
+    if (!dst) return sdxl_seterr(e, SDXL_ERR_NOMEM, "weights: out of memory (%zu bytes)", bytes);
+    st = pack_into(c, ndims, dims, tag, w, wdt, nw, &gl->wmd, dst, e);
+    if (st) {
+        free(dst);
+        return st;
+    }
+    *w_out = dst;
+    if (c->has_ws && c->ws.record) c->ws.record(c->ws.user, &key, dst);
+    return SDXL_OK;
 }
+
+static int borrowed(const void *impl) { return impl && ((const gemm_layer *)impl)->borrowed; }
 
 /* ---- linear ---- */
 
@@ -544,7 +713,7 @@ void sdxl_linear_free(sdxl_linear *l) {
         sdxl_dev_layer_free(l->impl);
         l->impl = NULL;
     }
-    free(l->w);
+    if (!borrowed(l->impl)) free(l->w);
     free(l->bias);
     free(l->impl);
     memset(l, 0, sizeof *l);
@@ -649,7 +818,7 @@ void sdxl_conv2d_free(sdxl_conv2d *cv) {
         sdxl_dev_layer_free(cv->impl);
         cv->impl = NULL;
     }
-    free(cv->w);
+    if (!borrowed(cv->impl)) free(cv->w);
     free(cv->bias);
     free(cv->impl);
     memset(cv, 0, sizeof *cv);
@@ -695,9 +864,9 @@ static int replace_weights(sdxl_compute *c, const gemm_layer *gl, void *wstore, 
         return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "set weights: the layer's weights live on a device; rebuilding "
                            "layers (LoRA) needs the CPU context");
     if (!gl || !wstore) return sdxl_seterr(e, SDXL_ERR_ARG, "set weights: layer not initialised");
-    dnnl_memory_desc_t plain;
-    DNNL_TRY(dnnl_memory_desc_init_by_tag(&plain, ndims, dims, dnnl_f32, tag), "weights descriptor");
-    int st = reorder_into(c, &plain, w, &gl->wmd, wstore, e);
+    int64_t nw = 1;
+    for (int i = 0; i < ndims; i++) nw *= dims[i];
+    int st = pack_into(c, ndims, dims, tag, w, SDXL_F32, nw, &gl->wmd, wstore, e);
     for (int i = 0; !st && i < c->n_wcopies; i++)
         if (c->wcopies[i].layer == gl->serial)
             st = reorder_into(c, &gl->wmd, wstore, &c->wcopies[i].entry->use_wmd, c->wcopies[i].data, e);

@@ -87,6 +87,34 @@ int sdxl_conv2d_set_weights(sdxl_compute *c, sdxl_conv2d *cv, const float *w, co
 size_t sdxl_linear_weight_bytes(const sdxl_linear *l);
 size_t sdxl_conv2d_weight_bytes(const sdxl_conv2d *cv);
 
+/* ---- packed-weights store (the converted-weights cache) ------------------------------------ */
+
+/* What identifies one layer's packed weights: op (1 linear, 2 conv), precision, torch-order
+ * dims, a hash of the layout oneDNN chose on this machine and build, the packed size, and a
+ * hash of the source values' size and first and last bytes. */
+typedef struct sdxl_wkey {
+    int32_t op, prec, ndims, pad;
+    int64_t dims[4];
+    uint64_t layout, bytes, src;
+} sdxl_wkey;
+
+/* Consulted by every CPU linear/conv init of a context it is set on. lookup returns the layer's
+ * packed weights (exactly k->bytes, 64-byte aligned, writable, valid while the layer lives) to
+ * use in place, or NULL to convert; record receives the weights of each layer converted
+ * (valid during the call). */
+typedef struct sdxl_wstore {
+    const void *(*lookup)(void *user, const sdxl_wkey *k);
+    void (*record)(void *user, const sdxl_wkey *k, const void *w);
+    void *user;
+} sdxl_wstore;
+
+/* s NULL detaches. The store is copied; its user pointer must outlive the inits it serves. */
+void sdxl_compute_set_wstore(sdxl_compute *c, const sdxl_wstore *s);
+/* Parallel 64-bit hash of n bytes (the cache's data check); the same for any thread count. */
+uint64_t sdxl_hash_bytes(const void *p, size_t n);
+/* Hash of what decides packed layouts besides the shapes: the oneDNN version and the CPU's ISA. */
+uint64_t sdxl_gemm_build_hash(void);
+
 /* ---- norms, activations, elementwise (x and y may alias unless noted) --------------------- */
 
 /* x [n, hw, c] channels-last; groups divide c. gamma/beta [c]. silu fuses SiLU after the affine. */
