@@ -283,6 +283,8 @@ typedef struct sdxl_gen_params {
     const char *hr_schedule;       /* NULL = schedule */
     const char *hr_prompt;         /* NULL = prompt */
     const char *hr_negative_prompt;/* NULL = negative_prompt */
+    int eta_noise_seed_delta;      /* A1111 ENSD: after the initial noise, image i's generator is reseeded
+                                      with seed + i + delta for the sampler's noise; 0 (default) = no reseed */
 } sdxl_gen_params;
 
 void sdxl_gen_params_init(sdxl_gen_params *p);

@@ -80,6 +80,10 @@ for case in "42 1,4,128,128 1x4x128x128" "1234 1,4,8,8 1x4x8x8" "0 1,4,128,128 1
 done
 "$SDXL" noise --seed 42 --shape 1,4,8,8 -o "$W/n.npy" && [ "$(head -c 6 "$W/n.npy" | tail -c 5)" = "NUMPY" ] \
     && [ $(wc -c < "$W/n.npy") -eq $((128 + 256 * 4)) ] && ok "noise .npy" || bad "noise .npy"
+# Philox: seed 0, first call, element 0 is counter (0,0,0,0) under key (0,0): Random123's first
+# philox4x32-10 known-answer vector (6627e8d5 e169c58d ...) through A1111's Box-Muller
+out=$("$SDXL" noise --seed 0 --shape 1,1,1,1 --rng philox)
+[ "$out" = "-0.924662411" ] && ok "sdxl noise philox == Random123 KAT 0 + Box-Muller" || bad "philox KAT: $out"
 out=$("$SDXL" noise --seed 42 --shape 1,1,1,2 --subseed 7 --subseed-strength 0)
 [ "$(echo "$out" | head -1)" = "0.336690366" ] && ok "subseed strength 0 keeps the seed's noise" || bad "subseed 0: $out"
 "$SDXL" noise --seed 42 --shape 1,1,2,2 --subseed 7 --subseed-strength 0.5 > /dev/null && ok "subseed 0.5 runs" \
