@@ -285,7 +285,7 @@ int sdxl_btree_noise(void *tree, float *out, size_t n, double sigma, double sigm
     return SDXL_OK;
 }
 
-int sdxl_btree_for_run(const sdxl_sampler *s, int start, uint64_t seed, size_t n, sdxl_btree **out, sdxl_err *e) {
+int sdxl_btree_for_run(const sdxl_sampler *s, uint64_t seed, size_t n, sdxl_btree **out, sdxl_err *e) {
     *out = NULL;
     const sdxl_ksampler *k = sdxl_sampler_ksampler(s);
     if (!k) return SDXL_OK;
@@ -295,9 +295,8 @@ int sdxl_btree_for_run(const sdxl_sampler *s, int start, uint64_t seed, size_t n
     if (!sde || !sdxl_sampler_config_draws_noise(c)) return SDXL_OK;
     int n_sig = 0;
     const float *sg = sdxl_ksampler_sigmas(k, &n_sig);
-    if (start < 0 || start >= n_sig) return sdxl_seterr(e, SDXL_ERR_ARG, "brownian tree: start step %d out of range", start);
     float lo = 0, hi = 0;
-    for (int i = start; i < n_sig; i++) {
+    for (int i = 0; i < n_sig; i++) {
         if (sg[i] > 0 && (lo == 0 || sg[i] < lo)) lo = sg[i];
         if (sg[i] > hi) hi = sg[i];
     }

@@ -37,8 +37,9 @@ int sdxl_btree_noise(void *tree, float *out, size_t n, double sigma, double sigm
 
 struct sdxl_sampler;
 /* The tree k-diffusion's BrownianTreeNoiseSampler builds for an A1111-path DPM++ SDE / 2M SDE /
- * 2M SDE Heun / 3M SDE run from step `start` (sigma range: the run's smallest nonzero and largest
- * sigma), seeded with the image's seed; *out = NULL for samplers that draw no Brownian noise. */
-int sdxl_btree_for_run(const struct sdxl_sampler *s, int start, uint64_t seed, size_t n, sdxl_btree **out, sdxl_err *e);
+ * 2M SDE Heun / 3M SDE run: over the whole schedule's smallest nonzero and largest sigma (A1111
+ * passes the full sigmas for img2img and hires passes too), seeded with the image's seed;
+ * *out = NULL for samplers that draw no Brownian noise. */
+int sdxl_btree_for_run(const struct sdxl_sampler *s, uint64_t seed, size_t n, sdxl_btree **out, sdxl_err *e);
 
 #endif

@@ -1398,8 +1398,7 @@ static int sdxl_pl_generate_req(sdxl_pl_model *m, req *rq, const float *init_lat
         /* A1111: DPM++ SDE / 2M SDE / 3M SDE draw from a Brownian tree seeded with the image seed */
         sdxl_btree_free(bt);
         bt = NULL;
-        if (B == 1 && (st = sdxl_btree_for_run(sb.sampler, base_steps ? base_start : ref_start,
-                                               (uint64_t)(r.p.seed + b0), n_per, &bt, e)))
+        if (B == 1 && (st = sdxl_btree_for_run(sb.sampler, (uint64_t)(r.p.seed + b0), n_per, &bt, e)))
             goto done;
         sb.bt = sr.bt = bt;
         if (base_steps) {
