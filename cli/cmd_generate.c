@@ -69,6 +69,7 @@ static int usage(FILE *out) {
             "      --negative-aesthetic-score X  (default 2.5)\n"
             "      --prediction eps|v|auto  model output type (default auto: the model's v_pred marker)\n"
             "      --zero-terminal-snr 0|1  override the model's ztsnr marker\n"
+            "      --ensd N               A1111 eta noise seed delta: the sampler's noise from seed + N\n"
             "hires fix (A1111 two-pass: a first pass at -W x -H, upscale, img2img at the target size):\n"
             "      --hr                   enable it (any --hr-scale/--hr-resize/--hr-upscaler does too)\n"
             "      --hr-scale X           upscale factor (default 2)\n"
@@ -387,6 +388,7 @@ static int parse_args(int argc, char **argv, opts *o) {
             }
             else if (IS("--prediction")) g->prediction = v;
             else if (IS("--zero-terminal-snr")) r = parse_int(a, v, 0, 1, &g->zero_terminal_snr);
+            else if (IS("--ensd")) r = parse_int(a, v, -2147483647, 2147483647, &g->eta_noise_seed_delta);
             else if (IS("--hr-scale")) r = parse_float(a, v, &g->hr_scale), g->enable_hr = 1;
             else if (IS("--hr-resize")) r = parse_pair(a, v, 'x', &g->hr_resize_x, &g->hr_resize_y), g->enable_hr = 1;
             else if (IS("--hr-steps")) r = parse_int(a, v, 0, 1000000, &g->hr_second_pass_steps);

@@ -290,6 +290,8 @@ typedef struct sdxl_gen_params {
     /* memory savers (the worker's out-of-memory ladder); neither changes the UNet's numbers */
     int vae_tiling;                /* 1: the VAE decodes in tiles even when the whole image fits; 0 (default) = auto */
     int unet_max_rows;             /* > 0: each UNet call runs at most this many CFG batch rows; 0 (default) = all */
+    int eta_noise_seed_delta;      /* A1111 ENSD: after the initial noise, image i's generator is reseeded
+                                      with seed + i + delta for the sampler's noise; 0 (default) = no reseed */
 } sdxl_gen_params;
 
 void sdxl_gen_params_init(sdxl_gen_params *p);

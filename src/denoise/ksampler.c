@@ -34,7 +34,8 @@ int sdxl_ksampler_supports(sdxl_sampler_kind k) {
     case SDXL_SAMPLER_DPMPP_2M_SDE_HEUN: case SDXL_SAMPLER_DPMPP_SDE: case SDXL_SAMPLER_DPMPP_2S_A:
     case SDXL_SAMPLER_DPMPP_3M_SDE: case SDXL_SAMPLER_DPM_FAST: case SDXL_SAMPLER_DPM_ADAPTIVE:
     case SDXL_SAMPLER_IPNDM: case SDXL_SAMPLER_HEUNPP2: case SDXL_SAMPLER_GRADIENT_ESTIMATION:
-    case SDXL_SAMPLER_RES_MULTISTEP: case SDXL_SAMPLER_ER_SDE:
+    case SDXL_SAMPLER_RES_MULTISTEP: case SDXL_SAMPLER_ER_SDE: case SDXL_SAMPLER_IPNDM_V: case SDXL_SAMPLER_RESTART:
+    case SDXL_SAMPLER_DDIM_CFGPP:
         return 1;
     default: return 0;
     }
@@ -144,9 +145,76 @@ static int schedule(sdxl_ksampler *k, sdxl_schedule_kind kind, int m, float *sig
     return SDXL_OK;
 }
 
+/* k-diffusion get_sigmas_karras(n, smin, smax, rho 7) without the appended zero: Python-double
+ * ends, float32 ramp. */
+static void karras7(int n, double smin, double smax, float *out) {
+    float ramp[MAXS];
+    double mi = pow(smin, 1 / 7.0), ma = pow(smax, 1 / 7.0);
+    sdxl_torch_linspace_f32(0, 1, n, ramp);
+    for (int i = 0; i < n; i++) out[i] = powf((float)ma + ramp[i] * (float)(mi - ma), 7.0f);
+}
+
+/* torch.argmin(abs(sig - v)): the first of the closest. */
+static int argmin_abs(const float *sig, int n, float v) {
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (fabsf(sig[i] - v) < fabsf(sig[best] - v)) best = i;
+    return best;
+}
+
+/* A1111 restart_sampler's step list for the sigma run in[0..m]: from 20 steps on, a Karras schedule
+ * of m - restart_steps * restart_times steps with, after the sigma closest to 0.1, restart_times
+ * passes of a Karras segment of restart_steps steps back up to the sigma closest to 2 (9 steps
+ * once; from 36 steps, m / 4 steps twice). Returns the number of (from, to) pairs. */
+static int restart_plan(const float *in, int m, float *from, float *to) {
+    float sig[MAXS], seg[MAXS];
+    int n = m, rs = 0, rt = 0, key = -1, np = 0;
+    memcpy(sig, in, (size_t)(m + 1) * sizeof(float));
+    if (m >= 20 && in[m] == 0) { /* a run handed to a refiner (ending above 0) gets no restarts */
+        rs = 9, rt = 1;
+        if (m >= 36) rs = m / 4, rt = 2;
+        n = m - rs * rt;
+        karras7(n, in[m - 1], in[0], sig);
+        sig[n] = 0;
+        key = argmin_abs(sig, n + 1, 0.1f);
+    }
+    for (int i = 0; i < n; i++) {
+        from[np] = sig[i], to[np++] = sig[i + 1];
+        if (i + 1 != key) continue;
+        int lo = i + 1, hi = argmin_abs(sig, n + 1, 2.0f);
+        if (hi >= lo) continue;
+        karras7(rs + 1, sig[lo], sig[hi], seg);
+        for (int t = 0; t < rt; t++)
+            for (int j = 0; j < rs; j++) from[np] = seg[j], to[np++] = seg[j + 1];
+    }
+    return np;
+}
+
+/* A1111 sd_samplers_timesteps get_timesteps: range(0, T, T // steps) + 1, clipped to T - 1, so the
+ * loop runs len - 1 steps; ts[] holds them descending (ts[steps] = the level the last step reaches). */
+static int plan_timesteps(sdxl_ksampler *k, sdxl_err *e) {
+    int T = k->tab.n, n = k->c.steps, stride = T / n, len = (T + stride - 1) / stride;
+    if (n > T) return sdxl_seterr(e, SDXL_ERR_ARG, "steps: %s takes at most %d steps", sdxl_sampler_name(k->c.sampler), T);
+    if (len - 1 > SDXL_MAX_STEPS || len < 2)
+        return sdxl_seterr(e, SDXL_ERR_ARG, "steps: %d gives %d DDIM timesteps (2..%d)", n, len, SDXL_MAX_STEPS + 1);
+    k->steps = len - 1;
+    k->n_sig = len;
+    for (int i = 0; i < len; i++) {
+        int t = 1 + (len - 1 - i) * stride;
+        if (t > T - 1) t = T - 1;
+        k->ts[i] = (float)t;
+        k->sig[i] = k->tab.sigmas[t];
+    }
+    k->calls = k->steps;
+    k->sigma_min = k->tab.sigmas[0];
+    k->sigma_max = k->tab.sigmas[T - 1];
+    return SDXL_OK;
+}
+
 static int plan(sdxl_ksampler *k, sdxl_err *e) {
     const sdxl_sampler_config *c = &k->c;
     int n = c->steps, r;
+    if (c->sampler == SDXL_SAMPLER_DDIM_CFGPP) return plan_timesteps(k, e);
     int discard = c->sampler == SDXL_SAMPLER_DPM2 || c->sampler == SDXL_SAMPLER_DPM2_A;
     if (discard) {
         /* A1111 discard_next_to_last_sigma: n + 1 sigmas, the next-to-last dropped */
@@ -167,6 +235,13 @@ static int plan(sdxl_ksampler *k, sdxl_err *e) {
     case SDXL_SAMPLER_DPMPP_2S_A: k->calls = 2 * n - 1; break;
     case SDXL_SAMPLER_DPM_ADAPTIVE: k->calls = 0; break;
     case SDXL_SAMPLER_HEUNPP2: k->calls = n >= 2 ? 3 * n - 3 : 1; break;
+    case SDXL_SAMPLER_RESTART: {
+        float from[2 * MAXS], to[2 * MAXS];
+        int np = restart_plan(k->sig, n, from, to);
+        k->calls = 0;
+        for (int p = 0; p < np; p++) k->calls += to[p] == 0 ? 1 : 2;
+        break;
+    }
     default: k->calls = n;
     }
     return SDXL_OK;
@@ -212,6 +287,7 @@ void sdxl_ksampler_reset(sdxl_ksampler *k) {
 
 int sdxl_ksampler_steps(const sdxl_ksampler *k) { return k->steps; }
 const sdxl_train_table *sdxl_ksampler_table(const sdxl_ksampler *k) { return &k->tab; }
+const sdxl_sampler_config *sdxl_ksampler_config(const sdxl_ksampler *k) { return &k->c; }
 float sdxl_ksampler_sigma_to_t(const sdxl_ksampler *k, float sigma) { return sigma_to_t(&k->tab, sigma); }
 
 const float *sdxl_ksampler_sigmas(const sdxl_ksampler *k, int *n) {
@@ -551,6 +627,56 @@ static int step(run *R, int i, float *x) {
         if (k->hist < 3) k->hist++;
         break;
     }
+    case SDXL_SAMPLER_IPNDM_V: {
+        /* ComfyUI sample_ipndm_v (zju-pi diff-solvers): Adams-Bashforth with coefficients from the
+         * actual sigma spacing; history as for ipndm */
+        float *d0 = B(k, K_D), *h1 = B(k, K_LMS0), *h2 = B(k, K_LMS1), *h3 = B(k, K_LMS2);
+        FOR_N d0[i] = (x[i] - den[i]) / s;
+        int order = k->hist + 1 < 4 ? k->hist + 1 : 4;
+        float dt = sn - s;
+        if (sn == 0) {
+            memcpy(x, den, k->n * sizeof(float));
+        } else if (order == 1) {
+            FOR_N x[i] = x[i] + dt * d0[i];
+        } else {
+            float hn = sn - s, hn1 = s - sg[i - 1], c1, c2, c3 = 0, c4 = 0;
+            if (order == 2) {
+                c1 = (2.0f + hn / hn1) / 2.0f;
+                c2 = -(hn / hn1) / 2.0f;
+            } else {
+                float hn2 = sg[i - 1] - sg[i - 2];
+                float t1 = (1.0f - hn / (3.0f * (hn + hn1)) * (hn * (hn + hn1)) / (hn1 * (hn1 + hn2))) / 2.0f;
+                if (order == 3) {
+                    c1 = (2.0f + hn / hn1) / 2.0f + t1;
+                    c2 = -(hn / hn1) / 2.0f - (1.0f + hn1 / hn2) * t1;
+                    c3 = t1 * hn1 / hn2;
+                } else {
+                    float hn3 = sg[i - 2] - sg[i - 3];
+                    float t2 = ((1.0f - hn / (3.0f * (hn + hn1))) / 2.0f +
+                                (1.0f - hn / (2.0f * (hn + hn1))) * hn / (6.0f * (hn + hn1 + hn2))) *
+                               (hn * (hn + hn1) * (hn + hn1 + hn2)) / (hn1 * (hn1 + hn2) * (hn1 + hn2 + hn3));
+                    float q = hn1 * (hn1 + hn2) / (hn2 * (hn2 + hn3));
+                    c1 = (2.0f + hn / hn1) / 2.0f + t1 + t2;
+                    c2 = -(hn / hn1) / 2.0f - (1.0f + hn1 / hn2) * t1 - (1.0f + hn1 / hn2 + q) * t2;
+                    c3 = t1 * hn1 / hn2 + (hn1 / hn2 + q * (1.0f + hn2 / hn3)) * t2;
+                    c4 = -t2 * q * hn1 / hn2;
+                }
+            }
+            if (order == 2)
+                FOR_N x[i] = x[i] + dt * (c1 * d0[i] + c2 * h1[i]);
+            else if (order == 3)
+                FOR_N x[i] = x[i] + dt * (c1 * d0[i] + c2 * h1[i] + c3 * h2[i]);
+            else
+                FOR_N x[i] = x[i] + dt * (c1 * d0[i] + c2 * h1[i] + c3 * h2[i] + c4 * h3[i]);
+        }
+        float *oldest = k->buf[K_LMS2];
+        k->buf[K_LMS2] = k->buf[K_LMS1];
+        k->buf[K_LMS1] = k->buf[K_LMS0];
+        k->buf[K_LMS0] = k->buf[K_D];
+        k->buf[K_D] = oldest;
+        if (k->hist < 3) k->hist++;
+        break;
+    }
     case SDXL_SAMPLER_HEUNPP2: {
         /* ComfyUI sample_heunpp2 (from sd-webui-samplers-scheduler): Euler on the last step, Heun with
          * weights (1 - w2, sigma_next / (2 sigma_0)) on the one before, else three calls */
@@ -795,6 +921,84 @@ static int dpm_adaptive(run *R, float *x, float smin, float smax) {
     return SDXL_OK;
 }
 
+/* A1111 restart_sampler on sig[start..end]: Heun steps along the restart step list; where the list
+ * goes back up, fresh noise brings x from the level reached to the restart level. */
+static int restart_run(run *R, float *x, int start, int end) {
+    sdxl_ksampler *k = R->k;
+    float from[2 * MAXS], to[2 * MAXS], last = -1;
+    int np = restart_plan(k->sig + start, end - start, from, to), r;
+    float *den = B(k, K_DEN), *den2 = B(k, K_DEN2), *x2 = B(k, K_X2), *d = B(k, K_D), *z = B(k, K_NOISE);
+    for (int p = 0; p < np; p++) {
+        float s = from[p], sn = to[p], dt = sn - s;
+        R->step = start + (p < end - start ? p : end - start - 1);
+        if (last < 0) {
+            last = s;
+        } else if (last < s) {
+            float up = sqrtf(s * s - last * last), snz = (float)k->c.s_noise;
+            if ((r = draw(R, z, last, s))) return r;
+            FOR_N x[i] = x[i] + z[i] * snz * up;
+        }
+        if ((r = denoise(R, x, s, den))) return r;
+        FOR_N d[i] = (x[i] - den[i]) / s;
+        if (sn == 0) {
+            FOR_N x[i] = x[i] + d[i] * dt;
+        } else {
+            FOR_N x2[i] = x[i] + d[i] * dt;
+            if ((r = denoise(R, x2, sn, den2))) return r;
+            FOR_N {
+                float d2 = (x2[i] - den2[i]) / sn;
+                x[i] = x[i] + (d[i] + d2) / 2.0f * dt;
+            }
+        }
+        last = sn;
+    }
+    return SDXL_OK;
+}
+
+/* A1111 ddim_cfgpp, one step from ts[i] to the next level: the model sees x unscaled and the
+ * integer timestep, guidance at cfg / 12.5; x0 from the guided eps, the direction from the
+ * unconditional one. */
+static int ddim_cfgpp_step(run *R, int i, float *x) {
+    sdxl_ksampler *k = R->k;
+    const sdxl_sampler_run_opts *o = R->o;
+    if (o->cancel && *o->cancel) return sdxl_seterr(R->e, SDXL_ERR_CANCELLED, "cancelled at step %d", i + 1);
+    int t = (int)k->ts[i], tp = (int)k->ts[i + 1];
+    float *et = B(k, K_EPS), *eu = B(k, K_EPS1), *z = B(k, K_NOISE);
+    int r = o->model_cfgpp(o->model_user, x, k->n, t, k->tab.sigmas[t], 1 / 12.5, et, eu, R->e);
+    R->calls++;
+    if (r) return sdxl_err_prefix(R->e, "step %d/%d", i + 1, k->steps);
+    float at = k->tab.alphas_cumprod[t], ap = k->tab.alphas_cumprod[tp];
+    if (k->c.v_prediction) { /* CompVisTimestepsVDenoiser: eps = sqrt(a) v + sqrt(1 - a) x */
+        float sa = sqrtf(at), sb = sqrtf(1.0f - at);
+        FOR_N et[i] = sa * et[i] + sb * x[i], eu[i] = sa * eu[i] + sb * x[i];
+    }
+    double ed = k->c.eta * sqrt((1.0 - (double)ap) / (1.0 - (double)at) * (1.0 - (double)at / (double)ap));
+    float st = (float)ed, s1m = sqrtf(1.0f - at), sat = sqrtf(at), sap = sqrtf(ap);
+    float dir = sqrtf(1.0f - ap - st * st);
+    if (st != 0 && (r = draw(R, z, k->sig[i], k->sig[i + 1]))) return r;
+    FOR_N {
+        float x0 = (x[i] - s1m * et[i]) / sat;
+        float v = sap * x0 + dir * eu[i];
+        x[i] = st != 0 ? v + st * z[i] : v;
+    }
+    return SDXL_OK;
+}
+
+int sdxl_ksampler_vp(const sdxl_ksampler *k) { return k->c.sampler == SDXL_SAMPLER_DDIM_CFGPP; }
+
+int sdxl_ksampler_vp_start(const sdxl_ksampler *k, double strength) {
+    /* A1111 timesteps img2img: t_enc = int(min(strength, 0.999) * steps) of the requested steps,
+     * x noised to timesteps[t_enc], the loop from timesteps[t_enc - 1] */
+    int t_enc = (int)((strength < 0.999 ? strength : 0.999) * k->c.steps), start = k->steps + 1 - t_enc;
+    return start < 1 ? 1 : start > k->steps - 1 ? k->steps - 1 : start;
+}
+
+void sdxl_ksampler_vp_add_noise(const sdxl_ksampler *k, int step, const float *x0, const float *noise, float *out) {
+    int t = step > 0 && step <= k->steps ? (int)k->ts[step - 1] : (int)k->ts[0];
+    float ac = k->tab.alphas_cumprod[t], a = sqrtf(ac), b = sqrtf(1.0f - ac);
+    FOR_N out[i] = x0[i] * a + noise[i] * b;
+}
+
 int sdxl_ksampler_run(sdxl_ksampler *k, float *x, const sdxl_sampler_run_opts *o, sdxl_err *e) {
     int end = o->end_step > 0 ? o->end_step : k->steps;
     if (!o->model) return sdxl_seterr(e, SDXL_ERR_ARG, "model: callback is required");
@@ -806,6 +1010,26 @@ int sdxl_ksampler_run(sdxl_ksampler *k, float *x, const sdxl_sampler_run_opts *o
                            sdxl_sampler_name(k->c.sampler));
     run R = {k, o, e, o->start_step, 0};
     int r;
+    if (k->c.sampler == SDXL_SAMPLER_DDIM_CFGPP) {
+        if (!o->model_cfgpp)
+            return sdxl_seterr(e, SDXL_ERR_ARG, "model: DDIM CFG++ needs the unconditional prediction (a CFG++ callback)");
+        for (int i = o->start_step; i < end; i++) {
+            R.step = i;
+            if ((r = ddim_cfgpp_step(&R, i, x))) return r;
+            if (o->on_step && o->on_step(o->step_user, i, k->steps, k->sig[i + 1], x, k->n))
+                return sdxl_seterr(e, SDXL_ERR_CANCELLED, "cancelled after step %d", i + 1);
+        }
+        k->last_calls = R.calls;
+        return SDXL_OK;
+    }
+    if (k->c.sampler == SDXL_SAMPLER_RESTART) {
+        r = restart_run(&R, x, o->start_step, end);
+        k->last_calls = R.calls;
+        if (r) return r;
+        if (o->on_step && o->on_step(o->step_user, end - 1, k->steps, k->sig[end], x, k->n))
+            return sdxl_seterr(e, SDXL_ERR_CANCELLED, "cancelled after step %d", end);
+        return SDXL_OK;
+    }
     if (k->c.sampler == SDXL_SAMPLER_DPM_FAST || k->c.sampler == SDXL_SAMPLER_DPM_ADAPTIVE) {
         /* A1111: the model's sigma range on a full run; for a partial one the range's first sigma
          * and its last nonzero one */

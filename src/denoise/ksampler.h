@@ -35,12 +35,19 @@ int sdxl_ksampler_steps(const sdxl_ksampler *k);
 const float *sdxl_ksampler_sigmas(const sdxl_ksampler *k, int *n);
 const float *sdxl_ksampler_timesteps(const sdxl_ksampler *k, int *n);
 const sdxl_train_table *sdxl_ksampler_table(const sdxl_ksampler *k);
+const sdxl_sampler_config *sdxl_ksampler_config(const sdxl_ksampler *k);
 /* Model calls of a full run (DPM adaptive: unknown before the run, the last run's count). */
 int sdxl_ksampler_model_calls(const sdxl_ksampler *k);
 /* DPM adaptive's accepted and rejected steps in the last run. */
 void sdxl_ksampler_adaptive_info(const sdxl_ksampler *k, int *accepted, int *rejected);
 /* float32 k-diffusion sigma_to_t on the sampler's table. */
 float sdxl_ksampler_sigma_to_t(const sdxl_ksampler *k, float sigma);
+/* DDIM CFG++ keeps variance-preserving latents on integer timesteps (A1111's timesteps samplers):
+ * its initial noise is unscaled, img2img starts where A1111's does and noises x0 to the level
+ * before that step (sqrt(a) x0 + sqrt(1 - a) noise). */
+int sdxl_ksampler_vp(const sdxl_ksampler *k);
+int sdxl_ksampler_vp_start(const sdxl_ksampler *k, double strength);
+void sdxl_ksampler_vp_add_noise(const sdxl_ksampler *k, int step, const float *x0, const float *noise, float *out);
 /* Runs steps [start_step, end_step) in place; x is at sigma[start_step]. */
 int sdxl_ksampler_run(sdxl_ksampler *k, float *x, const sdxl_sampler_run_opts *o, sdxl_err *e);
 

@@ -63,6 +63,9 @@ static const sdxl_sched_alias ALIASES[] = {
     {"comfyui", "ipndm", S(IPNDM), D}, {"comfyui", "heunpp2", S(HEUNPP2), D},
     {"comfyui", "gradient_estimation", S(GRADIENT_ESTIMATION), D}, {"comfyui", "res_multistep", S(RES_MULTISTEP), D},
     {"comfyui", "er_sde", S(ER_SDE), D}, {"a1111", "HeunPP2", S(HEUNPP2), D}, {"sd.cpp", "ipndm", S(IPNDM), D},
+    {"comfyui", "ipndm_v", S(IPNDM_V), D}, {"sd.cpp", "ipndm_v", S(IPNDM_V), D},
+    {"a1111", "Restart", S(RESTART), D}, {"k-diffusion", "restart", S(RESTART), D},
+    {"a1111", "DDIM CFG++", S(DDIM_CFGPP), D}, {"a1111", "ddim_cfgpp", S(DDIM_CFGPP), D},
     /* diffusers scheduler classes */
     {"diffusers", "EulerDiscreteScheduler", S(EULER), D},
     {"diffusers", "EulerAncestralDiscreteScheduler", S(EULER_A), D},
@@ -217,9 +220,9 @@ static int parse_inline_config(const char *name, sdxl_sched_choice *out, sdxl_er
 static const struct {
     const char *dialect, *name;
 } KNOWN_UNSUPPORTED[] = {
-    {"a1111", "Restart"}, {"a1111", "DDIM CFG++"}, {"a1111", "Euler CFG++"}, {"comfyui", "euler_cfg_pp"},
+    {"a1111", "Euler CFG++"}, {"comfyui", "euler_cfg_pp"},
     {"comfyui", "euler_ancestral_cfg_pp"}, {"comfyui", "dpmpp_2s_ancestral_cfg_pp"}, {"comfyui", "dpmpp_2m_cfg_pp"},
-    {"comfyui", "ipndm_v"}, {"comfyui", "res_multistep_cfg_pp"}, {"comfyui", "res_multistep_ancestral"},
+    {"comfyui", "res_multistep_cfg_pp"}, {"comfyui", "res_multistep_ancestral"},
     {"comfyui", "seeds_2"}, {"comfyui", "seeds_3"},
     {"diffusers", "EDMEulerScheduler"}, {"diffusers", "EDMDPMSolverMultistepScheduler"}, {"diffusers", "TCDScheduler"},
     {"diffusers", "IPNDMScheduler"}, {"diffusers", "KarrasVeScheduler"}, {"diffusers", "ScoreSdeVeScheduler"},
@@ -229,7 +232,7 @@ static const struct {
     {"diffusers", "FlowMatchHeunDiscreteScheduler"}, {"diffusers", "RePaintScheduler"}, {"diffusers", "UnCLIPScheduler"},
     {"diffusers", "VQDiffusionScheduler"}, {"diffusers", "DDPMWuerstchenScheduler"}, {"diffusers", "AmusedScheduler"},
     {"diffusers", "CosineDPMSolverMultistepScheduler"},
-    {"sd.cpp", "ipndm_v"}, {"sd.cpp", "tcd"},
+    {"sd.cpp", "tcd"},
 };
 
 static const char *known_unsupported(const char *n) {
@@ -380,6 +383,12 @@ static const sdxl_sampler_traits TRAITS[SDXL_SAMPLER_COUNT] = {
      "RES: second-order multistep exponential integrator, one call per step"},
     {S(ER_SDE), "er_sde", "", "er_sde", "", 1, 3, SDE, D, 30, 10, 0, 0, 5.0, 0, 1, 1,
      "extended reverse-time SDE solver, 3 stages: stochastic, good detail at 20-30 steps"},
+    {S(IPNDM_V), "ipndm_v", "", "ipndm_v", "", 1, 4, DET, D, 20, 8, 0, 0, 5.0, 0, 1, 1,
+     "iPNDM with Adams-Bashforth coefficients from the actual sigma spacing: one call per step, any schedule"},
+    {S(RESTART), "restart", "Restart", "", "", 2, 2, SDE, SDXL_SCHEDULE_KARRAS, 20, 8, 0, 0, 5.0, 0, 1, 1,
+     "Heun that, from 20 steps on, jumps back up from sigma 0.1 to 2 with fresh noise and descends again"},
+    {S(DDIM_CFGPP), "ddim_cfgpp", "DDIM CFG++", "", "", 1, 1, DET, D, 30, 10, 0, 0, 7.0, 0, 1, 1,
+     "DDIM with CFG++: guidance scale / 12.5, steps along the unconditional direction; needs CFG > 1"},
 };
 
 const sdxl_sampler_traits *sdxl_sampler_traits_get(sdxl_sampler_kind k) {

@@ -39,7 +39,7 @@ const char *sdxl_sampler_name(sdxl_sampler_kind k) {
         "euler", "euler_a", "heun", "dpm2", "dpm2_a", "lms", "ddim", "ddpm", "pndm", "dpmpp_2m", "dpmpp_2m_sde",
         "dpmpp_2s", "dpmpp_sde", "lcm", "unipc", "deis", "sa_solver", "dpmpp_2s_a", "dpmpp_3m_sde",
         "dpmpp_2m_sde_heun", "dpm_fast", "dpm_adaptive", "ipndm", "heunpp2", "gradient_estimation", "res_multistep",
-        "er_sde"};
+        "er_sde", "ipndm_v", "restart", "ddim_cfgpp"};
     return (unsigned)k < SDXL_SAMPLER_COUNT ? names[k] : "?";
 }
 
@@ -848,12 +848,14 @@ static void step_call(sdxl_sampler *s, int idx, float *x, const float *eps, nois
          * [sigma, next] = (sqrt(d1) z1 + sqrt(d2) z2) / sqrt(d1 + d2) with a fresh z2 on [mid, next],
          * unless a noise callback supplies each increment itself */
         float mid = first ? stt : s->mid_sigma;
+        /* the callback sees diffusers' sigma_fn(t) values (exp(-(-log sigma)) may differ from sigma
+         * in the last bit, which moves a torchsde query time rounded to 1e-6) */
         if (first) {
-            draw(s, ns, z1, sigma, mid);
+            draw(s, ns, z1, sf, mid);
             memcpy(noise, z1, s->n * sizeof(float));
             s->bt_d1 = fabsf(sigma - mid);
         } else if (ns->o->noise) {
-            draw(s, ns, noise, sigma, next);
+            draw(s, ns, noise, sf, stt);
         } else {
             draw(s, ns, noise, mid, next);
             float d1 = s->bt_d1, d2 = fabsf(mid - next), w1 = sqrtf(d1), w2 = sqrtf(d2), wn = sqrtf(d1 + d2);
@@ -1134,10 +1136,10 @@ int sdxl_sampler_config_draws_noise(const sdxl_sampler_config *c) {
     switch (c->sampler) {
     case SDXL_SAMPLER_EULER_A: case SDXL_SAMPLER_DPM2_A: case SDXL_SAMPLER_DDPM: case SDXL_SAMPLER_DPMPP_2M_SDE:
     case SDXL_SAMPLER_DPMPP_SDE: case SDXL_SAMPLER_LCM: case SDXL_SAMPLER_SA_SOLVER: case SDXL_SAMPLER_DPMPP_2S_A:
-    case SDXL_SAMPLER_DPMPP_2M_SDE_HEUN: case SDXL_SAMPLER_ER_SDE:
+    case SDXL_SAMPLER_DPMPP_2M_SDE_HEUN: case SDXL_SAMPLER_ER_SDE: case SDXL_SAMPLER_RESTART:
         return 1;
     case SDXL_SAMPLER_DPMPP_3M_SDE: return c->ancestral_eta > 0;
-    case SDXL_SAMPLER_DDIM: return c->eta > 0;
+    case SDXL_SAMPLER_DDIM: case SDXL_SAMPLER_DDIM_CFGPP: return c->eta > 0;
     default: return 0;
     }
 }
@@ -1199,6 +1201,7 @@ int sdxl_sampler_run(sdxl_sampler *s, float *x, const sdxl_sampler_run_opts *o, 
 /* A1111 starts from noise * sigmas[0] */
 float sdxl_sampler_init_noise_sigma(const sdxl_sampler *s) {
     int n;
+    if (s->k && sdxl_ksampler_vp(s->k)) return 1.0f;
     return s->k ? sdxl_ksampler_sigmas(s->k, &n)[0] : s->init_sigma;
 }
 int sdxl_sampler_steps(const sdxl_sampler *s) { return s->k ? sdxl_ksampler_steps(s->k) : s->steps; }
@@ -1231,6 +1234,7 @@ double sdxl_sampler_step_timestep(const sdxl_sampler *s, int k) {
 
 int sdxl_sampler_start_for_strength(const sdxl_sampler *s, double strength) {
     if (!(strength > 0)) return sdxl_sampler_steps(s);
+    if (s->k && sdxl_ksampler_vp(s->k)) return sdxl_ksampler_vp_start(s->k, strength);
     if (s->k) {
         /* A1111 img2img: t_enc = int(min(strength, 0.999) * steps), run sigmas[steps - t_enc - 1:] */
         int n = sdxl_ksampler_steps(s->k), t_enc = (int)((strength < 0.999 ? strength : 0.999) * n);
@@ -1258,6 +1262,10 @@ int sdxl_sampler_end_for_fraction(const sdxl_sampler *s, double f) {
 int sdxl_sampler_start_for_fraction(const sdxl_sampler *s, double f) { return sdxl_sampler_end_for_fraction(s, f); }
 
 void sdxl_sampler_add_noise(const sdxl_sampler *s, int k, const float *x0, const float *noise, float *out) {
+    if (s->k && sdxl_ksampler_vp(s->k)) {
+        sdxl_ksampler_vp_add_noise(s->k, k, x0, noise, out);
+        return;
+    }
     if (s->k) {
         int n;
         const float *sg = sdxl_ksampler_sigmas(s->k, &n);

@@ -58,6 +58,9 @@ typedef enum sdxl_sampler_kind {
     SDXL_SAMPLER_GRADIENT_ESTIMATION, /* ComfyUI sample_gradient_estimation (ge_gamma 2) */
     SDXL_SAMPLER_RES_MULTISTEP,       /* ComfyUI sample_res_multistep (RES 2nd-order multistep, eta 0) */
     SDXL_SAMPLER_ER_SDE,       /* ComfyUI sample_er_sde (ER-SDE-Solver-3, VP) */
+    SDXL_SAMPLER_IPNDM_V,      /* ComfyUI sample_ipndm_v (iPNDM with variable-step coefficients) */
+    SDXL_SAMPLER_RESTART,      /* A1111 restart_sampler (Heun with Karras restart segments) */
+    SDXL_SAMPLER_DDIM_CFGPP,   /* A1111 ddim_cfgpp (DDIM with CFG++: guidance / 12.5, uncond direction) */
     SDXL_SAMPLER_COUNT
 } sdxl_sampler_kind;
 
@@ -106,6 +109,11 @@ typedef int (*sdxl_model_fn)(void *user, const float *x_in, size_t n, double t, 
  * Returning nonzero cancels the run (SDXL_ERR_CANCELLED). */
 typedef int (*sdxl_step_fn)(void *user, int step, int total, double sigma, const float *x, size_t n);
 
+/* CFG++ samplers: like sdxl_model_fn with the guidance scale multiplied by scale_mul, and the
+ * unconditional prediction written to uncond_out (A1111 need_last_noise_uncond). */
+typedef int (*sdxl_model_cfgpp_fn)(void *user, const float *x_in, size_t n, double t, double sigma, double scale_mul,
+                                   float *eps_out, float *uncond_out, sdxl_err *e);
+
 /* Optional replacement for the generator: fill out[0..n-1] with standard-normal noise for the
  * move from noise level sigma_from to sigma_to. For DPM++ SDE each call must be the normalised
  * Brownian increment (W(sigma_to) - W(sigma_from)) / sqrt(|sigma_to - sigma_from|) of one path
@@ -124,6 +132,7 @@ typedef struct sdxl_sampler_run_opts {
     void *noise_user;
     int start_step;             /* first step to run (img2img, refiner hand-off); x is at that step's level */
     int end_step;               /* stop before this step; 0 = run to the end */
+    sdxl_model_cfgpp_fn model_cfgpp; /* DDIM CFG++ calls this instead of model (model_user) */
 } sdxl_sampler_run_opts;
 
 /* Runs steps [start_step, end_step) in place on x. May be called again for a later range

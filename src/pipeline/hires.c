@@ -45,7 +45,7 @@ int sdxl_pl_hires_size(const sdxl_gen_params *p, int w, int h, int *tw, int *th,
     } else if (p->hr_resize_y == 0) {
         *tw = p->hr_resize_x;
         *th = p->hr_resize_x * h / w;
-    } else {
+    } else { /* both: A1111 upscales to cover the box, then crops the latents (hires_crop) */
         *tw = p->hr_resize_x;
         *th = p->hr_resize_y;
     }
@@ -54,6 +54,21 @@ int sdxl_pl_hires_size(const sdxl_gen_params *p, int w, int h, int *tw, int *th,
     if (*tw < 8 || *th < 8 || *tw > 16384 || *th > 16384)
         return sdxl_seterr(e, SDXL_ERR_ARG, "hires size: %dx%d is outside 8..16384 (multiples of 8)", *tw, *th);
     return SDXL_OK;
+}
+
+/* A1111 calculate_target_resolution with both hr_resize_x and hr_resize_y: the first pass is scaled
+ * (aspect kept) to cover the box, uw x uh, and sample_hr_pass then crops truncate = (u - box) // 8
+ * latent rows/columns, half (rounded down) from the top/left. Without both sides: no crop. */
+static void hires_cover(const sdxl_gen_params *p, int w, int h, int tw, int th, int *uw, int *uh, int *cx, int *cy) {
+    *uw = tw, *uh = th, *cx = *cy = 0;
+    if (!p->hr_resize_x || !p->hr_resize_y) return;
+    int rx = p->hr_resize_x, ry = p->hr_resize_y;
+    if ((double)w / h < (double)rx / ry)
+        *uw = rx, *uh = (int)((int64_t)rx * h / w);
+    else
+        *uw = (int)((int64_t)ry * w / h), *uh = ry;
+    *uw -= *uw % 8, *uh -= *uh % 8;
+    *cx = (*uw / 8 - tw / 8) / 2, *cy = (*uh / 8 - th / 8) / 2;
 }
 
 /* ---- latent interpolation (torch upsample kernels, align_corners=False) ---------------------- */
@@ -198,23 +213,28 @@ int sdxl_pl_hires(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile int
     if (st) return st;
     sdxl_gen_params p1 = *p;
     p1.enable_hr = 0;
+    /* A1111 >= 1.6 (hires_fix_refiner_pass "second pass", its default): the first pass runs the base
+     * alone, the refiner joins the hires pass at its switch point */
+    p1.refiner_switch = 1.0f;
     if ((st = sdxl_pl_check(m, &p1, e))) return st;
     int W = p1.width ? p1.width : 1024, H = p1.height ? p1.height : 1024, tw, th;
     if ((st = sdxl_pl_hires_size(p, W, H, &tw, &th, e))) return st;
     int n_img = p1.batch_count * (p1.batch_size > 0 ? p1.batch_size : 1);
-    int latent = kind <= UP_NEAREST_EXACT;
-    size_t n1 = (size_t)4 * (H / 8) * (W / 8), n2 = (size_t)4 * (th / 8) * (tw / 8);
+    int latent = kind <= UP_NEAREST_EXACT, uw, uh, cx, cy;
+    hires_cover(p, W, H, tw, th, &uw, &uh, &cx, &cy);
+    size_t n1 = (size_t)4 * (H / 8) * (W / 8), n2 = (size_t)4 * (th / 8) * (tw / 8), nu = (size_t)(uh / 8) * (uw / 8);
     float *lat1 = latent ? malloc((size_t)n_img * n1 * sizeof(float)) : NULL;
     float *lat2 = latent ? malloc((size_t)n_img * n2 * sizeof(float)) : NULL;
-    if (latent && (!lat1 || !lat2)) {
-        free(lat1), free(lat2);
+    float *plane = latent ? malloc(nu * sizeof(float)) : NULL;
+    if (latent && (!lat1 || !lat2 || !plane)) {
+        free(lat1), free(lat2), free(plane);
         return sdxl_seterr(e, SDXL_ERR_NOMEM, "hires: out of memory for the latents");
     }
     sdxl_pl_result r1;
     SDXL_INFO(log, "hires: first pass %dx%d, %s upscale to %dx%d", W, H, latent ? "latent" : "pixel", tw, th);
     st = sdxl_pl_generate_lat(m, &p1, NULL, lat1, 0, cancel, tr, log, &r1, e);
     if (st) {
-        free(lat1), free(lat2);
+        free(lat1), free(lat2), free(plane);
         return sdxl_err_prefix(e, "hires first pass");
     }
     sdxl_gen_params p2 = p1;
@@ -222,7 +242,7 @@ int sdxl_pl_hires(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile int
     p2.width = tw, p2.height = th;
     p2.steps = p->hr_second_pass_steps ? p->hr_second_pass_steps : p->steps;
     p2.strength = p->hr_denoising_strength;
-    p2.refiner_switch = 1.0f;
+    p2.refiner_switch = p->refiner_switch;
     if (p->hr_sampler && *p->hr_sampler) p2.sampler = p->hr_sampler, p2.schedule = NULL;
     if (p->hr_schedule && *p->hr_schedule) p2.schedule = p->hr_schedule;
     if (p->hr_prompt && *p->hr_prompt) p2.prompt = p->hr_prompt;
@@ -232,22 +252,29 @@ int sdxl_pl_hires(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile int
     sdxl_gen_stats st1 = r1.st;
     if (latent) {
         for (int i = 0; i < n_img && !st; i++)
-            for (int c = 0; c < 4; c++)
-                if (upscale_plane(lat1 + (size_t)i * n1 + (size_t)c * (n1 / 4), H / 8, W / 8,
-                                  lat2 + (size_t)i * n2 + (size_t)c * (n2 / 4), th / 8, tw / 8, kind))
+            for (int c = 0; c < 4 && !st; c++) {
+                if (upscale_plane(lat1 + (size_t)i * n1 + (size_t)c * (n1 / 4), H / 8, W / 8, plane, uh / 8, uw / 8, kind)) {
                     st = sdxl_seterr(e, SDXL_ERR_NOMEM, "hires: out of memory upscaling the latents");
+                    break;
+                }
+                float *dst = lat2 + (size_t)i * n2 + (size_t)c * (n2 / 4);
+                for (int y = 0; y < th / 8; y++)
+                    memcpy(dst + (size_t)y * (tw / 8), plane + (size_t)(y + cy) * (uw / 8) + cx, (size_t)(tw / 8) * sizeof(float));
+            }
         sdxl_pl_result_free(&r1);
         if (!st) st = sdxl_pl_generate_lat(m, &p2, lat2, NULL, p1.steps, cancel, tr, log, out, e);
     } else {
         /* one img2img per image: each has its own init image and seed */
         out->img = calloc((size_t)n_img, sizeof *out->img);
-        uint8_t *up = malloc((size_t)tw * th * 3);
-        if (!out->img || !up) st = sdxl_seterr(e, SDXL_ERR_NOMEM, "hires: out of memory");
+        uint8_t *upc = malloc((size_t)uw * uh * 3), *up = malloc((size_t)tw * th * 3);
+        if (!out->img || !up || !upc) st = sdxl_seterr(e, SDXL_ERR_NOMEM, "hires: out of memory");
         for (int i = 0; i < n_img && !st; i++) {
             if (kind == UP_LANCZOS)
-                st = sdxl_resize_u8(r1.img[i].rgb, W, H, 3, up, tw, th, "hires image", e);
+                st = sdxl_resize_u8(r1.img[i].rgb, W, H, 3, upc, uw, uh, "hires image", e);
             else
-                nearest_u8(r1.img[i].rgb, W, H, up, tw, th);
+                nearest_u8(r1.img[i].rgb, W, H, upc, uw, uh);
+            for (int y = 0; y < th; y++) /* the same crop, in pixels, before encoding */
+                memcpy(up + (size_t)y * tw * 3, upc + ((size_t)(y + 8 * cy) * uw + 8 * (size_t)cx) * 3, (size_t)tw * 3);
             sdxl_gen_params pi = p2;
             pi.init_image = up, pi.init_width = tw, pi.init_height = th;
             pi.seed = r1.img[i].seed, pi.batch_count = 1, pi.batch_size = 0;
@@ -260,10 +287,10 @@ int sdxl_pl_hires(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile int
             out->st.base_s += ri.st.base_s, out->st.decode_s += ri.st.decode_s, out->st.encode_s += ri.st.encode_s;
             sdxl_pl_result_free(&ri);
         }
-        free(up);
+        free(up), free(upc);
         sdxl_pl_result_free(&r1);
     }
-    free(lat1), free(lat2);
+    free(lat1), free(lat2), free(plane);
     if (st) {
         sdxl_pl_result_free(out);
         return sdxl_err_prefix(e, "hires second pass");
@@ -271,6 +298,7 @@ int sdxl_pl_hires(sdxl_pl_model *m, const sdxl_gen_params *p, const volatile int
     /* the whole request's metadata: first-pass size, hires fields */
     sdxl_gen_params pm = p1;
     pm.enable_hr = 1;
+    pm.refiner_switch = p->refiner_switch;
     for (int i = 0; i < out->n && !st; i++) {
         free(out->img[i].infotext), free(out->img[i].request);
         out->img[i].infotext = out->img[i].request = NULL;

@@ -96,6 +96,18 @@ static int hires_fields(sdxl_genmeta *g, const sdxl_gen_params *p, sdxl_err *e) 
     return st;
 }
 
+/* A1111 writes ENSD where the sampler draws its noise from the image generators (its uses_ensd
+ * samplers); here: every sampler that draws noise, since the reseed applies to all of them. */
+static int uses_ensd(const sdxl_gen_params *p) {
+    sdxl_sched_choice ch;
+    sdxl_err e = {0};
+    if (sdxl_sched_resolve(p->sampler && *p->sampler ? p->sampler : "Euler", p->schedule, &ch, &e)) return 0;
+    sdxl_sampler_config c;
+    sdxl_sampler_config_init(&c);
+    c.sampler = ch.sampler;
+    return sdxl_sampler_config_draws_noise(&c);
+}
+
 int sdxl_pl_infotext(const sdxl_pl_model *m, const sdxl_gen_params *p, int width, int height, int64_t seed,
                      char **out, sdxl_err *e) {
     sdxl_genmeta g;
@@ -127,6 +139,10 @@ int sdxl_pl_infotext(const sdxl_pl_model *m, const sdxl_gen_params *p, int width
     if (m && m->has_ref && p->refiner_switch < 1) {
         if ((st = sdxl_genmeta_set_str(&g.refiner, m->ref_name, e))) goto out;
         g.refiner_switch = f2d(p->refiner_switch);
+    }
+    if (p->eta_noise_seed_delta && uses_ensd(p)) {
+        snprintf(buf, sizeof buf, "%d", p->eta_noise_seed_delta);
+        if ((st = sdxl_genmeta_extra_set(&g, "ENSD", buf, e))) goto out;
     }
     if (p->rng && *p->rng && strcmp(p->rng, "torch") && strcmp(p->rng, "cpu") &&
         (st = sdxl_genmeta_extra_set(&g, "RNG", strcmp(p->rng, "philox") ? p->rng : "NV", e)))
@@ -236,6 +252,7 @@ int sdxl_pl_request_json(const sdxl_pl_model *m, const sdxl_gen_params *p, int w
         sb_kstr(&b, "hr_negative_prompt", p->hr_negative_prompt);
     }
     if (p->zero_terminal_snr >= 0) sb_int(&b, "zero_terminal_snr", p->zero_terminal_snr);
+    if (p->eta_noise_seed_delta) sb_int(&b, "eta_noise_seed_delta", p->eta_noise_seed_delta);
     sdxl_sb_put(&b, "}", 1);
     if (b.oom) {
         free(b.p);
@@ -279,6 +296,7 @@ static int *int_field(sdxl_gen_params *p, const char *k) {
         {"clip_skip", &p->clip_skip}, {"batch_count", &p->batch_count}, {"batch_size", &p->batch_size},
         {"zero_terminal_snr", &p->zero_terminal_snr}, {"enable_hr", &p->enable_hr}, {"hr_resize_x", &p->hr_resize_x},
         {"hr_resize_y", &p->hr_resize_y}, {"hr_second_pass_steps", &p->hr_second_pass_steps},
+        {"eta_noise_seed_delta", &p->eta_noise_seed_delta},
     };
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
         if (!strcmp(t[i].k, k)) return t[i].v;
@@ -482,9 +500,14 @@ int sdxl_pl_params_from_infotext(const char *text, size_t len, const char *model
         else if (!strcmp(v, "CPU")) sb_kstr(&b, "rng", "torch");
         else warn_add(warn, warn_cap, "RNG (only CPU and NV)");
     }
-    if (((v = sdxl_genmeta_extra_get(&g, "ENSD")) || (v = sdxl_genmeta_extra_get(&g, "Eta noise seed delta"))) &&
-        strcmp(v, "0"))
-        warn_add(warn, warn_cap, "ENSD");
+    if ((v = sdxl_genmeta_extra_get(&g, "ENSD")) || (v = sdxl_genmeta_extra_get(&g, "Eta noise seed delta"))) {
+        char *end;
+        long d = strtol(v, &end, 10);
+        if (end != v && !*end && d >= -2147483647L && d <= 2147483647L)
+            sb_int(&b, "eta_noise_seed_delta", (int)d);
+        else
+            warn_add(warn, warn_cap, "ENSD (not an integer)");
+    }
     if ((v = sdxl_genmeta_extra_get(&g, "Prediction"))) sb_kstr(&b, "prediction", v);
     if ((v = sdxl_genmeta_extra_get(&g, "Zero terminal SNR"))) sb_int(&b, "zero_terminal_snr", !strcmp(v, "True"));
     if ((v = sdxl_genmeta_extra_get(&g, "Guidance rescale"))) sb_num(&b, "guidance_rescale", strtof(v, NULL));

@@ -20,6 +20,7 @@
 #include "base/cpu.h"
 #include "base/mem.h"
 #include "base/rng.h"
+#include "denoise/brownian.h"
 #include "base/threads.h"
 #include "denoise/registry.h"
 #include "io/resize.h"
@@ -590,6 +591,7 @@ typedef struct stage {
     int calls;       /* UNet calls of this stage object (the trace's call index) */
     int *calls_total;
     const volatile int *cancel;
+    sdxl_btree *bt; /* SDE samplers' Brownian-tree noise (A1111 path, one image); NULL: the generator */
     const sdxl_pl_trace *trace;
     sdxl_pl_ctrl *ctrl; /* base stage with ControlNet units, else NULL */
     int cur_step;       /* schedule step the sampler is in */
@@ -780,7 +782,7 @@ static int stage_init(stage *s, sdxl_pl_model *m, const req *r, int idx, const s
     s->cs = sched && sched->active ? sched : NULL;
     memcpy(s->tid_src, tid, 2 * (size_t)K * sizeof(float));
     if (s->cs) s->cfg = 1; /* composable prompts always evaluate the uncond row, as A1111 */
-    int64_t rows = s->cs ? (int64_t)(1 + s->cs->n_parts) * B : s->cfg ? 2 * B : B;
+    int64_t rows = sdxl_pl_unet_rows(B, s->cfg, s->cs ? s->cs->n_parts : 0);
     int64_t in_ch = sdxl_unet_config(s->unet)->in_ch;
     s->ctx = xmalloc((size_t)(rows * s->T), (size_t)s->Wc * sizeof(float));
     s->pooled = xmalloc((size_t)rows, (size_t)s->P * sizeof(float));
@@ -863,12 +865,13 @@ static void condsched_rows(stage *s) {
     }
 }
 
-static int model_cb(void *user, const float *x_in, size_t n, double t, double sigma, float *eps, sdxl_err *e) {
-    (void)sigma;
-    stage *s = user;
+/* One guided model call: eps = uncond + (cond - uncond) * cfg * mul (per AND part), and the
+ * unconditional prediction into uncond when asked (CFG++ samplers). */
+static int model_eval(stage *s, const float *x_in, size_t n, double t, float *eps, float *uncond, double mul,
+                      sdxl_err *e) {
     const req *r = s->r;
     int B = s->B;
-    int rows = s->cs ? (1 + s->cs->n_parts) * B : s->cfg ? 2 * B : B;
+    int rows = sdxl_pl_unet_rows(B, s->cfg, s->cs ? s->cs->n_parts : 0);
     if (s->cs) condsched_rows(s);
     size_t hw = (size_t)r->h * (size_t)r->w;
     int64_t in_ch = sdxl_unet_config(s->unet)->in_ch;
@@ -912,13 +915,19 @@ static int model_cb(void *user, const float *x_in, size_t n, double t, double si
     if (s->trace && s->trace->unet) s->trace->unet(s->trace->user, s->idx, s->calls, t, s->xin, s->out, rows, s->n_per);
     s->calls++;
     *s->calls_total += (rows + slice - 1) / slice; /* UNet forwards */
+    if (uncond) {
+        if (!s->cs && !s->cfg)
+            return sdxl_seterr(e, SDXL_ERR_ARG, "cfg_scale: %s needs classifier-free guidance (cfg_scale > 1)",
+                               sdxl_sampler_name(s->r->sc.sampler));
+        memcpy(uncond, s->out, n * sizeof(float));
+    }
     if (s->cs) {
         /* A1111 combine_denoised: u + sum_k (c_k - u) (w_k cfg), on eps (an affine map of denoised) */
         const float *u = s->out;
         memcpy(eps, u, n * sizeof(float));
         for (int k = 0; k < s->cs->n_parts; k++) {
             const float *ck = s->out + (size_t)(k + 1) * n;
-            float wk = (float)(s->cs->weight[k] * (double)r->p.cfg_scale);
+            float wk = (float)(s->cs->weight[k] * ((double)r->p.cfg_scale * mul));
             for (size_t i = 0; i < n; i++) eps[i] += (ck[i] - u[i]) * wk;
         }
         if (r->p.guidance_rescale > 0) /* against the first part's prediction */
@@ -930,13 +939,24 @@ static int model_cb(void *user, const float *x_in, size_t n, double t, double si
         memcpy(eps, s->out, n * sizeof(float));
         return SDXL_OK;
     }
-    const float g = r->p.cfg_scale;
+    const float g = mul == 1 ? r->p.cfg_scale : (float)((double)r->p.cfg_scale * mul);
     const float *u = s->out, *c = s->out + n;
     for (size_t i = 0; i < n; i++) eps[i] = u[i] + g * (c[i] - u[i]);
     if (r->p.guidance_rescale > 0)
         for (int b = 0; b < B; b++)
             rescale_cfg(eps + (size_t)b * s->n_per, c + (size_t)b * s->n_per, s->n_per, r->p.guidance_rescale);
     return SDXL_OK;
+}
+
+static int model_cb(void *user, const float *x_in, size_t n, double t, double sigma, float *eps, sdxl_err *e) {
+    (void)sigma;
+    return model_eval(user, x_in, n, t, eps, NULL, 1, e);
+}
+
+static int model_cfgpp_cb(void *user, const float *x_in, size_t n, double t, double sigma, double mul, float *eps,
+                          float *uncond, sdxl_err *e) {
+    (void)sigma;
+    return model_eval(user, x_in, n, t, eps, uncond, mul, e);
 }
 
 static int step_cb(void *user, int step, int total, double sigma, const float *x, size_t n) {
@@ -974,7 +994,9 @@ static int step_cb(void *user, int step, int total, double sigma, const float *x
 static int stage_run(stage *s, float *x, sdxl_rng *rng, int start, int end, sdxl_err *e) {
     s->cur_step = start;
     sdxl_sampler_run_opts o = {.model = model_cb, .model_user = s, .on_step = step_cb, .step_user = s,
-                               .cancel = s->cancel, .rng = rng, .start_step = start, .end_step = end};
+                               .cancel = s->cancel, .rng = rng, .start_step = start, .end_step = end,
+                               .model_cfgpp = model_cfgpp_cb, .noise = s->bt ? sdxl_btree_noise : NULL,
+                               .noise_user = s->bt};
     return sdxl_sampler_run(s->sampler, x, &o, e);
 }
 
@@ -1071,6 +1093,7 @@ typedef struct est_ctx {
     int64_t T, T_ref;
     uint64_t vae_budget; /* tiling budget of the decode; 0 = the VAE's default */
     sdxl_pl_ctrl *ctrl;
+    int and_parts; /* AND parts of a scheduled prompt (0: plain cond/uncond rows) */
 } est_ctx;
 
 /* Bytes a UNet's converted weights take (for one_shot UNets not converted yet). */
@@ -1096,7 +1119,7 @@ static int one_shot_unets(sdxl_pl_model *m, int refine, sdxl_err *e) {
 static int estimate(void *user, int b, uint64_t *bytes, sdxl_err *e) {
     est_ctx *x = user;
     const req *r = x->r;
-    int rows = r->p.cfg_scale > 1.0f ? 2 * b : b;
+    int rows = sdxl_pl_unet_rows(b, r->p.cfg_scale > 1.0f, x->and_parts);
     if (r->p.unet_max_rows > 0 && r->p.unet_max_rows < rows && !x->ctrl) rows = r->p.unet_max_rows;
     size_t ub = 0, rb = 0;
     pthread_mutex_lock(&x->m->mu);
@@ -1297,7 +1320,9 @@ static int sdxl_pl_generate_req(sdxl_pl_model *m, req *rq, const float *init_lat
         uint64_t room = r.p.max_memory > fixed ? r.p.max_memory - fixed : 0;
         if (room < avail) avail = room;
     }
-    est_ctx ec = {m, &r, cb.n_tokens, r.refine ? crf.n_tokens : 0, r.p.max_memory ? (avail ? avail : 1) : 0, NULL};
+    est_ctx ec = {m, &r, cb.n_tokens, r.refine ? crf.n_tokens : 0, r.p.max_memory ? (avail ? avail : 1) : 0, NULL,
+                  csb.active ? csb.n_parts : 0};
+    if (r.refine && csr.active && csr.n_parts > ec.and_parts) ec.and_parts = csr.n_parts;
     /* ControlNet units: models, fitted and preprocessed images, hint embeddings (once per request) */
     sdxl_pl_ctrl *ctrl = NULL;
     if ((st = sdxl_pl_ctrl_new(m, &r.p, r.W, r.H, log, &ctrl, e))) goto done_cond;
@@ -1342,6 +1367,7 @@ static int sdxl_pl_generate_req(sdxl_pl_model *m, req *rq, const float *init_lat
     float *lat_nhwc = xmalloc((size_t)B, n_per * sizeof(float));
     float *img = xmalloc((size_t)B * 3, (size_t)r.H * (size_t)r.W * sizeof(float));
     sdxl_rng *rngs = xmalloc((size_t)B, sizeof(sdxl_rng));
+    sdxl_btree *bt = NULL;
     stage sb = {0}, sr = {0};
     if (!x || !clean || !bnoise || !masked || !lat_nhwc || !img || !rngs) {
         st = sdxl_seterr(e, SDXL_ERR_NOMEM, "out of memory for a sub-batch of %d", B);
@@ -1505,8 +1531,17 @@ static int sdxl_pl_generate_req(sdxl_pl_model *m, req *rq, const float *init_lat
         sb.init_clean = sr.init_clean = (r.p.mask && sdxl_unet_config(m->base_unet)->in_ch == 4) ? clean : NULL;
         sb.blend_noise = sr.blend_noise = bnoise;
         sb.masked_lat = masked;
+        /* A1111 ImageRNG.first: with ENSD the sampler's noise comes from seed + i + delta */
+        for (int i = 0; i < B && r.p.eta_noise_seed_delta; i++)
+            sdxl_rng_init(&rngs[i], r.rng, (uint64_t)(r.p.seed + b0 + i + r.p.eta_noise_seed_delta));
         /* ancestral noise continues image 0's generator when a sub-batch holds one image */
         sdxl_rng *srng = B == 1 ? &rngs[0] : NULL;
+        /* A1111: DPM++ SDE / 2M SDE / 3M SDE draw from a Brownian tree seeded with the image seed */
+        sdxl_btree_free(bt);
+        bt = NULL;
+        if (B == 1 && (st = sdxl_btree_for_run(sb.sampler, (uint64_t)(r.p.seed + b0), n_per, &bt, e)))
+            goto done;
+        sb.bt = sr.bt = bt;
         if (base_steps) {
             double tb = now_s();
             if (tr && tr->init)
@@ -1605,6 +1640,7 @@ done:
     }
     stage_free(&sb);
     stage_free(&sr);
+    sdxl_btree_free(bt);
     free(x);
     free(clean);
     free(bnoise);
@@ -1739,7 +1775,7 @@ int sdxl_pl_generate_multi(sdxl_pl_model *m, const sdxl_gen_params *ps, int n_re
     req all = *r0;
     all.n_images = n_img;
     all.refine = refine;
-    est_ctx ec = {m, &all, cb[0].n_tokens, refine ? crf[0].n_tokens : 0, 0, NULL};
+    est_ctx ec = {m, &all, cb[0].n_tokens, refine ? crf[0].n_tokens : 0, 0, NULL, 0};
     sdxl_pl_plan plan;
     if ((st = sdxl_pl_plan_make(n_img, cap, avail, estimate, &ec, &plan, e))) {
         free(img_seed);

@@ -158,6 +158,9 @@ typedef int (*sdxl_pl_estimate_fn)(void *user, int b, uint64_t *bytes, sdxl_err 
 int sdxl_pl_plan_make(int n_images, int cap, uint64_t available, sdxl_pl_estimate_fn est, void *user,
                       sdxl_pl_plan *out, sdxl_err *e);
 void sdxl_pl_plan_describe(const sdxl_pl_plan *p, int cfg, char *buf, size_t cap);
+/* UNet rows one model call of b images runs: b, 2b with CFG, or (1 + and_parts) b when a
+ * composable (AND) prompt is scheduled: the uncond and one conditional row per part. */
+int sdxl_pl_unet_rows(int b, int cfg, int and_parts);
 
 /* ---- metadata (meta.c) --------------------------------------------------------------------- */
 

@@ -35,6 +35,10 @@ int sdxl_pl_plan_make(int n_images, int cap, uint64_t available, sdxl_pl_estimat
     return SDXL_OK;
 }
 
+int sdxl_pl_unet_rows(int b, int cfg, int and_parts) {
+    return and_parts > 0 ? (1 + and_parts) * b : cfg ? 2 * b : b;
+}
+
 void sdxl_pl_plan_describe(const sdxl_pl_plan *p, int cfg, char *buf, size_t cap) {
     snprintf(buf, cap, "%d image%s: %d sub-batch%s of %d (UNet batch %d%s), est %.2f GiB of %.2f GiB available%s",
              p->n_images, p->n_images == 1 ? "" : "s", p->n_sub, p->n_sub == 1 ? "" : "es", p->sub_batch,

@@ -54,8 +54,27 @@ size=$(od -An -tu1 -j16 -N8 "$W/hr_lz.png" | tr -s ' ' | sed 's/^ //')
 [ $? -eq 2 ] && grep -q "hr_upscaler" "$W/err.txt" && ok "unknown upscaler refused before the model loads" \
     || bad "unknown upscaler: $(cat "$W/err.txt")"
 
+# a box of another aspect ratio: A1111 covers it (64x64 -> 128x128) and crops the latents to 128x64
+"$SDXL" generate $C -W 64 -H 64 --steps 3 --cfg 5 -s 8 -p "a fox" --hr-resize 128x64 --hr-steps 2 -o "$W/hr_crop.png" \
+    || bad "hires crop exited non-zero"
+size=$(od -An -tu1 -j16 -N8 "$W/hr_crop.png" | tr -s ' ' | sed 's/^ //')
+[ "$size" = "0 0 0 128 0 0 0 64" ] && ok "hires --hr-resize 128x64 from 64x64 is 128x64" || bad "hires crop size [$size]"
+"$SDXL" meta "$W/hr_crop.png" | grep -qF "Hires resize: 128x64" && ok "infotext has 'Hires resize: 128x64'" \
+    || bad "infotext lacks Hires resize"
+"$SDXL" generate $C --from "$W/hr_crop.png" -o "$W/hr_crop2.png" && cmp -s "$W/hr_crop.png" "$W/hr_crop2.png" \
+    && ok "--from reproduces the cropped hires PNG" || bad "--from cropped hires differs"
+
+# ENSD: the ancestral noise comes from seed + delta; written to the infotext and restored by --from
+"$SDXL" generate $C -W 64 -H 64 --steps 3 -s 9 -p x --sampler "Euler a" -o "$W/e0.png" || bad "Euler a exited non-zero"
+"$SDXL" generate $C -W 64 -H 64 --steps 3 -s 9 -p x --sampler "Euler a" --ensd 31337 -o "$W/e1.png" || bad "--ensd exited"
+cmp -s "$W/e0.png" "$W/e1.png" && bad "ENSD did not change the ancestral noise" || ok "ENSD changes the ancestral noise"
+"$SDXL" meta "$W/e1.png" | grep -qF "ENSD: 31337" && ok "infotext has 'ENSD: 31337'" || bad "infotext lacks ENSD"
+"$SDXL" meta "$W/e0.png" | grep -qF "ENSD" && bad "ENSD written without a delta" || ok "no ENSD without a delta"
+"$SDXL" generate $C --from "$W/e1.png" -o "$W/e2.png" && cmp -s "$W/e1.png" "$W/e2.png" \
+    && ok "--from reproduces the ENSD image" || bad "--from ENSD differs"
+
 # 3. A1111 sampler names run the k-diffusion path, with their own names in the infotext
-for s in "DPM fast" "DPM adaptive" "DPM++ 2M SDE Heun"; do
+for s in "DPM fast" "DPM adaptive" "DPM++ 2M SDE Heun" "Restart" "DDIM CFG++" "ipndm_v" "DPM++ 2M SDE"; do
     "$SDXL" generate $C -W 64 -H 64 --steps 3 -s 1 -p x --sampler "$s" -o "$W/s.png" \
         && "$SDXL" meta "$W/s.png" | grep -qF "Sampler: $s," && ok "sampler '$s'" || bad "sampler '$s'"
 done
@@ -80,6 +99,10 @@ for case in "42 1,4,128,128 1x4x128x128" "1234 1,4,8,8 1x4x8x8" "0 1,4,128,128 1
 done
 "$SDXL" noise --seed 42 --shape 1,4,8,8 -o "$W/n.npy" && [ "$(head -c 6 "$W/n.npy" | tail -c 5)" = "NUMPY" ] \
     && [ $(wc -c < "$W/n.npy") -eq $((128 + 256 * 4)) ] && ok "noise .npy" || bad "noise .npy"
+# Philox: seed 0, first call, element 0 is counter (0,0,0,0) under key (0,0): Random123's first
+# philox4x32-10 known-answer vector (6627e8d5 e169c58d ...) through A1111's Box-Muller
+out=$("$SDXL" noise --seed 0 --shape 1,1,1,1 --rng philox)
+[ "$out" = "-0.924662411" ] && ok "sdxl noise philox == Random123 KAT 0 + Box-Muller" || bad "philox KAT: $out"
 out=$("$SDXL" noise --seed 42 --shape 1,1,1,2 --subseed 7 --subseed-strength 0)
 [ "$(echo "$out" | head -1)" = "0.336690366" ] && ok "subseed strength 0 keeps the seed's noise" || bad "subseed 0: $out"
 "$SDXL" noise --seed 42 --shape 1,1,2,2 --subseed 7 --subseed-strength 0.5 > /dev/null && ok "subseed 0.5 runs" \

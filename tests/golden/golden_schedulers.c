@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "base/rng.h"
+#include "denoise/brownian.h"
 #include "denoise/registry.h"
 #include "denoise/sampler.h"
 #include "golden.h"
@@ -168,6 +169,28 @@ typedef struct replay {
 } replay;
 
 /* Serves the reference's implied increments in call order (each drawing call draws once). */
+/* Our Brownian tree's draws, each compared with the reference's implied increment of that call. */
+typedef struct btree_cmp {
+    sdxl_btree *bt;
+    const sde_stats *ref;
+    int next, calls, off; /* draws served; draws off by more than 1e-3 */
+    double worst_on;      /* largest difference among the others */
+} btree_cmp;
+
+static int btree_cmp_noise(void *user, float *out, size_t n, double from, double to, sdxl_err *e) {
+    btree_cmp *b = user;
+    int r = sdxl_btree_noise(b->bt, out, n, from, to, e);
+    if (r || b->next >= b->calls) return r ? r : sdxl_seterr(e, SDXL_ERR_ARG, "btree: more draws than calls");
+    double mx = 0;
+    for (size_t q = 0; q < n; q++) mx = fmax(mx, fabs(out[q] - b->ref->z[(size_t)b->next * n + q]));
+    if (mx > 1e-3)
+        b->off++;
+    else
+        b->worst_on = fmax(b->worst_on, mx);
+    b->next++;
+    return SDXL_OK;
+}
+
 static int replay_noise(void *user, float *out, size_t n, double from, double to, sdxl_err *e) {
     (void)from;
     (void)to;
@@ -262,6 +285,43 @@ static void check_sde(golden_ctx *g, golden_set *s, const char *v, sdxl_sampler 
     } else {
         golden_check(g, C, name, "replay_model_input_rel", ty.worst_in, 1e-5);
         golden_check(g, C, name, "replay_final_rel", rel_err(x, ref.after + (size_t)(calls - 1) * n, n), 1e-5);
+    }
+
+    /* (2b) our torchsde BrownianTree (denoise/brownian.h), seeded with the reference's
+     * noise_sampler_seed (the case seed) over the schedule's nonzero sigma range, draws the
+     * reference's own increments: each draw within 2e-4 of the implied one (the recovery is exact
+     * to ~1e-6 at large sigma; at the smallest sigmas deep tree nodes add float32 rounding), except
+     * at most one draw per run: torch's float32 exp/log (SLEEF, 1 ulp) can differ from libm's in
+     * the last bit, and a query time near a 1e-6 rounding boundary then lands on the next node
+     * (a different but equally Brownian draw, off by ~1e-3). With no such draw the trajectory
+     * itself matches to 1e-5. */
+    {
+        float lo = 0, hi = 0;
+        for (int i = 0; i < n_sig; i++) {
+            if (sig[i] > 0 && (lo == 0 || sig[i] < lo)) lo = sig[i];
+            if (sig[i] > hi) hi = sig[i];
+        }
+        sdxl_btree *bt = NULL;
+        toy tb = {g, s, v, 0, 0, 0, 0};
+        if (!x || sdxl_btree_new(lo, hi, (uint64_t)seed, n, 2 * calls + 4, &bt, &e)) {
+            golden_fail(g, C, name, "brownian tree: %s", e.msg);
+        } else {
+            btree_cmp bc = {bt, &rs, 0, calls, 0, 0};
+            sdxl_sampler_run_opts ob = {.model = toy_model, .model_user = &tb, .noise = btree_cmp_noise, .noise_user = &bc};
+            memcpy(x, x0, n * sizeof(float));
+            sdxl_sampler_reset(sm);
+            if (sdxl_sampler_run(sm, x, &ob, &e)) {
+                golden_fail(g, C, name, "brownian tree run: %s", e.msg);
+            } else {
+                golden_check(g, C, name, "btree_draws_off", bc.off, 1);
+                golden_check(g, C, name, "btree_draw_abs", bc.worst_on, 2e-4);
+                if (!bc.off) {
+                    golden_check(g, C, name, "btree_model_input_rel", tb.worst_in, 1e-5);
+                    golden_check(g, C, name, "btree_final_rel", rel_err(x, ref.after + (size_t)(calls - 1) * n, n), 1e-5);
+                }
+            }
+        }
+        sdxl_btree_free(bt);
     }
 
     sde_path mine = {0};

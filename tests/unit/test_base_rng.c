@@ -118,6 +118,16 @@ static void test_philox(void) {
         sdxl_philox4x32_10(c, kat[k].key);
         CHECK(!memcmp(c, kat[k].out, sizeof c), "philox KAT %d: %08x %08x %08x %08x", k, c[0], c[1], c[2], c[3]);
     }
+    /* the generator's first value of seed 0 is KAT 0's words through A1111's Box-Muller */
+    {
+        const double inv = (double)2.3283064e-10f, i2p = (double)(float)(2.3283064e-10 * 6.2831855);
+        double u = kat[0].out[0] * inv + (double)(2.3283064e-10f / 2.0f), v = kat[0].out[1] * i2p + (double)((float)i2p / 2.0f);
+        float want = (float)(sqrt(-2.0 * log(u)) * sin(v)), got;
+        sdxl_rng g;
+        sdxl_rng_init(&g, SDXL_RNG_PHILOX, 0);
+        sdxl_rng_randn(&g, &got, 1);
+        CHECK(bits(got) == bits(want), "philox seed 0 value 0 from KAT 0: %.9g want %.9g", got, want);
+    }
     /* A1111 NV generator: counter (offset, 0, i, 0), key = seed, u = x*2^-32 + 2^-33,
      * v = y*2pi*2^-32 + pi*2^-32, value sqrt(-2 ln u) sin v; each call bumps the offset */
     static const uint32_t p0[] = {0x3e46ace2, 0x400a53f3, 0xbe302e20, 0x3f595bff, 0xbff652b7, 0x3f272a0b};

@@ -90,11 +90,23 @@ static void test_names(void) {
           e.msg);
     CHECK(sdxl_sched_resolve("", NULL, &c, &e) == SDXL_ERR_ARG, "empty name");
     /* names other tools use for samplers we do not implement say so, with alternatives */
-    static const char *const unsupported[] = {"Restart", "ipndm_v", "TCDScheduler", "DDIM CFG++"};
+    static const char *const unsupported[] = {"Euler CFG++", "seeds_2", "TCDScheduler", "res_multistep_cfg_pp"};
     for (size_t i = 0; i < sizeof unsupported / sizeof unsupported[0]; i++)
         CHECK(sdxl_sched_resolve(unsupported[i], NULL, &c, &e) == SDXL_ERR_UNSUPPORTED &&
                   strstr(e.msg, "not supported") && strstr(e.msg, "closest"),
               "'%s': %s", unsupported[i], e.msg);
+    /* A1111's Restart and DDIM CFG++ and ComfyUI's ipndm_v under every name those tools use */
+    static const struct { const char *name; sdxl_sampler_kind k; sdxl_schedule_kind sch; } added[] = {
+        {"Restart", SDXL_SAMPLER_RESTART, SDXL_SCHEDULE_DEFAULT}, {"restart", SDXL_SAMPLER_RESTART, SDXL_SCHEDULE_DEFAULT},
+        {"Restart Karras", SDXL_SAMPLER_RESTART, SDXL_SCHEDULE_KARRAS},
+        {"DDIM CFG++", SDXL_SAMPLER_DDIM_CFGPP, SDXL_SCHEDULE_DEFAULT},
+        {"ddim_cfgpp", SDXL_SAMPLER_DDIM_CFGPP, SDXL_SCHEDULE_DEFAULT},
+        {"ipndm_v", SDXL_SAMPLER_IPNDM_V, SDXL_SCHEDULE_DEFAULT}, {"iPNDM_v", SDXL_SAMPLER_IPNDM_V, SDXL_SCHEDULE_DEFAULT},
+    };
+    for (size_t i = 0; i < sizeof added / sizeof added[0]; i++)
+        CHECK(sdxl_sched_resolve(added[i].name, NULL, &c, &e) == SDXL_OK && c.sampler == added[i].k &&
+                  c.schedule == added[i].sch && c.kdiffusion && sdxl_sampler_traits_get(c.sampler)->implemented,
+              "'%s': %s", added[i].name, e.msg);
     /* the dialect decides the path: A1111/ComfyUI/k-diffusion names run k-diffusion's loops,
      * diffusers class names diffusers' schedulers */
     static const struct { const char *name; sdxl_sampler_kind k; int kd; } paths[] = {

@@ -33,7 +33,8 @@ static void test_mapping(void) {
     CHECK(p.enable_hr && p.hr_scale == 1.5f && p.hr_second_pass_steps == 12 && p.hr_denoising_strength == 0.45f &&
               !strcmp(p.hr_upscaler, "Latent (bicubic antialiased)"),
           "hires fields");
-    CHECK(strstr(warn, "ENSD") && strstr(warn, "Lora hashes") && strstr(warn, "my_model") && !strstr(warn, "Version") &&
+    CHECK(p.eta_noise_seed_delta == 31337, "ENSD -> eta_noise_seed_delta: %d", p.eta_noise_seed_delta);
+    CHECK(!strstr(warn, "ENSD") && strstr(warn, "Lora hashes") && strstr(warn, "my_model") && !strstr(warn, "Version") &&
               !strstr(warn, "Hires"),
           "warning names what is ignored: %s", warn);
     free(st);

@@ -16,6 +16,13 @@ static int est_linear(void *user, int b, uint64_t *bytes, sdxl_err *e) {
     return SDXL_OK;
 }
 
+/* 100 bytes per UNet row, CFG on, *user AND parts */
+static int est_rows(void *user, int b, uint64_t *bytes, sdxl_err *e) {
+    (void)e;
+    *bytes = 100u * (uint64_t)sdxl_pl_unet_rows(b, 1, *(int *)user);
+    return SDXL_OK;
+}
+
 static void test_planner(void) {
     uint64_t per = 100;
     sdxl_pl_plan p;
@@ -33,6 +40,15 @@ static void test_planner(void) {
     sdxl_pl_plan_make(4, 0, 1 << 30, est_linear, &per, &p, &e);
     sdxl_pl_plan_describe(&p, 1, buf, sizeof buf);
     CHECK(strstr(buf, "4 images: 1 sub-batch of 4 (UNet batch 8 with CFG)") != NULL, "describe: %s", buf);
+    /* composable AND: the uncond row plus one row per part, with or without CFG */
+    CHECK(sdxl_pl_unet_rows(3, 0, 0) == 3 && sdxl_pl_unet_rows(3, 1, 0) == 6, "plain rows");
+    CHECK(sdxl_pl_unet_rows(2, 1, 3) == 8 && sdxl_pl_unet_rows(2, 0, 2) == 6, "AND rows: (1 + parts) x images");
+    /* an estimate by rows: with 3 AND parts (4 rows an image) half the images of CFG (2 rows) fit */
+    int parts = 0;
+    CHECK(sdxl_pl_plan_make(8, 0, 1600, est_rows, &parts, &p, &e) == SDXL_OK && p.sub_batch == 8, "CFG: 8 fit");
+    parts = 3;
+    CHECK(sdxl_pl_plan_make(8, 0, 1600, est_rows, &parts, &p, &e) == SDXL_OK && p.sub_batch == 4 && p.memory_bound,
+          "AND x3: 4 fit, got %d", p.sub_batch);
 }
 
 static void expect_bad(const sdxl_gen_params *p, const char *field) {
