@@ -1417,11 +1417,12 @@ static int build_layer(sdxl_lora_state *s, const layer *L, const contrib *list, 
     } else {
         sdxl_lref_original(r, w, b);
     }
-    int dora = 0; /* only DoRA reads the originals after deltas were added */
-    for (int i = 0; i < n; i++) dora |= list[i].f->mods[list[i].mod].t[F_DORA] || list[i].f->mods[list[i].mod].t[F_MAG];
-    if (dora) memcpy(orig, w, (size_t)nw * sizeof *w);
     for (int i = 0; i < n; i++) {
         int part = bindpart[i];
+        const lmod *m = &list[i].f->mods[list[i].mod];
+        /* DoRA normalises the weights as merged so far (A1111 and PEFT merge one network after
+         * the other, each reading the layer's current weight) */
+        if (m->t[F_DORA] || m->t[F_MAG]) memcpy(orig + part * pn, w + part * pn, (size_t)pn * sizeof *w);
         int st = add_module(s, list[i].f, &list[i].f->mods[list[i].mod], L, list[i].mult, orig + part * pn,
                             w + part * pn, b ? b + part * r->out_each : NULL, e);
         if (st) return st;

@@ -374,6 +374,61 @@ static void test_roundtrip(sdxl_prec prec) {
     net_free(&fresh);
 }
 
+/* Two DoRA networks on one layer merge one after the other, the second normalising the weights
+ * the first produced (A1111's and PEFT's sequential merge): PEFT form on te2 out_proj [64, 64]. */
+static void test_dora_sequential(void) {
+    net n;
+    if (net_load(&n, SDXL_PREC_F32)) {
+        CHECK(0, "tiny model loads");
+        return;
+    }
+    const char *mod = "text_model.encoder.layers.1.self_attn.out_proj";
+    float *o = orig_of(&n, SDXL_LORA_TE2, mod, 4096);
+    char p1[] = "/tmp/sdxl_dora1_XXXXXX", p2[] = "/tmp/sdxl_dora2_XXXXXX";
+    close(mkstemp(p1));
+    close(mkstemp(p2));
+    char *paths[2] = {p1, p2};
+    float *fa[2], *fbm[2], *fm[2];
+    fb b[2] = {{.rng = 21}, {.rng = 22}};
+    sdxl_err e = {0};
+    int64_t s_pa[2] = {4, 64}, s_pb[2] = {64, 4}, s_pm[1] = {64};
+    for (int k = 0; k < 2; k++) {
+        sdxl_st_writer_new(&b[k].w, &e);
+        fa[k] = fb_add(&b[k], "text_encoder_2.text_model.encoder.layers.1.self_attn.out_proj.lora_A.weight", 2, s_pa,
+                       -.5f, .5f);
+        fbm[k] = fb_add(&b[k], "text_encoder_2.text_model.encoder.layers.1.self_attn.out_proj.lora_B.weight", 2, s_pb,
+                        -.5f, .5f);
+        fm[k] = fb_add(&b[k], "text_encoder_2.text_model.encoder.layers.1.self_attn.out_proj.lora_magnitude_vector", 1,
+                       s_pm, 0.5f, 2.0f);
+        fb_finish(&b[k], paths[k]);
+    }
+    const float mt[2] = {0.6f, -0.4f};
+    sdxl_lora_use u[2] = {{p1, 1, mt[0]}, {p2, 1, mt[1]}};
+    sdxl_lora_stats st;
+    CHECK(sdxl_lora_apply(n.s, u, 2, &st, &e) == SDXL_OK, "two DoRA apply (%s)", e.msg);
+    double *w = malloc(4096 * sizeof *w), *d = malloc(4096 * sizeof *d);
+    for (int i = 0; i < 4096; i++) w[i] = o[i];
+    for (int k = 0; k < 2; k++) {
+        ref_mm(fbm[k], fa[k], 64, 4, 64, d);
+        for (int i = 0; i < 4096; i++) d[i] = w[i] + d[i] * mt[k];
+        for (int r = 0; r < 64; r++) {
+            double ss = 0;
+            for (int q = 0; q < 64; q++) ss += d[r * 64 + q] * d[r * 64 + q];
+            for (int q = 0; q < 64; q++) w[r * 64 + q] = d[r * 64 + q] * fm[k][r] / sqrt(ss);
+        }
+    }
+    for (int i = 0; i < 4096; i++) w[i] -= o[i];
+    check_delta(&n, SDXL_LORA_TE2, mod, o, w, 4096, "two DoRA networks, sequential");
+    free(w);
+    free(d);
+    free(o);
+    for (int k = 0; k < 2; k++) {
+        fb_free(&b[k]);
+        unlink(paths[k]);
+    }
+    net_free(&n);
+}
+
 /* ---- merging in the packed layout ---- */
 
 typedef struct find {
@@ -593,6 +648,7 @@ int main(void) {
     test_formulas();
     test_roundtrip(SDXL_PREC_F32);
     test_roundtrip(SDXL_PREC_BF16);
+    test_dora_sequential();
     test_packed(SDXL_PREC_F32);
     test_packed(SDXL_PREC_BF16);
     return check_done();
