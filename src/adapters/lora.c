@@ -8,8 +8,10 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include <immintrin.h>
 #include <oneapi/dnnl/dnnl.h>
 
+#include "base/cpu.h"
 #include "tensor/tensor.h"
 
 #define MAX_RANK 65536
@@ -1299,6 +1301,87 @@ static int lowrank_build(const layer *L, const contrib *list, int n, const int *
     return SDXL_OK;
 }
 
+/* The output rows' block when the layout keeps them in runs: row o at off[0][o - o % B] + s (o % B)
+ * with s = 1 (f32) or 2 (bf16, whose column pairs j, j + 1 sit side by side, as oneDNN's VNNI
+ * layouts keep them); 0 otherwise. Every part's rows start a block. */
+static int64_t out_block(const sdxl_wlayout *y, int64_t rows, int64_t out_each, const int64_t *offc, int64_t cols) {
+    int64_t st = y->esize == 2 ? 2 : 1, B = 1;
+    if (y->esize == 2) {
+        if (cols % 2) return 0;
+        for (int64_t j = 0; j < cols; j += 2)
+            if (offc[j + 1] != offc[j] + 1) return 0;
+    }
+    while (B < rows && y->off[0][B] == y->off[0][0] + st * B) B++;
+    if (B % 16 || out_each % B) return 0;
+    for (int64_t o = 0; o < rows; o++)
+        if (y->off[0][o] != y->off[0][o - o % B] + st * (o % B)) return 0;
+    return B;
+}
+
+/* dst[2t] = round(src[2t] + a[t]), dst[2t + 1] = round(src[2t + 1] + b[t]) for t < n (n % 16 == 0), bf16. */
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) static void pairs_bf16(const uint16_t *src, uint16_t *dst,
+                                                                             const float *a, const float *b,
+                                                                             int64_t n) {
+    const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+    for (int64_t t = 0; t < n; t += 16) {
+        __m512 va = _mm512_loadu_ps(a + t), vb = _mm512_loadu_ps(b + t);
+        __m512 d0 = _mm512_permutex2var_ps(va, lo, vb), d1 = _mm512_permutex2var_ps(va, hi, vb);
+        __m512i sv = _mm512_loadu_si512(src + 2 * t);
+        __m512 w0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(sv)), 16));
+        __m512 w1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(sv, 1)), 16));
+        __m512bh r = _mm512_cvtne2ps_pbh(_mm512_add_ps(w1, d1), _mm512_add_ps(w0, d0));
+        _mm512_storeu_si512(dst + 2 * t, (__m512i)r);
+    }
+}
+
+/* dst[t] = src[t] + a[t] for t < n (n % 16 == 0), f32. */
+__attribute__((target("avx512f"))) static void add_f32(const float *src, float *dst, const float *a, int64_t n) {
+    for (int64_t t = 0; t < n; t += 16)
+        _mm512_storeu_ps(dst + t, _mm512_add_ps(_mm512_loadu_ps(src + t), _mm512_loadu_ps(a + t)));
+}
+
+/* merge_packed for layouts out_block accepts, with AVX-512 (+BF16 for bf16): the delta tile is
+ * computed transposed (columns x rows), so each of its rows is one contiguous run of the
+ * packed weights (bf16: two rows interleaved). */
+static int merge_runs(layer *L, const lowrank *lr, const int64_t *offc, int64_t B) {
+    const sdxl_wlayout *y = &L->lay;
+    int64_t rows = L->r.out_each, cols = L->r.in * L->r.kh * L->r.kw;
+    const int64_t TR = B % 64 == 0 ? 64 : B % 32 == 0 ? 32 : 16, TC = 256;
+    int64_t ntr = rows / TR, ntc = (cols + TC - 1) / TC, nt = L->r.nparts * ntr * ntc;
+    int bf = y->esize == 2, bad = 0;
+#pragma omp parallel
+    {
+        float *tile = malloc((size_t)(TR * TC) * sizeof *tile);
+#pragma omp for schedule(dynamic, 2)
+        for (int64_t t = 0; t < nt; t++) {
+            if (!tile) continue;
+            int p = (int)(t / (ntr * ntc));
+            int64_t o0 = t % (ntr * ntc) / ntc * TR, c0 = t % ntc * TC, nc = cols - c0 < TC ? cols - c0 : TC;
+            if (lr[p].r)
+                dnnl_sgemm('T', 'T', nc, TR, lr[p].r, 1.0f, lr[p].d + c0, cols, lr[p].u + o0 * lr[p].r, lr[p].r, 0.0f,
+                           tile, TR);
+            else
+                memset(tile, 0, (size_t)(TR * TC) * sizeof *tile);
+            int64_t base = y->off[0][p * rows + o0];
+            for (int64_t j = 0; j < nc; j += bf ? 2 : 1) {
+                int64_t q = base + offc[c0 + j];
+                if (bf)
+                    pairs_bf16((const uint16_t *)L->orig + q, (uint16_t *)L->alt + q, tile + j * TR,
+                               tile + (j + 1) * TR, TR);
+                else
+                    add_f32((const float *)L->orig + q, (float *)L->alt + q, tile + j * TR, TR);
+            }
+        }
+        if (!tile) {
+#pragma omp atomic write
+            bad = 1;
+        }
+        free(tile);
+    }
+    return bad;
+}
+
 /* alt = round(orig + U @ D) for every part, tile by tile: a TILE_R x TILE_C block of the delta is
  * one small f32 GEMM, then added to the originals at their packed offsets and rounded to the
  * stored dtype. Tiles run in parallel on the compute threads. */
@@ -1313,6 +1396,14 @@ static int merge_packed(layer *L, const contrib *list, int n, const int *parts, 
     for (int64_t i = 0; i < L->r.in; i++)
         for (int64_t a = 0; a < kh; a++)
             for (int64_t b = 0; b < kw; b++) offc[(i * kh + a) * kw + b] = y->off[1][i] + y->off[2][a] + y->off[3][b];
+    sdxl_cpu cpu;
+    sdxl_cpu_detect(&cpu);
+    int64_t B = sdxl_cpu_has_avx512(&cpu) && (y->esize == 4 || cpu.avx512_bf16)
+                    ? out_block(y, layer_rows(L), rows, offc, cols) : 0;
+    if (B) {
+        if (merge_runs(L, lr, offc, B)) st = sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA: out of memory for a delta tile");
+        goto out;
+    }
     int64_t ntr = (rows + TILE_R - 1) / TILE_R, ntc = (cols + TILE_C - 1) / TILE_C, nt = L->r.nparts * ntr * ntc;
     int bf = y->esize == 2;
 #pragma omp parallel
