@@ -22,7 +22,7 @@ typedef struct net {
     sdxl_lora_state *s;
 } net;
 
-static int net_load(net *n, sdxl_prec prec) {
+static int net_load_keep(net *n, sdxl_prec prec, size_t keep_max) {
     memset(n, 0, sizeof *n);
     sdxl_err e = {0};
     sdxl_unet_opts o;
@@ -32,13 +32,15 @@ static int net_load(net *n, sdxl_prec prec) {
         fprintf(stderr, "load: %s\n", e.msg);
         return 1;
     }
-    sdxl_lora_nets ln = {n->c, n->u, n->ck, {n->cm.te1, n->cm.te2}, n->ck, 0};
+    sdxl_lora_nets ln = {n->c, n->u, n->ck, {n->cm.te1, n->cm.te2}, n->ck, keep_max};
     if (sdxl_lora_state_new(&ln, &n->s, &e)) {
         fprintf(stderr, "state: %s\n", e.msg);
         return 1;
     }
     return 0;
 }
+
+static int net_load(net *n, sdxl_prec prec) { return net_load_keep(n, prec, 0); }
 
 static void net_free(net *n) {
     sdxl_lora_state_free(n->s);
@@ -342,10 +344,12 @@ static void take(net *n, snap *s) {
     sdxl_clip_layers_ckpt(n->cm.te2, n->ck, SDXL_PART_TE2, snap_layer, s, &e);
 }
 
-static void test_roundtrip(sdxl_prec prec) {
-    const char *pn = prec == SDXL_PREC_BF16 ? "bf16" : "f32";
+/* keep_max = 1 byte: no layer is kept, every rebuild reads the checkpoint (the same checks). */
+static void test_roundtrip(sdxl_prec prec, size_t keep_max) {
+    const char *pn = prec == SDXL_PREC_BF16 ? (keep_max ? "bf16, nothing kept" : "bf16")
+                                            : (keep_max ? "f32, nothing kept" : "f32");
     net a, fresh;
-    if (net_load(&a, prec) || net_load(&fresh, prec)) {
+    if (net_load_keep(&a, prec, keep_max) || net_load(&fresh, prec)) {
         CHECK(0, "%s: models load", pn);
         return;
     }
@@ -356,6 +360,8 @@ static void test_roundtrip(sdxl_prec prec) {
     sdxl_err e = {0};
     sdxl_lora_stats st;
     CHECK(sdxl_lora_apply(a.s, u, 2, &st, &e) == SDXL_OK, "%s: two LoRAs apply (%s)", pn, e.msg);
+    CHECK(keep_max ? st.kept_bytes == 0 && st.layers_packed == 0 : st.kept_bytes > 0 && st.layers_packed > 0,
+          "%s: %zu bytes kept, %d layers merged packed", pn, st.kept_bytes, st.layers_packed);
     take(&a, &s1);
     CHECK(s1.n == s0.n && memcmp(s1.bytes, s0.bytes, s0.n) != 0, "%s: merged weights differ", pn);
     /* switching only the second LoRA's te weight touches text layers only */
@@ -646,8 +652,10 @@ static void test_tags(void) {
 int main(void) {
     test_tags();
     test_formulas();
-    test_roundtrip(SDXL_PREC_F32);
-    test_roundtrip(SDXL_PREC_BF16);
+    test_roundtrip(SDXL_PREC_F32, 0);
+    test_roundtrip(SDXL_PREC_BF16, 0);
+    test_roundtrip(SDXL_PREC_F32, 1);
+    test_roundtrip(SDXL_PREC_BF16, 1);
     test_dora_sequential();
     test_packed(SDXL_PREC_F32);
     test_packed(SDXL_PREC_BF16);
