@@ -162,7 +162,7 @@ int main(int argc, char **argv) {
     printf("two random LoRAs, rank %d, %.1f M parameters each (%.0f MB f16), written in %.1f s\n", rank,
            (double)params / 1e6, (double)params * 2 / 1e6, now_s() - t0);
 
-    sdxl_lora_nets nets = {c, u, ck, {cm.te1, cm.te2}, ck};
+    sdxl_lora_nets nets = {c, u, ck, {cm.te1, cm.te2}, ck, 0};
     sdxl_lora_state *s = NULL;
     if (sdxl_lora_state_new(&nets, &s, &e)) {
         fprintf(stderr, "bench-lora: %s\n", e.msg);
@@ -177,9 +177,21 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench-lora: %s\n", e.msg);
         return 1;
     }
-    printf("apply A:   %6.2f s (%d layers, %d modules)\n", sa.seconds, sa.layers_rebuilt, sa.modules_bound);
+    sdxl_lora_stats sa2;
+    if (!st) st = sdxl_lora_apply(s, &ua, 1, &sa2, &e);
+    if (!st) st = sdxl_lora_apply(s, NULL, 0, &sr, &e);
+    if (st) {
+        fprintf(stderr, "bench-lora: %s\n", e.msg);
+        return 1;
+    }
+    printf("apply A:   %6.2f s (%d layers, %d in the packed layout, %d modules; first apply: allocates the "
+           "merged copies)\n", sa.seconds, sa.layers_rebuilt, sa.layers_packed, sa.modules_bound);
     printf("switch B:  %6.2f s (%d layers)\n", sb.seconds, sb.layers_rebuilt);
+    printf("re-apply A:%6.2f s (%d layers)\n", sa2.seconds, sa2.layers_rebuilt);
     printf("remove:    %6.2f s (%d layers)\n", sr.seconds, sr.layers_rebuilt);
+    printf("merged copies kept: %.2f GB\n", (double)sr.kept_bytes / 1e9);
+    double la[3];
+    if (getloadavg(la, 3) == 3) printf("load average: %.2f %.2f %.2f\n", la[0], la[1], la[2]);
     unlink(pa);
     unlink(pb);
     if (step) {

@@ -8,8 +8,10 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include <immintrin.h>
 #include <oneapi/dnnl/dnnl.h>
 
+#include "base/cpu.h"
 #include "tensor/tensor.h"
 
 #define MAX_RANK 65536
@@ -111,6 +113,7 @@ static const struct {
     {".lora_down.weight", F_DOWN}, {".lora_up.weight", F_UP}, {".lora_mid.weight", F_MID},
     {".lora_A.weight", F_DOWN}, {".lora_B.weight", F_UP}, {".lora.down.weight", F_DOWN}, {".lora.up.weight", F_UP},
     {".lora_linear_layer.down.weight", F_DOWN}, {".lora_linear_layer.up.weight", F_UP},
+    {"_lora.down.weight", F_DOWN}, {"_lora.up.weight", F_UP}, /* diffusers attention processors */
     {".alpha", F_ALPHA}, {".dora_scale", F_DORA}, {".lora_magnitude_vector", F_MAG},
     {".hada_w1_a", F_H1A}, {".hada_w1_b", F_H1B}, {".hada_w2_a", F_H2A}, {".hada_w2_b", F_H2B},
     {".hada_t1", F_HT1}, {".hada_t2", F_HT2},
@@ -135,6 +138,7 @@ typedef struct lmod {
     const sdxl_st_tensor *t[F_COUNT];
     double alpha; /* NAN when absent */
     int rank;     /* low-rank dimension (0: none) */
+    int proc;     /* named as diffusers' attention processors ("attn1.processor.to_q_lora") */
 } lmod;
 
 struct sdxl_lora_file {
@@ -357,6 +361,45 @@ static int cmp_mod(const void *a, const void *b) { return strcmp(((const lmod *)
 
 static int group_modules(sdxl_lora_file *f, sdxl_lora_file **out, sdxl_err *e);
 
+/* diffusers' attention-processor keys (save_attn_procs; the old text-encoder form) renamed to
+ * the modules they patch, as diffusers' loaders map them: "X.attn1.processor.to_q" (from
+ * "to_q_lora") -> "unet.X.attn1.to_q", to_out -> to_out.0; in a text encoder "self_attn.to_q" ->
+ * "self_attn.q_proj", to_out / to_o -> out_proj. Returns nonzero when out of memory. */
+static int proc_key(lmod *m) {
+    static const char *const UNET_ROOTS[] = {"down_blocks.", "mid_block.", "up_blocks."};
+    char buf[512];
+    const char *k = m->key;
+    int te = strstr(k, "text_encoder") != NULL, root = 0;
+    for (int i = 0; i < 3; i++) root |= !strncmp(k, UNET_ROOTS[i], strlen(UNET_ROOTS[i]));
+    size_t n = (size_t)snprintf(buf, sizeof buf, "%s", root ? "unet." : "");
+    for (const char *p = k; *p && n + 1 < sizeof buf;) {
+        if (!strncmp(p, ".processor.", 11)) {
+            p += 10; /* keep the second dot */
+            continue;
+        }
+        buf[n++] = *p++;
+    }
+    buf[n < sizeof buf ? n : sizeof buf - 1] = 0;
+    char *last = strrchr(buf, '.');
+    const char *leaf = last ? last + 1 : buf;
+    static const char *const TE_MAP[][2] = {{"to_q", "q_proj"}, {"to_k", "k_proj"}, {"to_v", "v_proj"},
+                                            {"to_out", "out_proj"}, {"to_o", "out_proj"}};
+    char out[600];
+    size_t stem = (size_t)(leaf - buf);
+    snprintf(out, sizeof out, "%.*s%s", (int)stem, buf, leaf);
+    if (te) {
+        for (size_t i = 0; i < sizeof TE_MAP / sizeof TE_MAP[0]; i++)
+            if (!strcmp(leaf, TE_MAP[i][0])) snprintf(out, sizeof out, "%.*s%s", (int)stem, buf, TE_MAP[i][1]);
+    } else if (!strcmp(leaf, "to_out")) {
+        snprintf(out, sizeof out, "%s.0", buf);
+    }
+    char *nk = strdup(out);
+    if (!nk) return 1;
+    free(m->key);
+    m->key = nk;
+    return 0;
+}
+
 int sdxl_lora_open(const char *path, sdxl_lora_file **out, sdxl_err *e) {
     *out = NULL;
     struct stat sb;
@@ -437,6 +480,7 @@ static int group_modules(sdxl_lora_file *f, sdxl_lora_file **out, sdxl_err *e) {
             }
             f->n_mods++;
         }
+        if (!strncmp(t->name + klen, "_lora.", 6)) m->proc = 1;
         if (m->t[slot]) {
             sdxl_lora_close(f);
             return sdxl_seterr(e, SDXL_ERR_FORMAT, "LoRA %s: module '%.*s' has two '%s' tensors", path, (int)klen,
@@ -450,6 +494,11 @@ static int group_modules(sdxl_lora_file *f, sdxl_lora_file **out, sdxl_err *e) {
         sdxl_lora_close(f);
         return st;
     }
+    for (int i = 0; i < f->n_mods; i++)
+        if (f->mods[i].proc && proc_key(&f->mods[i])) {
+            sdxl_lora_close(f);
+            return sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA %s: out of memory", path);
+        }
     qsort(f->mods, (size_t)f->n_mods, sizeof *f->mods, cmp_mod);
     for (int i = 0; i < f->n_mods; i++) {
         classify(&f->mods[i], f);
@@ -534,6 +583,12 @@ typedef struct contrib {
 typedef struct layer {
     sdxl_lref r;
     int net;
+    /* kept layers (linear, conv on the CPU, within keep_max): orig is the loaded weight buffer,
+     * never written again; alt the merged copy; on_alt says which one the layer points at. */
+    void *orig, *alt;
+    float *orig_b; /* the loaded bias, or NULL */
+    int on_alt;
+    sdxl_wlayout lay;
     contrib *cur; /* merged now */
     int n_cur, cap_cur;
     contrib *nxt; /* being planned */
@@ -560,6 +615,8 @@ struct sdxl_lora_state {
     int n_cur;
     float *w, *b, *t1, *t2, *t3; /* one layer's scratch */
     size_t w_cap, t_cap;
+    size_t kept_bytes; /* alt buffers and bias copies of kept layers */
+    int n_packed;      /* layers merged in the packed layout by the current apply */
 };
 
 static uint64_t fnv(const char *s) {
@@ -651,8 +708,12 @@ static void applied_free(applied *a) {
 void sdxl_lora_state_free(sdxl_lora_state *s) {
     if (!s) return;
     for (int i = 0; i < s->n_layers; i++) {
-        free(s->layers[i].cur);
-        free(s->layers[i].nxt);
+        layer *L = &s->layers[i];
+        free(L->cur);
+        free(L->nxt);
+        free(L->on_alt ? L->orig : L->alt); /* the network keeps the buffer it points at */
+        free(L->orig_b);
+        sdxl_wlayout_free(&L->lay);
     }
     free(s->layers);
     for (size_t i = 0; i < s->map_cap; i++) free(s->map[i].key);
@@ -1121,20 +1182,338 @@ nomem:
     return sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA: out of memory for one layer's delta");
 }
 
+/* ---- kept layers: merging in the packed layout --------------------------------------------- */
+
+#define TILE_R 16   /* delta tile: rows x columns of f32, computed and written while in cache */
+#define TILE_C 1024
+
+static void **layer_wptr(const layer *L) { return L->r.kind == SDXL_LREF_LINEAR ? &L->r.lin->w : &L->r.conv->w; }
+static float *layer_bias(const layer *L) { return L->r.kind == SDXL_LREF_LINEAR ? L->r.lin->bias : L->r.conv->bias; }
+static int64_t layer_rows(const layer *L) { return (int64_t)L->r.nparts * L->r.out_each; }
+
+static int layer_moved(sdxl_lora_state *s, const layer *L, sdxl_err *e) {
+    return L->r.kind == SDXL_LREF_LINEAR ? sdxl_linear_weights_moved(s->nets.c, L->r.lin, e)
+                                         : sdxl_conv2d_weights_moved(s->nets.c, L->r.conv, e);
+}
+
+/* Starts keeping L (its weights are the loaded ones: nothing merged): its buffer becomes orig and
+ * a copy of it alt. Stays on the rebuild-from-checkpoint path when the layer has no CPU weights,
+ * an unknown layout, or keep_max or memory does not allow. */
+static void keep_layer(sdxl_lora_state *s, layer *L) {
+    if (L->r.kind == SDXL_LREF_NORM || !*layer_wptr(L)) return;
+    sdxl_wlayout lay;
+    sdxl_err e2 = {0};
+    int st = L->r.kind == SDXL_LREF_LINEAR ? sdxl_linear_layout(L->r.lin, &lay, &e2)
+                                            : sdxl_conv2d_layout(L->r.conv, &lay, &e2);
+    if (st) return;
+    const float *bias = layer_bias(L);
+    int64_t rows = layer_rows(L);
+    size_t extra = lay.bytes + (bias ? (size_t)rows * sizeof(float) : 0);
+    void *alt = NULL;
+    float *ob = NULL;
+    if (lay.n[0] != rows || lay.n[1] != L->r.in || lay.n[2] != L->r.kh || lay.n[3] != L->r.kw ||
+        (s->nets.keep_max && s->kept_bytes + extra > s->nets.keep_max) || !(alt = sdxl_alloc_big(lay.bytes)) ||
+        (bias && !(ob = malloc((size_t)rows * sizeof *ob)))) {
+        free(alt);
+        sdxl_wlayout_free(&lay);
+        return;
+    }
+    memcpy(alt, *layer_wptr(L), lay.bytes);
+    if (ob) memcpy(ob, bias, (size_t)rows * sizeof *ob);
+    L->orig = *layer_wptr(L);
+    L->alt = alt;
+    L->orig_b = ob;
+    L->lay = lay;
+    L->on_alt = 0;
+    s->kept_bytes += extra;
+}
+
+/* The kept original weights in torch order [rows, in * kh * kw], f32. */
+static void unpack_kept(const layer *L, float *w) {
+    const sdxl_wlayout *y = &L->lay;
+    int64_t rows = layer_rows(L), kh = L->r.kh, kw = L->r.kw, cols = L->r.in * kh * kw;
+#pragma omp parallel for schedule(static)
+    for (int64_t o = 0; o < rows; o++)
+        for (int64_t i = 0; i < L->r.in; i++)
+            for (int64_t a = 0; a < kh; a++)
+                for (int64_t b = 0; b < kw; b++) {
+                    int64_t q = y->off[0][o] + y->off[1][i] + y->off[2][a] + y->off[3][b];
+                    float v;
+                    if (y->esize == 2) {
+                        uint32_t u = (uint32_t)((const uint16_t *)L->orig)[q] << 16;
+                        memcpy(&v, &u, 4);
+                    } else {
+                        v = ((const float *)L->orig)[q];
+                    }
+                    w[o * cols + (i * kh + a) * kw + b] = v;
+                }
+}
+
+static int plain_lora(const lmod *m) {
+    return m->kind == SDXL_LORA_KIND_LORA && !m->t[F_MID] && !m->t[F_DORA] && !m->t[F_MAG];
+}
+
+/* f32 to bf16, rounding to nearest even as oneDNN's reorders do (values are finite). */
+static uint16_t bf16_rne(float v) {
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* Per part: U [rows, R] holding m * scale * up for every plain LoRA of the part side by side,
+ * D [R, cols] their downs stacked, so the part's delta is U @ D. */
+typedef struct lowrank {
+    float *u, *d;
+    int64_t r;
+} lowrank;
+
+static int lowrank_build(const layer *L, const contrib *list, int n, const int *parts, int p, lowrank *lr,
+                         sdxl_err *e) {
+    int64_t rows = L->r.out_each, cols = L->r.in * L->r.kh * L->r.kw, R = 0;
+    memset(lr, 0, sizeof *lr);
+    for (int c = 0; c < n; c++)
+        if (parts[c] == p) R += list[c].f->mods[list[c].mod].t[F_DOWN]->shape[0];
+    if (!R) return SDXL_OK;
+    lr->r = R;
+    lr->u = malloc((size_t)(rows * R) * sizeof(float));
+    lr->d = malloc((size_t)(R * cols) * sizeof(float));
+    if (!lr->u || !lr->d) return sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA: out of memory for a layer's factors");
+    int64_t r0 = 0;
+    for (int c = 0; c < n; c++) {
+        if (parts[c] != p) continue;
+        const sdxl_lora_file *f = list[c].f;
+        const lmod *m = &f->mods[list[c].mod];
+        int64_t rc = m->t[F_DOWN]->shape[0];
+        float *dn = factor(f, m->t[F_DOWN], e), *up = dn ? factor(f, m->t[F_UP], e) : NULL;
+        if (!up) {
+            free(dn);
+            return SDXL_ERR_NOMEM;
+        }
+        double sc = (double)list[c].mult * (isnan(m->alpha) ? 1.0 : m->alpha / (double)rc);
+        for (int64_t o = 0; o < rows; o++)
+            for (int64_t k = 0; k < rc; k++) lr->u[o * R + r0 + k] = (float)(sc * up[o * rc + k]);
+        memcpy(lr->d + r0 * cols, dn, (size_t)(rc * cols) * sizeof(float));
+        free(dn);
+        free(up);
+        r0 += rc;
+    }
+    return SDXL_OK;
+}
+
+/* The output rows' block when the layout keeps them in runs: row o at off[0][o - o % B] + s (o % B)
+ * with s = 1 (f32) or 2 (bf16, whose column pairs j, j + 1 sit side by side, as oneDNN's VNNI
+ * layouts keep them); 0 otherwise. Every part's rows start a block. */
+static int64_t out_block(const sdxl_wlayout *y, int64_t rows, int64_t out_each, const int64_t *offc, int64_t cols) {
+    int64_t st = y->esize == 2 ? 2 : 1, B = 1;
+    if (y->esize == 2) {
+        if (cols % 2) return 0;
+        for (int64_t j = 0; j < cols; j += 2)
+            if (offc[j + 1] != offc[j] + 1) return 0;
+    }
+    while (B < rows && y->off[0][B] == y->off[0][0] + st * B) B++;
+    if (B % 16 || out_each % B) return 0;
+    for (int64_t o = 0; o < rows; o++)
+        if (y->off[0][o] != y->off[0][o - o % B] + st * (o % B)) return 0;
+    return B;
+}
+
+/* dst[2t] = round(src[2t] + a[t]), dst[2t + 1] = round(src[2t + 1] + b[t]) for t < n (n % 16 == 0), bf16. */
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) static void pairs_bf16(const uint16_t *src, uint16_t *dst,
+                                                                             const float *a, const float *b,
+                                                                             int64_t n) {
+    const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+    for (int64_t t = 0; t < n; t += 16) {
+        __m512 va = _mm512_loadu_ps(a + t), vb = _mm512_loadu_ps(b + t);
+        __m512 d0 = _mm512_permutex2var_ps(va, lo, vb), d1 = _mm512_permutex2var_ps(va, hi, vb);
+        __m512i sv = _mm512_loadu_si512(src + 2 * t);
+        __m512 w0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(sv)), 16));
+        __m512 w1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(sv, 1)), 16));
+        __m512bh r = _mm512_cvtne2ps_pbh(_mm512_add_ps(w1, d1), _mm512_add_ps(w0, d0));
+        _mm512_storeu_si512(dst + 2 * t, (__m512i)r);
+    }
+}
+
+/* dst[t] = src[t] + a[t] for t < n (n % 16 == 0), f32. */
+__attribute__((target("avx512f"))) static void add_f32(const float *src, float *dst, const float *a, int64_t n) {
+    for (int64_t t = 0; t < n; t += 16)
+        _mm512_storeu_ps(dst + t, _mm512_add_ps(_mm512_loadu_ps(src + t), _mm512_loadu_ps(a + t)));
+}
+
+/* merge_packed for layouts out_block accepts, with AVX-512 (+BF16 for bf16): the delta tile is
+ * computed transposed (columns x rows), so each of its rows is one contiguous run of the
+ * packed weights (bf16: two rows interleaved). */
+static int merge_runs(layer *L, const lowrank *lr, const int64_t *offc, int64_t B) {
+    const sdxl_wlayout *y = &L->lay;
+    int64_t rows = L->r.out_each, cols = L->r.in * L->r.kh * L->r.kw;
+    const int64_t TR = B % 64 == 0 ? 64 : B % 32 == 0 ? 32 : 16, TC = 256;
+    int64_t ntr = rows / TR, ntc = (cols + TC - 1) / TC, nt = L->r.nparts * ntr * ntc;
+    int bf = y->esize == 2, bad = 0;
+#pragma omp parallel
+    {
+        float *tile = malloc((size_t)(TR * TC) * sizeof *tile);
+#pragma omp for schedule(dynamic, 2)
+        for (int64_t t = 0; t < nt; t++) {
+            if (!tile) continue;
+            int p = (int)(t / (ntr * ntc));
+            int64_t o0 = t % (ntr * ntc) / ntc * TR, c0 = t % ntc * TC, nc = cols - c0 < TC ? cols - c0 : TC;
+            if (lr[p].r)
+                dnnl_sgemm('T', 'T', nc, TR, lr[p].r, 1.0f, lr[p].d + c0, cols, lr[p].u + o0 * lr[p].r, lr[p].r, 0.0f,
+                           tile, TR);
+            else
+                memset(tile, 0, (size_t)(TR * TC) * sizeof *tile);
+            int64_t base = y->off[0][p * rows + o0];
+            for (int64_t j = 0; j < nc; j += bf ? 2 : 1) {
+                int64_t q = base + offc[c0 + j];
+                if (bf)
+                    pairs_bf16((const uint16_t *)L->orig + q, (uint16_t *)L->alt + q, tile + j * TR,
+                               tile + (j + 1) * TR, TR);
+                else
+                    add_f32((const float *)L->orig + q, (float *)L->alt + q, tile + j * TR, TR);
+            }
+        }
+        if (!tile) {
+#pragma omp atomic write
+            bad = 1;
+        }
+        free(tile);
+    }
+    return bad;
+}
+
+/* alt = round(orig + U @ D) for every part, tile by tile: a TILE_R x TILE_C block of the delta is
+ * one small f32 GEMM, then added to the originals at their packed offsets and rounded to the
+ * stored dtype. Tiles run in parallel on the compute threads. */
+static int merge_packed(layer *L, const contrib *list, int n, const int *parts, sdxl_err *e) {
+    const sdxl_wlayout *y = &L->lay;
+    int64_t rows = L->r.out_each, kh = L->r.kh, kw = L->r.kw, cols = L->r.in * kh * kw;
+    lowrank lr[3] = {{0}};
+    int64_t *offc = malloc((size_t)cols * sizeof *offc);
+    int st = offc ? SDXL_OK : sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA: out of memory");
+    for (int p = 0; p < L->r.nparts && !st; p++) st = lowrank_build(L, list, n, parts, p, &lr[p], e);
+    if (st) goto out;
+    for (int64_t i = 0; i < L->r.in; i++)
+        for (int64_t a = 0; a < kh; a++)
+            for (int64_t b = 0; b < kw; b++) offc[(i * kh + a) * kw + b] = y->off[1][i] + y->off[2][a] + y->off[3][b];
+    sdxl_cpu cpu;
+    sdxl_cpu_detect(&cpu);
+    int64_t B = sdxl_cpu_has_avx512(&cpu) && (y->esize == 4 || cpu.avx512_bf16)
+                    ? out_block(y, layer_rows(L), rows, offc, cols) : 0;
+    if (B) {
+        if (merge_runs(L, lr, offc, B)) st = sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA: out of memory for a delta tile");
+        goto out;
+    }
+    int64_t ntr = (rows + TILE_R - 1) / TILE_R, ntc = (cols + TILE_C - 1) / TILE_C, nt = L->r.nparts * ntr * ntc;
+    int bf = y->esize == 2;
+#pragma omp parallel
+    {
+        float *tile = malloc((size_t)TILE_R * TILE_C * sizeof *tile);
+#pragma omp for schedule(dynamic, 2)
+        for (int64_t t = 0; t < nt; t++) {
+            if (!tile) continue;
+            int p = (int)(t / (ntr * ntc));
+            int64_t o0 = t % (ntr * ntc) / ntc * TILE_R, c0 = t % ntc * TILE_C;
+            int64_t no = rows - o0 < TILE_R ? rows - o0 : TILE_R, nc = cols - c0 < TILE_C ? cols - c0 : TILE_C;
+            if (lr[p].r)
+                dnnl_sgemm('N', 'N', no, nc, lr[p].r, 1.0f, lr[p].u + o0 * lr[p].r, lr[p].r, lr[p].d + c0, cols, 0.0f,
+                           tile, TILE_C);
+            else
+                for (int64_t k = 0; k < no * TILE_C; k++) tile[k] = 0;
+            const int64_t *offr = y->off[0] + p * rows + o0, *oc = offc + c0;
+            for (int64_t o = 0; o < no; o++) {
+                const float *d = tile + o * TILE_C;
+                int64_t base = offr[o];
+                if (bf) {
+                    const uint16_t *src = L->orig;
+                    uint16_t *dst = L->alt;
+                    for (int64_t j = 0; j < nc; j++) {
+                        int64_t q = base + oc[j];
+                        uint32_t u = (uint32_t)src[q] << 16;
+                        float v;
+                        memcpy(&v, &u, 4);
+                        dst[q] = bf16_rne(v + d[j]);
+                    }
+                } else {
+                    const float *src = L->orig;
+                    float *dst = L->alt;
+                    for (int64_t j = 0; j < nc; j++) {
+                        int64_t q = base + oc[j];
+                        dst[q] = src[q] + d[j];
+                    }
+                }
+            }
+        }
+        if (!tile) {
+#pragma omp atomic write
+            st = SDXL_ERR_NOMEM;
+        }
+        free(tile);
+    }
+    if (st == SDXL_ERR_NOMEM) sdxl_seterr(e, st, "LoRA: out of memory for a delta tile");
+out:
+    for (int p = 0; p < 3; p++) {
+        free(lr[p].u);
+        free(lr[p].d);
+    }
+    free(offc);
+    return st;
+}
+
+static int build_layer(sdxl_lora_state *s, const layer *L, const contrib *list, int n, int *bindpart, int kept,
+                       sdxl_err *e);
+
+/* Rebuilds a kept layer: no list points it back at its loaded buffer; plain LoRAs merge in the
+ * packed layout; other kinds (DoRA, LoHa, ..., bias deltas) build f32 weights from the unpacked
+ * originals and reorder them into alt. */
+static int rebuild_kept(sdxl_lora_state *s, layer *L, const contrib *list, int n, const int *parts, sdxl_err *e) {
+    float *bias = layer_bias(L);
+    int64_t rows = layer_rows(L);
+    if (n == 0) {
+        *layer_wptr(L) = L->orig;
+        L->on_alt = 0;
+        if (bias && L->orig_b) memcpy(bias, L->orig_b, (size_t)rows * sizeof *bias);
+        return layer_moved(s, L, e);
+    }
+    int packed = 1;
+    for (int i = 0; i < n; i++) packed &= plain_lora(&list[i].f->mods[list[i].mod]);
+    if (packed) {
+        int st = merge_packed(L, list, n, parts, e);
+        if (st) return st;
+        *layer_wptr(L) = L->alt;
+        L->on_alt = 1;
+        if (bias && L->orig_b) memcpy(bias, L->orig_b, (size_t)rows * sizeof *bias);
+        s->n_packed++;
+        return layer_moved(s, L, e);
+    }
+    int st = build_layer(s, L, list, n, (int *)parts, 1, e);
+    if (st) return st;
+    *layer_wptr(L) = L->alt;
+    L->on_alt = 1;
+    return sdxl_lref_set(s->nets.c, &L->r, s->w, sdxl_lref_bias_numel(&L->r) ? s->w + 2 * sdxl_lref_numel(&L->r)
+                                                                               : NULL, e);
+}
+
 /* Builds layer L's weights for a contribution list into s->w / s->b (originals when n = 0). */
-static int build_layer(sdxl_lora_state *s, const layer *L, const contrib *list, int n, int *bindpart,
+static int build_layer(sdxl_lora_state *s, const layer *L, const contrib *list, int n, int *bindpart, int kept,
                        sdxl_err *e) {
     const sdxl_lref *r = &L->r;
     int64_t nw = sdxl_lref_numel(r), nb = sdxl_lref_bias_numel(r), pn = sdxl_lref_part_numel(r);
     size_t need = (size_t)(2 * nw + nb + 1);
     if (reserve(&s->w, &s->w_cap, need)) return sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA: out of memory for a layer");
     float *w = s->w, *orig = s->w + nw, *b = nb ? s->w + 2 * nw : NULL;
-    sdxl_lref_original(r, w, b);
-    int dora = 0; /* only DoRA reads the originals after deltas were added */
-    for (int i = 0; i < n; i++) dora |= list[i].f->mods[list[i].mod].t[F_DORA] || list[i].f->mods[list[i].mod].t[F_MAG];
-    if (dora) memcpy(orig, w, (size_t)nw * sizeof *w);
+    if (kept) {
+        unpack_kept(L, w);
+        if (b && L->orig_b) memcpy(b, L->orig_b, (size_t)nb * sizeof *b);
+    } else {
+        sdxl_lref_original(r, w, b);
+    }
     for (int i = 0; i < n; i++) {
         int part = bindpart[i];
+        const lmod *m = &list[i].f->mods[list[i].mod];
+        /* DoRA normalises the weights as merged so far (A1111 and PEFT merge one network after
+         * the other, each reading the layer's current weight) */
+        if (m->t[F_DORA] || m->t[F_MAG]) memcpy(orig + part * pn, w + part * pn, (size_t)pn * sizeof *w);
         int st = add_module(s, list[i].f, &list[i].f->mods[list[i].mod], L, list[i].mult, orig + part * pn,
                             w + part * pn, b ? b + part * r->out_each : NULL, e);
         if (st) return st;
@@ -1170,7 +1549,13 @@ static int rebuild(sdxl_lora_state *s, layer *L, const applied *set, int nset, c
     int *pp = n <= 64 ? parts : malloc((size_t)n * sizeof *pp);
     if (!pp) return sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA: out of memory");
     list_parts(set, nset, list, n, pp);
-    int st = build_layer(s, L, list, n, pp, e);
+    if (!L->orig && L->n_cur == 0 && n > 0) keep_layer(s, L);
+    if (L->orig) {
+        int st = rebuild_kept(s, L, list, n, pp, e);
+        if (pp != parts) free(pp);
+        return st;
+    }
+    int st = build_layer(s, L, list, n, pp, 0, e);
     if (pp != parts) free(pp);
     if (!st) st = sdxl_lref_set(s->nets.c, &L->r, s->w, sdxl_lref_bias_numel(&L->r) ? s->w + 2 * sdxl_lref_numel(&L->r)
                                                                                        : NULL, e);
@@ -1263,6 +1648,7 @@ int sdxl_lora_apply(sdxl_lora_state *s, const sdxl_lora_use *uses, int n, sdxl_l
         }
     }
     /* 3. rebuild the layers whose list changed */
+    s->n_packed = 0;
     for (int i = 0; i < s->n_layers; i++) {
         layer *L = &s->layers[i];
         if (same_list(L->cur, L->n_cur, L->nxt, L->n_nxt)) continue;
@@ -1298,6 +1684,8 @@ int sdxl_lora_apply(sdxl_lora_state *s, const sdxl_lora_use *uses, int n, sdxl_l
     s->n_cur = nset;
     free(reused);
     stt->seconds = now_s() - t0;
+    stt->kept_bytes = s->kept_bytes;
+    stt->layers_packed = s->n_packed;
     return SDXL_OK;
 fail:
     for (int k = 0; k < nset; k++)
@@ -1318,7 +1706,7 @@ int sdxl_lora_merged_weight(sdxl_lora_state *s, sdxl_lora_net net, const char *m
     int parts[64];
     int n = L->n_cur <= 64 ? L->n_cur : 64;
     list_parts(s->cur, s->n_cur, L->cur, n, parts);
-    int st = build_layer(s, L, L->cur, n, parts, e);
+    int st = build_layer(s, L, L->cur, n, parts, 0, e);
     if (st) return st;
     memcpy(w, s->w + ne->part * pn, (size_t)pn * sizeof *w);
     return SDXL_OK;

@@ -67,6 +67,11 @@ typedef struct sdxl_lora_nets {
     const sdxl_ckpt *unet_ck;
     sdxl_clip *te[2];          /* TE1 (may be NULL), TE2 */
     const sdxl_ckpt *te_ck;
+    /* Bytes the state may spend on merged copies of linear and conv layers (0: no limit). A layer
+     * merged once keeps its loaded weights untouched and gets a second buffer of the same packed
+     * layout for the merge: a merge writes it tile by tile, a removal points the layer back at its
+     * original buffer. Past the limit, layers are rebuilt from the mapped checkpoint (slow). */
+    size_t keep_max;
 } sdxl_lora_nets;
 
 typedef struct sdxl_lora_state sdxl_lora_state;
@@ -86,6 +91,8 @@ typedef struct sdxl_lora_stats {
     int modules_unmatched;  /* accepted files' modules that match no layer (ignored) */
     char unmatched[256];    /* the first few of them, "file: key, key (+n more)" */
     double seconds;
+    size_t kept_bytes;      /* merged-copy buffers the state holds after this call (see keep_max) */
+    int layers_packed;      /* rebuilt by merging in the packed layout (the rest: from f32 weights) */
 } sdxl_lora_stats;
 
 /* Makes the merged state equal to `uses` (n = 0 restores the original weights). Every file is

@@ -900,3 +900,80 @@ size_t sdxl_conv2d_weight_bytes(const sdxl_conv2d *cv) {
     const gemm_layer *gl = cv->impl;
     return gl && cv->w ? dnnl_memory_desc_get_size(&gl->wmd) : 0;
 }
+
+/* ---- packed layout (LoRA merge in place) ---- */
+
+/* off[x] for every index x of md's dimension d: oneDNN's blocked offset, which is a sum of one
+ * term per dimension (inner blocks peel the lowest digits, innermost first). */
+static void dim_offsets(const dnnl_memory_desc_t *md, int d, int64_t add, int64_t *off) {
+    const dnnl_blocking_desc_t *b = &md->format_desc.blocking;
+    int64_t bstride[DNNL_MAX_NDIMS], s = 1;
+    for (int k = b->inner_nblks - 1; k >= 0; k--) {
+        bstride[k] = s;
+        s *= b->inner_blks[k];
+    }
+    for (int64_t x = 0; x < md->dims[d]; x++) {
+        int64_t pos = x, o = add;
+        for (int k = b->inner_nblks - 1; k >= 0; k--)
+            if (b->inner_idxs[k] == d) {
+                o += pos % b->inner_blks[k] * bstride[k];
+                pos /= b->inner_blks[k];
+            }
+        off[x] = o + pos * b->strides[d];
+    }
+}
+
+void sdxl_wlayout_free(sdxl_wlayout *lay) {
+    for (int i = 0; i < 4; i++) free(lay->off[i]);
+    memset(lay, 0, sizeof *lay);
+}
+
+/* torch dim t of the weights is md dim map[t]. */
+static int layout_of(const gemm_layer *gl, const void *w, const int *map, int nt, sdxl_wlayout *lay, sdxl_err *e) {
+    memset(lay, 0, sizeof *lay);
+    if (!gl || !w) return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "weights layout: the layer has no CPU weights");
+    const dnnl_memory_desc_t *md = &gl->wmd;
+    if (md->format_kind != dnnl_blocked || md->extra.flags != 0 || md->ndims != nt)
+        return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "weights layout: not a plain blocked layout");
+    lay->esize = md->data_type == dnnl_bf16 ? 2 : md->data_type == dnnl_f32 ? 4 : 0;
+    if (!lay->esize) return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "weights layout: dtype %d", (int)md->data_type);
+    lay->bytes = dnnl_memory_desc_get_size(md);
+    for (int t = 0; t < 4; t++) {
+        lay->n[t] = t < nt ? md->dims[map[t]] : 1;
+        lay->off[t] = calloc((size_t)lay->n[t], sizeof(int64_t));
+        if (!lay->off[t]) {
+            sdxl_wlayout_free(lay);
+            return sdxl_seterr(e, SDXL_ERR_NOMEM, "weights layout: out of memory");
+        }
+        if (t < nt) dim_offsets(md, map[t], t ? 0 : md->offset0, lay->off[t]);
+    }
+    return SDXL_OK;
+}
+
+int sdxl_linear_layout(const sdxl_linear *l, sdxl_wlayout *lay, sdxl_err *e) {
+    static const int map[2] = {1, 0}; /* stored as {K = in, N = out} */
+    return layout_of(l->impl, l->w, map, 2, lay, e);
+}
+
+int sdxl_conv2d_layout(const sdxl_conv2d *cv, sdxl_wlayout *lay, sdxl_err *e) {
+    static const int map[4] = {0, 1, 2, 3};
+    return layout_of(cv->impl, cv->w, map, 4, lay, e);
+}
+
+static int weights_moved(sdxl_compute *c, const gemm_layer *gl, const void *w, sdxl_err *e) {
+    if (!gl || !w) return sdxl_seterr(e, SDXL_ERR_ARG, "weights moved: layer not initialised");
+    for (int i = 0; i < c->n_wcopies; i++)
+        if (c->wcopies[i].layer == gl->serial) {
+            int st = reorder_into(c, &gl->wmd, w, &c->wcopies[i].entry->use_wmd, c->wcopies[i].data, e);
+            if (st) return st;
+        }
+    return SDXL_OK;
+}
+
+int sdxl_linear_weights_moved(sdxl_compute *c, const sdxl_linear *l, sdxl_err *e) {
+    return weights_moved(c, l->impl, l->w, e);
+}
+
+int sdxl_conv2d_weights_moved(sdxl_compute *c, const sdxl_conv2d *cv, sdxl_err *e) {
+    return weights_moved(c, cv->impl, cv->w, e);
+}

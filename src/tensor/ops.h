@@ -83,6 +83,23 @@ int sdxl_conv2d_fwd(sdxl_compute *c, const sdxl_conv2d *cv, const float *x, int6
  * values as init gives byte-identical stored weights, which is what makes LoRA undo exact. */
 int sdxl_linear_set_weights(sdxl_compute *c, sdxl_linear *l, const float *w, const float *b, sdxl_err *e);
 int sdxl_conv2d_set_weights(sdxl_compute *c, sdxl_conv2d *cv, const float *w, const float *b, sdxl_err *e);
+/* Where the stored weights keep each value: element (o, i, y, x) of the torch-order weights is
+ * element off[0][o] + off[1][i] + off[2][y] + off[3][x] of l->w (linear: y = x = 0), of esize
+ * bytes; bytes covers the buffer, padding included (zero). Lets LoRA merge deltas straight into
+ * a copy of the packed weights. */
+typedef struct sdxl_wlayout {
+    int64_t n[4];
+    int64_t *off[4];
+    int esize;
+    size_t bytes;
+} sdxl_wlayout;
+int sdxl_linear_layout(const sdxl_linear *l, sdxl_wlayout *lay, sdxl_err *e);
+int sdxl_conv2d_layout(const sdxl_conv2d *cv, sdxl_wlayout *lay, sdxl_err *e);
+void sdxl_wlayout_free(sdxl_wlayout *lay);
+/* After l->w was pointed at another buffer of the same layout: refreshes the context's private
+ * reordered copies of the layer's weights. */
+int sdxl_linear_weights_moved(sdxl_compute *c, const sdxl_linear *l, sdxl_err *e);
+int sdxl_conv2d_weights_moved(sdxl_compute *c, const sdxl_conv2d *cv, sdxl_err *e);
 /* Bytes of the stored (converted) weights at l->w / cv->w. */
 size_t sdxl_linear_weight_bytes(const sdxl_linear *l);
 size_t sdxl_conv2d_weight_bytes(const sdxl_conv2d *cv);

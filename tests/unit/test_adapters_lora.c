@@ -22,7 +22,7 @@ typedef struct net {
     sdxl_lora_state *s;
 } net;
 
-static int net_load(net *n, sdxl_prec prec) {
+static int net_load_keep(net *n, sdxl_prec prec, size_t keep_max) {
     memset(n, 0, sizeof *n);
     sdxl_err e = {0};
     sdxl_unet_opts o;
@@ -32,13 +32,15 @@ static int net_load(net *n, sdxl_prec prec) {
         fprintf(stderr, "load: %s\n", e.msg);
         return 1;
     }
-    sdxl_lora_nets ln = {n->c, n->u, n->ck, {n->cm.te1, n->cm.te2}, n->ck};
+    sdxl_lora_nets ln = {n->c, n->u, n->ck, {n->cm.te1, n->cm.te2}, n->ck, keep_max};
     if (sdxl_lora_state_new(&ln, &n->s, &e)) {
         fprintf(stderr, "state: %s\n", e.msg);
         return 1;
     }
     return 0;
 }
+
+static int net_load(net *n, sdxl_prec prec) { return net_load_keep(n, prec, 0); }
 
 static void net_free(net *n) {
     sdxl_lora_state_free(n->s);
@@ -342,10 +344,12 @@ static void take(net *n, snap *s) {
     sdxl_clip_layers_ckpt(n->cm.te2, n->ck, SDXL_PART_TE2, snap_layer, s, &e);
 }
 
-static void test_roundtrip(sdxl_prec prec) {
-    const char *pn = prec == SDXL_PREC_BF16 ? "bf16" : "f32";
+/* keep_max = 1 byte: no layer is kept, every rebuild reads the checkpoint (the same checks). */
+static void test_roundtrip(sdxl_prec prec, size_t keep_max) {
+    const char *pn = prec == SDXL_PREC_BF16 ? (keep_max ? "bf16, nothing kept" : "bf16")
+                                            : (keep_max ? "f32, nothing kept" : "f32");
     net a, fresh;
-    if (net_load(&a, prec) || net_load(&fresh, prec)) {
+    if (net_load_keep(&a, prec, keep_max) || net_load(&fresh, prec)) {
         CHECK(0, "%s: models load", pn);
         return;
     }
@@ -356,6 +360,8 @@ static void test_roundtrip(sdxl_prec prec) {
     sdxl_err e = {0};
     sdxl_lora_stats st;
     CHECK(sdxl_lora_apply(a.s, u, 2, &st, &e) == SDXL_OK, "%s: two LoRAs apply (%s)", pn, e.msg);
+    CHECK(keep_max ? st.kept_bytes == 0 && st.layers_packed == 0 : st.kept_bytes > 0 && st.layers_packed > 0,
+          "%s: %zu bytes kept, %d layers merged packed", pn, st.kept_bytes, st.layers_packed);
     take(&a, &s1);
     CHECK(s1.n == s0.n && memcmp(s1.bytes, s0.bytes, s0.n) != 0, "%s: merged weights differ", pn);
     /* switching only the second LoRA's te weight touches text layers only */
@@ -372,6 +378,238 @@ static void test_roundtrip(sdxl_prec prec) {
     free(s2.bytes);
     net_free(&a);
     net_free(&fresh);
+}
+
+/* Two DoRA networks on one layer merge one after the other, the second normalising the weights
+ * the first produced (A1111's and PEFT's sequential merge): PEFT form on te2 out_proj [64, 64]. */
+static void test_dora_sequential(void) {
+    net n;
+    if (net_load(&n, SDXL_PREC_F32)) {
+        CHECK(0, "tiny model loads");
+        return;
+    }
+    const char *mod = "text_model.encoder.layers.1.self_attn.out_proj";
+    float *o = orig_of(&n, SDXL_LORA_TE2, mod, 4096);
+    char p1[] = "/tmp/sdxl_dora1_XXXXXX", p2[] = "/tmp/sdxl_dora2_XXXXXX";
+    close(mkstemp(p1));
+    close(mkstemp(p2));
+    char *paths[2] = {p1, p2};
+    float *fa[2], *fbm[2], *fm[2];
+    fb b[2] = {{.rng = 21}, {.rng = 22}};
+    sdxl_err e = {0};
+    int64_t s_pa[2] = {4, 64}, s_pb[2] = {64, 4}, s_pm[1] = {64};
+    for (int k = 0; k < 2; k++) {
+        sdxl_st_writer_new(&b[k].w, &e);
+        fa[k] = fb_add(&b[k], "text_encoder_2.text_model.encoder.layers.1.self_attn.out_proj.lora_A.weight", 2, s_pa,
+                       -.5f, .5f);
+        fbm[k] = fb_add(&b[k], "text_encoder_2.text_model.encoder.layers.1.self_attn.out_proj.lora_B.weight", 2, s_pb,
+                        -.5f, .5f);
+        fm[k] = fb_add(&b[k], "text_encoder_2.text_model.encoder.layers.1.self_attn.out_proj.lora_magnitude_vector", 1,
+                       s_pm, 0.5f, 2.0f);
+        fb_finish(&b[k], paths[k]);
+    }
+    const float mt[2] = {0.6f, -0.4f};
+    sdxl_lora_use u[2] = {{p1, 1, mt[0]}, {p2, 1, mt[1]}};
+    sdxl_lora_stats st;
+    CHECK(sdxl_lora_apply(n.s, u, 2, &st, &e) == SDXL_OK, "two DoRA apply (%s)", e.msg);
+    double *w = malloc(4096 * sizeof *w), *d = malloc(4096 * sizeof *d);
+    for (int i = 0; i < 4096; i++) w[i] = o[i];
+    for (int k = 0; k < 2; k++) {
+        ref_mm(fbm[k], fa[k], 64, 4, 64, d);
+        for (int i = 0; i < 4096; i++) d[i] = w[i] + d[i] * mt[k];
+        for (int r = 0; r < 64; r++) {
+            double ss = 0;
+            for (int q = 0; q < 64; q++) ss += d[r * 64 + q] * d[r * 64 + q];
+            for (int q = 0; q < 64; q++) w[r * 64 + q] = d[r * 64 + q] * fm[k][r] / sqrt(ss);
+        }
+    }
+    for (int i = 0; i < 4096; i++) w[i] -= o[i];
+    check_delta(&n, SDXL_LORA_TE2, mod, o, w, 4096, "two DoRA networks, sequential");
+    free(w);
+    free(d);
+    free(o);
+    for (int k = 0; k < 2; k++) {
+        fb_free(&b[k]);
+        unlink(paths[k]);
+    }
+    net_free(&n);
+}
+
+/* ---- merging in the packed layout ---- */
+
+typedef struct find {
+    const char *name;
+    float *w; /* the layer's compute weights, unpacked to torch order, all parts */
+    int64_t n, part_rows, part;
+} find;
+
+static int find_layer(void *user, const sdxl_lref *r, sdxl_err *e) {
+    find *f = user;
+    int p = -1;
+    for (int i = 0; i < r->nparts; i++)
+        if (!strcmp(r->part[i].name, f->name) || !strcmp(r->part[i].alt, f->name)) p = i;
+    if (p < 0 || r->kind == SDXL_LREF_NORM) return SDXL_OK;
+    sdxl_wlayout lay;
+    const void *w = r->kind == SDXL_LREF_LINEAR ? r->lin->w : r->conv->w;
+    if (r->kind == SDXL_LREF_LINEAR ? sdxl_linear_layout(r->lin, &lay, e) : sdxl_conv2d_layout(r->conv, &lay, e))
+        return SDXL_OK;
+    int64_t rows = lay.n[0], cols = lay.n[1] * lay.n[2] * lay.n[3];
+    f->w = malloc((size_t)(rows * cols) * sizeof *f->w);
+    f->n = rows * cols;
+    f->part_rows = r->out_each;
+    f->part = p;
+    for (int64_t o = 0; o < rows; o++)
+        for (int64_t i = 0; i < lay.n[1]; i++)
+            for (int64_t a = 0; a < lay.n[2]; a++)
+                for (int64_t b = 0; b < lay.n[3]; b++) {
+                    int64_t q = lay.off[0][o] + lay.off[1][i] + lay.off[2][a] + lay.off[3][b];
+                    float v;
+                    if (lay.esize == 2) {
+                        uint32_t u = (uint32_t)((const uint16_t *)w)[q] << 16;
+                        memcpy(&v, &u, 4);
+                    } else {
+                        v = ((const float *)w)[q];
+                    }
+                    f->w[o * cols + (i * lay.n[2] + a) * lay.n[3] + b] = v;
+                }
+    sdxl_wlayout_free(&lay);
+    return SDXL_OK;
+}
+
+/* The compute weights of one module (its part's rows), unpacked; NULL when not found. */
+static float *compute_weights(net *n, sdxl_lora_net which, const char *module, int64_t cnt) {
+    find f = {.name = module};
+    sdxl_err e = {0};
+    if (which == SDXL_LORA_UNET) sdxl_unet_layers(n->u, n->ck, find_layer, &f, &e);
+    else sdxl_clip_layers_ckpt(which == SDXL_LORA_TE1 ? n->cm.te1 : n->cm.te2, n->ck,
+                               which == SDXL_LORA_TE1 ? SDXL_PART_TE1 : SDXL_PART_TE2, find_layer, &f, &e);
+    if (!f.w || (f.part + 1) * cnt > f.n) {
+        free(f.w);
+        return NULL;
+    }
+    float *w = malloc((size_t)cnt * sizeof *w);
+    memcpy(w, f.w + f.part * cnt, (size_t)cnt * sizeof *w);
+    free(f.w);
+    return w;
+}
+
+static float bf16_round(float v) {
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    u &= 0xffff0000u;
+    memcpy(&v, &u, 4);
+    return v;
+}
+
+/* Plain LoRAs merge into a copy of the packed weights: the compute weights of a fused q|k|v part,
+ * a 3x3 LoCon conv and a text linear equal the f32 merge (f32: delta NMSE <= 1e-10) or its
+ * bf16 rounding of (bf16 weights + f32 delta), to one bf16 step where the two f32 deltas round
+ * apart; diffusers attention-processor keys merge as the same modules in kohya naming. */
+static void test_packed(sdxl_prec prec) {
+    const char *pn = prec == SDXL_PREC_BF16 ? "bf16" : "f32";
+    net n;
+    if (net_load(&n, prec)) {
+        CHECK(0, "%s: tiny model loads", pn);
+        return;
+    }
+    char pk[] = "/tmp/sdxl_lpk_XXXXXX", pp[] = "/tmp/sdxl_lpp_XXXXXX";
+    close(mkstemp(pk));
+    close(mkstemp(pp));
+    const struct {
+        sdxl_lora_net net;
+        const char *mod, *kohya, *proc;
+        int64_t out, in, k;
+    } M[] = {
+        {SDXL_LORA_UNET, "input_blocks.4.1.transformer_blocks.0.attn1.to_k",
+         "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_k",
+         "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.processor.to_k_lora", 32, 32, 1},
+        {SDXL_LORA_UNET, "input_blocks.4.1.transformer_blocks.0.attn1.to_out.0",
+         "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_out_0",
+         "down_blocks.1.attentions.0.transformer_blocks.0.attn1.processor.to_out_lora", 32, 32, 1},
+        {SDXL_LORA_UNET, "input_blocks.3.0.op", "lora_unet_input_blocks_3_0_op", NULL, 32, 32, 9},
+        {SDXL_LORA_TE1, "text_model.encoder.layers.0.self_attn.q_proj",
+         "lora_te1_text_model_encoder_layers_0_self_attn_q_proj",
+         "text_encoder.text_model.encoder.layers.0.self_attn.to_q_lora", 32, 32, 1},
+    };
+    const int NM = (int)(sizeof M / sizeof M[0]);
+    float *orig[8];
+    for (int i = 0; i < NM; i++) orig[i] = orig_of(&n, M[i].net, M[i].mod, M[i].out * M[i].in * M[i].k);
+    fb bk = {.rng = 11}, bp = {.rng = 11};
+    sdxl_err e = {0};
+    sdxl_st_writer_new(&bk.w, &e);
+    sdxl_st_writer_new(&bp.w, &e);
+    for (int i = 0; i < NM; i++) {
+        char key[256];
+        int64_t sd[4] = {4, M[i].in, 3, 3}, su[4] = {M[i].out, 4, 1, 1};
+        snprintf(key, sizeof key, "%s.lora_down.weight", M[i].kohya);
+        float *d = fb_add(&bk, key, M[i].k > 1 ? 4 : 2, sd, -.4f, .4f);
+        snprintf(key, sizeof key, "%s.lora_up.weight", M[i].kohya);
+        float *u = fb_add(&bk, key, M[i].k > 1 ? 4 : 2, su, -.4f, .4f);
+        if (!M[i].proc) continue;
+        snprintf(key, sizeof key, "%s.down.weight", M[i].proc);
+        sdxl_st_writer_add(bp.w, key, SDXL_ST_F32, 2, sd, d, &e);
+        snprintf(key, sizeof key, "%s.up.weight", M[i].proc);
+        sdxl_st_writer_add(bp.w, key, SDXL_ST_F32, 2, su, u, &e);
+    }
+    fb_finish(&bp, pp);
+    fb_finish(&bk, pk);
+    sdxl_lora_use u = {pk, 0.9f, -0.7f};
+    sdxl_lora_stats st;
+    CHECK(sdxl_lora_apply(n.s, &u, 1, &st, &e) == SDXL_OK, "%s: packed apply (%s)", pn, e.msg);
+    CHECK(st.layers_packed == NM && st.kept_bytes > 0, "%s: %d layers merged packed, %zu bytes kept", pn,
+          st.layers_packed, st.kept_bytes);
+    float *ref[8];
+    for (int i = 0; i < NM; i++) {
+        int64_t cnt = M[i].out * M[i].in * M[i].k;
+        ref[i] = orig_of(&n, M[i].net, M[i].mod, cnt);
+        float *got = compute_weights(&n, M[i].net, M[i].mod, cnt);
+        CHECK(got != NULL, "%s: %s found", pn, M[i].mod);
+        if (!got) continue;
+        if (prec == SDXL_PREC_F32) {
+            float *dg = malloc((size_t)cnt * sizeof *dg);
+            double *dr = malloc((size_t)cnt * sizeof *dr);
+            for (int64_t k = 0; k < cnt; k++) {
+                dg[k] = got[k] - orig[i][k];
+                dr[k] = (double)ref[i][k] - orig[i][k];
+            }
+            double nm = check_nmse(dg, dr, cnt);
+            CHECK(nm <= 1e-10, "%s: %s packed delta NMSE %.3g <= 1e-10", pn, M[i].mod, nm);
+            free(dg);
+            free(dr);
+        } else {
+            int64_t bad = 0;
+            for (int64_t k = 0; k < cnt; k++) {
+                float w = bf16_round(orig[i][k]), want = bf16_round(w + (ref[i][k] - orig[i][k]));
+                float ulp = fabsf(want) / 128.0f;
+                if (fabsf(got[k] - want) > ulp) bad++;
+            }
+            CHECK(bad == 0, "%s: %s packed merge within one bf16 step of round(bf16(W) + delta): %lld off", pn,
+                  M[i].mod, (long long)bad);
+        }
+        free(got);
+    }
+    /* the processor-named file gives the same merged modules */
+    sdxl_lora_use up = {pp, 0.9f, -0.7f};
+    CHECK(sdxl_lora_apply(n.s, &up, 1, &st, &e) == SDXL_OK, "%s: processor keys apply (%s)", pn, e.msg);
+    CHECK(st.modules_bound == 3 && st.modules_unmatched == 0, "%s: processor keys: %d bound, %d unmatched (%s)", pn,
+          st.modules_bound, st.modules_unmatched, st.unmatched);
+    for (int i = 0; i < NM; i++) {
+        if (!M[i].proc) continue;
+        int64_t cnt = M[i].out * M[i].in * M[i].k;
+        float *w = orig_of(&n, M[i].net, M[i].mod, cnt);
+        CHECK(!memcmp(w, ref[i], (size_t)cnt * sizeof *w), "%s: %s from processor keys equals kohya", pn, M[i].mod);
+        free(w);
+    }
+    CHECK(sdxl_lora_apply(n.s, NULL, 0, &st, &e) == SDXL_OK, "%s: remove", pn);
+    for (int i = 0; i < NM; i++) {
+        free(orig[i]);
+        free(ref[i]);
+    }
+    fb_free(&bk);
+    unlink(pk);
+    unlink(pp);
+    net_free(&n);
 }
 
 static void test_tags(void) {
@@ -414,7 +652,12 @@ static void test_tags(void) {
 int main(void) {
     test_tags();
     test_formulas();
-    test_roundtrip(SDXL_PREC_F32);
-    test_roundtrip(SDXL_PREC_BF16);
+    test_roundtrip(SDXL_PREC_F32, 0);
+    test_roundtrip(SDXL_PREC_BF16, 0);
+    test_roundtrip(SDXL_PREC_F32, 1);
+    test_roundtrip(SDXL_PREC_BF16, 1);
+    test_dora_sequential();
+    test_packed(SDXL_PREC_F32);
+    test_packed(SDXL_PREC_BF16);
     return check_done();
 }
