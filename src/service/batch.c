@@ -11,7 +11,11 @@ static int same_str(const char *a, const char *b) {
 }
 
 int sdxl_svc_batch_mergeable(const sdxl_svc_request *r) {
-    if (r->init_image || r->mask || r->n_loras || r->n_controls || r->preview_every) return 0;
+    if (r->init_image || r->mask || r->n_loras || r->n_controls || r->preview_every || r->g.enable_hr) return 0;
+    /* prompt schedules, AND parts and LoRA tags change the conditioning per step or the weights */
+    const char *t[4] = {r->g.prompt, r->g.negative_prompt, r->g.prompt_2, r->g.negative_prompt_2};
+    for (int i = 0; i < 4; i++)
+        if (t[i] && (strchr(t[i], '[') || strstr(t[i], "AND") || strstr(t[i], "<lora:"))) return 0;
     /* stochastic samplers draw per-image noise in batch order: merging would change pixels */
     sdxl_sched_choice ch;
     sdxl_err e;

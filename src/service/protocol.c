@@ -97,8 +97,8 @@ static void hello(sdxl_proto *p) {
                    "\"memory\",\"metrics\",\"plan\",\"validate\",\"resume\",\"shutdown\"],\"events\":[\"accepted\",\"progress\","
                    "\"preview\",\"result\",\"error\"],\"dialects\":[\"native\",\"orchestrator\",\"orchestrator_csharp\","
                    "\"a1111_txt2img\",\"a1111_img2img\"],\"formats\":[\"png\",\"jpeg\",\"webp\"],\"journal\":%s,"
-                   "\"batching\":%s,\"img2img\":true,\"inpaint\":true,\"refiner\":true,\"lora\":false,"
-                   "\"controlnet\":false,\"previews\":true}}",
+                   "\"batching\":%s,\"img2img\":true,\"inpaint\":true,\"refiner\":true,\"lora\":true,\"hires_fix\":true,"
+                   "\"controlnet\":true,\"previews\":true}}",
                    sdxl_version(), PROTOCOL_VERSION, SDXL_SVC_SCHEMA_VERSION, c->max_side, c->max_steps, c->max_images,
                    c->queue_limit, p->o.max_line, c->default_timeout_s, c->max_merge, c->journal ? "true" : "false",
                    c->merge ? "true" : "false");

@@ -444,7 +444,9 @@ static int is_control_type(const char *t) {
     "negative_original_height|negative_crop_left|negative_crop_top|negative_target_width|negative_target_height|"     \
     "refiner_switch|aesthetic_score|negative_aesthetic_score|init_image|strength|mask|mask_blur|clip_skip|"          \
     "model|base|refiner|vae|loras|controls|format|quality|save_path|file_prefix|upscale|priority|timeout|"           \
-    "client_id|request_id|preview_every|dry_run|events"
+    "client_id|request_id|preview_every|dry_run|events|enable_hr|hr_scale|hr_resize_x|hr_resize_y|"                  \
+    "hr_second_pass_steps|hr_denoising_strength|hr_upscaler|hr_sampler|hr_schedule|hr_prompt|hr_negative_prompt|"   \
+    "eta_noise_seed_delta"
 
 #define SIDE 0, 65536 /* width, height and micro-conditioning sizes */
 
@@ -487,6 +489,21 @@ static const fld NATIVE_GEN[] = {
     {"model|base", 's', 0, 0, R_(base)},
     {"refiner", 's', 0, 0, R_(refiner)},
     {"vae", 's', 0, 0, R_(vae)},
+    {"eta_noise_seed_delta", 'i', 0, 2147483647, G_(eta_noise_seed_delta)},
+};
+
+/* The hires fix in canonical names (A1111's txt2img body maps onto the same fields). */
+static const fld NATIVE_HR[] = {
+    {"hr_scale", 'f', 1, 8, G_(hr_scale)},
+    {"hr_resize_x", 'i', 0, 16384, G_(hr_resize_x)},
+    {"hr_resize_y", 'i', 0, 16384, G_(hr_resize_y)},
+    {"hr_second_pass_steps", 'i', 0, 10000, G_(hr_second_pass_steps)},
+    {"hr_denoising_strength", 'f', 0, 1, G_(hr_denoising_strength)},
+    {"hr_upscaler", 's', 0, 0, G_(hr_upscaler)},
+    {"hr_sampler", 's', 0, 0, G_(hr_sampler)},
+    {"hr_schedule", 's', 0, 0, G_(hr_schedule)},
+    {"hr_prompt", 's', 0, 0, G_(hr_prompt)},
+    {"hr_negative_prompt", 's', 0, 0, G_(hr_negative_prompt)},
 };
 
 static const fld NATIVE_OUT[] = {
@@ -510,6 +527,7 @@ static void parse_native(rd *c, const sdxl_json *o) {
         sdxl_svc_issue_add(c->is, "unsupported", "schema_version", "this worker speaks version %d, got %lld",
                            SDXL_SVC_SCHEMA_VERSION, (long long)sv);
     rd_fields(c, o, NATIVE_GEN, NFLD(NATIVE_GEN));
+    if (rd_bool(c, o, "enable_hr", &r->g.enable_hr) && r->g.enable_hr) rd_fields(c, o, NATIVE_HR, NFLD(NATIVE_HR));
     char ap[128];
     const sdxl_json *la = rd_arr(c, o, "loras", 64, ap, sizeof ap);
     if (la) rd_lora_list(c, la, ap, "name|path", "weight|unet_weight");
@@ -866,6 +884,25 @@ static const fld A1111_BATCH[] = {
     {"n_iter", 'i', 1, 4096, G_(batch_count)},
 };
 
+/* txt2img's hires fix; denoising_strength is the second pass's strength there */
+static const fld A1111_HR[] = {
+    {"hr_scale", 'f', 1, 8, G_(hr_scale)},
+    {"hr_resize_x", 'i', 0, 16384, G_(hr_resize_x)},
+    {"hr_resize_y", 'i', 0, 16384, G_(hr_resize_y)},
+    {"hr_second_pass_steps", 'i', 0, 10000, G_(hr_second_pass_steps)},
+    {"denoising_strength", 'f', 0, 1, G_(hr_denoising_strength)},
+    {"hr_upscaler", 's', 0, 0, G_(hr_upscaler)},
+    {"hr_sampler_name", 's', 0, 0, G_(hr_sampler)},
+    {"hr_scheduler", 's', 0, 0, G_(hr_schedule)},
+    {"hr_prompt", 's', 0, 0, G_(hr_prompt)},
+    {"hr_negative_prompt", 's', 0, 0, G_(hr_negative_prompt)},
+};
+
+/* A1111 clients send "" and "Use same ..." for "as the first pass". */
+static const char *hr_same(const char *s) {
+    return s && *s && strncmp(s, "Use same", 8) ? s : NULL;
+}
+
 static void parse_a1111(rd *c, const sdxl_json *o, int img2img) {
     sdxl_svc_request *r = c->r;
     sdxl_gen_params *g = &r->g;
@@ -881,8 +918,15 @@ static void parse_a1111(rd *c, const sdxl_json *o, int img2img) {
     rd_float(c, o, "refiner_switch_at", 0, 1, &sw);
     if (r->refiner) g->refiner_switch = sw; /* clients send 0 when no refiner is chosen */
     int hr = 0, rf = 0;
-    if (rd_bool(c, o, "enable_hr", &hr) && hr)
-        sdxl_svc_issue_add(c->is, "unsupported", "enable_hr", "hires fix is not available in this worker");
+    if (rd_bool(c, o, "enable_hr", &hr) && hr && !img2img) {
+        g->enable_hr = 1;
+        rd_fields(c, o, A1111_HR, NFLD(A1111_HR));
+        g->hr_sampler = hr_same(g->hr_sampler);
+        g->hr_schedule = hr_same(g->hr_schedule);
+        g->hr_prompt = hr_same(g->hr_prompt);
+        g->hr_negative_prompt = hr_same(g->hr_negative_prompt);
+        g->hr_upscaler = hr_same(g->hr_upscaler);
+    } else if (hr && img2img) sdxl_svc_warn(c->is, "enable_hr ignored: the hires fix is a txt2img option");
     if (rd_bool(c, o, "restore_faces", &rf) && rf) sdxl_svc_warn(c->is, "restore_faces ignored");
     const sdxl_json *ov = rd_obj(c, o, "override_settings");
     if (ov) {
@@ -892,6 +936,7 @@ static void parse_a1111(rd *c, const sdxl_json *o, int img2img) {
         if (r->vae && (!strcmp(r->vae, "Automatic") || !strcmp(r->vae, "None"))) r->vae = NULL;
         int cs = 0;
         if (rd_int(c, ov, "CLIP_stop_at_last_layers", 1, 64, &cs)) g->clip_skip = cs;
+        rd_int(c, ov, "eta_noise_seed_delta", 0, 2147483647, &g->eta_noise_seed_delta);
         pop(c, s);
     }
     if (img2img) {
@@ -1196,6 +1241,20 @@ void sdxl_svc_request_to_json(const sdxl_svc_request *r, sdxl_strbuf *b) {
     kv_str(b, &f, "model", r->base);
     kv_str(b, &f, "refiner", r->refiner);
     kv_str(b, &f, "vae", r->vae);
+    if (g->eta_noise_seed_delta) kv_int(b, &f, "eta_noise_seed_delta", g->eta_noise_seed_delta);
+    if (g->enable_hr) {
+        sdxl_sb_str(b, ",\"enable_hr\":true");
+        kv_num(b, &f, "hr_scale", g->hr_scale);
+        if (g->hr_resize_x) kv_int(b, &f, "hr_resize_x", g->hr_resize_x);
+        if (g->hr_resize_y) kv_int(b, &f, "hr_resize_y", g->hr_resize_y);
+        if (g->hr_second_pass_steps) kv_int(b, &f, "hr_second_pass_steps", g->hr_second_pass_steps);
+        kv_num(b, &f, "hr_denoising_strength", g->hr_denoising_strength);
+        kv_str(b, &f, "hr_upscaler", g->hr_upscaler);
+        kv_str(b, &f, "hr_sampler", g->hr_sampler);
+        kv_str(b, &f, "hr_schedule", g->hr_schedule);
+        kv_str(b, &f, "hr_prompt", g->hr_prompt);
+        kv_str(b, &f, "hr_negative_prompt", g->hr_negative_prompt);
+    }
     if (r->n_loras) {
         sdxl_sb_str(b, ",\"loras\":[");
         for (int i = 0; i < r->n_loras; i++) {

@@ -42,6 +42,19 @@ for want in "Size: 64x64" "Denoising strength: 0.6" "Hires upscale: 2" "Hires st
     grep -qF "$want" "$W/hr.txt" && ok "infotext has '$want'" || bad "infotext lacks '$want': $(cat "$W/hr.txt")"
 done
 "$SDXL" generate $C --from "$W/hr.png" -o "$W/hr_from.png" || bad "--from hires exited non-zero"
+# the same hires request as an A1111 txt2img body through `sdxl worker`: the same infotext and pixels
+mkdir -p "$W/wk"
+printf '%s\n' '{"op":"submit","id":"h","request":{"prompt":"a [red:blue:0.5] fox","width":64,"height":64,"steps":4,"cfg_scale":5,"seed":5,"sampler_name":"DPM++ 2M","scheduler":"Karras","enable_hr":true,"hr_scale":2,"hr_second_pass_steps":3,"denoising_strength":0.6,"hr_upscaler":"Latent","hr_sampler_name":"Use same sampler","hr_prompt":""}}' \
+    '{"op":"shutdown","wait":true}' |
+    "$SDXL" worker --models-dir "$2" -m tiny_sd_xl_base --output-root "$W/wk" --precision f32 -t 2 > "$W/wk.txt" 2> /dev/null
+WIMG=$(ls "$W"/wk/*.png 2> /dev/null | head -n 1)
+if [ -n "$WIMG" ] && [ "$("$SDXL" meta "$WIMG" | sed -n 2p | sed 's/, Model: [^,]*//')" = "$("$SDXL" meta "$W/hr.png" | sed -n 2p | sed 's/, Model: [^,]*//')" ]; then
+    ok "worker: A1111 hires body gives the CLI's infotext"
+else bad "worker hires: $(tail -n 2 "$W/wk.txt")"; fi
+if [ -n "$WIMG" ] && /usr/bin/python3 -c 'import cv2' 2> /dev/null; then
+    /usr/bin/python3 -c 'import cv2, sys; a = cv2.imread(sys.argv[1]); b = cv2.imread(sys.argv[2]); sys.exit(0 if a is not None and b is not None and a.shape == b.shape and (a == b).all() else 1)' \
+        "$WIMG" "$W/hr.png" && ok "worker: hires pixels equal the CLI's" || bad "worker: hires pixels differ"
+fi
 cmp -s "$W/hr.png" "$W/hr_from.png" && ok "--from reproduces the hires PNG byte for byte" || bad "--from hires differs"
 "$SDXL" generate $C -W 64 -H 64 --steps 3 --cfg 5 -s 6 -p "a fox" --hr-upscaler Lanczos --hr-resize 96x80 \
     -o "$W/hr_lz.png" || bad "Lanczos hires exited non-zero"
