@@ -723,23 +723,6 @@ void srv_fleet_job_events(srv_req *r, unsigned long long after) {
 void srv_fleet_job_image(srv_req *r, int k) {
     sdxl_job_info j;
     if (!load_job(r, &j)) return;
-    if (k >= j.n_done || !j.paths || !j.paths[k]) {
-        srv_error(r, 404, "unknown_image", "n", "job '%s' has %d image(s) written", j.id, j.n_done);
-        sdxl_job_info_free(&j);
-        return;
-    }
-    uint8_t *p = NULL;
-    size_t n = 0;
-    if (srv_read_file(j.paths[k], (size_t)1 << 30, &p, &n)) {
-        srv_error(r, 410, "image_gone", "n", "the image file of job '%s' is not readable under the output root", j.id);
-    } else {
-        size_t pl = strlen(j.paths[k]);
-        const char *ct = pl > 4 && !strcasecmp(j.paths[k] + pl - 4, ".jpg")    ? "image/jpeg"
-                         : pl > 5 && !strcasecmp(j.paths[k] + pl - 5, ".jpeg") ? "image/jpeg"
-                         : pl > 5 && !strcasecmp(j.paths[k] + pl - 5, ".webp") ? "image/webp"
-                                                                               : "image/png";
-        srv_bytes(r, 200, ct, p, n);
-        free(p);
-    }
+    srv_job_image_reply(r, &j, k);
     sdxl_job_info_free(&j);
 }

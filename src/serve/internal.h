@@ -13,6 +13,7 @@
 #include "io/json.h"
 #include "io/strbuf.h"
 #include "serve/serve.h"
+#include "service/engine.h"
 
 typedef struct srv_req srv_req;
 typedef void (*srv_handler)(srv_req *r);
@@ -132,6 +133,8 @@ void srv_sse_end(srv_req *r);
 
 /* Reads a whole file (at most max bytes) into a malloc'd buffer; -1 on failure. */
 int srv_read_file(const char *path, size_t max, uint8_t **out, size_t *n);
+/* Sends image k of a job with its content type; 404 unknown_image, 410 image_gone. */
+void srv_job_image_reply(srv_req *r, const sdxl_job_info *j, int k);
 
 /* The engine for the length of a handler: NULL (and a 503 answered) once it is shut down. */
 struct sdxl_engine *srv_eng(srv_req *r);

@@ -314,6 +314,22 @@ static const char *image_ctype(const char *path) {
     return "image/png";
 }
 
+/* Sends image k of a job (local or fleet) with its content type; 404 past the written ones. */
+void srv_job_image_reply(srv_req *r, const sdxl_job_info *j, int k) {
+    if (k >= j->n_done || !j->paths || !j->paths[k]) {
+        srv_error(r, 404, "unknown_image", "n", "job '%s' has %d image(s) written", j->id, j->n_done);
+        return;
+    }
+    uint8_t *p = NULL;
+    size_t n = 0;
+    if (srv_read_file(j->paths[k], (size_t)1 << 30, &p, &n)) {
+        srv_error(r, 410, "image_gone", "n", "the image file of job '%s' is no longer readable", j->id);
+        return;
+    }
+    srv_bytes(r, 200, image_ctype(j->paths[k]), p, n);
+    free(p);
+}
+
 void h_job_image(srv_req *r) {
     const char *ns = r->params[1];
     if (strspn(ns, "0123456789") != strlen(ns) || strlen(ns) > 6) {
@@ -336,19 +352,7 @@ void h_job_image(srv_req *r) {
         return;
     }
     snprintf(r->job, sizeof r->job, "%s", j.id);
-    if (k >= j.n_done || !j.paths || !j.paths[k]) {
-        srv_error(r, 404, "unknown_image", "n", "job '%s' has %d image(s) written", j.id, j.n_done);
-        sdxl_job_info_free(&j);
-        return;
-    }
-    uint8_t *p = NULL;
-    size_t n = 0;
-    if (srv_read_file(j.paths[k], (size_t)1 << 30, &p, &n)) {
-        srv_error(r, 410, "image_gone", "n", "the image file of job '%s' is no longer readable", j.id);
-    } else {
-        srv_bytes(r, 200, image_ctype(j.paths[k]), p, n);
-        free(p);
-    }
+    srv_job_image_reply(r, &j, k);
     sdxl_job_info_free(&j);
 }
 
