@@ -562,20 +562,6 @@ void srv_fleet_ready(srv_req *r) {
     srv_take_json(r, full ? 503 : 200, &b);
 }
 
-static void links(sdxl_strbuf *b, const char *id) {
-    sdxl_sb_printf(b, "\"links\":{\"self\":\"/v1/jobs/%s\",\"events\":\"/v1/jobs/%s/events\"}", id, id);
-}
-
-static void job_json(const sdxl_job_info *j, sdxl_strbuf *b) {
-    sdxl_sb_str(b, "{\"job\":");
-    sdxl_job_info_json(j, b);
-    sdxl_sb_str(b, ",\"images\":[");
-    for (int i = 0; i < j->n_done; i++) sdxl_sb_printf(b, "%s\"/v1/jobs/%s/images/%d\"", i ? "," : "", j->id, i);
-    sdxl_sb_str(b, "],");
-    links(b, j->id);
-    sdxl_sb_str(b, "}");
-}
-
 /* The job of the route's {id}: 1 with *j filled, else the response is answered. */
 static int load_job(srv_req *r, sdxl_job_info *j) {
     srv_fleet *f = r->srv->fleet;
@@ -606,7 +592,7 @@ void srv_fleet_job_get(srv_req *r) {
     sdxl_job_info j;
     if (!load_job(r, &j)) return;
     sdxl_strbuf b = {0};
-    job_json(&j, &b);
+    srv_job_json(&j, &b);
     sdxl_job_info_free(&j);
     srv_take_json(r, 200, &b);
 }
@@ -629,7 +615,7 @@ void srv_fleet_job_cancel(srv_req *r) {
     sdxl_job_info j;
     if (!load_job(r, &j)) return;
     sdxl_strbuf b = {0};
-    job_json(&j, &b);
+    srv_job_json(&j, &b);
     sdxl_job_info_free(&j);
     srv_take_json(r, 202, &b);
 }

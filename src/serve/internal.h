@@ -135,6 +135,8 @@ void srv_sse_end(srv_req *r);
 int srv_read_file(const char *path, size_t max, uint8_t **out, size_t *n);
 /* Sends image k of a job with its content type; 404 unknown_image, 410 image_gone. */
 void srv_job_image_reply(srv_req *r, const sdxl_job_info *j, int k);
+/* A job as the /v1 routes show it (local and fleet alike): record, image URLs, links. */
+void srv_job_json(const sdxl_job_info *j, sdxl_strbuf *b);
 
 /* The engine for the length of a handler: NULL (and a 503 answered) once it is shut down. */
 struct sdxl_engine *srv_eng(srv_req *r);

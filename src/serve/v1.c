@@ -180,7 +180,8 @@ void h_jobs_submit(srv_req *r) {
     srv_take_json(r, 202, &b);
 }
 
-static void job_json(const sdxl_job_info *j, sdxl_strbuf *b) {
+/* A job as the /v1 routes show it: the engine's record, image URLs and links. */
+void srv_job_json(const sdxl_job_info *j, sdxl_strbuf *b) {
     sdxl_sb_str(b, "{\"job\":");
     sdxl_job_info_json(j, b);
     sdxl_sb_str(b, ",\"images\":[");
@@ -244,7 +245,7 @@ void h_job_get(srv_req *r) {
     }
     snprintf(r->job, sizeof r->job, "%s", j.id);
     sdxl_strbuf b = {0};
-    job_json(&j, &b);
+    srv_job_json(&j, &b);
     sdxl_job_info_free(&j);
     srv_take_json(r, 200, &b);
 }
@@ -267,7 +268,7 @@ void h_job_cancel(srv_req *r) {
         return;
     }
     sdxl_strbuf b = {0};
-    job_json(&j, &b);
+    srv_job_json(&j, &b);
     sdxl_job_info_free(&j);
     srv_take_json(r, 202, &b);
 }
