@@ -186,7 +186,9 @@ static void walk(const char *root, const char *rel, int depth, int *first, sdxl_
         if (lstat(path, &st)) continue;
         if (S_ISDIR(st.st_mode)) {
             if (depth > 0) walk(root, sub, depth - 1, first, b);
-        } else if ((S_ISREG(st.st_mode) || S_ISLNK(st.st_mode)) && has_ext(de->d_name)) {
+        } else if (has_ext(de->d_name) && (S_ISREG(st.st_mode) || (S_ISLNK(st.st_mode) && !stat(path, &st) &&
+                                                                     S_ISREG(st.st_mode)))) {
+            /* a linked file lists with its target's size; links to folders are never walked */
             sub[strlen(sub) - 12] = 0;
             sdxl_sb_str(b, *first ? "{\"name\":" : ",{\"name\":");
             sdxl_sb_json(b, sub);
