@@ -602,34 +602,11 @@ static int step(run *R, int i, float *x) {
         k->h_last = h;
         break;
     }
-    case SDXL_SAMPLER_IPNDM: {
-        /* ComfyUI sample_ipndm (zju-pi diff-solvers): the last max_order - 1 derivatives in LMS0..2 */
-        float *d0 = B(k, K_D), *h1 = B(k, K_LMS0), *h2 = B(k, K_LMS1), *h3 = B(k, K_LMS2);
-        FOR_N d0[i] = (x[i] - den[i]) / s;
-        int order = k->hist + 1 < 4 ? k->hist + 1 : 4;
-        float dt = sn - s;
-        if (sn == 0) {
-            memcpy(x, den, k->n * sizeof(float));
-        } else if (order == 1) {
-            FOR_N x[i] = x[i] + dt * d0[i];
-        } else if (order == 2) {
-            FOR_N x[i] = x[i] + dt * (3.0f * d0[i] - h1[i]) / 2.0f;
-        } else if (order == 3) {
-            FOR_N x[i] = x[i] + dt * (23.0f * d0[i] - 16.0f * h1[i] + 5.0f * h2[i]) / 12.0f;
-        } else {
-            FOR_N x[i] = x[i] + dt * (55.0f * d0[i] - 59.0f * h1[i] + 37.0f * h2[i] - 9.0f * h3[i]) / 24.0f;
-        }
-        float *oldest = k->buf[K_LMS2]; /* history: LMS2 <- LMS1 <- LMS0 <- d */
-        k->buf[K_LMS2] = k->buf[K_LMS1];
-        k->buf[K_LMS1] = k->buf[K_LMS0];
-        k->buf[K_LMS0] = k->buf[K_D];
-        k->buf[K_D] = oldest;
-        if (k->hist < 3) k->hist++;
-        break;
-    }
+    case SDXL_SAMPLER_IPNDM:
     case SDXL_SAMPLER_IPNDM_V: {
-        /* ComfyUI sample_ipndm_v (zju-pi diff-solvers): Adams-Bashforth with coefficients from the
-         * actual sigma spacing; history as for ipndm */
+        /* ComfyUI sample_ipndm / sample_ipndm_v (zju-pi diff-solvers): Adams-Bashforth on the last
+         * max_order - 1 derivatives (LMS0..2), with fixed coefficients (ipndm) or ones from the
+         * actual sigma spacing (ipndm_v) */
         float *d0 = B(k, K_D), *h1 = B(k, K_LMS0), *h2 = B(k, K_LMS1), *h3 = B(k, K_LMS2);
         FOR_N d0[i] = (x[i] - den[i]) / s;
         int order = k->hist + 1 < 4 ? k->hist + 1 : 4;
@@ -638,6 +615,13 @@ static int step(run *R, int i, float *x) {
             memcpy(x, den, k->n * sizeof(float));
         } else if (order == 1) {
             FOR_N x[i] = x[i] + dt * d0[i];
+        } else if (c->sampler == SDXL_SAMPLER_IPNDM) {
+            if (order == 2)
+                FOR_N x[i] = x[i] + dt * (3.0f * d0[i] - h1[i]) / 2.0f;
+            else if (order == 3)
+                FOR_N x[i] = x[i] + dt * (23.0f * d0[i] - 16.0f * h1[i] + 5.0f * h2[i]) / 12.0f;
+            else
+                FOR_N x[i] = x[i] + dt * (55.0f * d0[i] - 59.0f * h1[i] + 37.0f * h2[i] - 9.0f * h3[i]) / 24.0f;
         } else {
             float hn = sn - s, hn1 = s - sg[i - 1], c1, c2, c3 = 0, c4 = 0;
             if (order == 2) {
@@ -669,7 +653,7 @@ static int step(run *R, int i, float *x) {
             else
                 FOR_N x[i] = x[i] + dt * (c1 * d0[i] + c2 * h1[i] + c3 * h2[i] + c4 * h3[i]);
         }
-        float *oldest = k->buf[K_LMS2];
+        float *oldest = k->buf[K_LMS2]; /* history: LMS2 <- LMS1 <- LMS0 <- d */
         k->buf[K_LMS2] = k->buf[K_LMS1];
         k->buf[K_LMS1] = k->buf[K_LMS0];
         k->buf[K_LMS0] = k->buf[K_D];
