@@ -12,6 +12,7 @@
 #include <oneapi/dnnl/dnnl.h>
 
 #include "base/cpu.h"
+#include "base/mem.h"
 #include "tensor/tensor.h"
 
 #define MAX_RANK 65536
@@ -1235,6 +1236,7 @@ static void keep_layer(sdxl_lora_state *s, layer *L) {
         sdxl_wlayout_free(&lay);
         return;
     }
+    sdxl_mem_populate(alt, lay.bytes);
     /* every merge writes each weight; only a layout with padding needs its pad bytes copied */
     if ((int64_t)lay.bytes != rows * L->r.in * L->r.kh * L->r.kw * lay.esize) memcpy(alt, *layer_wptr(L), lay.bytes);
     if (ob) memcpy(ob, bias, (size_t)rows * sizeof *ob);
