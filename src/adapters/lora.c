@@ -898,9 +898,11 @@ static int bind_file(sdxl_lora_state *s, sdxl_lora_file *f, int **out, sdxl_lora
 
 /* ---- deltas ----------------------------------------------------------------------------------- */
 
-static int reserve(float **p, size_t *cap, size_t n) {
+/* Grows *p to n elements of es bytes (contents not kept). */
+static int grow(void **p, size_t *cap, size_t n, size_t es) {
     if (n <= *cap) return 0;
-    float *q = malloc(n * sizeof *q);
+    if (n > SIZE_MAX / es) return 1;
+    void *q = malloc(n * es);
     if (!q) return 1;
     free(*p);
     *p = q;
@@ -908,14 +910,18 @@ static int reserve(float **p, size_t *cap, size_t n) {
     return 0;
 }
 
-static int reserve_i64(int64_t **p, size_t *cap, size_t n) {
-    if (n <= *cap) return 0;
-    int64_t *q = malloc(n * sizeof *q);
-    if (!q) return 1;
-    free(*p);
+static int reserve(float **p, size_t *cap, size_t n) {
+    void *q = *p;
+    int r = grow(&q, cap, n, sizeof **p);
     *p = q;
-    *cap = n;
-    return 0;
+    return r;
+}
+
+static int reserve_i64(int64_t **p, size_t *cap, size_t n) {
+    void *q = *p;
+    int r = grow(&q, cap, n, sizeof **p);
+    *p = q;
+    return r;
 }
 
 static float *factor(const sdxl_lora_file *f, const sdxl_st_tensor *t, sdxl_err *e) {
