@@ -622,6 +622,7 @@ struct sdxl_lora_state {
     size_t offc_cap;
     size_t kept_bytes; /* alt buffers and bias copies of kept layers */
     int n_packed;      /* layers merged in the packed layout by the current apply */
+    int broken;        /* in place: a merge failed part way, so the weights are no longer known */
 };
 
 static uint64_t fnv(const char *s) {
@@ -716,7 +717,7 @@ void sdxl_lora_state_free(sdxl_lora_state *s) {
         layer *L = &s->layers[i];
         free(L->cur);
         free(L->nxt);
-        free(L->on_alt ? L->orig : L->alt); /* the network keeps the buffer it points at */
+        if (!s->nets.in_place) free(L->on_alt ? L->orig : L->alt); /* the network keeps the one it points at */
         free(L->orig_b);
         sdxl_wlayout_free(&L->lay);
     }
@@ -1235,16 +1236,22 @@ static void keep_layer(sdxl_lora_state *s, layer *L) {
     size_t extra = lay.bytes + (bias ? (size_t)rows * sizeof(float) : 0);
     void *alt = NULL;
     float *ob = NULL;
+    if (s->nets.in_place) extra -= lay.bytes;
     if (lay.n[0] != rows || lay.n[1] != L->r.in || lay.n[2] != L->r.kh || lay.n[3] != L->r.kw ||
-        (s->nets.keep_max && s->kept_bytes + extra > s->nets.keep_max) || !(alt = sdxl_alloc_big(lay.bytes)) ||
+        (s->nets.keep_max && s->kept_bytes + extra > s->nets.keep_max) ||
+        !(alt = s->nets.in_place ? *layer_wptr(L) : sdxl_alloc_big(lay.bytes)) ||
         (bias && !(ob = malloc((size_t)rows * sizeof *ob)))) {
+        if (s->nets.in_place) alt = NULL;
         free(alt);
         sdxl_wlayout_free(&lay);
         return;
     }
-    sdxl_mem_populate(alt, lay.bytes);
-    /* every merge writes each weight; only a layout with padding needs its pad bytes copied */
-    if ((int64_t)lay.bytes != rows * L->r.in * L->r.kh * L->r.kw * lay.esize) memcpy(alt, *layer_wptr(L), lay.bytes);
+    if (!s->nets.in_place) {
+        sdxl_mem_populate(alt, lay.bytes);
+        /* every merge writes each weight; only a layout with padding needs its pad bytes copied */
+        if ((int64_t)lay.bytes != rows * L->r.in * L->r.kh * L->r.kw * lay.esize)
+            memcpy(alt, *layer_wptr(L), lay.bytes);
+    }
     if (ob) memcpy(ob, bias, (size_t)rows * sizeof *ob);
     L->orig = *layer_wptr(L);
     L->alt = alt;
@@ -1741,12 +1748,31 @@ int sdxl_lora_apply(sdxl_lora_state *s, const sdxl_lora_use *uses, int n, sdxl_l
             }
         }
     }
+    /* in place, merged weights have no original left to return to */
+    if (s->nets.in_place && s->broken) {
+        st = sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "loras: an earlier merge into this model's weights failed part way; "
+                                            "load it again");
+        goto fail;
+    }
+    for (int i = 0; i < s->n_layers && s->nets.in_place; i++) {
+        layer *L = &s->layers[i];
+        if (L->n_cur && !same_list(L->cur, L->n_cur, L->nxt, L->n_nxt)) {
+            st = sdxl_seterr(e, SDXL_ERR_UNSUPPORTED,
+                             "loras: this model merged its LoRAs into its weights (lora_in_place) and serves only "
+                             "that list; load it again for another");
+            goto fail;
+        }
+    }
     /* 3. rebuild the layers whose list changed */
     s->n_packed = 0;
     for (int i = 0; i < s->n_layers; i++) {
         layer *L = &s->layers[i];
         if (same_list(L->cur, L->n_cur, L->nxt, L->n_nxt)) continue;
         if ((st = rebuild(s, L, set, nset, L->nxt, L->n_nxt, e))) {
+            if (s->nets.in_place) { /* nothing to put back: no further merge is allowed */
+                s->broken = 1;
+                goto fail;
+            }
             /* put back what was merged before in the layers already rebuilt, then this one */
             sdxl_err e2 = {0};
             for (int j = 0; j <= i; j++) {
