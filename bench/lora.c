@@ -1,7 +1,8 @@
 /* bench-lora: LoRA apply, switch and remove on a full-size checkpoint. Two random kohya-named
  * LoRAs (rank R, every UNet linear and conv and every text-encoder linear) are written first;
- * then: time to merge A, to switch to B, to remove, next to one UNet CFG step (batch 2) at the
- * given latent size, in the chosen precision and thread count.
+ * then: time to merge A, to switch to B, to remove, and to merge A in place (as a model serving
+ * one request does), next to one UNet CFG step (batch 2) at the given latent size, in the chosen
+ * precision and thread count.
  *
  *   bench-lora [--model PATH] [--threads 2] [--prec bf16|f32] [--rank 32] [--size 128] [--no-step]
  *              [--tmp DIR]
@@ -162,7 +163,7 @@ int main(int argc, char **argv) {
     printf("two random LoRAs, rank %d, %.1f M parameters each (%.0f MB f16), written in %.1f s\n", rank,
            (double)params / 1e6, (double)params * 2 / 1e6, now_s() - t0);
 
-    sdxl_lora_nets nets = {c, u, ck, {cm.te1, cm.te2}, ck, 0};
+    sdxl_lora_nets nets = {c, u, ck, {cm.te1, cm.te2}, ck, 0, 0};
     sdxl_lora_state *s = NULL;
     if (sdxl_lora_state_new(&nets, &s, &e)) {
         fprintf(stderr, "bench-lora: %s\n", e.msg);
@@ -190,6 +191,21 @@ int main(int argc, char **argv) {
     printf("re-apply A:%6.2f s (%d layers)\n", sa2.seconds, sa2.layers_rebuilt);
     printf("remove:    %6.2f s (%d layers)\n", sr.seconds, sr.layers_rebuilt);
     printf("merged copies kept: %.2f GB\n", (double)sr.kept_bytes / 1e9);
+    /* the first apply's extra time is the copies' new memory; its rate shows what the machine
+     * gives (some virtual machines back fresh pages at 1-2 GB/s, reused ones at 20+) */
+    if (sa.seconds > sa2.seconds)
+        printf("first apply - re-apply: %.2f s for %.2f GB of new copies = %.2f GB/s\n", sa.seconds - sa2.seconds,
+               (double)sr.kept_bytes / 1e9, (double)sr.kept_bytes / 1e9 / (sa.seconds - sa2.seconds));
+    /* a model that serves one request (sdxl generate) merges into its weights: no copies */
+    sdxl_lora_state_free(s);
+    nets.in_place = 1;
+    sdxl_lora_stats si;
+    if (sdxl_lora_state_new(&nets, &s, &e) || sdxl_lora_apply(s, &ua, 1, &si, &e)) {
+        fprintf(stderr, "bench-lora: in place: %s\n", e.msg);
+        return 1;
+    }
+    printf("apply A in place (one-request model, as sdxl generate): %6.2f s (%d layers, %.3f GB kept)\n", si.seconds,
+           si.layers_rebuilt, (double)si.kept_bytes / 1e9);
     double la[3];
     if (getloadavg(la, 3) == 3) printf("load average: %.2f %.2f %.2f\n", la[0], la[1], la[2]);
     unlink(pa);

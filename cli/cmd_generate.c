@@ -597,6 +597,7 @@ int cmd_generate(int argc, char **argv) {
      * hires fix's two passes need every network converted throughout, so they keep the plain load) */
     o.mp.one_shot = !o.n_loras && !strstr(o.g.prompt ? o.g.prompt : "", "<lora:") &&
                     !(o.g.prompt_2 && strstr(o.g.prompt_2, "<lora:")) && !o.g.n_loras && !o.n_units && !o.g.enable_hr;
+    o.mp.lora_in_place = !o.mp.one_shot; /* one request: a LoRA merges into the weights, no copies */
     sdxl_status lst = sdxl_model_load(ctx, &o.mp, &m);
     if (lst != SDXL_OK) {
         fprintf(stderr, "sdxl generate: %s\n", sdxl_errmsg(ctx));

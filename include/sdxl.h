@@ -154,6 +154,9 @@ typedef struct sdxl_model_params {
     int one_shot;          /* 1: the model serves one request in the least memory: the UNets are
                               converted once the prompt is encoded, the text encoders freed after
                               encoding, the UNets before the last decode; a second request fails */
+    int lora_in_place;     /* 1: LoRAs merge into the loaded weights themselves, with no second copy
+                              of the touched layers, for a model that serves one LoRA list (sdxl
+                              generate sets it): a request with another list fails */
     const char *weights_cache; /* converted-weights cache folder (docs/compute.md): NULL = the
                                   SDXL_WEIGHTS_CACHE variable decides; "" / "off" / "0": off; "on" /
                                   "1": the default folder ($XDG_CACHE_HOME/sdxl); else the folder */

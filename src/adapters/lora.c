@@ -12,6 +12,7 @@
 #include <oneapi/dnnl/dnnl.h>
 
 #include "base/cpu.h"
+#include "base/mem.h"
 #include "base/sha256.h"
 #include "tensor/tensor.h"
 
@@ -538,8 +539,13 @@ struct sdxl_lora_state {
     int n_cur;
     float *w, *b, *t1, *t2, *t3; /* one layer's scratch */
     size_t w_cap, t_cap;
+    float *lr_buf, *lr_up; /* packed merge: a layer's stacked factors, one up factor */
+    size_t lr_cap, lr_up_cap;
+    int64_t *offc; /* packed merge: a layer's column offsets */
+    size_t offc_cap;
     size_t kept_bytes; /* alt buffers and bias copies of kept layers */
     int n_packed;      /* layers merged in the packed layout by the current apply */
+    int broken;        /* in place: a merge failed part way, so the weights are no longer known */
 };
 
 static uint64_t fnv(const char *s) {
@@ -634,7 +640,7 @@ void sdxl_lora_state_free(sdxl_lora_state *s) {
         layer *L = &s->layers[i];
         free(L->cur);
         free(L->nxt);
-        free(L->on_alt ? L->orig : L->alt); /* the network keeps the buffer it points at */
+        if (!s->nets.in_place) free(L->on_alt ? L->orig : L->alt); /* the network keeps the one it points at */
         free(L->orig_b);
         sdxl_wlayout_free(&L->lay);
     }
@@ -648,6 +654,9 @@ void sdxl_lora_state_free(sdxl_lora_state *s) {
     free(s->t1);
     free(s->t2);
     free(s->t3);
+    free(s->lr_buf);
+    free(s->lr_up);
+    free(s->offc);
     free(s);
 }
 
@@ -813,14 +822,30 @@ static int bind_file(sdxl_lora_state *s, sdxl_lora_file *f, int **out, sdxl_lora
 
 /* ---- deltas ----------------------------------------------------------------------------------- */
 
-static int reserve(float **p, size_t *cap, size_t n) {
+/* Grows *p to n elements of es bytes (contents not kept). */
+static int grow(void **p, size_t *cap, size_t n, size_t es) {
     if (n <= *cap) return 0;
-    float *q = malloc(n * sizeof *q);
+    if (n > SIZE_MAX / es) return 1;
+    void *q = malloc(n * es);
     if (!q) return 1;
     free(*p);
     *p = q;
     *cap = n;
     return 0;
+}
+
+static int reserve(float **p, size_t *cap, size_t n) {
+    void *q = *p;
+    int r = grow(&q, cap, n, sizeof **p);
+    *p = q;
+    return r;
+}
+
+static int reserve_i64(int64_t **p, size_t *cap, size_t n) {
+    void *q = *p;
+    int r = grow(&q, cap, n, sizeof **p);
+    *p = q;
+    return r;
 }
 
 static float *factor(const sdxl_lora_file *f, const sdxl_st_tensor *t, sdxl_err *e) {
@@ -1134,14 +1159,22 @@ static void keep_layer(sdxl_lora_state *s, layer *L) {
     size_t extra = lay.bytes + (bias ? (size_t)rows * sizeof(float) : 0);
     void *alt = NULL;
     float *ob = NULL;
+    if (s->nets.in_place) extra -= lay.bytes;
     if (lay.n[0] != rows || lay.n[1] != L->r.in || lay.n[2] != L->r.kh || lay.n[3] != L->r.kw ||
-        (s->nets.keep_max && s->kept_bytes + extra > s->nets.keep_max) || !(alt = sdxl_alloc_big(lay.bytes)) ||
+        (s->nets.keep_max && s->kept_bytes + extra > s->nets.keep_max) ||
+        !(alt = s->nets.in_place ? *layer_wptr(L) : sdxl_alloc_big(lay.bytes)) ||
         (bias && !(ob = malloc((size_t)rows * sizeof *ob)))) {
+        if (s->nets.in_place) alt = NULL;
         free(alt);
         sdxl_wlayout_free(&lay);
         return;
     }
-    memcpy(alt, *layer_wptr(L), lay.bytes);
+    if (!s->nets.in_place) {
+        sdxl_mem_populate(alt, lay.bytes);
+        /* every merge writes each weight; only a layout with padding needs its pad bytes copied */
+        if ((int64_t)lay.bytes != rows * L->r.in * L->r.kh * L->r.kw * lay.esize)
+            memcpy(alt, *layer_wptr(L), lay.bytes);
+    }
     if (ob) memcpy(ob, bias, (size_t)rows * sizeof *ob);
     L->orig = *layer_wptr(L);
     L->alt = alt;
@@ -1184,55 +1217,82 @@ static uint16_t bf16_rne(float v) {
     return (uint16_t)(u >> 16);
 }
 
-/* Per part: U [rows, R] holding m * scale * up for every plain LoRA of the part side by side,
- * D [R, cols] their downs stacked, so the part's delta is U @ D. */
+/* Per part: UT [R, rows] holding (m * scale * up)^T for every plain LoRA of the part, D [R, cols]
+ * their downs stacked, so the part's delta is UT^T @ D. Both live in the state's scratch. */
+#define MJ 12 /* columns per register tile: with 32 rows, 24 accumulators of the 32 registers */
+
 typedef struct lowrank {
-    float *u, *d;
+    float *ut, *d;
     int64_t r;
 } lowrank;
 
-static int lowrank_build(const layer *L, const contrib *list, int n, const int *parts, int p, lowrank *lr,
-                         sdxl_err *e) {
-    int64_t rows = L->r.out_each, cols = L->r.in * L->r.kh * L->r.kw, R = 0;
-    memset(lr, 0, sizeof *lr);
+static int64_t part_rank(const contrib *list, int n, const int *parts, int p) {
+    int64_t R = 0;
     for (int c = 0; c < n; c++)
         if (parts[c] == p) R += list[c].f->mods[list[c].mod].t[F_DOWN]->shape[0];
-    if (!R) return SDXL_OK;
-    lr->r = R;
-    lr->u = malloc((size_t)(rows * R) * sizeof(float));
-    lr->d = malloc((size_t)(R * cols) * sizeof(float));
-    if (!lr->u || !lr->d) return sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA: out of memory for a layer's factors");
-    int64_t r0 = 0;
-    for (int c = 0; c < n; c++) {
+    return R;
+}
+
+/* Fills lr for part p. ut: blocks of TR rows, each [R][TR] (TR = rows: plain [R, rows]);
+ * d: with a column order perm, panels of MJ of its columns, each [R][MJ] and zero-padded; else
+ * plain [R, cols]. Up and down factors pass through the scratch s->lr_up. */
+static int lowrank_build(sdxl_lora_state *s, const layer *L, const contrib *list, int n, const int *parts, int p,
+                         lowrank *lr, int64_t TR, const int64_t *perm, sdxl_err *e) {
+    int64_t rows = L->r.out_each, cols = L->r.in * L->r.kh * L->r.kw, R = lr->r, r0 = 0;
+    if (perm) memset(lr->d, 0, (size_t)(R * ((cols + MJ - 1) / MJ * MJ)) * sizeof(float));
+    for (int c = 0; c < n && R; c++) {
         if (parts[c] != p) continue;
         const sdxl_lora_file *f = list[c].f;
         const lmod *m = &f->mods[list[c].mod];
         int64_t rc = m->t[F_DOWN]->shape[0];
-        float *dn = factor(f, m->t[F_DOWN], e), *up = dn ? factor(f, m->t[F_UP], e) : NULL;
-        if (!up) {
-            free(dn);
-            return SDXL_ERR_NOMEM;
+        size_t big = (size_t)((rows > cols ? rows : cols) * rc) + 4;
+        if (reserve(&s->lr_up, &s->lr_up_cap, big))
+            return sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA: out of memory for a layer's factors");
+        const float *f32 = s->lr_up;
+        int st = sdxl_st_to_f32(f->st, m->t[F_DOWN], s->lr_up, e);
+        if (st) return st;
+        for (int64_t k = 0; k < rc; k++) {
+            const float *dn = f32 + k * cols;
+            if (!perm) {
+                memcpy(lr->d + (r0 + k) * cols, dn, (size_t)cols * sizeof *dn);
+                continue;
+            }
+            for (int64_t c0 = 0; c0 < cols; c0 += MJ) {
+                float *q = lr->d + c0 * R + (r0 + k) * MJ;
+                for (int64_t j = c0; j < cols && j < c0 + MJ; j++) q[j - c0] = dn[perm[j]];
+            }
         }
-        double sc = (double)list[c].mult * (isnan(m->alpha) ? 1.0 : m->alpha / (double)rc);
-        for (int64_t o = 0; o < rows; o++)
-            for (int64_t k = 0; k < rc; k++) lr->u[o * R + r0 + k] = (float)(sc * up[o * rc + k]);
-        memcpy(lr->d + r0 * cols, dn, (size_t)(rc * cols) * sizeof(float));
-        free(dn);
-        free(up);
+        if ((st = sdxl_st_to_f32(f->st, m->t[F_UP], s->lr_up, e))) return st;
+        float sc = (float)((double)list[c].mult * (isnan(m->alpha) ? 1.0 : m->alpha / (double)rc));
+        for (int64_t o = 0; o < rows; o++) {
+            float *q = lr->ut + (o - o % TR) * R + (r0 * TR) + o % TR;
+            for (int64_t k = 0; k < rc; k++) q[k * TR] = sc * f32[o * rc + k];
+        }
         r0 += rc;
     }
     return SDXL_OK;
 }
 
+/* Orders a layer's columns by packed offset (an index sort). */
+typedef struct colpos {
+    int64_t off, j;
+} colpos;
+
+static int cmp_colpos(const void *a, const void *b) {
+    int64_t x = ((const colpos *)a)->off, y = ((const colpos *)b)->off;
+    return x < y ? -1 : x > y;
+}
+
 /* The output rows' block when the layout keeps them in runs: row o at off[0][o - o % B] + s (o % B)
- * with s = 1 (f32) or 2 (bf16, whose column pairs j, j + 1 sit side by side, as oneDNN's VNNI
- * layouts keep them); 0 otherwise. Every part's rows start a block. */
-static int64_t out_block(const sdxl_wlayout *y, int64_t rows, int64_t out_each, const int64_t *offc, int64_t cols) {
+ * with s = 1 (f32) or 2 (bf16, whose columns sit in pairs side by side, as oneDNN's VNNI layouts
+ * keep them: so, the column offsets in increasing order, pairs up as so[2t + 1] = so[2t] + 1);
+ * 0 otherwise. Every part's rows start a block. */
+static int64_t out_block(const sdxl_wlayout *y, int64_t rows, int64_t out_each, const int64_t *so, int64_t cols) {
     int64_t st = y->esize == 2 ? 2 : 1, B = 1;
     if (y->esize == 2) {
         if (cols % 2) return 0;
         for (int64_t j = 0; j < cols; j += 2)
-            if (offc[j + 1] != offc[j] + 1) return 0;
+            if (so[j + 1] != so[j] + 1) return 0;
     }
     while (B < rows && y->off[0][B] == y->off[0][0] + st * B) B++;
     if (B % 16 || out_each % B) return 0;
@@ -1241,92 +1301,139 @@ static int64_t out_block(const sdxl_wlayout *y, int64_t rows, int64_t out_each, 
     return B;
 }
 
-/* dst[2t] = round(src[2t] + a[t]), dst[2t + 1] = round(src[2t + 1] + b[t]) for t < n (n % 16 == 0), bf16. */
-__attribute__((target("avx512f,avx512bw,avx512bf16"))) static void pairs_bf16(const uint16_t *src, uint16_t *dst,
-                                                                             const float *a, const float *b,
-                                                                             int64_t n) {
-    const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-    const __m512i hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
-    for (int64_t t = 0; t < n; t += 16) {
-        __m512 va = _mm512_loadu_ps(a + t), vb = _mm512_loadu_ps(b + t);
-        __m512 d0 = _mm512_permutex2var_ps(va, lo, vb), d1 = _mm512_permutex2var_ps(va, hi, vb);
-        __m512i sv = _mm512_loadu_si512(src + 2 * t);
-        __m512 w0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(sv)), 16));
-        __m512 w1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(sv, 1)), 16));
-        __m512bh r = _mm512_cvtne2ps_pbh(_mm512_add_ps(w1, d1), _mm512_add_ps(w0, d0));
-        _mm512_storeu_si512(dst + 2 * t, (__m512i)r);
+/* One register tile of the merge: for 16 V rows and J columns (J even for bf16),
+ * acc[c][v] = sum_k ut[k][16 v ..] d[k][c] in f32 FMAs, then dst = round(src + acc) at the
+ * packed offsets base + oc[c] (bf16: a column pair's 16 V rows interleaved, 32 V values). */
+__attribute__((target("avx512f,avx512bw,avx512bf16"), always_inline)) static inline void
+tile_regs(const float *ut, int64_t ldu, const float *d, int64_t ldd, int64_t R, const int V, const int J, const int bf,
+          const void *src, void *dst, int64_t base, const int64_t *oc) {
+    __m512 acc[MJ][2];
+#pragma GCC unroll 12
+    for (int c = 0; c < MJ; c++) acc[c][0] = acc[c][1] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < R; k++) {
+        const float *uk = ut + k * ldu, *dk = d + k * ldd;
+        __m512 u0 = _mm512_loadu_ps(uk), u1 = V > 1 ? _mm512_loadu_ps(uk + 16) : u0;
+#pragma GCC unroll 12
+        for (int c = 0; c < J; c++) {
+            __m512 b = _mm512_set1_ps(dk[c]);
+            acc[c][0] = _mm512_fmadd_ps(u0, b, acc[c][0]);
+            if (V > 1) acc[c][1] = _mm512_fmadd_ps(u1, b, acc[c][1]);
+        }
+    }
+    if (bf) {
+        const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+        const __m512i hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+#pragma GCC unroll 6
+        for (int c = 0; c < J; c += 2)
+#pragma GCC unroll 2
+            for (int v = 0; v < V; v++) {
+                const uint16_t *sp = (const uint16_t *)src + base + oc[c] + 32 * v;
+                uint16_t *dp = (uint16_t *)dst + base + oc[c] + 32 * v;
+                __m512 d0 = _mm512_permutex2var_ps(acc[c][v], lo, acc[c + 1][v]);
+                __m512 d1 = _mm512_permutex2var_ps(acc[c][v], hi, acc[c + 1][v]);
+                __m512i sv = _mm512_loadu_si512(sp);
+                __m512 w0 =
+                    _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(sv)), 16));
+                __m512 w1 =
+                    _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(sv, 1)), 16));
+                __m512bh r = _mm512_cvtne2ps_pbh(_mm512_add_ps(w1, d1), _mm512_add_ps(w0, d0));
+                _mm512_storeu_si512(dp, (__m512i)r);
+            }
+    } else {
+#pragma GCC unroll 12
+        for (int c = 0; c < J; c++)
+#pragma GCC unroll 2
+            for (int v = 0; v < V; v++) {
+                const float *sp = (const float *)src + base + oc[c] + 16 * v;
+                _mm512_storeu_ps((float *)dst + base + oc[c] + 16 * v, _mm512_add_ps(_mm512_loadu_ps(sp), acc[c][v]));
+            }
     }
 }
 
-/* dst[t] = src[t] + a[t] for t < n (n % 16 == 0), f32. */
-__attribute__((target("avx512f"))) static void add_f32(const float *src, float *dst, const float *a, int64_t n) {
-    for (int64_t t = 0; t < n; t += 16)
-        _mm512_storeu_ps(dst + t, _mm512_add_ps(_mm512_loadu_ps(src + t), _mm512_loadu_ps(a + t)));
+/* A TR x TC tile (TR = 16 V) of the merge: ut [R][TR], d panels [R][MJ] from the tile's first
+ * column; MJ columns at a time, the last ones in twos (bf16 pairs) or ones. */
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) static void tile_merge(const float *ut, const float *d,
+                                                                             int64_t R, int V, int bf, int64_t nc,
+                                                                             const void *src, void *dst,
+                                                                             int64_t base, const int64_t *oc) {
+    int64_t j = 0, ldu = 16 * V, pan = R * MJ;
+    if (V == 2) {
+        for (; j + MJ <= nc; j += MJ) tile_regs(ut, ldu, d + j / MJ * pan, MJ, R, 2, MJ, bf, src, dst, base, oc + j);
+        for (; j < nc; j += bf ? 2 : 1)
+            tile_regs(ut, ldu, d + j / MJ * pan + j % MJ, MJ, R, 2, bf ? 2 : 1, bf, src, dst, base, oc + j);
+    } else {
+        for (; j + MJ <= nc; j += MJ) tile_regs(ut, ldu, d + j / MJ * pan, MJ, R, 1, MJ, bf, src, dst, base, oc + j);
+        for (; j < nc; j += bf ? 2 : 1)
+            tile_regs(ut, ldu, d + j / MJ * pan + j % MJ, MJ, R, 1, bf ? 2 : 1, bf, src, dst, base, oc + j);
+    }
 }
 
-/* merge_packed for layouts out_block accepts, with AVX-512 (+BF16 for bf16): the delta tile is
- * computed transposed (columns x rows), so each of its rows is one contiguous run of the
- * packed weights (bf16: two rows interleaved). */
-static int merge_runs(layer *L, const lowrank *lr, const int64_t *offc, int64_t B) {
+/* merge_packed for layouts out_block accepts, with AVX-512 (+BF16 for bf16): each register tile
+ * holds a block of the delta transposed (rows in the vector lanes), which is how the packed
+ * weights keep a column's run of rows (bf16: a column pair's rows interleaved). */
+static int merge_runs(layer *L, const lowrank *lr, const int64_t *so, int64_t TR) {
     const sdxl_wlayout *y = &L->lay;
     int64_t rows = L->r.out_each, cols = L->r.in * L->r.kh * L->r.kw;
-    const int64_t TR = B % 64 == 0 ? 64 : B % 32 == 0 ? 32 : 16, TC = 256;
+    const int64_t TC = 20 * MJ;
     int64_t ntr = rows / TR, ntc = (cols + TC - 1) / TC, nt = L->r.nparts * ntr * ntc;
-    int bf = y->esize == 2, bad = 0;
-#pragma omp parallel
-    {
-        float *tile = malloc((size_t)(TR * TC) * sizeof *tile);
-#pragma omp for schedule(dynamic, 2)
-        for (int64_t t = 0; t < nt; t++) {
-            if (!tile) continue;
-            int p = (int)(t / (ntr * ntc));
-            int64_t o0 = t % (ntr * ntc) / ntc * TR, c0 = t % ntc * TC, nc = cols - c0 < TC ? cols - c0 : TC;
-            if (lr[p].r)
-                dnnl_sgemm('T', 'T', nc, TR, lr[p].r, 1.0f, lr[p].d + c0, cols, lr[p].u + o0 * lr[p].r, lr[p].r, 0.0f,
-                           tile, TR);
-            else
-                memset(tile, 0, (size_t)(TR * TC) * sizeof *tile);
-            int64_t base = y->off[0][p * rows + o0];
-            for (int64_t j = 0; j < nc; j += bf ? 2 : 1) {
-                int64_t q = base + offc[c0 + j];
-                if (bf)
-                    pairs_bf16((const uint16_t *)L->orig + q, (uint16_t *)L->alt + q, tile + j * TR,
-                               tile + (j + 1) * TR, TR);
-                else
-                    add_f32((const float *)L->orig + q, (float *)L->alt + q, tile + j * TR, TR);
-            }
-        }
-        if (!tile) {
-#pragma omp atomic write
-            bad = 1;
-        }
-        free(tile);
+    int bf = y->esize == 2;
+    static const float zero[1] = {0};
+#pragma omp parallel for schedule(dynamic, 4)
+    for (int64_t t = 0; t < nt; t++) {
+        int p = (int)(t / (ntr * ntc));
+        int64_t ob = t % (ntr * ntc) / ntc, c0 = t % ntc * TC, nc = cols - c0 < TC ? cols - c0 : TC, R = lr[p].r;
+        const float *ut = R ? lr[p].ut + ob * R * TR : zero, *d = R ? lr[p].d + c0 / MJ * R * MJ : zero;
+        tile_merge(ut, d, R, (int)(TR / 16), bf, nc, L->orig, L->alt, y->off[0][p * rows + ob * TR], so + c0);
     }
-    return bad;
+    return 0;
 }
 
 /* alt = round(orig + U @ D) for every part, tile by tile: a TILE_R x TILE_C block of the delta is
  * one small f32 GEMM, then added to the originals at their packed offsets and rounded to the
  * stored dtype. Tiles run in parallel on the compute threads. */
-static int merge_packed(layer *L, const contrib *list, int n, const int *parts, sdxl_err *e) {
+static int merge_packed(sdxl_lora_state *s, layer *L, const contrib *list, int n, const int *parts, sdxl_err *e) {
     const sdxl_wlayout *y = &L->lay;
     int64_t rows = L->r.out_each, kh = L->r.kh, kw = L->r.kw, cols = L->r.in * kh * kw;
     lowrank lr[3] = {{0}};
-    int64_t *offc = malloc((size_t)cols * sizeof *offc);
-    int st = offc ? SDXL_OK : sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA: out of memory");
-    for (int p = 0; p < L->r.nparts && !st; p++) st = lowrank_build(L, list, n, parts, p, &lr[p], e);
-    if (st) goto out;
+    if (reserve_i64(&s->offc, &s->offc_cap, (size_t)(3 * cols)))
+        return sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA: out of memory for a layer's factors");
+    int64_t *offc = s->offc, *perm = offc + cols, *so = perm + cols;
+    colpos *cp;
+    if (reserve(&s->lr_up, &s->lr_up_cap, (size_t)cols * sizeof *cp / sizeof(float)))
+        return sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA: out of memory for a layer's factors");
+    cp = (colpos *)s->lr_up;
     for (int64_t i = 0; i < L->r.in; i++)
         for (int64_t a = 0; a < kh; a++)
-            for (int64_t b = 0; b < kw; b++) offc[(i * kh + a) * kw + b] = y->off[1][i] + y->off[2][a] + y->off[3][b];
+            for (int64_t b = 0; b < kw; b++) {
+                int64_t j = (i * kh + a) * kw + b;
+                offc[j] = y->off[1][i] + y->off[2][a] + y->off[3][b];
+                cp[j] = (colpos){offc[j], j};
+            }
+    qsort(cp, (size_t)cols, sizeof *cp, cmp_colpos);
+    for (int64_t j = 0; j < cols; j++) {
+        perm[j] = cp[j].j;
+        so[j] = cp[j].off;
+    }
     sdxl_cpu cpu;
     sdxl_cpu_detect(&cpu);
     int64_t B = sdxl_cpu_has_avx512(&cpu) && (y->esize == 4 || cpu.avx512_bf16)
-                    ? out_block(y, layer_rows(L), rows, offc, cols) : 0;
-    if (B) {
-        if (merge_runs(L, lr, offc, B)) st = sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA: out of memory for a delta tile");
-        goto out;
+                    ? out_block(y, layer_rows(L), rows, so, cols) : 0;
+    int64_t TR = B ? (B % 32 == 0 ? 32 : 16) : rows, dcols = B ? (cols + MJ - 1) / MJ * MJ : cols;
+    size_t need = 0;
+    for (int p = 0; p < L->r.nparts; p++) need += (size_t)(part_rank(list, n, parts, p) * (rows + dcols));
+    if (reserve(&s->lr_buf, &s->lr_cap, need + 1))
+        return sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA: out of memory for a layer's factors");
+    float *at = s->lr_buf;
+    int st = SDXL_OK;
+    for (int p = 0; p < L->r.nparts && !st; p++) {
+        lr[p].r = part_rank(list, n, parts, p);
+        lr[p].ut = at;
+        lr[p].d = at + lr[p].r * rows;
+        at += lr[p].r * (rows + dcols);
+        st = lowrank_build(s, L, list, n, parts, p, &lr[p], TR, B ? perm : NULL, e);
     }
+    if (st) return st;
+    if (B) return merge_runs(L, lr, so, TR);
     int64_t ntr = (rows + TILE_R - 1) / TILE_R, ntc = (cols + TILE_C - 1) / TILE_C, nt = L->r.nparts * ntr * ntc;
     int bf = y->esize == 2;
 #pragma omp parallel
@@ -1339,8 +1446,8 @@ static int merge_packed(layer *L, const contrib *list, int n, const int *parts, 
             int64_t o0 = t % (ntr * ntc) / ntc * TILE_R, c0 = t % ntc * TILE_C;
             int64_t no = rows - o0 < TILE_R ? rows - o0 : TILE_R, nc = cols - c0 < TILE_C ? cols - c0 : TILE_C;
             if (lr[p].r)
-                dnnl_sgemm('N', 'N', no, nc, lr[p].r, 1.0f, lr[p].u + o0 * lr[p].r, lr[p].r, lr[p].d + c0, cols, 0.0f,
-                           tile, TILE_C);
+                dnnl_sgemm('T', 'N', no, nc, lr[p].r, 1.0f, lr[p].ut + o0, rows, lr[p].d + c0, cols, 0.0f, tile,
+                           TILE_C);
             else
                 for (int64_t k = 0; k < no * TILE_C; k++) tile[k] = 0;
             const int64_t *offr = y->off[0] + p * rows + o0, *oc = offc + c0;
@@ -1374,12 +1481,6 @@ static int merge_packed(layer *L, const contrib *list, int n, const int *parts, 
         free(tile);
     }
     if (st == SDXL_ERR_NOMEM) sdxl_seterr(e, st, "LoRA: out of memory for a delta tile");
-out:
-    for (int p = 0; p < 3; p++) {
-        free(lr[p].u);
-        free(lr[p].d);
-    }
-    free(offc);
     return st;
 }
 
@@ -1401,7 +1502,7 @@ static int rebuild_kept(sdxl_lora_state *s, layer *L, const contrib *list, int n
     int packed = 1;
     for (int i = 0; i < n; i++) packed &= plain_lora(&list[i].f->mods[list[i].mod]);
     if (packed) {
-        int st = merge_packed(L, list, n, parts, e);
+        int st = merge_packed(s, L, list, n, parts, e);
         if (st) return st;
         *layer_wptr(L) = L->alt;
         L->on_alt = 1;
@@ -1570,12 +1671,31 @@ int sdxl_lora_apply(sdxl_lora_state *s, const sdxl_lora_use *uses, int n, sdxl_l
             }
         }
     }
+    /* in place, merged weights have no original left to return to */
+    if (s->nets.in_place && s->broken) {
+        st = sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "loras: an earlier merge into this model's weights failed part way; "
+                                            "load it again");
+        goto fail;
+    }
+    for (int i = 0; i < s->n_layers && s->nets.in_place; i++) {
+        layer *L = &s->layers[i];
+        if (L->n_cur && !same_list(L->cur, L->n_cur, L->nxt, L->n_nxt)) {
+            st = sdxl_seterr(e, SDXL_ERR_UNSUPPORTED,
+                             "loras: this model merged its LoRAs into its weights (lora_in_place) and serves only "
+                             "that list; load it again for another");
+            goto fail;
+        }
+    }
     /* 3. rebuild the layers whose list changed */
     s->n_packed = 0;
     for (int i = 0; i < s->n_layers; i++) {
         layer *L = &s->layers[i];
         if (same_list(L->cur, L->n_cur, L->nxt, L->n_nxt)) continue;
         if ((st = rebuild(s, L, set, nset, L->nxt, L->n_nxt, e))) {
+            if (s->nets.in_place) { /* nothing to put back: no further merge is allowed */
+                s->broken = 1;
+                goto fail;
+            }
             /* put back what was merged before in the layers already rebuilt, then this one */
             sdxl_err e2 = {0};
             for (int j = 0; j <= i; j++) {

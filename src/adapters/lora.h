@@ -72,6 +72,10 @@ typedef struct sdxl_lora_nets {
      * layout for the merge: a merge writes it tile by tile, a removal points the layer back at its
      * original buffer. Past the limit, layers are rebuilt from the mapped checkpoint (slow). */
     size_t keep_max;
+    /* 1: merges write into the loaded buffers themselves (no copies, no allocation) and are for
+     * good: the first non-empty list stays, and an apply that would change a merged layer fails.
+     * For a model that serves one request. */
+    int in_place;
 } sdxl_lora_nets;
 
 typedef struct sdxl_lora_state sdxl_lora_state;

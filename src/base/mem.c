@@ -3,6 +3,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
+#endif
 
 /* Value of "Key:   123 kB" in a /proc file, in bytes. */
 static uint64_t proc_field(const char *path, const char *key) {
@@ -73,3 +79,13 @@ void sdxl_mem_query_at(const char *root, sdxl_mem_stats *s) {
 }
 
 void sdxl_mem_query(sdxl_mem_stats *out) { sdxl_mem_query_at("", out); }
+
+void sdxl_mem_populate(void *p, size_t n) {
+    long pg = sysconf(_SC_PAGESIZE);
+    if (!p || pg <= 0) return;
+    uintptr_t a = (uintptr_t)p, b = a + n, ps = (uintptr_t)pg;
+    if (b < a) return;
+    a = (a + ps - 1) & ~(ps - 1);
+    b &= ~(ps - 1);
+    if (b > a) (void)madvise((void *)a, b - a, MADV_POPULATE_WRITE);
+}

@@ -3,6 +3,7 @@
 #ifndef SDXL_BASE_MEM_H
 #define SDXL_BASE_MEM_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct sdxl_mem_stats {
@@ -18,5 +19,11 @@ typedef struct sdxl_mem_stats {
 /* Reads /proc and the cgroup files under `root` ("" for the real system; tests pass a synthetic tree). */
 void sdxl_mem_query_at(const char *root, sdxl_mem_stats *out);
 void sdxl_mem_query(sdxl_mem_stats *out);
+
+/* Maps in, for writing, the whole pages of [p, p + n) in one system call (MADV_POPULATE_WRITE):
+ * a buffer about to be written in full gets its pages far faster than by first-touch faults,
+ * which cost milliseconds per huge page on some virtual machines. Advice only: where the
+ * kernel lacks it, pages come by faults as before. */
+void sdxl_mem_populate(void *p, size_t n);
 
 #endif

@@ -205,6 +205,7 @@ int sdxl_pl_model_load(const sdxl_model_params *p, const sdxl_logger *log, sdxl_
     uo.log = log;
     m->uo = uo;
     m->one_shot = p->one_shot != 0;
+    m->lora_in_place = p->lora_in_place != 0;
     uo.validate_only = m->one_shot; /* converted after the text encoders are freed */
     if (log) {
         m->log_copy = *log;
@@ -458,7 +459,8 @@ int sdxl_pl_lora_set(sdxl_pl_model *m, const sdxl_lora_use *u, int n, sdxl_lora_
             return SDXL_OK;
         }
         sdxl_lora_nets nets = {.c = m->c, .unet = m->base_unet, .unet_ck = m->base_ck,
-                               .te = {m->base_cond.te1, m->base_cond.te2}, .te_ck = m->base_ck};
+                               .te = {m->base_cond.te1, m->base_cond.te2}, .te_ck = m->base_ck,
+                               .in_place = m->lora_in_place};
         int rc = sdxl_lora_state_new(&nets, &m->lora, e);
         if (rc) return rc;
     }

@@ -39,6 +39,7 @@ typedef struct sdxl_pl_model {
     sdxl_tokenizer *tok;
     int force_zeros;      /* base pipeline's force_zeros_for_empty_prompt (model_index.json, else 1) */
     int one_shot, used;   /* one_shot: UNets validated only until the request converts them */
+    int lora_in_place;    /* LoRAs merge into the loaded weights (sdxl_lora_nets.in_place) */
     sdxl_unet_opts uo;
     int v_pred, ztsnr;    /* the base predicts v; zero-terminal-SNR schedule (io/prediction.h) */
     char base_name[256];  /* file stem, for the metadata "Model" */

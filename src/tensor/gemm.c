@@ -14,6 +14,7 @@
 
 #include <oneapi/dnnl/dnnl.h>
 
+#include "base/mem.h"
 #include "tensor/ops.h"
 #include "tensor/ops_internal.h"
 
@@ -282,6 +283,7 @@ static int reorder_new(sdxl_compute *c, const dnnl_memory_desc_t *smd, const voi
     size_t bytes = dnnl_memory_desc_get_size(dmd);
     void *dst = sdxl_alloc_big(bytes);
     if (!dst) return sdxl_seterr(e, SDXL_ERR_NOMEM, "weights reorder: out of memory (%zu bytes)", bytes);
+    sdxl_mem_populate(dst, bytes);
     int st = reorder_into(c, smd, src, dmd, dst, e);
     if (st) {
         free(dst);
@@ -443,6 +445,7 @@ static float *to_f32_copy(const void *src, sdxl_dtype t, int64_t n) {
     if (n <= 0 || (uint64_t)n > SIZE_MAX / 4) return NULL;
     float *d = sdxl_alloc_big((size_t)n * 4);
     if (!d) return NULL;
+    sdxl_mem_populate(d, (size_t)n * 4);
     const int64_t chunk = 1 << 18;
     const size_t es = sdxl_dtype_size(t);
 #pragma omp parallel for schedule(static) if (n > 2 * chunk)
@@ -575,6 +578,7 @@ static uint16_t *to_bf16_copy(const void *src, sdxl_dtype t, int64_t n) {
     if (n <= 0 || (uint64_t)n > SIZE_MAX / 2) return NULL;
     uint16_t *d = sdxl_alloc_big((size_t)n * 2);
     if (!d) return NULL;
+    sdxl_mem_populate(d, (size_t)n * 2);
     enum { CH = 1 << 13 };
     const size_t es = sdxl_dtype_size(t);
     const int64_t nch = (n + CH - 1) / CH;
@@ -652,6 +656,7 @@ static int layer_weights(sdxl_compute *c, int op, const void *w, sdxl_dtype wdt,
     }
     void *dst = sdxl_alloc_big(bytes);
     if (!dst) return sdxl_seterr(e, SDXL_ERR_NOMEM, "weights: out of memory (%zu bytes)", bytes);
+    sdxl_mem_populate(dst, bytes);
     st = pack_into(c, ndims, dims, tag, w, wdt, nw, &gl->wmd, dst, e);
     if (st) {
         free(dst);

@@ -22,7 +22,7 @@ typedef struct net {
     sdxl_lora_state *s;
 } net;
 
-static int net_load_keep(net *n, sdxl_prec prec, size_t keep_max) {
+static int net_load_mode(net *n, sdxl_prec prec, size_t keep_max, int in_place) {
     memset(n, 0, sizeof *n);
     sdxl_err e = {0};
     sdxl_unet_opts o;
@@ -32,7 +32,7 @@ static int net_load_keep(net *n, sdxl_prec prec, size_t keep_max) {
         fprintf(stderr, "load: %s\n", e.msg);
         return 1;
     }
-    sdxl_lora_nets ln = {n->c, n->u, n->ck, {n->cm.te1, n->cm.te2}, n->ck, keep_max};
+    sdxl_lora_nets ln = {n->c, n->u, n->ck, {n->cm.te1, n->cm.te2}, n->ck, keep_max, in_place};
     if (sdxl_lora_state_new(&ln, &n->s, &e)) {
         fprintf(stderr, "state: %s\n", e.msg);
         return 1;
@@ -40,6 +40,7 @@ static int net_load_keep(net *n, sdxl_prec prec, size_t keep_max) {
     return 0;
 }
 
+static int net_load_keep(net *n, sdxl_prec prec, size_t keep_max) { return net_load_mode(n, prec, keep_max, 0); }
 static int net_load(net *n, sdxl_prec prec) { return net_load_keep(n, prec, 0); }
 
 static void net_free(net *n) {
@@ -588,6 +589,33 @@ static void test_packed(sdxl_prec prec) {
                   M[i].mod, (long long)bad);
         }
         free(got);
+    }
+    /* in place (one-request models): the same merged bytes with no copies; then only that list */
+    net ni;
+    if (net_load_mode(&ni, prec, 0, 1) == 0) {
+        sdxl_lora_stats si;
+        CHECK(sdxl_lora_apply(ni.s, &u, 1, &si, &e) == SDXL_OK, "%s: in-place apply (%s)", pn, e.msg);
+        CHECK(si.layers_packed == NM && si.kept_bytes * 4 < st.kept_bytes,
+              "%s: in place: %d layers packed, %zu bytes kept (bias copies) against %zu with weight copies", pn,
+              si.layers_packed, si.kept_bytes, st.kept_bytes);
+        for (int i = 0; i < NM; i++) {
+            int64_t cnt = M[i].out * M[i].in * M[i].k;
+            float *a = compute_weights(&n, M[i].net, M[i].mod, cnt), *b = compute_weights(&ni, M[i].net, M[i].mod, cnt);
+            CHECK(a && b && !memcmp(a, b, (size_t)cnt * sizeof *a), "%s: %s in place equals the copy's merge", pn,
+                  M[i].mod);
+            free(a);
+            free(b);
+        }
+        CHECK(sdxl_lora_apply(ni.s, &u, 1, &si, &e) == SDXL_OK && si.layers_rebuilt == 0,
+              "%s: in place: the same list again changes nothing", pn);
+        sdxl_lora_use u2 = {pk, 0.5f, -0.7f};
+        int rc = sdxl_lora_apply(ni.s, &u2, 1, &si, &e);
+        CHECK(rc == SDXL_ERR_UNSUPPORTED && strstr(e.msg, "lora_in_place"), "%s: in place: another list refused (%s)",
+              pn, e.msg);
+        CHECK(sdxl_lora_apply(ni.s, NULL, 0, &si, &e) == SDXL_ERR_UNSUPPORTED, "%s: in place: no removal", pn);
+        net_free(&ni);
+    } else {
+        CHECK(0, "%s: tiny model loads for in place", pn);
     }
     /* the processor-named file gives the same merged modules */
     sdxl_lora_use up = {pp, 0.9f, -0.7f};
