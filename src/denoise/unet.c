@@ -960,15 +960,28 @@ static int op_conv(sdxl_unet *u, const sdxl_conv2d *cv, const float *x, int64_t 
     return rc;
 }
 
+/* bf: write o as bf16 (the next GEMM's input) where the bf16 kernel runs; *oflags says which it
+ * wrote (SDXL_OP_SRC_BF16 or 0), for that GEMM. */
 static int op_attn(sdxl_unet *u, const float *q, int64_t qld, const float *k, const float *v, int64_t kvld, float *o,
-                   int64_t old, int64_t b, int64_t lq, int64_t lk, int heads, int hd, sdxl_err *e) {
+                   int64_t old, int64_t b, int64_t lq, int64_t lk, int heads, int hd, int bf, int *oflags,
+                   sdxl_err *e) {
     double fl = 4.0 * (double)b * (double)lq * (double)lk * (double)heads * (double)hd;
     u->flops += fl;
+    *oflags = 0;
     if (u->measure) return SDXL_OK;
     u->prof_f[SDXL_UNET_OP_ATTENTION] += fl;
     PROF_BEGIN(u);
     float scale = 1.0f / sqrtf((float)hd);
-    int rc = sdxl_attention(u->c, q, qld, k, v, kvld, o, old, b, lq, lk, heads, hd, scale, 0, e);
+    int rc = SDXL_ERR_UNSUPPORTED;
+    if (bf) {
+        sdxl_err e2 = {0};
+        rc = sdxl_attention_bf16(u->c, q, qld, k, v, kvld, (uint16_t *)(void *)o, old, b, lq, lk, heads, hd, scale, 0,
+                                 &e2);
+        if (rc == SDXL_OK) *oflags = SDXL_OP_SRC_BF16;
+        else if (rc != SDXL_ERR_UNSUPPORTED) *e = e2;
+    }
+    if (rc == SDXL_ERR_UNSUPPORTED)
+        rc = sdxl_attention(u->c, q, qld, k, v, kvld, o, old, b, lq, lk, heads, hd, scale, 0, e);
     PROF_END(u, SDXL_UNET_OP_ATTENTION);
     return rc;
 }
@@ -1213,13 +1226,14 @@ static int xformer(sdxl_unet *u, const unet_xf *xf, float *x, int64_t n, int64_t
         int nfl;
         op_ln_in(u, h, nb, m, c, b->n1_g, b->n1_b, &nfl);
         TRY(op_linear(u, &b->qkv, nb, m, qkv, nfl, e));
-        TRY(op_attn(u, qkv, 3 * c, at(qkv, c), at(qkv, 2 * c), 3 * c, o, c, n, hw, hw, xf->heads, hd, e));
-        TRY(op_linear(u, &b->out1, o, m, h, SDXL_OP_ACCUM, e));
+        int ofl, bf = bf16_inputs(u);
+        TRY(op_attn(u, qkv, 3 * c, at(qkv, c), at(qkv, 2 * c), 3 * c, o, c, n, hw, hw, xf->heads, hd, bf, &ofl, e));
+        TRY(op_linear(u, &b->out1, o, m, h, SDXL_OP_ACCUM | ofl, e));
         op_ln_in(u, h, nb, m, c, b->n2_g, b->n2_b, &nfl);
         TRY(op_linear(u, &b->q2, nb, m, qkv, nfl, e));
         TRY(op_linear(u, &b->kv2, in->context, n * lc, kv, 0, e));
-        TRY(op_attn(u, qkv, c, kv, at(kv, c), 2 * c, o, c, n, hw, lc, xf->heads, hd, e));
-        TRY(op_linear(u, &b->out2, o, m, h, SDXL_OP_ACCUM, e));
+        TRY(op_attn(u, qkv, c, kv, at(kv, c), 2 * c, o, c, n, hw, lc, xf->heads, hd, bf, &ofl, e));
+        TRY(op_linear(u, &b->out2, o, m, h, SDXL_OP_ACCUM | ofl, e));
         op_ln_in(u, h, nb, m, c, b->n3_g, b->n3_b, &nfl);
         for (int64_t r0 = 0; r0 < m; r0 += fr) {
             int64_t rows = m - r0 < fr ? m - r0 : fr;

@@ -196,6 +196,13 @@ int sdxl_attention(sdxl_compute *c, const float *q, int64_t q_ld, const float *k
                    float *out, int64_t out_ld, int64_t batch, int64_t lq, int64_t lk, int heads, int head_dim,
                    float scale, int causal, sdxl_err *e);
 
+/* The same with the output written as bf16 (a GEMM input: see SDXL_OP_SRC_BF16), rounded as the
+ * GEMM's own input conversion rounds the f32 output, so the GEMM's result does not change.
+ * SDXL_ERR_UNSUPPORTED where the bf16 kernel does not run (f32 context, no avx512_bf16, a device). */
+int sdxl_attention_bf16(sdxl_compute *c, const float *q, int64_t q_ld, const float *k, const float *v, int64_t kv_ld,
+                        uint16_t *out, int64_t out_ld, int64_t batch, int64_t lq, int64_t lk, int heads, int head_dim,
+                        float scale, int causal, sdxl_err *e);
+
 /* ---- one forward, two backends --------------------------------------------------------------
  * A context made on a Vulkan device runs every op above and below there: layers created on it
  * keep their weights on the device (uploaded once, f32 or bf16 as the precision says), and
