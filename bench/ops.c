@@ -1,7 +1,7 @@
 /* bench-ops: GFLOP/s of matmul, conv and attention at SDXL shapes, in f32 and bf16, each as a
  * percentage of this run's machine peak for the same precision (register-only FMA loop); and
  * GB/s of the memory-bound ops (norms, activations, adds) against this run's copy bandwidth.
- * Usage: bench-ops [--threads N] [--reps N] [--only matmul,conv,attention,memory]
+ * Usage: bench-ops [--threads N] [--reps N] [--only matmul,ff,conv,attention,memory]
  * Each figure is the best of `reps` timed runs after one warm-up run (which creates the
  * primitives and grows the scratch buffers). BENCH_CLOCK=cpu times by CPU time (peak.c). */
 #include <stdio.h>
@@ -109,6 +109,53 @@ static void bench_attention(sdxl_compute *c, int64_t lq, int64_t lk, int heads, 
     snprintf(name, sizeof name, "attention lq=%lld lk=%lld %dx%d", (long long)lq, (long long)lk, heads, d);
     report(name, sdxl_compute_prec(c), 4.0 * lq * lk * d * heads, best, peak);
     free(q), free(kv), free(o);
+}
+
+/* One feed-forward (bf16): ff1 [8c, c], GEGLU, ff2 [c, 4c] accumulated into the residual, over M
+ * rows: as separate ops (the f32 projection, then the GEGLU to bf16) and with the GEGLU fused
+ * into ff1 (sdxl_linear_geglu_bf16). The two run in turn, each the best of its runs. */
+static void bench_ff(sdxl_compute *c, int64_t M, int64_t C, double peak) {
+    float *x = rnd(M * C), *w1 = rnd(8 * C * C), *b1 = rnd(8 * C), *w2 = rnd(4 * C * C), *b2 = rnd(C), *h = rnd(M * C);
+    float *p = rnd(M * 8 * C), *g = rnd(M * 4 * C);
+    uint16_t *yb = aligned_alloc(64, (size_t)(M * 4 * C) * 2);
+    for (int64_t i = 0; i < 8 * C * C; i++) w1[i] *= 0.1f;
+    sdxl_linear l1, l2;
+    sdxl_err e = {0};
+    if (!yb || sdxl_linear_init(c, &l1, C, 8 * C, w1, SDXL_F32, b1, SDXL_F32, &e) ||
+        sdxl_linear_init(c, &l2, 4 * C, C, w2, SDXL_F32, b2, SDXL_F32, &e)) {
+        fprintf(stderr, "ff: %s\n", e.msg);
+        exit(1);
+    }
+    double best[2] = {1e30, 1e30}, t_start = bench_now();
+    for (int r = -1; more(r < 0 ? 0 : r, t_start); r++)
+        for (int v = 0; v < 2; v++) {
+            double t0 = bench_now();
+            int st;
+            if (v == 0) {
+                st = sdxl_linear_fwd(c, &l1, x, M, p, 0, &e);
+                uint16_t *xb = st ? NULL : sdxl_compute_src_bf16(c, M * 4 * C);
+                if (xb) sdxl_geglu_bf16(p, xb, M, 4 * C);
+                if (!st) st = sdxl_linear_fwd(c, &l2, (const float *)(void *)xb, M, h, SDXL_OP_ACCUM | SDXL_OP_SRC_BF16, &e);
+            } else {
+                st = sdxl_linear_geglu_bf16(c, &l1, x, M, g, yb, 0, &e);
+                if (!st) st = sdxl_linear_fwd(c, &l2, (const float *)(void *)yb, M, h, SDXL_OP_ACCUM | SDXL_OP_SRC_BF16, &e);
+            }
+            double t = bench_now() - t0;
+            if (st) {
+                fprintf(stderr, "ff: %s\n", e.msg);
+                exit(1);
+            }
+            if (r >= 0 && t < best[v]) best[v] = t;
+        }
+    char name[96];
+    for (int v = 0; v < 2; v++) {
+        snprintf(name, sizeof name, "feed-forward M=%lld c=%lld, %s", (long long)M, (long long)C,
+                 v ? "GEGLU fused" : "GEGLU apart");
+        report(name, sdxl_compute_prec(c), 24.0 * M * C * C, best[v], peak);
+    }
+    sdxl_linear_free(&l1);
+    sdxl_linear_free(&l2);
+    free(x), free(w1), free(b1), free(w2), free(b2), free(h), free(p), free(g), free(yb);
 }
 
 /* ---- memory-bound ops: GB/s of compulsory traffic (each input read once, each output written
@@ -231,7 +278,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
         else {
-            fprintf(stderr, "usage: %s [--threads N] [--reps N] [--only matmul,conv,attention,memory]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--threads N] [--reps N] [--only matmul,ff,conv,attention,memory]\n", argv[0]);
             return 2;
         }
     }
@@ -266,6 +313,10 @@ int main(int argc, char **argv) {
             bench_matmul(c, 4096, 640, 5120, peak[pi]);
             bench_matmul(c, 1024, 1280, 1280, peak[pi]);
             bench_matmul(c, 1024, 1280, 10240, peak[pi]);
+        }
+        if (wants(only, "ff") && p == SDXL_PREC_BF16) {
+            bench_ff(c, 2048, 640, peak[pi]); /* 512x512 images, batch 2 */
+            bench_ff(c, 512, 1280, peak[pi]);
         }
         if (wants(only, "conv")) {
             bench_conv(c, 1, 64, 640, peak[pi]);

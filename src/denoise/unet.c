@@ -960,15 +960,28 @@ static int op_conv(sdxl_unet *u, const sdxl_conv2d *cv, const float *x, int64_t 
     return rc;
 }
 
+/* bf: write o as bf16 (the next GEMM's input) where the bf16 kernel runs; *oflags says which it
+ * wrote (SDXL_OP_SRC_BF16 or 0), for that GEMM. */
 static int op_attn(sdxl_unet *u, const float *q, int64_t qld, const float *k, const float *v, int64_t kvld, float *o,
-                   int64_t old, int64_t b, int64_t lq, int64_t lk, int heads, int hd, sdxl_err *e) {
+                   int64_t old, int64_t b, int64_t lq, int64_t lk, int heads, int hd, int bf, int *oflags,
+                   sdxl_err *e) {
     double fl = 4.0 * (double)b * (double)lq * (double)lk * (double)heads * (double)hd;
     u->flops += fl;
+    *oflags = 0;
     if (u->measure) return SDXL_OK;
     u->prof_f[SDXL_UNET_OP_ATTENTION] += fl;
     PROF_BEGIN(u);
     float scale = 1.0f / sqrtf((float)hd);
-    int rc = sdxl_attention(u->c, q, qld, k, v, kvld, o, old, b, lq, lk, heads, hd, scale, 0, e);
+    int rc = SDXL_ERR_UNSUPPORTED;
+    if (bf) {
+        sdxl_err e2 = {0};
+        rc = sdxl_attention_bf16(u->c, q, qld, k, v, kvld, (uint16_t *)(void *)o, old, b, lq, lk, heads, hd, scale, 0,
+                                 &e2);
+        if (rc == SDXL_OK) *oflags = SDXL_OP_SRC_BF16;
+        else if (rc != SDXL_ERR_UNSUPPORTED) *e = e2;
+    }
+    if (rc == SDXL_ERR_UNSUPPORTED)
+        rc = sdxl_attention(u->c, q, qld, k, v, kvld, o, old, b, lq, lk, heads, hd, scale, 0, e);
     PROF_END(u, SDXL_UNET_OP_ATTENTION);
     return rc;
 }
@@ -986,6 +999,55 @@ static void op_ln(sdxl_unet *u, const float *x, float *y, int64_t rows, int64_t 
     PROF_BEGIN(u);
     OP(u, sdxl_op_layer_norm(u->c, x, y, rows, c, LN_EPS, g, b, &u->op_err));
     PROF_END(u, SDXL_UNET_OP_LAYERNORM);
+}
+
+/* bf16 CPU contexts: GEMM inputs written as bf16 by the op that makes them (rounded as the GEMM
+ * would round them), so the GEMM skips its conversion pass. */
+static int bf16_inputs(const sdxl_unet *u) {
+    return u->c && sdxl_compute_prec(u->c) == SDXL_PREC_BF16 && !sdxl_compute_is_device(u->c);
+}
+
+/* LayerNorm of a GEMM input into y (bf16 in y's first half where bf16_inputs); *flags is what to
+ * pass the GEMMs that read it. */
+static void op_ln_in(sdxl_unet *u, const float *x, float *y, int64_t rows, int64_t c, const float *g, const float *b,
+                     int *flags) {
+    *flags = bf16_inputs(u) ? SDXL_OP_SRC_BF16 : 0;
+    if (!*flags) {
+        op_ln(u, x, y, rows, c, g, b);
+        return;
+    }
+    if (u->measure) return;
+    PROF_BEGIN(u);
+    sdxl_layer_norm_bf16(x, (uint16_t *)(void *)y, rows, c, LN_EPS, g, b);
+    PROF_END(u, SDXL_UNET_OP_LAYERNORM);
+}
+
+/* GroupNorm of a conv or linear input: into y, or in bf16 CPU contexts as bf16 into the context's
+ * GEMM-input buffer; *src and *flags are what to pass the GEMM (the next GEMM to run). */
+static int op_gn_in(sdxl_unet *u, const float *x, float *y, int64_t n, int64_t hw, int64_t c, float eps,
+                    const float *g, const float *b, int silu, const float **src, int *flags, sdxl_err *e) {
+    *src = y;
+    *flags = 0;
+    if (!bf16_inputs(u)) {
+        op_gn(u, x, y, n, hw, c, eps, g, b, silu);
+        return SDXL_OK;
+    }
+    *flags = SDXL_OP_SRC_BF16;
+    if (u->measure) return SDXL_OK;
+    PROF_BEGIN(u);
+    uint16_t *yb = sdxl_compute_src_bf16(u->c, n * hw * c);
+    if (!yb) return sdxl_seterr(e, SDXL_ERR_NOMEM, "unet: group norm output of %lld values", (long long)(n * hw * c));
+    sdxl_group_norm_bf16(x, yb, n, hw, c, GN_GROUPS, eps, g, b, silu);
+    *src = (const float *)(const void *)yb;
+    PROF_END(u, SDXL_UNET_OP_GROUPNORM);
+    return SDXL_OK;
+}
+
+/* Row r0 of a GEMM input of rows of c values, f32 or (flags) bf16. */
+static const float *in_row(const float *x, int64_t r0, int64_t c, int flags) {
+    if (!x) return NULL;
+    return flags & SDXL_OP_SRC_BF16 ? (const float *)(const void *)((const uint16_t *)(const void *)x + r0 * c)
+                                    : x + r0 * c;
 }
 
 /* In bf16 the GEGLU writes the next GEMM's bf16 input itself: *src and *flags are what to pass it. */
@@ -1006,6 +1068,37 @@ static int op_geglu(sdxl_unet *u, const float *x, float *y, int64_t rows, int64_
     }
     PROF_END(u, SDXL_UNET_OP_GEGLU);
     return SDXL_OK;
+}
+
+/* Feed-forward input half in bf16 CPU contexts: ff1 and the GEGLU as one op, its bf16 output in y
+ * (g: f32 scratch of rows x f); *src and *flags are what to pass the second GEMM. Elsewhere, or
+ * where the layer's weights do not split, ff1 into p and the GEGLU into y. */
+static int op_ff_in(sdxl_unet *u, const sdxl_linear *ff1, const float *x, int xflags, int64_t rows, float *p, float *y,
+                    const float **src, int *flags, sdxl_err *e) {
+    int64_t f = ff1->out / 2;
+    if (bf16_inputs(u)) {
+        double fl = 2.0 * (double)rows * (double)ff1->in * (double)ff1->out;
+        int rc = SDXL_OK;
+        sdxl_err e2 = {0};
+        if (!u->measure) {
+            PROF_BEGIN(u);
+            rc = sdxl_linear_geglu_bf16(u->c, ff1, x, rows, p, (uint16_t *)(void *)y, xflags, &e2);
+            PROF_END(u, SDXL_UNET_OP_LINEAR);
+        }
+        if (rc == SDXL_OK) {
+            u->flops += fl;
+            if (!u->measure) u->prof_f[SDXL_UNET_OP_LINEAR] += fl;
+            *src = y;
+            *flags = SDXL_OP_SRC_BF16;
+            return SDXL_OK;
+        }
+        if (rc != SDXL_ERR_UNSUPPORTED) {
+            *e = e2;
+            return rc;
+        }
+    }
+    TRY(op_linear(u, ff1, x, rows, p, xflags, e));
+    return op_geglu(u, p, y, rows, f, src, flags, e);
 }
 
 static void op_silu(sdxl_unet *u, float *x, int64_t n) {
@@ -1084,14 +1177,16 @@ static int resblock(sdxl_unet *u, const unet_res *r, float *x, int64_t n, int64_
     if (r->has_skip) TRY(op_conv(u, &r->skip, x, n, h, w, y, 0, e));
     else op_copy(u, y, x, n * hw * r->cout);
     float *g = clobber ? x : ws_alloc(u, n * hw * r->cin, NULL);
-    op_gn(u, x, g, n, hw, r->cin, GN_EPS_RES, r->norm1_g, r->norm1_b, 1);
+    const float *src;
+    int fl;
+    TRY(op_gn_in(u, x, g, n, hw, r->cin, GN_EPS_RES, r->norm1_g, r->norm1_b, 1, &src, &fl, e));
     float *t = ws_alloc(u, n * hw * r->cout, NULL);
     float *tp = ws_alloc(u, n * r->cout, NULL);
-    TRY(op_conv(u, &r->conv1, g, n, h, w, t, 0, e));
+    TRY(op_conv(u, &r->conv1, src, n, h, w, t, fl, e));
     TRY(op_linear(u, &r->temb, emb_act, n, tp, 0, e));
     op_add_rows(u, t, tp, n, hw, r->cout);
-    op_gn(u, t, t, n, hw, r->cout, GN_EPS_RES, r->norm2_g, r->norm2_b, 1);
-    TRY(op_conv(u, &r->conv2, t, n, h, w, y, SDXL_OP_ACCUM, e));
+    TRY(op_gn_in(u, t, t, n, hw, r->cout, GN_EPS_RES, r->norm2_g, r->norm2_b, 1, &src, &fl, e));
+    TRY(op_conv(u, &r->conv2, src, n, h, w, y, SDXL_OP_ACCUM | fl, e));
     u->ws_top = mk;
     *out = y;
     return SDXL_OK;
@@ -1122,26 +1217,29 @@ static int xformer(sdxl_unet *u, const unet_xf *xf, float *x, int64_t n, int64_t
     int64_t fr = ff_rows(m, c);
     float *p = ws_alloc(u, fr * 8 * c, NULL);
     float *gg = ws_alloc(u, fr * 4 * c, NULL);
-    op_gn(u, x, nb, n, hw, c, GN_EPS_XF, xf->norm_g, xf->norm_b, 0);
-    TRY(op_linear(u, &xf->proj_in, nb, m, h, 0, e));
+    const float *src;
+    int fl;
+    TRY(op_gn_in(u, x, nb, n, hw, c, GN_EPS_XF, xf->norm_g, xf->norm_b, 0, &src, &fl, e));
+    TRY(op_linear(u, &xf->proj_in, src, m, h, fl, e));
     for (int k = 0; k < xf->depth; k++) {
         const unet_tblock *b = &xf->blocks[k];
-        op_ln(u, h, nb, m, c, b->n1_g, b->n1_b);
-        TRY(op_linear(u, &b->qkv, nb, m, qkv, 0, e));
-        TRY(op_attn(u, qkv, 3 * c, at(qkv, c), at(qkv, 2 * c), 3 * c, o, c, n, hw, hw, xf->heads, hd, e));
-        TRY(op_linear(u, &b->out1, o, m, h, SDXL_OP_ACCUM, e));
-        op_ln(u, h, nb, m, c, b->n2_g, b->n2_b);
-        TRY(op_linear(u, &b->q2, nb, m, qkv, 0, e));
+        int nfl;
+        op_ln_in(u, h, nb, m, c, b->n1_g, b->n1_b, &nfl);
+        TRY(op_linear(u, &b->qkv, nb, m, qkv, nfl, e));
+        int ofl, bf = bf16_inputs(u);
+        TRY(op_attn(u, qkv, 3 * c, at(qkv, c), at(qkv, 2 * c), 3 * c, o, c, n, hw, hw, xf->heads, hd, bf, &ofl, e));
+        TRY(op_linear(u, &b->out1, o, m, h, SDXL_OP_ACCUM | ofl, e));
+        op_ln_in(u, h, nb, m, c, b->n2_g, b->n2_b, &nfl);
+        TRY(op_linear(u, &b->q2, nb, m, qkv, nfl, e));
         TRY(op_linear(u, &b->kv2, in->context, n * lc, kv, 0, e));
-        TRY(op_attn(u, qkv, c, kv, at(kv, c), 2 * c, o, c, n, hw, lc, xf->heads, hd, e));
-        TRY(op_linear(u, &b->out2, o, m, h, SDXL_OP_ACCUM, e));
-        op_ln(u, h, nb, m, c, b->n3_g, b->n3_b);
+        TRY(op_attn(u, qkv, c, kv, at(kv, c), 2 * c, o, c, n, hw, lc, xf->heads, hd, bf, &ofl, e));
+        TRY(op_linear(u, &b->out2, o, m, h, SDXL_OP_ACCUM | ofl, e));
+        op_ln_in(u, h, nb, m, c, b->n3_g, b->n3_b, &nfl);
         for (int64_t r0 = 0; r0 < m; r0 += fr) {
             int64_t rows = m - r0 < fr ? m - r0 : fr;
-            TRY(op_linear(u, &b->ff1, at(nb, r0 * c), rows, p, 0, e));
             const float *gin;
             int gfl;
-            TRY(op_geglu(u, p, gg, rows, 4 * c, &gin, &gfl, e));
+            TRY(op_ff_in(u, &b->ff1, in_row(nb, r0, c, nfl), nfl, rows, p, gg, &gin, &gfl, e));
             TRY(op_linear(u, &b->ff2, gin, rows, at(h, r0 * c), SDXL_OP_ACCUM | gfl, e));
         }
     }

@@ -28,6 +28,7 @@
 typedef struct att_shape {
     const float *q, *k, *v;
     float *out;
+    uint16_t *outb; /* bf16 output instead of out (bf16 kernel only) */
     int64_t q_ld, kv_ld, out_ld, lq, lk;
     int heads, d;
     int dp;  /* d rounded up to even (bf16 pairs) */
@@ -41,6 +42,12 @@ typedef struct att_shape {
 } att_shape;
 
 static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+/* Start of row qi of batch item b, head h in the output, f32 or bf16 (a->outb). */
+static char *out_at(const att_shape *a, int64_t b, int64_t qi, int h) {
+    int64_t i = (b * a->lq + qi) * a->out_ld + (int64_t)h * a->d;
+    return a->outb ? (char *)(a->outb + i) : (char *)(a->out + i);
+}
 
 /* Per-thread scratch: packed K and V of one head, the tile's bf16 queries, scores,
  * probabilities, output accumulator, running max and sum. */
@@ -525,7 +532,7 @@ AVX512BF16 static void bf_group_n(const att_shape *a, const uint32_t *q32, const
 /* o = P V over npair key pairs from zero, then row r scaled by inv[r] and stored to dst[r]
  * (columns [c, c + 16 nvd) of which the first ncol are kept). */
 AVX512BF16 static INLINE void bf_pv_out(const uint16_t *pb, const uint16_t *vp, int dv, int npair, int nvd, int ncol,
-                                        const float *inv, float *const *dst, int nrows) {
+                                        const float *inv, char *const *dst, int obf, int nrows) {
     __m512 acc[BF_R][4];
 #pragma GCC unroll 5
     for (int r = 0; r < BF_R; r++)
@@ -552,7 +559,9 @@ AVX512BF16 static INLINE void bf_pv_out(const uint16_t *pb, const uint16_t *vp, 
         for (int v = 0; v < nvd; v++) {
             int n = ncol - 16 * v;
             __mmask16 mk = n >= 16 ? 0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
-            _mm512_mask_storeu_ps(dst[r] + v * 16, mk, _mm512_mul_ps(acc[r][v], vi));
+            __m512 y = _mm512_mul_ps(acc[r][v], vi);
+            if (obf) _mm256_mask_storeu_epi16((uint16_t *)(void *)dst[r] + v * 16, mk, (__m256i)_mm512_cvtneps_pbh(y));
+            else _mm512_mask_storeu_ps((float *)(void *)dst[r] + v * 16, mk, y);
         }
     }
 }
@@ -561,8 +570,8 @@ AVX512BF16 static INLINE void bf_pv_out(const uint16_t *pb, const uint16_t *vp, 
  * straight to the output rows, normalised, without an accumulator tile. */
 AVX512BF16 static INLINE void bf_group_single(const att_shape *a, const uint32_t *q32, const uint16_t *kp,
                                               const uint16_t *vp, int nvk, const int *nvalid, float *l, uint16_t *pb,
-                                              float *const *dst, int nrows) {
-    const int dv = a->dv, d = a->d;
+                                              char *const *dst, int nrows) {
+    const int dv = a->dv, d = a->d, obf = a->outb != NULL, es = obf ? 2 : 4;
     __m512 s[BF_R][BF_NV];
     float m[BF_R] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY}, inv[BF_R];
     memset(l, 0, BF_R * 16 * 4);
@@ -570,24 +579,24 @@ AVX512BF16 static INLINE void bf_group_single(const att_shape *a, const uint32_t
     bf_softmax(s, nvk, nvalid, m, l, pb, NULL, dv);
     for (int r = 0; r < BF_R; r++) inv[r] = 1.0f / _mm512_reduce_add_ps(_mm512_load_ps(l + r * 16));
     const int npair = nvk * 8;
-    float *drow[BF_R];
+    char *drow[BF_R];
     int c = 0;
     for (; c + 64 <= dv; c += 64) {
-        for (int r = 0; r < BF_R; r++) drow[r] = dst[r] + c;
-        bf_pv_out(pb, vp + c * 2, dv, npair, 4, d - c, inv, drow, nrows);
+        for (int r = 0; r < BF_R; r++) drow[r] = dst[r] + c * es;
+        bf_pv_out(pb, vp + c * 2, dv, npair, 4, d - c, inv, drow, obf, nrows);
     }
-    for (int r = 0; r < BF_R; r++) drow[r] = dst[r] + c;
+    for (int r = 0; r < BF_R; r++) drow[r] = dst[r] + c * es;
     switch ((dv - c) / 16) {
-    case 3: bf_pv_out(pb, vp + c * 2, dv, npair, 3, d - c, inv, drow, nrows); break;
-    case 2: bf_pv_out(pb, vp + c * 2, dv, npair, 2, d - c, inv, drow, nrows); break;
-    case 1: bf_pv_out(pb, vp + c * 2, dv, npair, 1, d - c, inv, drow, nrows); break;
+    case 3: bf_pv_out(pb, vp + c * 2, dv, npair, 3, d - c, inv, drow, obf, nrows); break;
+    case 2: bf_pv_out(pb, vp + c * 2, dv, npair, 2, d - c, inv, drow, obf, nrows); break;
+    case 1: bf_pv_out(pb, vp + c * 2, dv, npair, 1, d - c, inv, drow, obf, nrows); break;
     default: break;
     }
 }
 
 AVX512BF16 static void bf_group_single_n(const att_shape *a, const uint32_t *q32, const uint16_t *kp,
                                          const uint16_t *vp, int nvk, const int *nvalid, float *l, uint16_t *pb,
-                                         float *const *dst, int nrows) {
+                                         char *const *dst, int nrows) {
     switch (nvk) {
     case 5: bf_group_single(a, q32, kp, vp, 5, nvalid, l, pb, dst, nrows); break;
     case 4: bf_group_single(a, q32, kp, vp, 4, nvalid, l, pb, dst, nrows); break;
@@ -637,12 +646,12 @@ AVX512BF16 static void tile_bf16(const att_shape *a, int64_t b, int h, int64_t q
         const int nvk = (int)((kend + 15) / 16), hn = h + 1 < a->heads ? h + 1 : 0;
         for (int g = 0; g < ngr; g++) {
             int nvalid[BF_R];
-            float *dst[BF_R];
+            char *dst[BF_R];
             for (int r = 0; r < BF_R; r++) {
                 int i = g * BF_R + r, ii = i < nr ? i : nr - 1;
                 int64_t lim = a->causal ? q0 + ii + 1 : kend;
                 nvalid[r] = (int)(lim < kend ? lim : kend);
-                dst[r] = a->out + (b * a->lq + q0 + ii) * a->out_ld + (int64_t)h * d;
+                dst[r] = out_at(a, b, q0 + ii, h);
             }
             int nrows = nr - g * BF_R < BF_R ? nr - g * BF_R : BF_R;
             /* With few keys a task is short: fetch the output rows of the next task (the next
@@ -650,8 +659,8 @@ AVX512BF16 static void tile_bf16(const att_shape *a, int64_t b, int h, int64_t q
             for (int r = 0; a->allheads && r < BF_R; r++) {
                 int64_t qi = q0 + g * BF_R + r + (hn ? 0 : ATT_BQ);
                 if (qi >= a->lq) break;
-                char *on = (char *)(a->out + (b * a->lq + qi) * a->out_ld + (int64_t)hn * d);
-                for (int x = 0; x < d * 4; x += 64) __builtin_prefetch(on + x, 1, 3);
+                char *on = out_at(a, b, qi, hn);
+                for (int x = 0; x < d * (a->outb ? 2 : 4); x += 64) __builtin_prefetch(on + x, 1, 3);
             }
             bf_group_single_n(a, (const uint32_t *)(qb + (int64_t)g * BF_R * dp), kp, vp, nvk, nvalid, t->l, pb,
                               dst, nrows);
@@ -682,11 +691,13 @@ AVX512BF16 static void tile_bf16(const att_shape *a, int64_t b, int h, int64_t q
     }
     for (int i = 0; i < nr; i++) {
         __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(_mm512_load_ps(t->l + (int64_t)i * 16)));
-        float *dst = a->out + (b * a->lq + q0 + i) * a->out_ld + (int64_t)h * d;
+        char *dst = out_at(a, b, q0 + i, h);
         const float *o = t->o + (int64_t)i * dv;
         for (int x = 0; x < d; x += 16) {
             __mmask16 mk = d - x >= 16 ? 0xffff : (__mmask16)((1u << (d - x)) - 1);
-            _mm512_mask_storeu_ps(dst + x, mk, _mm512_mul_ps(_mm512_load_ps(o + x), inv));
+            __m512 y = _mm512_mul_ps(_mm512_load_ps(o + x), inv);
+            if (a->outb) _mm256_mask_storeu_epi16((uint16_t *)(void *)dst + x, mk, (__m256i)_mm512_cvtneps_pbh(y));
+            else _mm512_mask_storeu_ps((float *)(void *)dst + x, mk, y);
         }
     }
 }
@@ -730,12 +741,14 @@ static void tile_c(const att_shape *a, int64_t b, int h, int64_t q0, int nr, att
 
 /* ---- entry ---------------------------------------------------------------------------------- */
 
-int sdxl_attention(sdxl_compute *c, const float *q, int64_t q_ld, const float *k, const float *v, int64_t kv_ld,
-                   float *out, int64_t out_ld, int64_t batch, int64_t lq, int64_t lk, int heads, int head_dim,
-                   float scale, int causal, sdxl_err *e) {
+static int attention(sdxl_compute *c, const float *q, int64_t q_ld, const float *k, const float *v, int64_t kv_ld,
+                     float *out, uint16_t *outb, int64_t out_ld, int64_t batch, int64_t lq, int64_t lk, int heads,
+                     int head_dim, float scale, int causal, sdxl_err *e) {
     if (batch < 0 || lq < 0 || lk < 0 || heads <= 0 || head_dim <= 0 || head_dim > 2048)
         return sdxl_seterr(e, SDXL_ERR_ARG, "attention: bad shape batch=%lld lq=%lld lk=%lld heads=%d head_dim=%d",
                            (long long)batch, (long long)lq, (long long)lk, heads, head_dim);
+    if (outb && (sdxl_compute_dev(c) || sdxl_simd_level() < 2 || sdxl_compute_prec(c) != SDXL_PREC_BF16))
+        return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "attention: bf16 output needs the bf16 CPU kernel");
     if (sdxl_compute_dev(c))
         return sdxl_dev_attention(sdxl_compute_dev(c), q, q_ld, k, v, kv_ld, out, out_ld, batch, lq, lk, heads, head_dim,
                                   scale, causal, e);
@@ -750,8 +763,8 @@ int sdxl_attention(sdxl_compute *c, const float *q, int64_t q_ld, const float *k
     if (!(scale == scale)) return sdxl_seterr(e, SDXL_ERR_ARG, "attention: scale is NaN");
 
     const int simd = sdxl_simd_level();
-    att_shape a = {.q = q, .k = k, .v = v, .out = out, .q_ld = q_ld, .kv_ld = kv_ld, .out_ld = out_ld, .lq = lq,
-                   .lk = lk, .heads = heads, .d = head_dim, .causal = causal != 0};
+    att_shape a = {.q = q, .k = k, .v = v, .out = out, .outb = outb, .q_ld = q_ld, .kv_ld = kv_ld, .out_ld = out_ld,
+                   .lq = lq, .lk = lk, .heads = heads, .d = head_dim, .causal = causal != 0};
     a.dp = (head_dim + 1) & ~1;
     a.dv = (head_dim + 15) & ~15;
     a.scale_log2 = scale * 1.4426950408889634f;
@@ -837,4 +850,16 @@ int sdxl_attention(sdxl_compute *c, const float *q, int64_t q_ld, const float *k
         }
     }
     return SDXL_OK;
+}
+
+int sdxl_attention(sdxl_compute *c, const float *q, int64_t q_ld, const float *k, const float *v, int64_t kv_ld,
+                   float *out, int64_t out_ld, int64_t batch, int64_t lq, int64_t lk, int heads, int head_dim,
+                   float scale, int causal, sdxl_err *e) {
+    return attention(c, q, q_ld, k, v, kv_ld, out, NULL, out_ld, batch, lq, lk, heads, head_dim, scale, causal, e);
+}
+
+int sdxl_attention_bf16(sdxl_compute *c, const float *q, int64_t q_ld, const float *k, const float *v, int64_t kv_ld,
+                        uint16_t *out, int64_t out_ld, int64_t batch, int64_t lq, int64_t lk, int heads, int head_dim,
+                        float scale, int causal, sdxl_err *e) {
+    return attention(c, q, q_ld, k, v, kv_ld, NULL, out, out_ld, batch, lq, lk, heads, head_dim, scale, causal, e);
 }

@@ -19,6 +19,8 @@
 #include "tensor/ops_internal.h"
 
 enum { OP_LINEAR = 1, OP_CONV = 2 };
+/* Private key flags beside SDXL_OP_ACCUM: the two halves of the fused GEGLU feed-forward. */
+enum { KF_GELU = 1 << 8, KF_MUL_BF16 = 1 << 9 };
 
 /* Per-layer private data: the weights' memory descriptor and its id in the context. */
 typedef struct gemm_layer {
@@ -39,7 +41,7 @@ typedef struct prim_entry {
     dnnl_primitive_t prim;
     int own_weights;          /* 1: this primitive needs weights in use_wmd, not the stored layout */
     dnnl_memory_desc_t use_wmd;
-    dnnl_memory_t m_src, m_wei, m_bias, m_dst, m_scratch;
+    dnnl_memory_t m_src, m_wei, m_bias, m_dst, m_scratch, m_mul;
     size_t scratch_bytes;
 } prim_entry;
 
@@ -155,6 +157,7 @@ void sdxl_compute_free(sdxl_compute *c) {
         dnnl_memory_destroy(p->m_bias);
         dnnl_memory_destroy(p->m_dst);
         dnnl_memory_destroy(p->m_scratch);
+        dnnl_memory_destroy(p->m_mul);
     }
     for (int i = 0; i < c->n_wcopies; i++) free(c->wcopies[i].data);
     free(c->wcopies);
@@ -211,7 +214,8 @@ static dnnl_status_t make_desc(const prim_key *k, const dnnl_memory_desc_t *wmd,
         int64_t M = k->d[0], K = k->d[1], N = k->d[2];
         dnnl_dims_t ds = {M, K}, dd = {M, N}, db = {1, N};
         if ((s = dnnl_memory_desc_init_by_tag(&src, 2, ds, dt, dnnl_ab)) != dnnl_success) return s;
-        if ((s = dnnl_memory_desc_init_by_tag(&dst, 2, dd, dnnl_f32, dnnl_ab)) != dnnl_success) return s;
+        dnnl_data_type_t ddt = k->flags & KF_MUL_BF16 ? dnnl_bf16 : dnnl_f32;
+        if ((s = dnnl_memory_desc_init_by_tag(&dst, 2, dd, ddt, dnnl_ab)) != dnnl_success) return s;
         if ((s = dnnl_memory_desc_init_by_tag(&bias, 2, db, dnnl_f32, dnnl_ab)) != dnnl_success) return s;
         return dnnl_matmul_desc_init(&od->mm, &src, wmd, k->has_bias ? &bias : NULL, &dst);
     }
@@ -237,9 +241,17 @@ static dnnl_status_t make_pd(sdxl_compute *c, const prim_key *k, const dnnl_memo
     dnnl_post_ops_t po = NULL;
     if ((s = dnnl_primitive_attr_create(&attr)) != dnnl_success) return s;
     s = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
-    if (s == dnnl_success && (k->flags & SDXL_OP_ACCUM)) {
+    if (s == dnnl_success && (k->flags & (SDXL_OP_ACCUM | KF_GELU | KF_MUL_BF16))) {
         s = dnnl_post_ops_create(&po);
-        if (s == dnnl_success) s = dnnl_post_ops_append_sum(po, 1.0f);
+        if (s == dnnl_success && (k->flags & SDXL_OP_ACCUM)) s = dnnl_post_ops_append_sum(po, 1.0f);
+        if (s == dnnl_success && (k->flags & KF_GELU)) s = dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_gelu_erf, 0, 0);
+        if (s == dnnl_success && (k->flags & KF_MUL_BF16)) {
+            /* the multiplier: an f32 [M, N] tensor (the gate half's GELU) */
+            dnnl_memory_desc_t md;
+            dnnl_dims_t dd = {k->d[0], k->d[2]};
+            s = dnnl_memory_desc_init_by_tag(&md, 2, dd, dnnl_f32, dnnl_ab);
+            if (s == dnnl_success) s = dnnl_post_ops_append_binary(po, dnnl_binary_mul, &md);
+        }
         if (s == dnnl_success) s = dnnl_primitive_attr_set_post_ops(attr, po);
     }
     if (s == dnnl_success) s = dnnl_primitive_desc_create(pd, &od, attr, c->engine, NULL);
@@ -342,6 +354,12 @@ static int find_or_create(sdxl_compute *c, const prim_key *k, const gemm_layer *
     if (s == dnnl_success) s = dnnl_memory_create(&p->m_dst, dmd, c->engine, DNNL_MEMORY_NONE);
     if (s == dnnl_success && p->scratch_bytes)
         s = dnnl_memory_create(&p->m_scratch, scmd, c->engine, DNNL_MEMORY_NONE);
+    if (s == dnnl_success && (k->flags & KF_MUL_BF16)) {
+        dnnl_memory_desc_t md;
+        dnnl_dims_t dd = {k->d[0], k->d[2]};
+        s = dnnl_memory_desc_init_by_tag(&md, 2, dd, dnnl_f32, dnnl_ab);
+        if (s == dnnl_success) s = dnnl_memory_create(&p->m_mul, &md, c->engine, DNNL_MEMORY_NONE);
+    }
     dnnl_primitive_desc_destroy(pd);
     if (s != dnnl_success) {
         dnnl_primitive_destroy(p->prim);
@@ -350,6 +368,7 @@ static int find_or_create(sdxl_compute *c, const prim_key *k, const gemm_layer *
         dnnl_memory_destroy(p->m_bias);
         dnnl_memory_destroy(p->m_dst);
         dnnl_memory_destroy(p->m_scratch);
+        dnnl_memory_destroy(p->m_mul);
         return dnnl_fail(e, s, "primitive creation");
     }
     c->n_prims++;
@@ -417,14 +436,15 @@ static int src_bf16(sdxl_compute *c, const float *x, int64_t n, int flags, const
     return c->prec == SDXL_PREC_BF16 ? input_bf16(c, x, n, out, e) : SDXL_OK;
 }
 
-static int run_prim(sdxl_compute *c, prim_entry *p, const void *src, const void *w, const float *bias, float *dst,
-                    sdxl_err *e) {
+/* mul: the binary post-op's input where the key has KF_MUL_BF16, else unused. */
+static int run_prim(sdxl_compute *c, prim_entry *p, const void *src, const void *w, const float *bias, void *dst,
+                    const float *mul, sdxl_err *e) {
     if (p->scratch_bytes && sdxl_buf_reserve(&c->dnnl_scratch, p->scratch_bytes))
         return sdxl_seterr(e, SDXL_ERR_NOMEM, "oneDNN scratchpad: out of memory (%zu bytes)", p->scratch_bytes);
     DNNL_TRY(dnnl_memory_set_data_handle(p->m_src, (void *)src), "set src");
     DNNL_TRY(dnnl_memory_set_data_handle(p->m_wei, (void *)w), "set weights");
     DNNL_TRY(dnnl_memory_set_data_handle(p->m_dst, dst), "set dst");
-    dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, p->m_src}, {DNNL_ARG_WEIGHTS, p->m_wei}, {DNNL_ARG_DST, p->m_dst}};
+    dnnl_exec_arg_t args[6] = {{DNNL_ARG_SRC, p->m_src}, {DNNL_ARG_WEIGHTS, p->m_wei}, {DNNL_ARG_DST, p->m_dst}};
     int nargs = 3;
     if (p->m_bias) {
         DNNL_TRY(dnnl_memory_set_data_handle(p->m_bias, (void *)bias), "set bias");
@@ -433,6 +453,11 @@ static int run_prim(sdxl_compute *c, prim_entry *p, const void *src, const void 
     if (p->m_scratch) {
         DNNL_TRY(dnnl_memory_set_data_handle(p->m_scratch, c->dnnl_scratch.p), "set scratchpad");
         args[nargs++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, p->m_scratch};
+    }
+    if (p->m_mul) {
+        DNNL_TRY(dnnl_memory_set_data_handle(p->m_mul, (void *)mul), "set multiplier");
+        int po = p->key.flags & SDXL_OP_ACCUM ? 1 : 0; /* the sum comes first */
+        args[nargs++] = (dnnl_exec_arg_t){DNNL_ARG_ATTR_MULTIPLE_POST_OP(po) | DNNL_ARG_SRC_1, p->m_mul};
     }
     DNNL_TRY(dnnl_primitive_execute(p->prim, c->stream, nargs, args), "execute");
     DNNL_TRY(dnnl_stream_wait(c->stream), "stream wait");
@@ -743,8 +768,58 @@ int sdxl_linear_fwd(sdxl_compute *c, const sdxl_linear *l, const float *x, int64
     const void *src = x, *w;
     if (!st) st = weights_for(c, p, gl, l->w, &w, e);
     if (!st) st = src_bf16(c, x, M * l->in, flags, &src, e);
-    if (!st) st = run_prim(c, p, src, w, l->bias, y, e);
+    if (!st) st = run_prim(c, p, src, w, l->bias, y, NULL, e);
     if (st) return sdxl_err_prefix(e, "linear %lldx%lld, M=%lld", (long long)l->out, (long long)l->in, (long long)M);
+    return SDXL_OK;
+}
+
+/* The stored weights' descriptor cut to the first half of N, when N's blocks are outermost so
+ * that each half is one contiguous run of the stored buffer (the second at *off bytes). */
+static int half_n_desc(const dnnl_memory_desc_t *md, dnnl_memory_desc_t *half, size_t *off) {
+    const dnnl_blocking_desc_t *b = &md->format_desc.blocking;
+    if (md->format_kind != dnnl_blocked || md->extra.flags != 0 || md->ndims != 2 || md->offset0 != 0) return 0;
+    int64_t nblk = 1;
+    for (int i = 0; i < b->inner_nblks; i++)
+        if (b->inner_idxs[i] == 1) nblk *= b->inner_blks[i];
+    int64_t n = md->dims[1];
+    if (n % 2 || md->padded_dims[1] != n || (n / 2) % nblk || b->strides[1] < b->strides[0]) return 0;
+    *half = *md;
+    half->dims[1] = half->padded_dims[1] = n / 2;
+    size_t hb = dnnl_memory_desc_get_size(half), es = md->data_type == dnnl_bf16 ? 2 : 4;
+    *off = (size_t)(n / 2 / nblk * b->strides[1]) * es;
+    return hb * 2 == dnnl_memory_desc_get_size(md) && *off == hb;
+}
+
+int sdxl_linear_geglu_bf16(sdxl_compute *c, const sdxl_linear *l, const float *x, int64_t M, float *g, uint16_t *y,
+                           int flags, sdxl_err *e) {
+    const gemm_layer *gl = l->impl;
+    if (c->dev || c->prec != SDXL_PREC_BF16 || !gl || !l->w || l->prec != c->prec)
+        return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "fused GEGLU: bf16 CPU layers only");
+    if (M < 0 || M > INT32_MAX) return sdxl_seterr(e, SDXL_ERR_ARG, "linear: bad row count %lld", (long long)M);
+    if (M == 0) return SDXL_OK;
+    gemm_layer h = *gl;
+    size_t off = 0;
+    if (!half_n_desc(&gl->wmd, &h.wmd, &off) || (h.layout_id = layout_id(c, &h.wmd)) < 0)
+        return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "fused GEGLU: the weights' layout does not split in N");
+    sdxl_linear half = *l;
+    half.out = l->out / 2;
+    prim_key kg, kh;
+    linear_key(&half, &h, M, 0, &kg);
+    kh = kg;
+    kg.flags = KF_GELU;
+    kh.flags = KF_MUL_BF16;
+    prim_entry *pg, *ph;
+    int st = find_or_create(c, &kg, &h, &pg, e);
+    if (!st) st = find_or_create(c, &kh, &h, &ph, e);
+    if (!st) st = find_or_create(c, &kg, &h, &pg, e); /* the second may have moved the cache */
+    if (!st && (pg->own_weights || ph->own_weights))
+        return sdxl_seterr(e, SDXL_ERR_UNSUPPORTED, "fused GEGLU: no fast kernel on the split weights");
+    const void *src = x;
+    const char *w = l->w;
+    if (!st) st = src_bf16(c, x, M * l->in, flags, &src, e);
+    if (!st) st = run_prim(c, pg, src, w + off, l->bias ? l->bias + half.out : NULL, g, NULL, e);
+    if (!st) st = run_prim(c, ph, src, w, l->bias, y, g, e);
+    if (st) return sdxl_err_prefix(e, "GEGLU linear %lldx%lld, M=%lld", (long long)l->out, (long long)l->in, (long long)M);
     return SDXL_OK;
 }
 
@@ -852,7 +927,7 @@ int sdxl_conv2d_fwd(sdxl_compute *c, const sdxl_conv2d *cv, const float *x, int6
     const void *src = x, *wt;
     if (!st) st = weights_for(c, p, gl, cv->w, &wt, e);
     if (!st) st = src_bf16(c, x, n * h * w * cv->cin, flags, &src, e);
-    if (!st) st = run_prim(c, p, src, wt, cv->bias, y, e);
+    if (!st) st = run_prim(c, p, src, wt, cv->bias, y, NULL, e);
     if (st)
         return sdxl_err_prefix(e, "conv2d %lld->%lld %dx%d at %lldx%lldx%lld", (long long)cv->cin,
                                (long long)cv->cout, cv->kh, cv->kw, (long long)n, (long long)h, (long long)w);

@@ -275,7 +275,8 @@ static void gn_run(const float *x, float *y, uint16_t *ybf, int64_t n, int64_t h
 
 /* ---- layer norm ------------------------------------------------------------------------- */
 
-static void ln_row_c(const float *x, float *y, int64_t c, float eps, const float *gamma, const float *beta) {
+/* A row's mean and 1/sqrt(var + eps): shifted double sums, sequential (C) or 8 lanes (AVX-512). */
+static void ln_stats_c(const float *x, int64_t c, float eps, float *mean, float *rstd) {
     double sh = x[0], s1 = 0, s2 = 0;
     for (int64_t k = 0; k < c; k++) {
         double d = x[k] - sh;
@@ -284,7 +285,12 @@ static void ln_row_c(const float *x, float *y, int64_t c, float eps, const float
     }
     double m = s1 / c, var = s2 / c - m * m;
     if (var < 0) var = 0;
-    float mean = (float)(sh + m), rstd = (float)(1.0 / sqrt(var + eps));
+    *mean = (float)(sh + m);
+    *rstd = (float)(1.0 / sqrt(var + eps));
+}
+
+static void ln_apply_c(const float *x, float *y, int64_t c, float mean, float rstd, const float *gamma,
+                       const float *beta) {
     for (int64_t k = 0; k < c; k++) {
         float v = (x[k] - mean) * rstd;
         if (gamma) v *= gamma[k];
@@ -293,8 +299,7 @@ static void ln_row_c(const float *x, float *y, int64_t c, float eps, const float
     }
 }
 
-AVX512 static void ln_row_avx512(const float *x, float *y, int64_t c, float eps, const float *gamma,
-                                 const float *beta) {
+AVX512 static void ln_stats_avx512(const float *x, int64_t c, float eps, float *mean, float *rstd) {
     __m512d sh = _mm512_set1_pd(x[0]), a1 = _mm512_setzero_pd(), a2 = _mm512_setzero_pd();
     for (int64_t k = 0; k < c; k += 8) {
         __mmask8 m = c - k >= 8 ? 0xff : (__mmask8)((1u << (c - k)) - 1);
@@ -305,25 +310,73 @@ AVX512 static void ln_row_avx512(const float *x, float *y, int64_t c, float eps,
     double s1 = _mm512_reduce_add_pd(a1), s2 = _mm512_reduce_add_pd(a2);
     double mm = s1 / c, var = s2 / c - mm * mm;
     if (var < 0) var = 0;
-    __m512 mean = _mm512_set1_ps((float)(x[0] + mm)), rstd = _mm512_set1_ps((float)(1.0 / sqrt(var + eps)));
+    *mean = (float)(x[0] + mm);
+    *rstd = (float)(1.0 / sqrt(var + eps));
+}
+
+AVX512 static inline __m512 ln16(const float *x, int64_t k, __mmask16 m, __m512 mean, __m512 rstd,
+                                 const float *gamma, const float *beta) {
+    __m512 v = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + k), mean), rstd);
+    if (gamma) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, gamma + k));
+    if (beta) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, beta + k));
+    return v;
+}
+
+AVX512 static void ln_apply_avx512(const float *x, float *y, int64_t c, float mean, float rstd, const float *gamma,
+                                   const float *beta) {
+    __m512 mv = _mm512_set1_ps(mean), rv = _mm512_set1_ps(rstd);
     for (int64_t k = 0; k < c; k += 16) {
         __mmask16 m = c - k >= 16 ? 0xffff : (__mmask16)((1u << (c - k)) - 1);
-        __m512 v = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + k), mean), rstd);
-        if (gamma) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, gamma + k));
-        if (beta) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, beta + k));
-        _mm512_mask_storeu_ps(y + k, m, v);
+        _mm512_mask_storeu_ps(y + k, m, ln16(x, k, m, mv, rv, gamma, beta));
+    }
+}
+
+AVX512BF16 static void ln_apply_bf16_avx512(const float *x, uint16_t *y, int64_t c, float mean, float rstd,
+                                            const float *gamma, const float *beta) {
+    __m512 mv = _mm512_set1_ps(mean), rv = _mm512_set1_ps(rstd);
+    for (int64_t k = 0; k < c; k += 16) {
+        __mmask16 m = c - k >= 16 ? 0xffff : (__mmask16)((1u << (c - k)) - 1);
+        _mm256_mask_storeu_epi16(y + k, m, (__m256i)_mm512_cvtneps_pbh(ln16(x, k, m, mv, rv, gamma, beta)));
+    }
+}
+
+/* One of y (f32) and ybf (bf16, rounded as sdxl_f32_to_bf16 rounds the f32 values) receives the rows. */
+static void ln_run(const float *x, float *y, uint16_t *ybf, int64_t rows, int64_t c, float eps, const float *gamma,
+                   const float *beta) {
+    if (rows <= 0 || c <= 0) return;
+    const int simd = sdxl_simd_level();
+#pragma omp parallel for schedule(static) if (rows * c > EW_CHUNK)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * c;
+        float mean, rstd;
+        if (simd) ln_stats_avx512(xr, c, eps, &mean, &rstd);
+        else ln_stats_c(xr, c, eps, &mean, &rstd);
+        if (!ybf) {
+            if (simd) ln_apply_avx512(xr, y + r * c, c, mean, rstd, gamma, beta);
+            else ln_apply_c(xr, y + r * c, c, mean, rstd, gamma, beta);
+        } else if (simd >= 2) {
+            ln_apply_bf16_avx512(xr, ybf + r * c, c, mean, rstd, gamma, beta);
+        } else {
+            float v[256];
+            for (int64_t k = 0; k < c; k += 256) {
+                int64_t n = c - k < 256 ? c - k : 256;
+                const float *g = gamma ? gamma + k : NULL, *b = beta ? beta + k : NULL;
+                if (simd) ln_apply_avx512(xr + k, v, n, mean, rstd, g, b);
+                else ln_apply_c(xr + k, v, n, mean, rstd, g, b);
+                sdxl_f32_to_bf16(v, ybf + r * c + k, (size_t)n);
+            }
+        }
     }
 }
 
 void sdxl_layer_norm(const float *x, float *y, int64_t rows, int64_t c, float eps, const float *gamma,
                      const float *beta) {
-    if (rows <= 0 || c <= 0) return;
-    const int simd = sdxl_simd_level();
-#pragma omp parallel for schedule(static) if (rows * c > EW_CHUNK)
-    for (int64_t r = 0; r < rows; r++) {
-        if (simd) ln_row_avx512(x + r * c, y + r * c, c, eps, gamma, beta);
-        else ln_row_c(x + r * c, y + r * c, c, eps, gamma, beta);
-    }
+    ln_run(x, y, NULL, rows, c, eps, gamma, beta);
+}
+
+void sdxl_layer_norm_bf16(const float *x, uint16_t *y, int64_t rows, int64_t c, float eps, const float *gamma,
+                          const float *beta) {
+    ln_run(x, NULL, y, rows, c, eps, gamma, beta);
 }
 
 /* ---- softmax ---------------------------------------------------------------------------- */

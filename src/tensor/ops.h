@@ -42,8 +42,8 @@ typedef struct sdxl_linear {
 } sdxl_linear;
 
 #define SDXL_OP_ACCUM 1 /* y += result instead of y = result (residual fused into the GEMM) */
-/* bf16 contexts only: x points at n bf16 values in the context's GEMM-input buffer
- * (sdxl_compute_src_bf16), already converted, e.g. by the op that produced them; several GEMMs
+/* bf16 contexts only: x points at n bf16 values already converted, e.g. by the op that produced
+ * them, in the context's GEMM-input buffer (sdxl_compute_src_bf16) or a workspace; several GEMMs
  * may read one such input in turn while nothing else converts into the buffer. */
 #define SDXL_OP_SRC_BF16 2
 
@@ -53,6 +53,15 @@ int sdxl_linear_init(sdxl_compute *c, sdxl_linear *l, int64_t in, int64_t out, c
 void sdxl_linear_free(sdxl_linear *l);
 int sdxl_linear_fwd(sdxl_compute *c, const sdxl_linear *l, const float *x, int64_t M, float *y, int flags,
                     sdxl_err *e);
+
+/* bf16 CPU contexts: a GEGLU feed-forward's first GEMM and the GEGLU in one, without the
+ * [M, 2f] f32 projection: y [M, f] bf16 = h * gelu(gate) for [h | gate] = x . W^T + b, l->out =
+ * 2f. The gate half runs first into g [M, f] (f32 scratch) with GELU in its epilogue, then the h
+ * half multiplies by g in its own and stores bf16 (a next GEMM's SDXL_OP_SRC_BF16 input).
+ * flags: SDXL_OP_SRC_BF16 or 0. SDXL_ERR_UNSUPPORTED elsewhere, or where the stored weights do
+ * not split in two halves of N: run sdxl_linear_fwd and sdxl_geglu_bf16 then. */
+int sdxl_linear_geglu_bf16(sdxl_compute *c, const sdxl_linear *l, const float *x, int64_t M, float *g, uint16_t *y,
+                           int flags, sdxl_err *e);
 
 /* ---- conv2d, NHWC ------------------------------------------------------------------------ */
 
@@ -143,6 +152,10 @@ void sdxl_group_norm_bf16(const float *x, uint16_t *y, int64_t n, int64_t hw, in
                           const float *gamma, const float *beta, int silu);
 void sdxl_layer_norm(const float *x, float *y, int64_t rows, int64_t c, float eps, const float *gamma,
                      const float *beta);
+/* The same, written as bf16 (a GEMM input: see SDXL_OP_SRC_BF16), rounded as the GEMM's own input
+ * conversion rounds the f32 values. y must not alias x. */
+void sdxl_layer_norm_bf16(const float *x, uint16_t *y, int64_t rows, int64_t c, float eps, const float *gamma,
+                          const float *beta);
 void sdxl_softmax_rows(float *x, int64_t rows, int64_t n);
 void sdxl_gelu(float *x, int64_t n);       /* exact: 0.5 x (1 + erf(x / sqrt 2)) */
 void sdxl_gelu_tanh(float *x, int64_t n);  /* tanh approximation */
@@ -182,6 +195,13 @@ void sdxl_timestep_embedding(const float *t, int64_t n, int dim, int flip_sin_to
 int sdxl_attention(sdxl_compute *c, const float *q, int64_t q_ld, const float *k, const float *v, int64_t kv_ld,
                    float *out, int64_t out_ld, int64_t batch, int64_t lq, int64_t lk, int heads, int head_dim,
                    float scale, int causal, sdxl_err *e);
+
+/* The same with the output written as bf16 (a GEMM input: see SDXL_OP_SRC_BF16), rounded as the
+ * GEMM's own input conversion rounds the f32 output, so the GEMM's result does not change.
+ * SDXL_ERR_UNSUPPORTED where the bf16 kernel does not run (f32 context, no avx512_bf16, a device). */
+int sdxl_attention_bf16(sdxl_compute *c, const float *q, int64_t q_ld, const float *k, const float *v, int64_t kv_ld,
+                        uint16_t *out, int64_t out_ld, int64_t batch, int64_t lq, int64_t lk, int heads, int head_dim,
+                        float scale, int causal, sdxl_err *e);
 
 /* ---- one forward, two backends --------------------------------------------------------------
  * A context made on a Vulkan device runs every op above and below there: layers created on it

@@ -97,6 +97,22 @@ static void test_case(sdxl_compute *c, int64_t batch, int64_t lq, int64_t lk, in
     CHECK(nm <= thr, "[%s] attention %s batch=%lld lq=%lld lk=%lld heads=%d d=%d causal=%d fused=%d: nmse %.3g > %.3g",
           path_name, bf16 ? "bf16" : "f32", (long long)batch, (long long)lq, (long long)lk, heads, d, causal, fused,
           nm, thr);
+    /* bf16 output: the f32 output's bits rounded as a GEMM's input conversion rounds them (the
+     * bf16 kernel only; refused elsewhere), with the same row stride */
+    uint16_t *ob = malloc((size_t)(batch * lq * out_ld) * 2), *rb = malloc((size_t)hd * 2);
+    st = sdxl_attention_bf16(c, q, q_ld, k, v, ld, ob, out_ld, batch, lq, lk, heads, d, scale, causal, &e);
+    if (bf16 && strcmp(path_name, "portable") && __builtin_cpu_supports("avx512bf16")) {
+        int same = st == SDXL_OK;
+        for (int64_t r = 0; same && r < batch * lq; r++) {
+            sdxl_f32_to_bf16(out + r * out_ld, rb, (size_t)hd);
+            same = !memcmp(rb, ob + r * out_ld, (size_t)hd * 2);
+        }
+        CHECK(same, "[%s] attention to bf16 lq=%lld lk=%lld heads=%d d=%d: the rounded f32 output (%s)", path_name,
+              (long long)lq, (long long)lk, heads, d, st ? e.msg : "values differ");
+    } else {
+        CHECK(st == SDXL_ERR_UNSUPPORTED, "[%s] attention to bf16 refused without the bf16 kernel", path_name);
+    }
+    free(ob), free(rb);
     free(qkv), free(kvbuf), free(out), free(ref), free(outc), free(refc);
 }
 

@@ -9,7 +9,11 @@
  *  - bf16 5e-5: both inputs are rounded to 8-bit mantissas (relative RMS error 2^-9/sqrt(3) =
  *    2.3e-3 each), so each product carries ~3.2e-3 relative RMS error and a dot product of
  *    random terms NMSE ~ 1e-5; 5e-5 leaves a 5x margin and still catches any real bug (a wrong
- *    layout or dropped term gives NMSE > 1e-2). */
+ *    layout or dropped term gives NMSE > 1e-2).
+ *  - fused GEGLU against the same GEMM and GEGLU apart, 1e-8: both store bf16, whose own rounding
+ *    is NMSE ~ 2^-18 = 4e-6; they differ where the epilogue's 1 + erf(x) cancels in f32 for gates
+ *    below -3 (absolute errors ~1e-7 |h|, NMSE ~1e-10 here) or a sum rounds the other way at a
+ *    bf16 tie, far below the format's rounding, while a wrong half or a missing GELU is > 1e-2. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +25,7 @@
 
 #define NMSE_F32 1e-10
 #define NMSE_BF16 5e-5
+#define NMSE_GEGLU 1e-8
 
 static uint64_t rng = 12345;
 
@@ -221,6 +226,26 @@ static void test_src_bf16(sdxl_compute *c) {
         free(r1);
         free(r2);
     }
+    /* LayerNorm to bf16: the f32 norm's values rounded like the GEMM input conversion, odd widths too */
+    for (int64_t cw = 300; cw <= 1300; cw += 980) {
+        const int64_t rows = 7;
+        float *lx = rnd(rows * cw, -3, 5), *lg = rnd(cw, 0.5f, 1.5f), *lb = rnd(cw, -0.5f, 0.5f),
+              *ly = malloc(sizeof(float) * (size_t)(rows * cw));
+        uint16_t *r1 = malloc(2 * (size_t)(rows * cw)), *r2 = malloc(2 * (size_t)(rows * cw));
+        for (int affine = 0; affine < 2; affine++) {
+            sdxl_layer_norm(lx, ly, rows, cw, 1e-5f, affine ? lg : NULL, affine ? lb : NULL);
+            sdxl_f32_to_bf16(ly, r1, (size_t)(rows * cw));
+            sdxl_layer_norm_bf16(lx, r2, rows, cw, 1e-5f, affine ? lg : NULL, affine ? lb : NULL);
+            CHECK(!memcmp(r1, r2, 2 * (size_t)(rows * cw)), "layer norm to bf16 equals the rounded f32 norm (c = %lld)",
+                  (long long)cw);
+        }
+        free(lx);
+        free(lg);
+        free(lb);
+        free(ly);
+        free(r1);
+        free(r2);
+    }
     free(x);
     free(w);
     free(b);
@@ -229,6 +254,55 @@ static void test_src_bf16(sdxl_compute *c) {
     free(t);
     free(y1);
     free(y2);
+}
+
+/* The fused GEGLU feed-forward input (bf16): the linear then the GEGLU to bf16, but for GELU's own
+ * f32 rounding (NMSE_GEGLU); rows do not depend on the others (a batch gives its items' bits); an
+ * f32 context and widths that do not split refuse it. */
+static void test_geglu_fused(sdxl_compute *c) {
+    static const int64_t shapes[][3] = {{37, 96, 128}, {300, 160, 640}, {5, 1280, 256}, {8, 64, 100}};
+    for (int si = 0; si < 4; si++) {
+        int64_t M = shapes[si][0], K = shapes[si][1], f = shapes[si][2], N = 2 * f;
+        float *x = rnd(M * K, -2, 2), *w = rnd(N * K, -0.2f, 0.2f), *b = rnd(N, -1, 1);
+        float *p = malloc(sizeof(float) * (size_t)(M * N)), *g = malloc(sizeof(float) * (size_t)(M * f));
+        uint16_t *r1 = malloc(2 * (size_t)(M * f)), *r2 = malloc(2 * (size_t)(M * f)), *r3 = malloc(2 * (size_t)(M * f));
+        sdxl_linear l;
+        sdxl_err e = {0};
+        CHECK(sdxl_linear_init(c, &l, K, N, w, SDXL_F32, b, SDXL_F32, &e) == SDXL_OK, "%s", e.msg);
+        int rc = sdxl_linear_geglu_bf16(c, &l, x, M, g, r2, 0, &e);
+        if (sdxl_compute_prec(c) != SDXL_PREC_BF16 || f % 64) {
+            CHECK(rc == SDXL_ERR_UNSUPPORTED, "fused GEGLU refused (f32 context or f = %lld): %d", (long long)f, rc);
+        } else {
+            CHECK(rc == SDXL_OK, "fused GEGLU: %s", e.msg);
+            CHECK(sdxl_linear_fwd(c, &l, x, M, p, 0, &e) == SDXL_OK, "%s", e.msg);
+            sdxl_geglu_bf16(p, r1, M, f);
+            double se = 0, ss = 0;
+            float *v1 = malloc(4 * (size_t)(M * f)), *v2 = malloc(4 * (size_t)(M * f));
+            sdxl_bf16_to_f32(r1, v1, (size_t)(M * f));
+            sdxl_bf16_to_f32(r2, v2, (size_t)(M * f));
+            for (int64_t i = 0; i < M * f; i++) {
+                se += (v1[i] - v2[i]) * (double)(v1[i] - v2[i]);
+                ss += v1[i] * (double)v1[i];
+            }
+            CHECK(se <= NMSE_GEGLU * ss, "fused GEGLU %lldx%lldx%lld: NMSE %g against the linear and GEGLU apart",
+                  (long long)M, (long long)K, (long long)N, se / ss);
+            free(v1);
+            free(v2);
+            int64_t m2 = M / 2 + 1;
+            CHECK(sdxl_linear_geglu_bf16(c, &l, x + (M - m2) * K, m2, g, r3, 0, &e) == SDXL_OK &&
+                      !memcmp(r3, r2 + (M - m2) * f, 2 * (size_t)(m2 * f)),
+                  "fused GEGLU rows are independent of the batch");
+        }
+        sdxl_linear_free(&l);
+        free(x);
+        free(w);
+        free(b);
+        free(p);
+        free(g);
+        free(r1);
+        free(r2);
+        free(r3);
+    }
 }
 
 static void run_prec(sdxl_prec prec) {
@@ -256,6 +330,7 @@ static void run_prec(sdxl_prec prec) {
     test_cache(c);
     test_errors(c);
     test_src_bf16(c);
+    test_geglu_fused(c);
     sdxl_compute_free(c);
 }
 
