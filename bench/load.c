@@ -11,7 +11,8 @@
  *   bench-load [--model CKPT] [--prec bf16|f32] [--threads 2] [--cache DIR] [--cold] [--only CASE]
  *
  * --cache DIR turns on the two cache cases (DIR's *.sdxlw files are removed first). --only
- * none|miss|hit runs one case alone (hit keeps DIR's files: a miss must have written them). --cold asks
+ * none|miss|hit runs one case alone (hit keeps DIR's files: a miss must have written them). The
+ * cache files are flushed to disk before the hit case. --cold asks
  * the kernel to drop the checkpoint's and the cache file's pages before each case
  * (posix_fadvise DONTNEED: pages another process maps stay, so it is best effort) and reports
  * the disk's read rate measured after. Default model: bench/models/sdxl_base_random.safetensors. */
@@ -91,6 +92,14 @@ static void rm_file(const char *path, void *u) {
 static void add_size(const char *path, void *u) {
     struct stat sb;
     if (!stat(path, &sb)) *(uint64_t *)u += (uint64_t)sb.st_size;
+}
+
+static void sync_cb(const char *path, void *u) {
+    (void)u;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return;
+    fdatasync(fd);
+    close(fd);
 }
 
 static void drop_cb(const char *path, void *u) {
@@ -206,6 +215,7 @@ int main(int argc, char **argv) {
         }
         uint64_t bytes = 0;
         each_cache_file(cache, add_size, &bytes);
+        each_cache_file(cache, sync_cb, NULL); /* the hit does not wait on the miss's writeback */
         if (!rc && (all || !strcmp(only, "hit"))) rc = run_case(model, prec, cache, cold, "cache hit");
         printf("  cache files in %s: %.2f GB\n", cache, (double)bytes / 1e9);
     }
