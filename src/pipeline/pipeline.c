@@ -177,9 +177,6 @@ static void job_unload(net_job *j) {
     }
 }
 
-/* Builds a network through its weights cache when the cache is on: packed weights come from a
- * valid cache file in place, or are converted and written to a new one. A cache that turns out
- * stale is dropped and the network built again from the checkpoint alone. */
 /* job_load with the cache store (may be NULL) set on the context, inside the bound store when
  * the job has a bound. */
 static int job_load_with(sdxl_compute *c, net_job *j, const sdxl_wstore *cache, sdxl_err *e) {
@@ -193,6 +190,9 @@ static int job_load_with(sdxl_compute *c, net_job *j, const sdxl_wstore *cache, 
     return st;
 }
 
+/* Builds a network through its weights cache when the cache is on: packed weights come from a
+ * valid cache file in place, or are converted and written to a new one. A cache that turns out
+ * stale is dropped and the network built again from the checkpoint alone. */
 static int load_net(sdxl_pl_model *m, int slot, net_job *j, sdxl_err *e) {
     sdxl_compute *c = j->kind == 2 ? m->c_vae : m->c;
     if (!m->wc_dir[0] || sdxl_compute_is_device(c)) return job_load_with(c, j, NULL, e);
