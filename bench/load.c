@@ -8,9 +8,11 @@
  *   cache miss   the same, with the converted-weights cache on and empty: it writes the cache;
  *   cache hit    the cache file mapped and used in place.
  *
- *   bench-load [--model CKPT] [--prec bf16|f32] [--threads 2] [--cache DIR] [--cold]
+ *   bench-load [--model CKPT] [--prec bf16|f32] [--threads 2] [--cache DIR] [--cold] [--only CASE]
  *
- * --cache DIR turns on the two cache cases (DIR's *.sdxlw files are removed first). --cold asks
+ * --cache DIR turns on the two cache cases (DIR's *.sdxlw files are removed first). --only
+ * none|miss|hit runs one case alone (hit keeps DIR's files: a miss must have written them). The
+ * cache files are flushed to disk before the hit case. --cold asks
  * the kernel to drop the checkpoint's and the cache file's pages before each case
  * (posix_fadvise DONTNEED: pages another process maps stay, so it is best effort) and reports
  * the disk's read rate measured after. Default model: bench/models/sdxl_base_random.safetensors. */
@@ -92,6 +94,14 @@ static void add_size(const char *path, void *u) {
     if (!stat(path, &sb)) *(uint64_t *)u += (uint64_t)sb.st_size;
 }
 
+static void sync_cb(const char *path, void *u) {
+    (void)u;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return;
+    fdatasync(fd);
+    close(fd);
+}
+
 static void drop_cb(const char *path, void *u) {
     (void)u;
     drop_file(path);
@@ -165,7 +175,7 @@ static int run_case(const char *model, const char *prec, const char *cache, int 
 }
 
 int main(int argc, char **argv) {
-    const char *model = DEFAULT_MODEL, *prec = "bf16", *cache = NULL;
+    const char *model = DEFAULT_MODEL, *prec = "bf16", *cache = NULL, *only = NULL;
     int threads = 2, cold = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--model") && i + 1 < argc) model = argv[++i];
@@ -173,8 +183,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--cache") && i + 1 < argc) cache = argv[++i];
         else if (!strcmp(argv[i], "--cold")) cold = 1;
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
         else {
-            fprintf(stderr, "usage: bench-load [--model CKPT] [--prec bf16|f32] [--threads N] [--cache DIR] [--cold]\n");
+            fprintf(stderr, "usage: bench-load [--model CKPT] [--prec bf16|f32] [--threads N] [--cache DIR] [--cold] "
+                            "[--only none|miss|hit]\n");
             return 2;
         }
     }
@@ -189,14 +201,22 @@ int main(int argc, char **argv) {
     printf("model %s (%.2f GB), %s, %d threads, %s\n", model, (double)sb.st_size / 1e9, prec, threads,
            cold ? "cold: pages dropped before each case (best effort)" : "checkpoint in the page cache");
     if (!cold) printf("  file read with read(2): %.2f s = %.2f GB/s\n", rs, rate);
-    int rc = run_case(model, prec, NULL, cold, "no cache");
-    if (!rc && cache) {
+    int all = !only, rc = 0;
+    if ((only && strcmp(only, "none") && strcmp(only, "miss") && strcmp(only, "hit")) || (only && !cache && strcmp(only, "none"))) {
+        fprintf(stderr, "bench-load: --only none|miss|hit (miss and hit need --cache DIR)\n");
+        return 2;
+    }
+    if (all || !strcmp(only, "none")) rc = run_case(model, prec, NULL, cold, "no cache");
+    if (!rc && cache && (all || strcmp(only, "none"))) {
         mkdir(cache, 0755);
-        each_cache_file(cache, rm_file, NULL);
-        rc = run_case(model, prec, cache, cold, "cache miss");
+        if (all || !strcmp(only, "miss")) {
+            each_cache_file(cache, rm_file, NULL);
+            rc = run_case(model, prec, cache, cold, "cache miss");
+        }
         uint64_t bytes = 0;
         each_cache_file(cache, add_size, &bytes);
-        if (!rc) rc = run_case(model, prec, cache, cold, "cache hit");
+        each_cache_file(cache, sync_cb, NULL); /* the hit does not wait on the miss's writeback */
+        if (!rc && (all || !strcmp(only, "hit"))) rc = run_case(model, prec, cache, cold, "cache hit");
         printf("  cache files in %s: %.2f GB\n", cache, (double)bytes / 1e9);
     }
     if (cold) {

@@ -131,9 +131,34 @@ typedef struct net_job {
     sdxl_cond_model *cond;
     sdxl_unet **unet;
     const sdxl_unet_opts *uo;
+    uint64_t bound, pending; /* bound > 0: max_memory, and the weights bytes still to convert */
 } net_job;
 
 static const char *WC_NAME[SDXL_PL_NWC] = {"text", "unet", "vae", "refiner-text", "refiner-unet"};
+
+/* Under max_memory, freed conversion buffers go back to the OS whenever what is resident, the
+ * weights still to convert and the next layer's staging copies (twice the largest layer) would
+ * pass the bound: glibc's dynamic mmap threshold puts the following layers' weights above those
+ * buffers, whose pages then stay resident (0.6 GiB by the end of the SDXL UNet, measured). */
+typedef struct bound_store {
+    const sdxl_wstore *inner; /* the weights cache, or NULL */
+    uint64_t bound, left, largest;
+} bound_store;
+
+static const void *bound_lookup(void *user, const sdxl_wkey *k) {
+    bound_store *b = user;
+    return b->inner && b->inner->lookup ? b->inner->lookup(b->inner->user, k) : NULL;
+}
+
+static void bound_record(void *user, const sdxl_wkey *k, const void *w) {
+    bound_store *b = user;
+    if (b->inner && b->inner->record) b->inner->record(b->inner->user, k, w);
+    b->left = b->left > k->bytes ? b->left - k->bytes : 0;
+    if (k->bytes > b->largest) b->largest = k->bytes;
+    sdxl_mem_stats ms;
+    sdxl_mem_query(&ms);
+    if (ms.rss + b->left + 2 * b->largest > b->bound) give_back_heap();
+}
 
 static int job_load(net_job *j, sdxl_err *e) {
     if (j->kind == 0) return sdxl_cond_model_load(j->m->c, j->ck, j->cond, e);
@@ -152,21 +177,32 @@ static void job_unload(net_job *j) {
     }
 }
 
+/* job_load with the cache store (may be NULL) set on the context, inside the bound store when
+ * the job has a bound. */
+static int job_load_with(sdxl_compute *c, net_job *j, const sdxl_wstore *cache, sdxl_err *e) {
+    bound_store b = {cache, j->bound, j->pending, 0};
+    sdxl_wstore bs = {bound_lookup, bound_record, &b};
+    const sdxl_wstore *s = j->bound && !sdxl_compute_is_device(c) ? &bs : cache;
+    if (!s) return job_load(j, e);
+    sdxl_compute_set_wstore(c, s);
+    int st = job_load(j, e);
+    sdxl_compute_set_wstore(c, NULL);
+    return st;
+}
+
 /* Builds a network through its weights cache when the cache is on: packed weights come from a
  * valid cache file in place, or are converted and written to a new one. A cache that turns out
  * stale is dropped and the network built again from the checkpoint alone. */
 static int load_net(sdxl_pl_model *m, int slot, net_job *j, sdxl_err *e) {
     sdxl_compute *c = j->kind == 2 ? m->c_vae : m->c;
-    if (!m->wc_dir[0] || sdxl_compute_is_device(c)) return job_load(j, e);
+    if (!m->wc_dir[0] || sdxl_compute_is_device(c)) return job_load_with(c, j, NULL, e);
     for (int attempt = 0;; attempt++) {
         sdxl_wcache_free(m->wc[slot]); /* nothing borrows from it any more */
         m->wc[slot] = NULL;
         int st = sdxl_wcache_open(m->wc_dir, m->wc_max, j->ck, WC_NAME[slot], sdxl_compute_prec(c), m->log,
                                   &m->wc[slot], e);
         if (st) return st;
-        sdxl_compute_set_wstore(c, sdxl_wcache_store(m->wc[slot]));
-        st = job_load(j, e);
-        sdxl_compute_set_wstore(c, NULL);
+        st = job_load_with(c, j, sdxl_wcache_store(m->wc[slot]), e);
         if (!sdxl_wcache_finish(m->wc[slot], st == SDXL_OK) || st || attempt) return st;
         job_unload(j);
     }
@@ -217,7 +253,7 @@ int sdxl_pl_model_load(const sdxl_model_params *p, const sdxl_logger *log, sdxl_
         goto fail;
     if ((st = sdxl_tokenizer_new(&m->tok, e))) goto fail;
     if ((st = sdxl_ckpt_open(p->base, &m->base_ck, e))) goto fail;
-    net_job jt = {m, 0, m->base_ck, &m->base_cond, NULL, NULL};
+    net_job jt = {m, 0, m->base_ck, &m->base_cond, NULL, NULL, 0, 0};
     if ((st = load_net(m, SDXL_PL_WC_TEXT, &jt, e))) {
         sdxl_err_prefix(e, "base %s", p->base);
         goto fail;
@@ -229,7 +265,7 @@ int sdxl_pl_model_load(const sdxl_model_params *p, const sdxl_logger *log, sdxl_
     /* Each network holds converted weights once loaded: drop the file pages it faulted in, so
      * the load peak is one network's pages, not the whole file's. */
     sdxl_ckpt_release_pages(m->base_ck);
-    net_job ju = {m, 1, m->base_ck, NULL, &m->base_unet, &uo};
+    net_job ju = {m, 1, m->base_ck, NULL, &m->base_unet, &uo, 0, 0};
     if ((st = uo.validate_only ? job_load(&ju, e) : load_net(m, SDXL_PL_WC_UNET, &ju, e))) {
         sdxl_err_prefix(e, "base %s", p->base);
         goto fail;
@@ -247,21 +283,21 @@ int sdxl_pl_model_load(const sdxl_model_params *p, const sdxl_logger *log, sdxl_
         if ((st = sdxl_ckpt_open(p->vae, &m->vae_ck, e))) goto fail;
         vck = m->vae_ck;
     }
-    net_job jv = {m, 2, vck, NULL, NULL, NULL};
+    net_job jv = {m, 2, vck, NULL, NULL, NULL, 0, 0};
     if ((st = load_net(m, SDXL_PL_WC_VAE, &jv, e))) {
         sdxl_err_prefix(e, "vae %s", sdxl_ckpt_path(vck));
         goto fail;
     }
     if (p->refiner && *p->refiner) {
         if ((st = sdxl_ckpt_open(p->refiner, &m->ref_ck, e))) goto fail;
-        net_job jrt = {m, 0, m->ref_ck, &m->ref_cond, NULL, NULL};
+        net_job jrt = {m, 0, m->ref_ck, &m->ref_cond, NULL, NULL, 0, 0};
         if ((st = load_net(m, SDXL_PL_WC_REF_TEXT, &jrt, e))) {
             sdxl_err_prefix(e, "refiner %s", p->refiner);
             goto fail;
         }
         sdxl_ckpt_release_pages(m->ref_ck);
         m->has_ref = 1;
-        net_job jru = {m, 1, m->ref_ck, NULL, &m->ref_unet, &uo};
+        net_job jru = {m, 1, m->ref_ck, NULL, &m->ref_unet, &uo, 0, 0};
         if ((st = uo.validate_only ? job_load(&jru, e) : load_net(m, SDXL_PL_WC_REF_UNET, &jru, e))) {
             sdxl_err_prefix(e, "refiner %s", p->refiner);
             goto fail;
@@ -1103,14 +1139,18 @@ static uint64_t unet_bytes(const sdxl_pl_model *m, const sdxl_unet *u) {
     return u ? (uint64_t)sdxl_unet_config(u)->n_params * (m->prec == SDXL_PREC_BF16 ? 2u : 4u) : 0;
 }
 
-/* one_shot: converts the UNets the request runs, validated at load, once the text encoders are gone. */
-static int one_shot_unets(sdxl_pl_model *m, int refine, sdxl_err *e) {
+/* one_shot: converts the UNets the request runs, validated at load, once the text encoders are
+ * gone; bound: max_memory (0: none). */
+static int one_shot_unets(sdxl_pl_model *m, int refine, uint64_t bound, sdxl_err *e) {
     sdxl_unet **u[2] = {&m->base_unet, &m->ref_unet};
     const sdxl_ckpt *ck[2] = {m->base_ck, m->ref_ck};
+    uint64_t pending = unet_bytes(m, m->base_unet) + (refine ? unet_bytes(m, m->ref_unet) : 0);
     for (int i = 0; i < 1 + (refine != 0); i++) {
+        uint64_t mine = unet_bytes(m, *u[i]);
         sdxl_unet_free(*u[i]);
         *u[i] = NULL;
-        net_job j = {m, 1, ck[i], NULL, u[i], &m->uo};
+        net_job j = {m, 1, ck[i], NULL, u[i], &m->uo, bound, pending};
+        pending -= mine;
         int st = load_net(m, i ? SDXL_PL_WC_REF_UNET : SDXL_PL_WC_UNET, &j, e);
         sdxl_ckpt_release_pages(ck[i]);
         if (st) return sdxl_err_prefix(e, "%s", i ? "refiner" : "base");
@@ -1343,9 +1383,14 @@ static int sdxl_pl_generate_req(sdxl_pl_model *m, req *rq, const float *init_lat
     }
     if (m->one_shot) {
         pthread_mutex_lock(&m->mu);
-        st = one_shot_unets(m, r.refine, e);
+        st = one_shot_unets(m, r.refine, r.p.max_memory, e);
+        give_back_heap(); /* the conversion buffers, before the activations */
         pthread_mutex_unlock(&m->mu);
         if (st) goto done_cond;
+        sdxl_mem_stats mu;
+        sdxl_mem_query(&mu);
+        SDXL_INFO(log, "UNets converted: resident %.2f GiB (planned %.2f GiB), peak so far %.2f GiB",
+                  (double)mu.rss / (1 << 30), (double)fixed / (1 << 30), (double)mu.peak_rss / (1 << 30));
     }
     out->st.n_images = plan.n_images;
     out->st.sub_batch = plan.sub_batch;

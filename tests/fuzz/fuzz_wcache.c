@@ -1,6 +1,6 @@
 /* libFuzzer target: arbitrary bytes through the weights-cache parser, twice: as given (against a
  * fixed key and against the key it carries), and with its two hashes recomputed from its own
- * header, so that the entry checks behind them are reached. Every entry of a file that passes
+ * header, so that the entry and data checks behind them are reached. Every entry of a file that passes
  * must lie inside it, page aligned and in order. */
 #include <stddef.h>
 #include <stdint.h>
@@ -38,9 +38,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     h.file_bytes = size;
     if (h.table_off <= size && h.n_entries <= SDXL_WCACHE_MAX_ENTRIES &&
         h.n_entries * sizeof(sdxl_wcache_entry) <= size - h.table_off)
-        h.table_hash = sdxl_hash_bytes(b + h.table_off, (size_t)h.n_entries * sizeof(sdxl_wcache_entry));
+        h.table_hash = sdxl_wcache_sum(b + h.table_off, (size_t)h.n_entries * sizeof(sdxl_wcache_entry));
     memcpy(b, &h, sizeof h);
-    h.self_hash = sdxl_hash_bytes(b, offsetof(sdxl_wcache_header, self_hash));
+    h.self_hash = sdxl_wcache_sum(b, offsetof(sdxl_wcache_header, self_hash));
     memcpy(b, &h, sizeof h);
     check(b, size, &h.key);
     free(b);

@@ -1,6 +1,7 @@
 /* One-shot models and max_memory on the tiny model: a one-shot model gives the resident model's
  * pixels, frees its text encoders and UNet on the way, and refuses a second request; a
- * max_memory the plan cannot meet fails before any UNet step with the plan in the message. */
+ * max_memory the plan cannot meet fails before any UNet step with the plan in the message, and
+ * one it meets changes no pixel of a one-shot conversion. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,7 +59,6 @@ int main(void) {
     CHECK(sdxl_pl_generate(res, &p, NULL, NULL, NULL, &c, &e) == SDXL_OK &&
               !memcmp(a.img[0].rgb, c.img[0].rgb, 64 * 64 * 3),
           "a resident model serves again: %s", e.msg);
-    sdxl_pl_result_free(&a);
     sdxl_pl_result_free(&b);
     sdxl_pl_result_free(&c);
 
@@ -71,9 +71,19 @@ int main(void) {
               strstr(e.msg, "max_memory") && strstr(e.msg, "sub-batch of 1"),
           "max_memory 1 MB fails before any step (%d steps): %s", steps, e.msg);
     sdxl_pl_model_free(tight);
+    /* a one-shot model converting its UNet under a bound it meets: the resident model's pixels */
+    sdxl_pl_model *roomy = load(1);
     p.max_memory = (uint64_t)64 << 30;
+    steps = 0;
+    CHECK(roomy && sdxl_pl_generate(roomy, &p, NULL, NULL, NULL, &c, &e) == SDXL_OK && steps == 3 && c.n == 1 &&
+              !memcmp(a.img[0].rgb, c.img[0].rgb, 64 * 64 * 3),
+          "one-shot under max_memory 64 GB gives the same pixels: %s", e.msg);
+    sdxl_pl_result_free(&c);
+    sdxl_pl_model_free(roomy);
+    steps = 0;
     CHECK(sdxl_pl_generate(res, &p, NULL, NULL, NULL, &c, &e) == SDXL_OK && steps == 3, "max_memory 64 GB: %s", e.msg);
     sdxl_pl_result_free(&c);
+    sdxl_pl_result_free(&a);
     sdxl_pl_model_free(res);
     sdxl_pl_model_free(one);
     return check_done();

@@ -1,9 +1,12 @@
 /* Converted-weights cache on the tiny model (a copy of the single-file checkpoint in a temporary
  * folder): a generation from the cache (miss that writes it, hit that maps it, one-shot) gives
  * the same bytes as one without it, in bf16 and f32; a LoRA merged into cached weights and
- * removed again gives the uncached model's bytes; a cache file with a flipped data byte, a bad
- * magic, a cut end or an older source (mtime) is detected, never used, and rebuilt (bf16). */
+ * removed again gives the uncached model's bytes; a cache file with a flipped data byte (first
+ * entry, and the last byte of the largest one), a bad magic, a cut end or an older source
+ * (mtime) is detected, never used, and rebuilt (bf16). The checksum is the same for any thread
+ * count and changes with any one bit flipped at the edges of its lanes and pieces. */
 #include <fcntl.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,6 +87,50 @@ static void poke(const char *path, long off, const void *b, size_t n) {
     if (fd >= 0) close(fd);
 }
 
+/* The file offset of the last byte of the largest entry of a cache file; -1 when unreadable. */
+static long last_byte_of_largest(const char *path) {
+    int fd = open(path, O_RDONLY);
+    sdxl_wcache_header h;
+    long at = -1;
+    if (fd < 0) return -1;
+    if (pread(fd, &h, sizeof h, 0) == (ssize_t)sizeof h && h.n_entries && h.n_entries <= SDXL_WCACHE_MAX_ENTRIES) {
+        uint64_t best = 0;
+        for (uint64_t i = 0; i < h.n_entries; i++) {
+            sdxl_wcache_entry x;
+            if (pread(fd, &x, sizeof x, (off_t)(h.table_off + i * sizeof x)) != (ssize_t)sizeof x) break;
+            if (x.k.bytes > best) {
+                best = x.k.bytes;
+                at = (long)(x.off + x.k.bytes - 1);
+            }
+        }
+    }
+    close(fd);
+    return at;
+}
+
+/* sdxl_wcache_sum over 3 MiB + 13 bytes: thread count independent; one flipped bit at a lane or
+ * piece edge, or at either end, always changes it. */
+static void check_sum(void) {
+    size_t n = (3u << 20) + 13, piece = (size_t)1 << 20, lane = piece / 24 * 8;
+    unsigned char *b = malloc(n);
+    if (!b) return;
+    for (size_t i = 0; i < n; i++) b[i] = (unsigned char)(i * 2654435761u >> 13);
+    omp_set_num_threads(1);
+    uint64_t one = sdxl_wcache_sum(b, n);
+    omp_set_num_threads(2);
+    uint64_t ref = sdxl_wcache_sum(b, n);
+    CHECK(one == ref, "checksum: 1 and 2 threads agree");
+    size_t at[] = {0, lane - 1, lane, 2 * lane, 3 * lane, piece - 1, piece, 2 * piece + 5, n - 1};
+    for (size_t j = 0; j < sizeof at / sizeof *at; j++)
+        for (int bit = 0; bit < 8; bit += 7) {
+            b[at[j]] ^= (unsigned char)(1u << bit);
+            CHECK(sdxl_wcache_sum(b, n) != ref, "checksum: bit %d of byte %zu flipped is seen", bit, at[j]);
+            b[at[j]] ^= (unsigned char)(1u << bit);
+        }
+    CHECK(sdxl_wcache_sum(b, n - 1) != ref, "checksum: a shorter buffer differs");
+    free(b);
+}
+
 /* Loads with the cache and checks whether the UNet came from it (hit) and the pixels. */
 static void expect(const char *model, const char *prec, const char *dir, int one_shot, int hit, int other,
                    const unsigned char *ref, const char *what) {
@@ -100,6 +147,7 @@ static void expect(const char *model, const char *prec, const char *dir, int one
 }
 
 int main(void) {
+    check_sum();
     char tmp[] = "/tmp/sdxl_wcache_XXXXXX";
     if (!mkdtemp(tmp)) return 1;
     char model[256], yaml[256], dir[300];
@@ -140,6 +188,16 @@ int main(void) {
         snprintf(what, sizeof what, "%s flipped data byte", prec);
         expect(model, prec, dir, 0, 0, 1, ref, what);
         expect(model, prec, dir, 0, 1, 1, ref, "rebuilt after a flipped byte");
+        long last = last_byte_of_largest(unet);
+        CHECK(last > (long)SDXL_WCACHE_HDR, "largest UNet cache entry found");
+        unsigned char old = 0;
+        int fd = open(unet, O_RDONLY);
+        CHECK(fd >= 0 && pread(fd, &old, 1, last) == 1, "read the largest entry's last byte");
+        if (fd >= 0) close(fd);
+        old ^= 0x10;
+        poke(unet, last, &old, 1);
+        expect(model, prec, dir, 0, 0, 1, ref, "flipped last byte of the largest entry");
+        expect(model, prec, dir, 0, 1, 1, ref, "rebuilt after a flipped last byte");
         poke(unet, 0, "XXXX", 4);
         expect(model, prec, dir, 0, 0, 1, ref, "bad magic");
         expect(model, prec, dir, 0, 1, 1, ref, "rebuilt after a bad magic");
