@@ -109,14 +109,6 @@ __attribute__((target("sse4.2"))) static void crc3_hw(const unsigned char *p, si
 }
 #endif
 
-static uint64_t mix64(uint64_t h) {
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdull;
-    h ^= h >> 33;
-    h *= 0xc4ceb9fe1a85ec53ull;
-    return h ^ (h >> 33);
-}
-
 /* One piece's term: its three CRCs, length and index, mixed. */
 static uint64_t piece_sum(const unsigned char *p, size_t n, uint64_t i) {
     uint32_t c[3] = {0xffffffffu, 0xffffffffu, 0xffffffffu};
@@ -127,11 +119,11 @@ static uint64_t piece_sum(const unsigned char *p, size_t n, uint64_t i) {
 #else
     crc3_sw(p, n, t, c);
 #endif
-    uint64_t h = mix64(((uint64_t)c[0] << 32 | c[1]) ^ (i * 0x9e3779b97f4a7c15ull));
-    return mix64(h ^ ((uint64_t)c[2] << 32) ^ (uint64_t)n);
+    uint64_t h = sdxl_mix64(((uint64_t)c[0] << 32 | c[1]) ^ (i * 0x9e3779b97f4a7c15ull));
+    return sdxl_mix64(h ^ ((uint64_t)c[2] << 32) ^ (uint64_t)n);
 }
 
-static uint64_t sum_start(uint64_t n) { return mix64(n ^ 0x5344584c57434632ull); }
+static uint64_t sum_start(uint64_t n) { return sdxl_mix64(n ^ 0x5344584c57434632ull); }
 
 uint64_t sdxl_wcache_sum(const void *p, size_t n) {
     const unsigned char *b = p;

@@ -517,7 +517,7 @@ static int layout_for(sdxl_compute *c, const prim_key *typical, int ndims, const
 
 #define HASH_CHUNK ((size_t)1 << 20)
 
-static uint64_t mix64(uint64_t h) {
+uint64_t sdxl_mix64(uint64_t h) {
     h ^= h >> 33;
     h *= 0xff51afd7ed558ccdull;
     h ^= h >> 33;
@@ -536,31 +536,31 @@ static uint64_t hash_chunk(const unsigned char *p, size_t n, uint64_t seed) {
         for (int i = 0; i < 8; i++) a[i] = (a[i] ^ v[i]) * 0x100000001b3ull + (a[i] >> 29);
     }
     uint64_t h = seed ^ n;
-    for (int i = 0; i < 8; i++) h = mix64(h ^ a[i]);
+    for (int i = 0; i < 8; i++) h = sdxl_mix64(h ^ a[i]);
     for (size_t i = nb * 64; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
-    return mix64(h);
+    return sdxl_mix64(h);
 }
 
 uint64_t sdxl_hash_bytes(const void *p, size_t n) {
     const unsigned char *b = p;
     int64_t nch = (int64_t)((n + HASH_CHUNK - 1) / HASH_CHUNK);
-    uint64_t h = mix64(n + 1);
+    uint64_t h = sdxl_mix64(n + 1);
 #pragma omp parallel for schedule(static) reduction(^ : h) if (nch > 1)
     for (int64_t i = 0; i < nch; i++) {
         size_t o = (size_t)i * HASH_CHUNK, len = n - o < HASH_CHUNK ? n - o : HASH_CHUNK;
-        h ^= mix64(hash_chunk(b + o, len, (uint64_t)i) + (uint64_t)i);
+        h ^= sdxl_mix64(hash_chunk(b + o, len, (uint64_t)i) + (uint64_t)i);
     }
     return h;
 }
 
 uint64_t sdxl_gemm_build_hash(void) {
     const dnnl_version_t *v = dnnl_version();
-    uint64_t h = mix64(((uint64_t)v->major << 40) ^ ((uint64_t)v->minor << 20) ^ (uint64_t)v->patch);
-    if (v->hash) h = mix64(h ^ hash_chunk((const unsigned char *)v->hash, strlen(v->hash), 3));
+    uint64_t h = sdxl_mix64(((uint64_t)v->major << 40) ^ ((uint64_t)v->minor << 20) ^ (uint64_t)v->patch);
+    if (v->hash) h = sdxl_mix64(h ^ hash_chunk((const unsigned char *)v->hash, strlen(v->hash), 3));
     const int isa[] = {__builtin_cpu_supports("avx2"), __builtin_cpu_supports("avx512f"),
                        __builtin_cpu_supports("avx512bw"), __builtin_cpu_supports("avx512vnni"),
                        __builtin_cpu_supports("avx512bf16"), (int)dnnl_get_effective_cpu_isa()};
-    return mix64(h ^ hash_chunk((const unsigned char *)isa, sizeof isa, 5));
+    return sdxl_mix64(h ^ hash_chunk((const unsigned char *)isa, sizeof isa, 5));
 }
 
 /* Hash of what decides a descriptor's bytes: dims, dtype, padding and blocking. */
@@ -594,7 +594,7 @@ static uint64_t layout_hash(const dnnl_memory_desc_t *md) {
 static uint64_t src_hash(const void *w, sdxl_dtype t, int64_t n) {
     size_t bytes = (size_t)n * sdxl_dtype_size(t), k = bytes < 256 ? bytes : 256;
     uint64_t h = hash_chunk(w, k, (uint64_t)bytes * 31u + (uint64_t)t);
-    return mix64(h ^ hash_chunk((const unsigned char *)w + bytes - k, k, 7));
+    return sdxl_mix64(h ^ hash_chunk((const unsigned char *)w + bytes - k, k, 7));
 }
 
 /* Source values of dtype t into plain bf16, in parallel; values pass through f32 exactly, then

@@ -138,6 +138,8 @@ typedef struct sdxl_wstore {
 void sdxl_compute_set_wstore(sdxl_compute *c, const sdxl_wstore *s);
 /* Parallel 64-bit hash of n bytes (the cache's data check); the same for any thread count. */
 uint64_t sdxl_hash_bytes(const void *p, size_t n);
+/* A 64-bit finalizer (MurmurHash3's fmix64): every input bit moves every output bit. */
+uint64_t sdxl_mix64(uint64_t h);
 /* Hash of what decides packed layouts besides the shapes: the oneDNN version and the CPU's ISA. */
 uint64_t sdxl_gemm_build_hash(void);
 
