@@ -325,6 +325,26 @@ static int add_watch(hub_job *j, srv_req *r, int stream) {
 }
 
 int srv_hub_stream(srv_hub *h, const char *id, unsigned long long after, const sdxl_job_info *snap, srv_req *r) {
+    if (snap && snap->state >= SDXL_JOB_DONE) {
+        /* the record has finished but the hub's history may not have (a relayed final event can
+         * arrive after the record is read, or never): the record's final event ends it */
+        pthread_mutex_lock(&h->mu);
+        hub_job *k = find(h, id);
+        int open = k && !k->final;
+        pthread_mutex_unlock(&h->mu);
+        if (open) {
+            sdxl_event ev;
+            memset(&ev, 0, sizeof ev);
+            ev.kind = snap->state == SDXL_JOB_DONE ? SDXL_EVENT_RESULT : SDXL_EVENT_ERROR;
+            ev.job_id = id;
+            ev.client_id = snap->client_id;
+            ev.info = snap;
+            ev.code = snap->error_code[0] ? snap->error_code : "runtime";
+            ev.field = snap->error_field;
+            ev.message = snap->error;
+            on_event(h, &ev);
+        }
+    }
     pthread_mutex_lock(&h->mu);
     hub_job *j = find(h, id);
     if (!j && !snap) {

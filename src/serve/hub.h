@@ -18,7 +18,8 @@ void srv_hub_detach_engine(srv_hub *h, sdxl_engine *eng);
 
 /* Streams job id's events with ids > after into r (an srv_stream request), then follows it live,
  * and ends the stream after the result or error. A job the hub has no history of (evicted, or from
- * before a restart) starts with a "state" event from snap; snap NULL and no history: -1. */
+ * before a restart) starts with a "state" event from snap; snap NULL and no history: -1. A finished
+ * snap ends a history that has not finished (its final event came from the record). */
 int srv_hub_stream(srv_hub *h, const char *id, unsigned long long after, const sdxl_job_info *snap, srv_req *r);
 /* Resumes r (already suspended) once job id has finished; at once when it has. */
 void srv_hub_wait(srv_hub *h, const char *id, srv_req *r);
