@@ -1371,7 +1371,7 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) static void tile_merge(co
 /* merge_packed for layouts out_block accepts, with AVX-512 (+BF16 for bf16): each register tile
  * holds a block of the delta transposed (rows in the vector lanes), which is how the packed
  * weights keep a column's run of rows (bf16: a column pair's rows interleaved). */
-static int merge_runs(layer *L, const lowrank *lr, const int64_t *so, int64_t TR) {
+static void merge_runs(layer *L, const lowrank *lr, const int64_t *so, int64_t TR) {
     const sdxl_wlayout *y = &L->lay;
     int64_t rows = L->r.out_each, cols = L->r.in * L->r.kh * L->r.kw;
     const int64_t TC = 20 * MJ;
@@ -1385,7 +1385,6 @@ static int merge_runs(layer *L, const lowrank *lr, const int64_t *so, int64_t TR
         const float *ut = R ? lr[p].ut + ob * R * TR : zero, *d = R ? lr[p].d + c0 / MJ * R * MJ : zero;
         tile_merge(ut, d, R, (int)(TR / 16), bf, nc, L->orig, L->alt, y->off[0][p * rows + ob * TR], so + c0);
     }
-    return 0;
 }
 
 /* alt = round(orig + U @ D) for every part, tile by tile: a TILE_R x TILE_C block of the delta is
@@ -1433,7 +1432,10 @@ static int merge_packed(sdxl_lora_state *s, layer *L, const contrib *list, int n
         st = lowrank_build(s, L, list, n, parts, p, &lr[p], TR, B ? perm : NULL, e);
     }
     if (st) return st;
-    if (B) return merge_runs(L, lr, so, TR);
+    if (B) {
+        merge_runs(L, lr, so, TR);
+        return SDXL_OK;
+    }
     int64_t ntr = (rows + TILE_R - 1) / TILE_R, ntc = (cols + TILE_C - 1) / TILE_C, nt = L->r.nparts * ntr * ntc;
     int bf = y->esize == 2;
 #pragma omp parallel
