@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -21,6 +22,13 @@
 #include "peak.h"
 #include "tensor/tensor.h"
 #include "text/conditioning.h"
+
+/* Page faults of the process so far: a first touch shows up here, not in the merge. */
+static long faults(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_minflt + ru.ru_majflt;
+}
 
 static double now_s(void) {
     struct timespec ts;
@@ -110,7 +118,7 @@ static int write_lora(const char *path, int rank, unsigned seed, sdxl_ckpt *ck, 
 
 int main(int argc, char **argv) {
     const char *model = "/work/bigdata/sdxl_base_random.safetensors", *tmp = "/tmp";
-    int threads = 2, rank = 32, size = 128, step = 1;
+    int threads = 2, rank = 32, size = 128, step = 1, reserve = 0;
     sdxl_prec prec = SDXL_PREC_BF16;
     for (int i = 1; i < argc; i++) {
         int has = i + 1 < argc;
@@ -121,9 +129,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--size") && has) size = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--tmp") && has) tmp = argv[++i];
         else if (!strcmp(argv[i], "--no-step")) step = 0;
+        else if (!strcmp(argv[i], "--reserve")) reserve = 1;
         else {
             fprintf(stderr, "usage: bench-lora [--model PATH] [--threads 2] [--prec bf16|f32] [--rank 32] [--size 128] "
-                            "[--no-step] [--tmp DIR]\n");
+                            "[--no-step] [--reserve] [--tmp DIR]\n");
             return 2;
         }
     }
@@ -169,31 +178,43 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench-lora: %s\n", e.msg);
         return 1;
     }
+    /* --reserve: the copies are mapped first, as a worker or server with --lora-reserve does at load */
+    sdxl_lora_stats sv;
+    if (reserve) {
+        if (sdxl_lora_reserve(s, &sv, &e)) {
+            fprintf(stderr, "bench-lora: %s\n", e.msg);
+            return 1;
+        }
+        printf("reserve (at load, --lora-reserve): %.2f s for %.2f GB of new copies = %.2f GB/s\n", sv.seconds,
+               (double)sv.kept_bytes / 1e9, (double)sv.kept_bytes / 1e9 / (sv.seconds > 0 ? sv.seconds : 1e-9));
+    }
     sdxl_lora_use ua = {pa, 0.8f, 0.8f}, ub = {pb, 0.6f, 0.6f};
-    sdxl_lora_stats sa, sb, sr;
+    sdxl_lora_stats sa, sb, sr, sa2;
+    long fl[5];
+    fl[0] = faults();
     int st = sdxl_lora_apply(s, &ua, 1, &sa, &e);
+    fl[1] = faults();
     if (!st) st = sdxl_lora_apply(s, &ub, 1, &sb, &e);
+    fl[2] = faults();
     if (!st) st = sdxl_lora_apply(s, NULL, 0, &sr, &e);
-    if (st) {
-        fprintf(stderr, "bench-lora: %s\n", e.msg);
-        return 1;
-    }
-    sdxl_lora_stats sa2;
+    fl[3] = faults();
     if (!st) st = sdxl_lora_apply(s, &ua, 1, &sa2, &e);
+    fl[4] = faults();
     if (!st) st = sdxl_lora_apply(s, NULL, 0, &sr, &e);
     if (st) {
         fprintf(stderr, "bench-lora: %s\n", e.msg);
         return 1;
     }
-    printf("apply A:   %6.2f s (%d layers, %d in the packed layout, %d modules; first apply: allocates the "
-           "merged copies)\n", sa.seconds, sa.layers_rebuilt, sa.layers_packed, sa.modules_bound);
-    printf("switch B:  %6.2f s (%d layers)\n", sb.seconds, sb.layers_rebuilt);
-    printf("re-apply A:%6.2f s (%d layers)\n", sa2.seconds, sa2.layers_rebuilt);
-    printf("remove:    %6.2f s (%d layers)\n", sr.seconds, sr.layers_rebuilt);
+    printf("apply A:   %6.2f s (%d layers, %d in the packed layout, %d modules, %ld page faults; first apply: %s)\n",
+           sa.seconds, sa.layers_rebuilt, sa.layers_packed, sa.modules_bound, fl[1] - fl[0],
+           reserve ? "the copies were mapped by the reserve" : "allocates the merged copies");
+    printf("switch B:  %6.2f s (%d layers, %ld page faults)\n", sb.seconds, sb.layers_rebuilt, fl[2] - fl[1]);
+    printf("re-apply A:%6.2f s (%d layers, %ld page faults)\n", sa2.seconds, sa2.layers_rebuilt, fl[4] - fl[3]);
+    printf("remove:    %6.2f s (%d layers, %ld page faults)\n", sr.seconds, sr.layers_rebuilt, fl[3] - fl[2]);
     printf("merged copies kept: %.2f GB\n", (double)sr.kept_bytes / 1e9);
     /* the first apply's extra time is the copies' new memory; its rate shows what the machine
      * gives (some virtual machines back fresh pages at 1-2 GB/s, reused ones at 20+) */
-    if (sa.seconds > sa2.seconds)
+    if (!reserve && sa.seconds > sa2.seconds)
         printf("first apply - re-apply: %.2f s for %.2f GB of new copies = %.2f GB/s\n", sa.seconds - sa2.seconds,
                (double)sr.kept_bytes / 1e9, (double)sr.kept_bytes / 1e9 / (sa.seconds - sa2.seconds));
     /* a model that serves one request (sdxl generate) merges into its weights: no copies */

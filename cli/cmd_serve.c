@@ -36,6 +36,8 @@ static int usage(FILE *f) {
             "  -t, --threads N        compute threads (default: one per CPU)\n"
             "  --http-threads N       HTTP threads (default: one per CPU, 2..16)\n"
             "  --precision P          auto | f32 | bf16\n"
+            "  --lora-reserve         map a model's LoRA merge buffers at load: its first LoRA job is as fast\n"
+            "                         as later ones, for about its UNet and text encoders' size more memory\n"
             "  --no-merge             run every job alone (no batch merging)\n"
             "  --max-body BYTES, --max-json-depth N, --max-image-bytes BYTES, --max-pixels N,\n"
             "  --max-prompt BYTES, --max-images N, --max-connections N, --max-per-ip N   request limits\n"
@@ -135,6 +137,7 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(a, "--http-threads")) NUM(0, 64, so.threads);
         else if (!strcmp(a, "--precision")) { NEEDV; ec.precision = v; }
         else if (!strcmp(a, "--no-merge")) ec.merge = 0;
+        else if (!strcmp(a, "--lora-reserve")) ec.lora_reserve = 1;
         else if (!strcmp(a, "--max-body")) NUM(1024, (long long)1 << 34, so.lim.max_body);
         else if (!strcmp(a, "--max-json-depth")) NUM(2, 512, so.lim.max_json_depth);
         else if (!strcmp(a, "--max-image-bytes")) NUM(1024, (long long)1 << 32, so.lim.max_image_bytes);

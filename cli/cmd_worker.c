@@ -75,6 +75,8 @@ static void usage(FILE *f) {
             "  --cache-bytes N       model LRU budget in bytes (default 0: keep one model set)\n"
             "  --cond-cache-bytes N  text-encoder output cache budget in bytes (default 64 MiB, 0 = off)\n"
             "  --precision P         auto (default), f32, bf16\n"
+            "  --lora-reserve        map a model's LoRA merge buffers (about its UNet and text encoders'\n"
+            "                        size) when it loads, so its first LoRA job is as fast as later ones\n"
             "  -t, --threads N       compute threads (default: one per CPU)\n"
             "  --max-line N          longest request line in bytes (default 33554432)\n"
             "  --hello               write the native hello line at start (default: before the reply to the\n"
@@ -183,6 +185,7 @@ int cmd_worker(int argc, char **argv) {
         else if (!strcmp(a, "--fail-alloc-at")) NUM(1, 1000000, c.fail_alloc_at);
         else if (!strcmp(a, "--fail-alloc-count")) NUM(1, 1000000, c.fail_alloc_count);
         else if (!strcmp(a, "--no-merge")) c.merge = 0;
+        else if (!strcmp(a, "--lora-reserve")) c.lora_reserve = 1;
         else if (!strcmp(a, "--hello")) po.hello_at_start = 1;
         else if (!strcmp(a, "--paused")) c.start_paused = 1;
         else if (!strcmp(a, "-v")) c.log_level = SDXL_LOG_INFO;

@@ -157,6 +157,10 @@ typedef struct sdxl_model_params {
     int lora_in_place;     /* 1: LoRAs merge into the loaded weights themselves, with no second copy
                               of the touched layers, for a model that serves one LoRA list (sdxl
                               generate sets it): a request with another list fails */
+    int lora_reserve;      /* 1: a resident model maps the buffers LoRA merges write (about the size
+                              of the UNet's and text encoders' weights) at load, so that its first
+                              LoRA request costs what later ones do; ignored with one_shot and
+                              lora_in_place */
     const char *weights_cache; /* converted-weights cache folder (docs/compute.md): NULL = the
                                   SDXL_WEIGHTS_CACHE variable decides; "" / "off" / "0": off; "on" /
                                   "1": the default folder ($XDG_CACHE_HOME/sdxl); else the folder */

@@ -1144,16 +1144,22 @@ static int layer_moved(sdxl_lora_state *s, const layer *L, sdxl_err *e) {
                                          : sdxl_conv2d_weights_moved(s->nets.c, L->r.conv, e);
 }
 
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 /* Starts keeping L (its weights are the loaded ones: nothing merged): its buffer becomes orig and
- * a copy of it alt. Stays on the rebuild-from-checkpoint path when the layer has no CPU weights,
- * an unknown layout, or keep_max or memory does not allow. */
-static void keep_layer(sdxl_lora_state *s, layer *L) {
-    if (L->r.kind == SDXL_LREF_NORM || !*layer_wptr(L)) return;
+ * a new buffer alt, mapped by map_copy. Returns 0 (the layer stays on the rebuild-from-checkpoint
+ * path) when it has no CPU weights, an unknown layout, or keep_max or memory does not allow. */
+static int keep_layer(sdxl_lora_state *s, layer *L) {
+    if (L->r.kind == SDXL_LREF_NORM || !*layer_wptr(L)) return 0;
     sdxl_wlayout lay;
     sdxl_err e2 = {0};
     int st = L->r.kind == SDXL_LREF_LINEAR ? sdxl_linear_layout(L->r.lin, &lay, &e2)
                                             : sdxl_conv2d_layout(L->r.conv, &lay, &e2);
-    if (st) return;
+    if (st) return 0;
     const float *bias = layer_bias(L);
     int64_t rows = layer_rows(L);
     size_t extra = lay.bytes + (bias ? (size_t)rows * sizeof(float) : 0);
@@ -1167,13 +1173,7 @@ static void keep_layer(sdxl_lora_state *s, layer *L) {
         if (s->nets.in_place) alt = NULL;
         free(alt);
         sdxl_wlayout_free(&lay);
-        return;
-    }
-    if (!s->nets.in_place) {
-        sdxl_mem_populate(alt, lay.bytes);
-        /* every merge writes each weight; only a layout with padding needs its pad bytes copied */
-        if ((int64_t)lay.bytes != rows * L->r.in * L->r.kh * L->r.kw * lay.esize)
-            memcpy(alt, *layer_wptr(L), lay.bytes);
+        return 0;
     }
     if (ob) memcpy(ob, bias, (size_t)rows * sizeof *ob);
     L->orig = *layer_wptr(L);
@@ -1182,6 +1182,45 @@ static void keep_layer(sdxl_lora_state *s, layer *L) {
     L->lay = lay;
     L->on_alt = 0;
     s->kept_bytes += extra;
+    return 1;
+}
+
+/* Maps a new copy's pages in one call (no fault per page) and copies the pad bytes of a padded
+ * layout: every merge writes each weight, so nothing else needs copying. */
+static void map_copy(const layer *L) {
+    sdxl_mem_populate(L->alt, L->lay.bytes);
+    if ((int64_t)L->lay.bytes != layer_rows(L) * L->r.in * L->r.kh * L->r.kw * L->lay.esize)
+        memcpy(L->alt, L->orig, L->lay.bytes);
+}
+
+/* Starts keeping every layer not kept yet that is unmerged and (unless all) about to get a delta,
+ * then maps the new copies across the threads: a virtual machine's host may back never-used pages
+ * slowly (0.5-1 GB/s a thread here), and threads fault them in parallel. */
+static void keep_many(sdxl_lora_state *s, int all) {
+    if (s->nets.in_place || !s->n_layers) return;
+    layer **v = malloc((size_t)s->n_layers * sizeof *v);
+    if (!v) return;
+    int n = 0;
+    for (int i = 0; i < s->n_layers; i++) {
+        layer *L = &s->layers[i];
+        if (L->orig || L->n_cur || (!all && !L->n_nxt)) continue;
+        if (keep_layer(s, L)) v[n++] = L;
+    }
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int i = 0; i < n; i++) map_copy(v[i]);
+    free(v);
+}
+
+int sdxl_lora_reserve(sdxl_lora_state *s, sdxl_lora_stats *st, sdxl_err *e) {
+    (void)e;
+    double t0 = now_s();
+    keep_many(s, 1);
+    if (st) {
+        memset(st, 0, sizeof *st);
+        st->seconds = now_s() - t0;
+        st->kept_bytes = s->kept_bytes;
+    }
+    return SDXL_OK;
 }
 
 /* The kept original weights in torch order [rows, in * kh * kw], f32. */
@@ -1575,7 +1614,7 @@ static int rebuild(sdxl_lora_state *s, layer *L, const applied *set, int nset, c
     int *pp = n <= 64 ? parts : malloc((size_t)n * sizeof *pp);
     if (!pp) return sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA: out of memory");
     list_parts(set, nset, list, n, pp);
-    if (!L->orig && L->n_cur == 0 && n > 0) keep_layer(s, L);
+    if (!L->orig && L->n_cur == 0 && n > 0 && keep_layer(s, L) && !s->nets.in_place) map_copy(L);
     if (L->orig) {
         int st = rebuild_kept(s, L, list, n, pp, e);
         if (pp != parts) free(pp);
@@ -1603,11 +1642,6 @@ static int push_nxt(layer *L, sdxl_lora_file *f, int mod, float mult) {
     return 0;
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 int sdxl_lora_apply(sdxl_lora_state *s, const sdxl_lora_use *uses, int n, sdxl_lora_stats *stp, sdxl_err *e) {
     sdxl_lora_stats st0;
@@ -1689,6 +1723,7 @@ int sdxl_lora_apply(sdxl_lora_state *s, const sdxl_lora_use *uses, int n, sdxl_l
         }
     }
     /* 3. rebuild the layers whose list changed */
+    keep_many(s, 0);
     s->n_packed = 0;
     for (int i = 0; i < s->n_layers; i++) {
         layer *L = &s->layers[i];

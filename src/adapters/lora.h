@@ -103,6 +103,11 @@ typedef struct sdxl_lora_stats {
  * opened (or kept, when already applied and unchanged on disk) and every module matched and
  * checked against its layer before any layer changes: on error the model is as it was. */
 int sdxl_lora_apply(sdxl_lora_state *s, const sdxl_lora_use *uses, int n, sdxl_lora_stats *st, sdxl_err *e);
+/* Maps the merged copies of every linear and conv layer (within keep_max) now, so that a first
+ * apply costs what later ones do: for a resident model that will serve LoRAs, whose first request
+ * would otherwise pay for a model's worth of new pages. st: seconds and kept_bytes. Nothing to do
+ * in place. */
+int sdxl_lora_reserve(sdxl_lora_state *s, sdxl_lora_stats *st, sdxl_err *e);
 /* Number of files currently applied and the i-th one (valid until the next apply). */
 int sdxl_lora_applied(const sdxl_lora_state *s);
 sdxl_lora_file *sdxl_lora_applied_at(const sdxl_lora_state *s, int i);

@@ -218,6 +218,15 @@ static void wcache_config(const sdxl_model_params *p, sdxl_pl_model *m) {
     sdxl_wcache_dir(dflt ? NULL : v, m->wc_dir, sizeof m->wc_dir);
 }
 
+/* The model's LoRA merge state, created on first use. */
+static int lora_state(sdxl_pl_model *m, sdxl_err *e) {
+    if (m->lora) return SDXL_OK;
+    sdxl_lora_nets nets = {.c = m->c, .unet = m->base_unet, .unet_ck = m->base_ck,
+                           .te = {m->base_cond.te1, m->base_cond.te2}, .te_ck = m->base_ck,
+                           .in_place = m->lora_in_place};
+    return sdxl_lora_state_new(&nets, &m->lora, e);
+}
+
 int sdxl_pl_model_load(const sdxl_model_params *p, const sdxl_logger *log, sdxl_pl_model **out, sdxl_err *e) {
     *out = NULL;
     if (!p || !p->base || !*p->base) return sdxl_seterr(e, SDXL_ERR_ARG, "base: a model path is required");
@@ -309,6 +318,12 @@ int sdxl_pl_model_load(const sdxl_model_params *p, const sdxl_logger *log, sdxl_
     sdxl_ckpt_release_pages(m->vae_ck);
     sdxl_ckpt_release_pages(m->ref_ck);
     give_back_heap(); /* the conversion buffers */
+    if (p->lora_reserve && !m->one_shot && !m->lora_in_place) {
+        sdxl_lora_stats ls;
+        if ((st = lora_state(m, e)) || (st = sdxl_lora_reserve(m->lora, &ls, e))) goto fail;
+        SDXL_INFO(log, "LoRA: %.2f GB of merged copies mapped in %.2f s (lora_reserve)", (double)ls.kept_bytes / 1e9,
+                  ls.seconds);
+    }
     SDXL_INFO(log, "model loaded in %.2f s (%s, vae %s)%s", now_s() - t0, prec == SDXL_PREC_BF16 ? "bf16" : "f32",
               vae_prec == SDXL_PREC_BF16 ? "bf16" : "f32",
               m->has_ref ? " with refiner" : "");
@@ -489,17 +504,12 @@ static int resolve(const sdxl_pl_model *m, const sdxl_gen_params *in, req *r, sd
 #define LORA_MAX 64
 
 int sdxl_pl_lora_set(sdxl_pl_model *m, const sdxl_lora_use *u, int n, sdxl_lora_stats *st, sdxl_err *e) {
-    if (!m->lora) {
-        if (n == 0) {
-            if (st) memset(st, 0, sizeof *st);
-            return SDXL_OK;
-        }
-        sdxl_lora_nets nets = {.c = m->c, .unet = m->base_unet, .unet_ck = m->base_ck,
-                               .te = {m->base_cond.te1, m->base_cond.te2}, .te_ck = m->base_ck,
-                               .in_place = m->lora_in_place};
-        int rc = sdxl_lora_state_new(&nets, &m->lora, e);
-        if (rc) return rc;
+    if (!m->lora && n == 0) {
+        if (st) memset(st, 0, sizeof *st);
+        return SDXL_OK;
     }
+    int rc = lora_state(m, e);
+    if (rc) return rc;
     m->lora_owner = 0;
     return sdxl_lora_apply(m->lora, u, n, st, e);
 }

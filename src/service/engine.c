@@ -673,6 +673,7 @@ static model_entry *cache_get(sdxl_engine *eng, const char *base, const char *re
     mp.refiner = refiner[0] ? refiner : NULL;
     mp.vae = vae[0] ? vae : NULL;
     mp.precision = eng->precision;
+    mp.lora_reserve = eng->cfg.lora_reserve;
     double t0 = now_mono();
     sdxl_pl_model *m = NULL;
     if (sdxl_pl_model_load(&mp, &eng->log, &m, e)) return NULL;

@@ -49,6 +49,7 @@ typedef struct sdxl_engine_config {
     int max_images;                 /* per job; default 16 */
     int start_paused;               /* 1: jobs queue but nothing runs until sdxl_engine_resume */
     uint64_t cond_cache_bytes;      /* text-encoder output cache budget; default 64 MiB; 0 = off */
+    int lora_reserve;               /* models map their LoRA merge buffers at load (sdxl_model_params) */
     int fail_alloc_at;              /* test hook: the k-th large allocation (UNet batch, VAE decode) fails; 0 off */
     int fail_alloc_count;           /* with fail_alloc_at: this many allocations in a row fail (default 1) */
     sdxl_log_level log_level;

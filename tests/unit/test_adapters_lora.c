@@ -617,6 +617,41 @@ static void test_packed(sdxl_prec prec) {
     } else {
         CHECK(0, "%s: tiny model loads for in place", pn);
     }
+    /* reserved copies (--lora-reserve): mapped before the first apply, which then maps nothing new
+     * and merges the same bytes; removal gives back the loaded weights */
+    net nr;
+    if (net_load_mode(&nr, prec, 0, 0) == 0) {
+        sdxl_lora_stats sv, sa;
+        float *before[8];
+        for (int i = 0; i < NM; i++) before[i] = compute_weights(&nr, M[i].net, M[i].mod, M[i].out * M[i].in * M[i].k);
+        CHECK(sdxl_lora_reserve(nr.s, &sv, &e) == SDXL_OK && sv.kept_bytes > st.kept_bytes,
+              "%s: reserve maps every layer's copy: %zu bytes against %zu for this LoRA's layers", pn, sv.kept_bytes,
+              st.kept_bytes);
+        CHECK(sdxl_lora_apply(nr.s, &u, 1, &sa, &e) == SDXL_OK && sa.kept_bytes == sv.kept_bytes &&
+                  sa.layers_packed == NM,
+              "%s: apply after reserve: %d layers packed, %zu bytes kept (reserved %zu)", pn, sa.layers_packed,
+              sa.kept_bytes, sv.kept_bytes);
+        for (int i = 0; i < NM; i++) {
+            int64_t cnt = M[i].out * M[i].in * M[i].k;
+            float *a = compute_weights(&n, M[i].net, M[i].mod, cnt), *b = compute_weights(&nr, M[i].net, M[i].mod, cnt);
+            CHECK(a && b && !memcmp(a, b, (size_t)cnt * sizeof *a), "%s: %s after reserve equals the lazy copy's merge",
+                  pn, M[i].mod);
+            free(a);
+            free(b);
+        }
+        CHECK(sdxl_lora_apply(nr.s, NULL, 0, &sa, &e) == SDXL_OK, "%s: reserve: remove", pn);
+        for (int i = 0; i < NM; i++) {
+            int64_t cnt = M[i].out * M[i].in * M[i].k;
+            float *a = compute_weights(&nr, M[i].net, M[i].mod, cnt);
+            CHECK(a && before[i] && !memcmp(a, before[i], (size_t)cnt * sizeof *a),
+                  "%s: %s after reserve + apply + remove equals the loaded weights", pn, M[i].mod);
+            free(a);
+            free(before[i]);
+        }
+        net_free(&nr);
+    } else {
+        CHECK(0, "%s: tiny model loads for the reserve", pn);
+    }
     /* the processor-named file gives the same merged modules */
     sdxl_lora_use up = {pp, 0.9f, -0.7f};
     CHECK(sdxl_lora_apply(n.s, &up, 1, &st, &e) == SDXL_OK, "%s: processor keys apply (%s)", pn, e.msg);

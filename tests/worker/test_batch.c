@@ -222,6 +222,14 @@ static void cond_cache(const char *bin, const char *work, const char *models) {
         CHECK(on.j[k].cond_hits == hit[k], "job %d: %d cache hits, expected %d", k, on.j[k].cond_hits, hit[k]);
         CHECK(off.j[k].cond_hits == 0, "job %d without the cache: no hit (%d)", k, off.j[k].cond_hits);
     }
+    /* --lora-reserve maps the merge buffers at load: the same images */
+    char d3[PATH_MAX + 16];
+    snprintf(d3, sizeof d3, "%s/lora_reserve", work);
+    static run rs;
+    CHECK(run_jobs(bin, d3, models, "--no-merge --lora-reserve", lines, 6, &rs) == 0, "6 jobs with --lora-reserve");
+    for (int k = 0; k < 6; k++)
+        CHECK(rs.j[k].path[0] && wk_file_eq(rs.j[k].path, on.j[k].path),
+              "job %d: image byte-identical with --lora-reserve (%s)", k, rs.j[k].code);
     printf("conditioning cache: %lld hits, %lld misses over 6 jobs (without it: %lld hits)\n", on.cond_hits,
            on.cond_misses, off.cond_hits);
     CHECK(on.cond_hits == 3 && on.cond_misses == 3, "totals: 3 hits, 3 misses (%lld, %lld)", on.cond_hits,
