@@ -228,22 +228,29 @@ void h_jobs_list(srv_req *r) {
     srv_take_json(r, 200, &b);
 }
 
+/* The local job named by the route's first parameter, or a reply (engine gone, 404): returns 0
+ * when j holds the job (free it with sdxl_job_info_free). */
+static int job_of_route(srv_req *r, sdxl_job_info *j) {
+    sdxl_engine *eng = srv_eng(r);
+    if (!eng) return -1;
+    memset(j, 0, sizeof *j);
+    int st = sdxl_engine_get(eng, r->params[0], j);
+    srv_eng_done(r);
+    if (st) {
+        srv_error(r, 404, "unknown_job", "id", "no job '%s'", r->params[0]);
+        return -1;
+    }
+    snprintf(r->job, sizeof r->job, "%s", j->id);
+    return 0;
+}
+
 void h_job_get(srv_req *r) {
     if (r->srv->fleet) {
         srv_fleet_job_get(r);
         return;
     }
-    sdxl_engine *eng = srv_eng(r);
-    if (!eng) return;
     sdxl_job_info j;
-    memset(&j, 0, sizeof j);
-    int st = sdxl_engine_get(eng, r->params[0], &j);
-    srv_eng_done(r);
-    if (st) {
-        srv_error(r, 404, "unknown_job", "id", "no job '%s'", r->params[0]);
-        return;
-    }
-    snprintf(r->job, sizeof r->job, "%s", j.id);
+    if (job_of_route(r, &j)) return;
     sdxl_strbuf b = {0};
     srv_job_json(&j, &b);
     sdxl_job_info_free(&j);
@@ -342,17 +349,8 @@ void h_job_image(srv_req *r) {
         srv_fleet_job_image(r, k);
         return;
     }
-    sdxl_engine *eng = srv_eng(r);
-    if (!eng) return;
     sdxl_job_info j;
-    memset(&j, 0, sizeof j);
-    int st = sdxl_engine_get(eng, r->params[0], &j);
-    srv_eng_done(r);
-    if (st) {
-        srv_error(r, 404, "unknown_job", "id", "no job '%s'", r->params[0]);
-        return;
-    }
-    snprintf(r->job, sizeof r->job, "%s", j.id);
+    if (job_of_route(r, &j)) return;
     srv_job_image_reply(r, &j, k);
     sdxl_job_info_free(&j);
 }
