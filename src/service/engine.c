@@ -39,6 +39,7 @@ typedef struct job {
     int64_t seq;
     volatile int cancel;
     int timed_out;
+    int stale;       /* re-queued by recovery: a killed run may have left its outputs in place */
     double t_accept; /* monotonic */
     double deadline; /* monotonic, 0 = none */
 } job;
@@ -317,10 +318,15 @@ static int count_state(sdxl_engine *eng, sdxl_job_state s) {
     return n;
 }
 
+/* Images a request makes: its output files are numbered 1..this. */
+static int images_of(const sdxl_svc_request *r) {
+    return r->g.batch_count * (r->g.batch_size > 0 ? r->g.batch_size : 1);
+}
+
 /* Fills the seeds and sizes of a job from its request (seed already fixed). */
 static int job_fill(job *j) {
     const sdxl_gen_params *g = &j->req.g;
-    int n = g->batch_count * (g->batch_size > 0 ? g->batch_size : 1);
+    int n = images_of(&j->req);
     j->info.n_images = n;
     j->info.width = g->width ? g->width : 1024;
     j->info.height = g->height ? g->height : 1024;
@@ -575,6 +581,8 @@ void sdxl_engine_resume(sdxl_engine *eng) {
 
 /* ---- finishing --------------------------------------------------------------------------------- */
 
+static void remove_outputs(sdxl_engine *eng, const sdxl_svc_request *r, const char *id, int finals);
+
 static void finish_locked(sdxl_engine *eng, job *j, sdxl_job_state st, const char *code, const char *field,
                           const char *msg) {
     j->info.state = st;
@@ -582,6 +590,9 @@ static void finish_locked(sdxl_engine *eng, job *j, sdxl_job_state st, const cha
     snprintf(j->info.error_field, sizeof j->info.error_field, "%s", field ? field : "");
     snprintf(j->info.error, sizeof j->info.error, "%s", msg ? msg : "");
     j->info.m.total_s = now_mono() - j->t_accept;
+    /* a job ending without images first removes what a killed earlier run renamed into place (rare:
+     * re-queued jobs only), before its state is durable; a kill in between leaves it to recovery */
+    if (st != SDXL_JOB_DONE && j->stale && j->has_req) remove_outputs(eng, &j->req, j->info.id, 1);
     if (eng->journal) {
         sdxl_strbuf p = {0}, mj = {0};
         for (int i = 0; i < j->info.n_done; i++) {
@@ -824,9 +835,9 @@ static int mkdirs(const char *path) {
     return 0;
 }
 
-/* Output file of image i of a job: output_root/save_path/prefix_id_(i+1).ext */
-static void out_path(sdxl_engine *eng, const job *j, int i, char *buf, size_t cap, char *dir, size_t dcap) {
-    const sdxl_svc_request *r = &j->req;
+/* Output file of image i of job id: output_root/save_path/prefix_id_(i+1).ext */
+static void out_path(sdxl_engine *eng, const sdxl_svc_request *r, const char *id, int i, char *buf, size_t cap,
+                     char *dir, size_t dcap) {
     const char *sp = r->save_path ? r->save_path : "";
     const char *root = eng->output_root;
     if (!strcmp(root, ".")) snprintf(dir, dcap, "%s", *sp ? sp : ".");
@@ -835,17 +846,23 @@ static void out_path(sdxl_engine *eng, const job *j, int i, char *buf, size_t ca
     while (dl > 1 && dir[dl - 1] == '/') dir[--dl] = 0;
     const char *ext = fmt_of(r->format) == SDXL_IMAGE_PNG ? "png" : fmt_of(r->format) == SDXL_IMAGE_JPEG ? "jpg" : "webp";
     const char *prefix = r->file_prefix ? r->file_prefix : "sdxl";
-    if (!strcmp(dir, ".")) snprintf(buf, cap, "%s_%s_%d.%s", prefix, j->info.id, i + 1, ext);
-    else snprintf(buf, cap, "%s/%s_%s_%d.%s", dir, prefix, j->info.id, i + 1, ext);
+    if (!strcmp(dir, ".")) snprintf(buf, cap, "%s_%s_%d.%s", prefix, id, i + 1, ext);
+    else snprintf(buf, cap, "%s/%s_%s_%d.%s", dir, prefix, id, i + 1, ext);
 }
 
-/* A run killed while writing may have left a temporary sibling of an output (name.PID.X.tmp):
- * remove those of this job before it runs again. */
-static void remove_stale(sdxl_engine *eng, const job *j) {
+/* A run killed while writing may have left temporary siblings of a job's outputs
+ * (name.PID.X.tmp), and one killed after a rename but before the journal recorded the job, its
+ * outputs in place. Removes the temporaries, and with finals the outputs too: a job that ends
+ * without images must leave no file that its journal row does not list. */
+static void remove_outputs(sdxl_engine *eng, const sdxl_svc_request *r, const char *id, int finals) {
     char path[2048], dir[2048];
-    out_path(eng, j, 0, path, sizeof path, dir, sizeof dir);
+    for (int i = 0; finals && i < images_of(r); i++) {
+        out_path(eng, r, id, i, path, sizeof path, dir, sizeof dir);
+        if (unlink(path) == 0) SDXL_INFO(&eng->log, "job %s: removed %s, written by a killed run", id, path);
+    }
+    out_path(eng, r, id, 0, path, sizeof path, dir, sizeof dir);
     char pre[128];
-    snprintf(pre, sizeof pre, "%s_%s_", j->req.file_prefix ? j->req.file_prefix : "sdxl", j->info.id);
+    snprintf(pre, sizeof pre, "%s_%s_", r->file_prefix ? r->file_prefix : "sdxl", id);
     DIR *d = opendir(dir);
     if (!d) return;
     struct dirent *de;
@@ -922,7 +939,7 @@ static void run_group(sdxl_engine *eng, job **jobs, int n) {
         pthread_mutex_unlock(&eng->mu);
         return;
     }
-    for (int i = 0; i < n; i++) remove_stale(eng, jobs[i]);
+    for (int i = 0; i < n; i++) remove_outputs(eng, &jobs[i]->req, jobs[i]->info.id, 0);
     progress_phase(&rc, "load", 0, 1);
     pthread_mutex_lock(&eng->cache_mu);
     int hit = 0;
@@ -1153,7 +1170,7 @@ static void run_group(sdxl_engine *eng, job **jobs, int n) {
             emit(eng, j, &wev);
             j->info.paths = calloc((size_t)ni, sizeof *j->info.paths);
             char path[2048], dir[2048];
-            out_path(eng, j, 0, path, sizeof path, dir, sizeof dir);
+            out_path(eng, &j->req, j->info.id, 0, path, sizeof path, dir, sizeof dir);
             if (!j->info.paths || mkdirs(dir)) {
                 jst = SDXL_JOB_FAILED;
                 code = "io_error";
@@ -1164,7 +1181,7 @@ static void run_group(sdxl_engine *eng, job **jobs, int n) {
             wo.quality = j->req.quality;
             for (int k = 0; jst == SDXL_JOB_DONE && k < ni; k++) {
                 const sdxl_pl_image *im = &res.img[img0 + k];
-                out_path(eng, j, k, path, sizeof path, dir, sizeof dir);
+                out_path(eng, &j->req, j->info.id, k, path, sizeof path, dir, sizeof dir);
                 sdxl_image img = {.width = im->width, .height = im->height, .channels = 3, .data = im->rgb};
                 uint8_t *up = NULL;
                 if (j->req.upscale_factor > 1) {
@@ -1451,10 +1468,28 @@ const sdxl_engine_config *sdxl_engine_get_config(const sdxl_engine *eng) { retur
 
 /* ---- life cycle ---------------------------------------------------------------------------------- */
 
+/* Recovery fails the job as worker_crashed, without images: what its killed runs wrote goes first. */
+static void remove_crashed_outputs(void *user, const char *id, const char *request) {
+    sdxl_engine *eng = user;
+    sdxl_json *v = NULL;
+    sdxl_svc_request r;
+    sdxl_svc_request_init(&r);
+    sdxl_svc_issues is = {0};
+    sdxl_err e;
+    if (request && !sdxl_json_parse(request, strlen(request), NULL, "journal request", &v, &e) &&
+        !sdxl_svc_request_parse(v, SDXL_DIALECT_NATIVE, &r, &is))
+        remove_outputs(eng, &r, id, 1);
+    else
+        SDXL_WARN(&eng->log, "journal: job %s: the request no longer parses; files a killed run wrote may stay", id);
+    sdxl_svc_request_free(&r);
+    sdxl_json_free(v);
+}
+
 static int recover(sdxl_engine *eng, char *err, size_t cap) {
     sdxl_journal_row *rows = NULL;
     int n = 0, nq = 0, nc = 0;
-    int st = sdxl_journal_recover(eng->journal, MAX_ATTEMPTS, &rows, &n, &nq, &nc, err, cap);
+    int st = sdxl_journal_recover(eng->journal, MAX_ATTEMPTS, remove_crashed_outputs, eng, &rows, &n, &nq, &nc, err,
+                                  cap);
     if (st) return st;
     if (nq || nc) SDXL_WARN(&eng->log, "journal: %d interrupted job(s) re-queued, %d failed as worker_crashed", nq, nc);
     for (int i = 0; i < n && !st; i++) {
@@ -1491,6 +1526,7 @@ static int recover(sdxl_engine *eng, char *err, size_t cap) {
             }
         } else {
             j->has_req = 1;
+            j->stale = j->info.state == SDXL_JOB_QUEUED && r->attempts > 0;
             job_fill(j);
         }
         sdxl_json_free(v);

@@ -10,7 +10,9 @@
  * into the engine except sdxl_engine_cancel.
  *
  * With a journal (SQLite), a job accepted is never lost: after a crash the next engine re-queues
- * what was running, and a job that was running at two crashes fails with "worker_crashed". */
+ * what was running, and a job that was running at two crashes fails with "worker_crashed". The
+ * output folder holds only images of done jobs: one that ends otherwise has what its killed runs
+ * wrote removed before its final state is journaled. */
 #ifndef SDXL_SERVICE_ENGINE_H
 #define SDXL_SERVICE_ENGINE_H
 

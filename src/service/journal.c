@@ -81,35 +81,56 @@ static char *dup_col(sqlite3_stmt *s, int c) {
     return p;
 }
 
-int sdxl_journal_recover(sdxl_journal *j, int max_attempts, sdxl_journal_row **rows, int *n, int *n_requeued,
-                         int *n_crashed, char *err, size_t cap) {
+int sdxl_journal_recover(sdxl_journal *j, int max_attempts, sdxl_journal_crash_fn on_crash, void *user,
+                         sdxl_journal_row **rows, int *n, int *n_requeued, int *n_crashed, char *err, size_t cap) {
     *rows = NULL;
     *n = 0;
     *n_requeued = *n_crashed = 0;
-    /* states: 0 queued, 1 running, 2 done, 3 failed, 4 cancelled (sdxl_job_state) */
+    /* states: 0 queued, 1 running, 2 done, 3 failed, 4 cancelled (sdxl_job_state); one transaction,
+     * so the jobs handed to on_crash are the ones failed */
+    int st = exec(j, "BEGIN IMMEDIATE;", err, cap);
+    if (st) return st;
+    sqlite3_stmt *q;
+    if (sqlite3_prepare_v2(j->db, "SELECT id, request FROM jobs WHERE state=1 AND attempts>=?1 ORDER BY seq", -1, &q,
+                           NULL) != SQLITE_OK) {
+        st = fail(j->db, "recover", err, cap);
+        exec(j, "ROLLBACK;", NULL, 0);
+        return st;
+    }
+    sqlite3_bind_int(q, 1, max_attempts);
+    int rc, running = 0;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        if (on_crash) on_crash(user, (const char *)sqlite3_column_text(q, 0), (const char *)sqlite3_column_text(q, 1));
+        (*n_crashed)++;
+    }
+    sqlite3_finalize(q);
+    int ok = rc == SQLITE_DONE &&
+             sqlite3_prepare_v2(j->db, "SELECT count(*) FROM jobs WHERE state=1", -1, &q, NULL) == SQLITE_OK;
+    if (ok) {
+        ok = sqlite3_step(q) == SQLITE_ROW;
+        if (ok) running = sqlite3_column_int(q, 0);
+        sqlite3_finalize(q);
+    }
+    if (!ok) {
+        st = fail(j->db, "recover", err, cap);
+        exec(j, "ROLLBACK;", NULL, 0);
+        *n_crashed = 0;
+        return st;
+    }
     char sql[512];
     snprintf(sql, sizeof sql,
-             "BEGIN IMMEDIATE;"
              "UPDATE jobs SET state=3, error_code='worker_crashed', error='the worker died while running this job "
              "%d times', finished=strftime('%%s','now') WHERE state=1 AND attempts>=%d;"
              "UPDATE jobs SET state=0 WHERE state=1;"
              "COMMIT;",
              max_attempts, max_attempts);
-    int crashed_before = 0, running_before = 0;
-    sqlite3_stmt *q;
-    if (sqlite3_prepare_v2(j->db, "SELECT count(*), coalesce(sum(attempts>=?1),0) FROM jobs WHERE state=1", -1, &q,
-                           NULL) != SQLITE_OK)
-        return fail(j->db, "recover", err, cap);
-    sqlite3_bind_int(q, 1, max_attempts);
-    if (sqlite3_step(q) == SQLITE_ROW) {
-        running_before = sqlite3_column_int(q, 0);
-        crashed_before = sqlite3_column_int(q, 1);
+    st = exec(j, sql, err, cap);
+    if (st) {
+        exec(j, "ROLLBACK;", NULL, 0);
+        *n_crashed = 0;
+        return st;
     }
-    sqlite3_finalize(q);
-    int st = exec(j, sql, err, cap);
-    if (st) return st;
-    *n_crashed = crashed_before;
-    *n_requeued = running_before - crashed_before;
+    *n_requeued = running - *n_crashed;
     if (sqlite3_prepare_v2(j->db,
                            "SELECT id, state, priority, seq, created, attempts, request, paths, metrics, error_code, "
                            "error FROM jobs ORDER BY seq",

@@ -29,11 +29,15 @@ void sdxl_journal_rows_free(sdxl_journal_row *rows, int n);
 int sdxl_journal_open(const char *path, sdxl_journal **out, char *err, size_t cap);
 void sdxl_journal_close(sdxl_journal *j);
 
+/* Called for each job recovery is about to fail as "worker_crashed", before that state is
+ * committed: the caller removes what the killed runs wrote, so a kill in between repeats it. */
+typedef void (*sdxl_journal_crash_fn)(void *user, const char *id, const char *request);
+
 /* Crash recovery, once after open: jobs left running are re-queued, or failed with
- * "worker_crashed" when they had already been started max_attempts times. Then every row, by seq.
- * *n_requeued / *n_crashed count what recovery changed. */
-int sdxl_journal_recover(sdxl_journal *j, int max_attempts, sdxl_journal_row **rows, int *n, int *n_requeued,
-                         int *n_crashed, char *err, size_t cap);
+ * "worker_crashed" (after on_crash, when not NULL) when they had already been started max_attempts
+ * times. Then every row, by seq. *n_requeued / *n_crashed count what recovery changed. */
+int sdxl_journal_recover(sdxl_journal *j, int max_attempts, sdxl_journal_crash_fn on_crash, void *user,
+                         sdxl_journal_row **rows, int *n, int *n_requeued, int *n_crashed, char *err, size_t cap);
 
 int sdxl_journal_add(sdxl_journal *j, const char *id, int64_t seq, int priority, double created, const char *request,
                      char *err, size_t cap);
