@@ -127,7 +127,8 @@ static void bench_accum(sdxl_compute *c, int64_t M, int64_t K, int64_t N, double
     for (int r = -1; more(r < 0 ? 0 : r, t_start); r++)
         for (int v = 0; v < 2; v++) {
             double t0 = bench_now();
-            int st = sdxl_linear_fwd(c, &l, (const float *)(void *)xb, M, y, SDXL_OP_SRC_BF16 | (v ? SDXL_OP_ACCUM : 0), &e);
+            int fl = SDXL_OP_SRC_BF16 | (v ? SDXL_OP_ACCUM : 0);
+            int st = sdxl_linear_fwd(c, &l, (const float *)(void *)xb, M, y, fl, &e);
             double t = bench_now() - t0;
             if (st) {
                 fprintf(stderr, "accum: %s\n", e.msg);
@@ -313,7 +314,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
         else if (!strcmp(argv[i], "--prec") && i + 1 < argc) prec = argv[++i];
         else {
-            fprintf(stderr, "usage: %s [--threads N] [--reps N] [--prec f32|bf16] [--only matmul,accum,ff,conv,attention,memory]\n",
+            fprintf(stderr,
+                    "usage: %s [--threads N] [--reps N] [--prec f32|bf16] "
+                    "[--only matmul,accum,ff,conv,attention,memory]\n",
                     argv[0]);
             return 2;
         }
