@@ -1,7 +1,7 @@
 /* bench-ops: GFLOP/s of matmul, conv and attention at SDXL shapes, in f32 and bf16, each as a
  * percentage of this run's machine peak for the same precision (register-only FMA loop); and
  * GB/s of the memory-bound ops (norms, activations, adds) against this run's copy bandwidth.
- * Usage: bench-ops [--threads N] [--reps N] [--only matmul,ff,conv,attention,memory]
+ * Usage: bench-ops [--threads N] [--reps N] [--prec f32|bf16] [--only matmul,accum,ff,conv,attention,memory]
  * Each figure is the best of `reps` timed runs after one warm-up run (which creates the
  * primitives and grows the scratch buffers). BENCH_CLOCK=cpu times by CPU time (peak.c). */
 #include <stdio.h>
@@ -109,6 +109,41 @@ static void bench_attention(sdxl_compute *c, int64_t lq, int64_t lk, int heads, 
     snprintf(name, sizeof name, "attention lq=%lld lk=%lld %dx%d", (long long)lq, (long long)lk, heads, d);
     report(name, sdxl_compute_prec(c), 4.0 * lq * lk * d * heads, best, peak);
     free(q), free(kv), free(o);
+}
+
+/* A GEMM on a bf16 input (as the UNet's norms and attention write it), into y and added to y
+ * (SDXL_OP_ACCUM, the residual GEMMs); the two run in turn, each the best of its runs. */
+static void bench_accum(sdxl_compute *c, int64_t M, int64_t K, int64_t N, double peak) {
+    float *x = rnd(M * K), *w = rnd(N * K), *b = rnd(N), *y = rnd(M * N);
+    uint16_t *xb = aligned_alloc(64, (size_t)(M * K) * 2);
+    sdxl_linear l;
+    sdxl_err e = {0};
+    if (!xb || sdxl_linear_init(c, &l, K, N, w, SDXL_F32, b, SDXL_F32, &e)) {
+        fprintf(stderr, "accum: %s\n", e.msg);
+        exit(1);
+    }
+    sdxl_f32_to_bf16(x, xb, (size_t)(M * K));
+    double best[2] = {1e30, 1e30}, t_start = bench_now();
+    for (int r = -1; more(r < 0 ? 0 : r, t_start); r++)
+        for (int v = 0; v < 2; v++) {
+            double t0 = bench_now();
+            int fl = SDXL_OP_SRC_BF16 | (v ? SDXL_OP_ACCUM : 0);
+            int st = sdxl_linear_fwd(c, &l, (const float *)(void *)xb, M, y, fl, &e);
+            double t = bench_now() - t0;
+            if (st) {
+                fprintf(stderr, "accum: %s\n", e.msg);
+                exit(1);
+            }
+            if (r >= 0 && t < best[v]) best[v] = t;
+        }
+    char name[96];
+    for (int v = 0; v < 2; v++) {
+        snprintf(name, sizeof name, "matmul bf16 in M=%lld K=%lld N=%lld%s", (long long)M, (long long)K, (long long)N,
+                 v ? " +=" : "");
+        report(name, sdxl_compute_prec(c), 2.0 * M * K * N, best[v], peak);
+    }
+    sdxl_linear_free(&l);
+    free(x), free(w), free(b), free(y), free(xb);
 }
 
 /* One feed-forward (bf16): ff1 [8c, c], GEGLU, ff2 [c, 4c] accumulated into the residual, over M
@@ -272,13 +307,17 @@ static int wants(const char *only, const char *what) {
 
 int main(int argc, char **argv) {
     int threads = 2;
-    const char *only = NULL;
+    const char *only = NULL, *prec = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
+        else if (!strcmp(argv[i], "--prec") && i + 1 < argc) prec = argv[++i];
         else {
-            fprintf(stderr, "usage: %s [--threads N] [--reps N] [--only matmul,ff,conv,attention,memory]\n", argv[0]);
+            fprintf(stderr,
+                    "usage: %s [--threads N] [--reps N] [--prec f32|bf16] "
+                    "[--only matmul,accum,ff,conv,attention,memory]\n",
+                    argv[0]);
             return 2;
         }
     }
@@ -298,6 +337,7 @@ int main(int argc, char **argv) {
     printf("threads %d  machine peak: f32 %.1f GFLOP/s, bf16 %.1f GFLOP/s\n", threads, peak[0], peak[1]);
     for (int pi = 0; pi < 2; pi++) {
         sdxl_prec p = pi ? SDXL_PREC_BF16 : SDXL_PREC_F32;
+        if (prec && strcmp(prec, pi ? "bf16" : "f32")) continue;
         if (p == SDXL_PREC_BF16 && peak[1] <= 0) {
             printf("bf16: not supported by this CPU\n");
             continue;
@@ -313,6 +353,12 @@ int main(int argc, char **argv) {
             bench_matmul(c, 4096, 640, 5120, peak[pi]);
             bench_matmul(c, 1024, 1280, 1280, peak[pi]);
             bench_matmul(c, 1024, 1280, 10240, peak[pi]);
+        }
+        if (wants(only, "accum") && p == SDXL_PREC_BF16) {
+            bench_accum(c, 8192, 640, 640, peak[pi]);   /* out projections, 1024x1024 images, batch 2 */
+            bench_accum(c, 2048, 1280, 1280, peak[pi]);
+            bench_accum(c, 8192, 2560, 640, peak[pi]);  /* second FF GEMM (chunks of up to 8192 rows) */
+            bench_accum(c, 2048, 5120, 1280, peak[pi]);
         }
         if (wants(only, "ff") && p == SDXL_PREC_BF16) {
             bench_ff(c, 2048, 640, peak[pi]); /* 512x512 images, batch 2 */

@@ -340,14 +340,22 @@ AVX512BF16 static void ln_apply_bf16_avx512(const float *x, uint16_t *y, int64_t
     }
 }
 
-/* One of y (f32) and ybf (bf16, rounded as sdxl_f32_to_bf16 rounds the f32 values) receives the rows. */
-static void ln_run(const float *x, float *y, uint16_t *ybf, int64_t rows, int64_t c, float eps, const float *gamma,
-                   const float *beta) {
+AVX512 static void add_avx512(const float *a, const float *b, float *y, int64_t n);
+
+/* One of y (f32) and ybf (bf16, rounded as sdxl_f32_to_bf16 rounds the f32 values) receives the rows.
+ * res: when not NULL, each row of res is first added into x's row (x is then written: xw). */
+static void ln_run(const float *x, float *xw, const float *res, float *y, uint16_t *ybf, int64_t rows, int64_t c,
+                   float eps, const float *gamma, const float *beta) {
     if (rows <= 0 || c <= 0) return;
     const int simd = sdxl_simd_level();
 #pragma omp parallel for schedule(static) if (rows * c > EW_CHUNK)
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * c;
+        if (res) {
+            if (simd) add_avx512(xr, res + r * c, xw + r * c, c);
+            else
+                for (int64_t k = 0; k < c; k++) xw[r * c + k] = xr[k] + res[r * c + k];
+        }
         float mean, rstd;
         if (simd) ln_stats_avx512(xr, c, eps, &mean, &rstd);
         else ln_stats_c(xr, c, eps, &mean, &rstd);
@@ -371,12 +379,17 @@ static void ln_run(const float *x, float *y, uint16_t *ybf, int64_t rows, int64_
 
 void sdxl_layer_norm(const float *x, float *y, int64_t rows, int64_t c, float eps, const float *gamma,
                      const float *beta) {
-    ln_run(x, y, NULL, rows, c, eps, gamma, beta);
+    ln_run(x, NULL, NULL, y, NULL, rows, c, eps, gamma, beta);
 }
 
 void sdxl_layer_norm_bf16(const float *x, uint16_t *y, int64_t rows, int64_t c, float eps, const float *gamma,
                           const float *beta) {
-    ln_run(x, NULL, y, rows, c, eps, gamma, beta);
+    ln_run(x, NULL, NULL, NULL, y, rows, c, eps, gamma, beta);
+}
+
+void sdxl_add_layer_norm_bf16(float *x, const float *res, uint16_t *y, int64_t rows, int64_t c, float eps,
+                              const float *gamma, const float *beta) {
+    ln_run(x, x, res, NULL, y, rows, c, eps, gamma, beta);
 }
 
 /* ---- softmax ---------------------------------------------------------------------------- */

@@ -158,6 +158,10 @@ void sdxl_layer_norm(const float *x, float *y, int64_t rows, int64_t c, float ep
  * conversion rounds the f32 values. y must not alias x. */
 void sdxl_layer_norm_bf16(const float *x, uint16_t *y, int64_t rows, int64_t c, float eps, const float *gamma,
                           const float *beta);
+/* x += res (a residual branch's output, rows x c), then the bf16 LayerNorm of the new x into y: the
+ * same bits as sdxl_add then sdxl_layer_norm_bf16, in one pass over the rows. */
+void sdxl_add_layer_norm_bf16(float *x, const float *res, uint16_t *y, int64_t rows, int64_t c, float eps,
+                              const float *gamma, const float *beta);
 void sdxl_softmax_rows(float *x, int64_t rows, int64_t n);
 void sdxl_gelu(float *x, int64_t n);       /* exact: 0.5 x (1 + erf(x / sqrt 2)) */
 void sdxl_gelu_tanh(float *x, int64_t n);  /* tanh approximation */

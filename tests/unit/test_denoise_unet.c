@@ -295,6 +295,14 @@ static void test_tiny(void) {
         double nmse = check_nmse_f(b, a, n);
         printf("tiny base bf16 vs f32: NMSE %.3g\n", nmse);
         CHECK(nmse < 1e-3, "bf16 NMSE %.3g < 1e-3", nmse);
+        /* the bf16 path's own scratch use (residual branches through the norms): a second forward
+         * gives the same bits with the same primitives */
+        int64_t prims = sdxl_compute_n_primitives(c16);
+        float *b2 = malloc((size_t)n * sizeof(float));
+        CHECK(b2 && sdxl_unet_forward(u16, &in, b2, &e) == SDXL_OK && !memcmp(b, b2, (size_t)n * sizeof(float)) &&
+                  sdxl_compute_n_primitives(c16) == prims,
+              "second bf16 forward: same bits, no new primitives");
+        free(b2);
     }
 
     /* Memory: peak RSS growth of a first forward at a larger shape vs the estimate. */

@@ -239,6 +239,18 @@ static void test_src_bf16(sdxl_compute *c) {
             CHECK(!memcmp(r1, r2, 2 * (size_t)(rows * cw)), "layer norm to bf16 equals the rounded f32 norm (c = %lld)",
                   (long long)cw);
         }
+        /* with a residual added first: x + res kept in x, and the norm of the sum, both bit for bit */
+        float *res = rnd(rows * cw, -2, 2), *xs = malloc(sizeof(float) * (size_t)(rows * cw)),
+              *xf = malloc(sizeof(float) * (size_t)(rows * cw));
+        sdxl_add(lx, res, xs, rows * cw);
+        sdxl_layer_norm_bf16(xs, r1, rows, cw, 1e-5f, lg, lb);
+        memcpy(xf, lx, sizeof(float) * (size_t)(rows * cw));
+        sdxl_add_layer_norm_bf16(xf, res, r2, rows, cw, 1e-5f, lg, lb);
+        CHECK(!memcmp(r1, r2, 2 * (size_t)(rows * cw)) && !memcmp(xs, xf, sizeof(float) * (size_t)(rows * cw)),
+              "add + layer norm to bf16 equals the add, then the norm (c = %lld)", (long long)cw);
+        free(res);
+        free(xs);
+        free(xf);
         free(lx);
         free(lg);
         free(lb);
