@@ -1033,6 +1033,22 @@ static void op_add_ln_in(sdxl_unet *u, float *x, const float *res, float *y, int
     PROF_END(u, SDXL_UNET_OP_LAYERNORM);
 }
 
+/* An attention's out projection added to the residual stream h, then the next LayerNorm into y.
+ * bf16 CPU: the projection writes scratch (free by then) and the norm adds it to h as it reads it:
+ * an accumulating GEMM waits in its epilogue on reading h from memory (4-10% of the GEMM at
+ * K = c), where the norm's pass streams it. Same bits. */
+static int op_out_ln_in(sdxl_unet *u, const sdxl_linear *out, const float *o, int oflags, float *h, float *scratch,
+                        float *y, int64_t m, int64_t c, const float *g, const float *b, int *flags, sdxl_err *e) {
+    if (bf16_inputs(u)) {
+        int st = op_linear(u, out, o, m, scratch, oflags, e);
+        if (!st) op_add_ln_in(u, h, scratch, y, m, c, g, b, flags);
+        return st;
+    }
+    int st = op_linear(u, out, o, m, h, SDXL_OP_ACCUM | oflags, e);
+    if (!st) op_ln_in(u, h, y, m, c, g, b, flags);
+    return st;
+}
+
 /* GroupNorm of a conv or linear input: into y, or in bf16 CPU contexts as bf16 into the context's
  * GEMM-input buffer; *src and *flags are what to pass the GEMM (the next GEMM to run). */
 static int op_gn_in(sdxl_unet *u, const float *x, float *y, int64_t n, int64_t hw, int64_t c, float eps,
@@ -1239,26 +1255,11 @@ static int xformer(sdxl_unet *u, const unet_xf *xf, float *x, int64_t n, int64_t
         TRY(op_linear(u, &b->qkv, nb, m, qkv, nfl, e));
         int ofl, bf = bf16_inputs(u);
         TRY(op_attn(u, qkv, 3 * c, at(qkv, c), at(qkv, 2 * c), 3 * c, o, c, n, hw, hw, xf->heads, hd, bf, &ofl, e));
-        /* bf16 CPU: the out projections write qkv (free by then), and the next LayerNorm adds them
-         * to h as it reads it: an accumulating GEMM waits in its epilogue on reading h from memory
-         * (4-10% of the GEMM at K = c), where the norm's pass streams it. Same bits. */
-        if (bf) {
-            TRY(op_linear(u, &b->out1, o, m, qkv, ofl, e));
-            op_add_ln_in(u, h, qkv, nb, m, c, b->n2_g, b->n2_b, &nfl);
-        } else {
-            TRY(op_linear(u, &b->out1, o, m, h, SDXL_OP_ACCUM | ofl, e));
-            op_ln_in(u, h, nb, m, c, b->n2_g, b->n2_b, &nfl);
-        }
+        TRY(op_out_ln_in(u, &b->out1, o, ofl, h, qkv, nb, m, c, b->n2_g, b->n2_b, &nfl, e));
         TRY(op_linear(u, &b->q2, nb, m, qkv, nfl, e));
         TRY(op_linear(u, &b->kv2, in->context, n * lc, kv, 0, e));
         TRY(op_attn(u, qkv, c, kv, at(kv, c), 2 * c, o, c, n, hw, lc, xf->heads, hd, bf, &ofl, e));
-        if (bf) {
-            TRY(op_linear(u, &b->out2, o, m, qkv, ofl, e));
-            op_add_ln_in(u, h, qkv, nb, m, c, b->n3_g, b->n3_b, &nfl);
-        } else {
-            TRY(op_linear(u, &b->out2, o, m, h, SDXL_OP_ACCUM | ofl, e));
-            op_ln_in(u, h, nb, m, c, b->n3_g, b->n3_b, &nfl);
-        }
+        TRY(op_out_ln_in(u, &b->out2, o, ofl, h, qkv, nb, m, c, b->n3_g, b->n3_b, &nfl, e));
         for (int64_t r0 = 0; r0 < m; r0 += fr) {
             int64_t rows = m - r0 < fr ? m - r0 : fr;
             const float *gin;
