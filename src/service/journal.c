@@ -91,31 +91,27 @@ int sdxl_journal_recover(sdxl_journal *j, int max_attempts, sdxl_journal_crash_f
     int st = exec(j, "BEGIN IMMEDIATE;", err, cap);
     if (st) return st;
     sqlite3_stmt *q;
+    int rc = SQLITE_ERROR, running = 0;
     if (sqlite3_prepare_v2(j->db, "SELECT id, request FROM jobs WHERE state=1 AND attempts>=?1 ORDER BY seq", -1, &q,
-                           NULL) != SQLITE_OK) {
-        st = fail(j->db, "recover", err, cap);
-        exec(j, "ROLLBACK;", NULL, 0);
-        return st;
-    }
-    sqlite3_bind_int(q, 1, max_attempts);
-    int rc, running = 0;
-    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
-        if (on_crash) on_crash(user, (const char *)sqlite3_column_text(q, 0), (const char *)sqlite3_column_text(q, 1));
-        (*n_crashed)++;
-    }
-    sqlite3_finalize(q);
-    int ok = rc == SQLITE_DONE &&
-             sqlite3_prepare_v2(j->db, "SELECT count(*) FROM jobs WHERE state=1", -1, &q, NULL) == SQLITE_OK;
-    if (ok) {
-        ok = sqlite3_step(q) == SQLITE_ROW;
-        if (ok) running = sqlite3_column_int(q, 0);
+                           NULL) == SQLITE_OK) {
+        sqlite3_bind_int(q, 1, max_attempts);
+        while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+            if (on_crash) on_crash(user, (const char *)sqlite3_column_text(q, 0), (const char *)sqlite3_column_text(q, 1));
+            (*n_crashed)++;
+        }
         sqlite3_finalize(q);
     }
-    if (!ok) {
+    if (rc != SQLITE_DONE ||
+        sqlite3_prepare_v2(j->db, "SELECT count(*) FROM jobs WHERE state=1", -1, &q, NULL) != SQLITE_OK) {
         st = fail(j->db, "recover", err, cap);
-        exec(j, "ROLLBACK;", NULL, 0);
-        *n_crashed = 0;
-        return st;
+        goto rollback;
+    }
+    rc = sqlite3_step(q);
+    if (rc == SQLITE_ROW) running = sqlite3_column_int(q, 0);
+    sqlite3_finalize(q);
+    if (rc != SQLITE_ROW) {
+        st = fail(j->db, "recover", err, cap);
+        goto rollback;
     }
     char sql[512];
     snprintf(sql, sizeof sql,
@@ -124,12 +120,7 @@ int sdxl_journal_recover(sdxl_journal *j, int max_attempts, sdxl_journal_crash_f
              "UPDATE jobs SET state=0 WHERE state=1;"
              "COMMIT;",
              max_attempts, max_attempts);
-    st = exec(j, sql, err, cap);
-    if (st) {
-        exec(j, "ROLLBACK;", NULL, 0);
-        *n_crashed = 0;
-        return st;
-    }
+    if ((st = exec(j, sql, err, cap))) goto rollback;
     *n_requeued = running - *n_crashed;
     if (sqlite3_prepare_v2(j->db,
                            "SELECT id, state, priority, seq, created, attempts, request, paths, metrics, error_code, "
@@ -170,6 +161,10 @@ int sdxl_journal_recover(sdxl_journal *j, int max_attempts, sdxl_journal_crash_f
     }
     sqlite3_finalize(q);
     return 0;
+rollback:
+    exec(j, "ROLLBACK;", NULL, 0);
+    *n_crashed = 0;
+    return st;
 }
 
 static int step_done(sdxl_journal *j, sqlite3_stmt *s, const char *what, char *err, size_t cap) {
