@@ -1,6 +1,7 @@
 /* Child-process driver for the worker tests. See harness.h. */
 #include "harness.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <fcntl.h>
@@ -279,4 +280,20 @@ int wk_setup(const char *bin_arg, const char *src_arg, const char *work_arg, cha
     if (!realpath(bin_arg, bin) || !realpath(src_arg, src) || !realpath(work_arg, work)) return -1;
     snprintf(models, PATH_MAX + 16, "%s/models", work);
     return make_models_dir(src, models);
+}
+
+int wk_out_files(const char *dir, char (*names)[PATH_MAX], int max) {
+    char outdir[PATH_MAX + 16];
+    snprintf(outdir, sizeof outdir, "%s/out", dir);
+    DIR *d = opendir(outdir);
+    if (!d) return -1;
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (de->d_name[0] == '.') continue;
+        if (n < max) snprintf(names[n], PATH_MAX, "out/%.*s", PATH_MAX - 8, de->d_name);
+        n++;
+    }
+    closedir(d);
+    return n;
 }

@@ -3,6 +3,7 @@
 #ifndef SDXL_TESTS_WORKER_HARNESS_H
 #define SDXL_TESTS_WORKER_HARNESS_H
 
+#include <limits.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <sys/types.h>
@@ -50,6 +51,9 @@ double mono(void);
 /* 1 when both files exist with the same bytes. */
 int wk_file_eq(const char *a, const char *b);
 int wk_copy_file(const char *src, const char *dst);
+/* The files directly in dir/out, as "out/NAME" (dot files skipped), at most max into names
+ * (PATH_MAX each); returns how many there are (-1 when the folder cannot be read). */
+int wk_out_files(const char *dir, char (*names)[PATH_MAX], int max);
 
 /* A test program's check: counts into its own static n_pass / n_fail, prints a failure. */
 #define CHECK(c, ...)                                                                                                  \

@@ -3,7 +3,6 @@
  * exactly once in the journal (done, or failed "worker_crashed" after two deaths), done jobs'
  * images are byte-identical to an undisturbed run, and no partial or stray file exists.
  * usage: test_recovery SDXL_BIN MODELS_SRC WORK_DIR [N_JOBS [N_KILLS [SEED]]] */
-#include <dirent.h>
 #include <limits.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -202,21 +201,14 @@ int main(int argc, char **argv) {
     printf("%d jobs done (%d images byte-identical), %d failed as worker_crashed\n", done, images, crashed);
 
     /* 4. no partial or stray file: the output folder holds exactly the done jobs' images */
-    char outdir[PATH_MAX + 16];
-    snprintf(outdir, sizeof outdir, "%s/out", killdir);
-    DIR *d = opendir(outdir);
-    int files = 0;
-    struct dirent *de;
-    while (d && (de = readdir(d))) {
-        if (de->d_name[0] == '.') continue;
-        files++;
-        char rel[PATH_MAX];
-        snprintf(rel, sizeof rel, "out/%s", de->d_name);
+    static char names[1024][PATH_MAX];
+    int files = wk_out_files(killdir, names, 1024);
+    if (files < 0) files = 0;
+    for (int f = 0; f < files && f < 1024; f++) {
         int known = 0;
-        for (int i = 0; i < n_done_paths; i++) known |= !strcmp(done_paths[i], rel);
-        CHECK(known, "stray or partial file %s", rel);
+        for (int i = 0; i < n_done_paths; i++) known |= !strcmp(done_paths[i], names[f]);
+        CHECK(known, "stray or partial file %s", names[f]);
     }
-    if (d) closedir(d);
     CHECK(files == images, "%d files for %d done images", files, images);
     CHECK(done >= n_jobs / 2, "most jobs finish (%d of %d)", done, n_jobs);
     printf("%d passed, %d failed\n", n_pass, n_fail);

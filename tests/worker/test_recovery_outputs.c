@@ -5,7 +5,6 @@
  * leaves no image; a re-queued job that runs again writes the same bytes under the same names.
  * Each time the output folder holds exactly the done jobs' images.
  * usage: test_recovery_outputs SDXL_BIN MODELS_SRC WORK_DIR */
-#include <dirent.h>
 #include <limits.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -91,22 +90,15 @@ static int exists(const char *dir, const char *rel) {
 
 /* Every file of the output folder is an image of a done job, and each of those is there. */
 static void check_folder(const char *dir, const row *rows, const char *when) {
-    char outdir[PATH_MAX + 16];
-    snprintf(outdir, sizeof outdir, "%s/out", dir);
-    DIR *d = opendir(outdir);
-    int files = 0, images = 0;
-    struct dirent *de;
-    while (d && (de = readdir(d))) {
-        if (de->d_name[0] == '.') continue;
-        files++;
-        char rel[PATH_MAX];
-        snprintf(rel, sizeof rel, "out/%s", de->d_name);
+    static char names[64][PATH_MAX];
+    int files = wk_out_files(dir, names, 64), images = 0;
+    if (files < 0) files = 0;
+    for (int f = 0; f < files && f < 64; f++) {
         int known = 0;
         for (int k = 0; k < N_JOBS; k++)
-            for (int i = 0; rows[k].state == 2 && i < rows[k].n; i++) known |= !strcmp(rows[k].paths[i], rel);
-        CHECK(known, "%s: stray file %s", when, rel);
+            for (int i = 0; rows[k].state == 2 && i < rows[k].n; i++) known |= !strcmp(rows[k].paths[i], names[f]);
+        CHECK(known, "%s: stray file %s", when, names[f]);
     }
-    if (d) closedir(d);
     for (int k = 0; k < N_JOBS; k++)
         for (int i = 0; rows[k].state == 2 && i < rows[k].n; i++) {
             images++;
