@@ -107,37 +107,47 @@ static int is_float(sdxl_st_dtype d) {
     return d == SDXL_ST_F32 || d == SDXL_ST_F16 || d == SDXL_ST_BF16 || d == SDXL_ST_F64;
 }
 
-/* First non-finite element index, or -1. */
+/* Whether any of the lanes (w bits each, in eight-byte words) of n bytes at p has every bit of
+ * m set: a float whose exponent is all ones, non-finite. Four f16 or two f32 values per step. */
+static int any_lane_masked(const uint8_t *p, uint64_t n, int w, uint64_t m) {
+    const uint64_t one = w == 16 ? 0x0001000100010001u : w == 32 ? 0x0000000100000001u : 1u;
+    const uint64_t M = m * one, hi = one << (w - 1);
+    uint64_t acc = 0, i = 0, v, t;
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&v, p + i, 8);
+        t = (v & M) ^ M;            /* a lane is zero where the value is non-finite; bit w-1 is clear */
+        acc |= (t - one) & ~t & hi; /* nonzero iff some lane is zero */
+    }
+    if (i < n) {
+        v = 0;
+        memcpy(&v, p + i, (size_t)(n - i)); /* whole lanes; the missing ones read as zero: finite */
+        t = (v & M) ^ M;
+        acc |= (t - one) & ~t & hi;
+    }
+    return acc != 0;
+}
+
+/* Whether any of n values of dtype d at p is non-finite (its exponent all ones). */
+static int span_nonfinite(const uint8_t *p, uint64_t n, sdxl_st_dtype d) {
+    switch (d) {
+    case SDXL_ST_F16: return any_lane_masked(p, 2 * n, 16, 0x7c00);
+    case SDXL_ST_BF16: return any_lane_masked(p, 2 * n, 16, 0x7f80);
+    case SDXL_ST_F32: return any_lane_masked(p, 4 * n, 32, 0x7f800000u);
+    case SDXL_ST_F64: return any_lane_masked(p, 8 * n, 64, 0x7ff0000000000000u);
+    default: return 0;
+    }
+}
+
+/* First non-finite element index, or -1 (float dtypes; -1 for any other). */
 static int64_t first_nonfinite(const sdxl_st_tensor *t) {
     const uint8_t *p = t->data;
-    for (uint64_t i = 0; i < t->numel; i++) {
-        switch (t->dtype) {
-        case SDXL_ST_F16: {
-            uint16_t v;
-            memcpy(&v, p + 2 * i, 2);
-            if ((v & 0x7c00) == 0x7c00) return (int64_t)i;
-            break;
-        }
-        case SDXL_ST_BF16: {
-            uint16_t v;
-            memcpy(&v, p + 2 * i, 2);
-            if ((v & 0x7f80) == 0x7f80) return (int64_t)i;
-            break;
-        }
-        case SDXL_ST_F32: {
-            float v;
-            memcpy(&v, p + 4 * i, 4);
-            if (!isfinite(v)) return (int64_t)i;
-            break;
-        }
-        case SDXL_ST_F64: {
-            double v;
-            memcpy(&v, p + 8 * i, 8);
-            if (!isfinite(v)) return (int64_t)i;
-            break;
-        }
-        default: return -1;
-        }
+    const size_t es = sdxl_st_dtype_size(t->dtype);
+    const uint64_t chunk = 4096;
+    for (uint64_t i0 = 0; i0 < t->numel; i0 += chunk) {
+        uint64_t n = t->numel - i0 < chunk ? t->numel - i0 : chunk;
+        if (!span_nonfinite(p + i0 * es, n, t->dtype)) continue;
+        for (uint64_t i = i0; i < i0 + n; i++)
+            if (span_nonfinite(p + i * es, 1, t->dtype)) return (int64_t)i;
     }
     return -1;
 }
@@ -1392,6 +1402,23 @@ tile_regs(const float *ut, int64_t ldu, const float *d, int64_t ldd, int64_t R, 
     }
 }
 
+/* Register tiles ahead whose lines tile_merge prefetches: a tile's columns lie scattered over
+ * the packed layout, where the hardware prefetchers do not follow (measured: 4-5% of an apply). */
+#define PF_AHEAD 4
+
+/* Prefetches the source and destination lines of the register tile at column j (of nc). */
+static inline void tile_prefetch(const void *src, void *dst, int64_t base, const int64_t *oc, int64_t j, int64_t nc,
+                                 int V, int bf) {
+    int64_t end = j + MJ < nc ? j + MJ : nc;
+    size_t es = bf ? 2 : 4;
+    for (int64_t c = j; c < end; c += bf ? 2 : 1)
+        for (int v = 0; v < V; v++) {
+            size_t o = (size_t)(base + oc[c] + (bf ? 32 : 16) * v) * es;
+            if (src != dst) __builtin_prefetch((const char *)src + o, 0, 3);
+            __builtin_prefetch((char *)dst + o, 1, 3);
+        }
+}
+
 /* A TR x TC tile (TR = 16 V) of the merge: ut [R][TR], d panels [R][MJ] from the tile's first
  * column; MJ columns at a time, the last ones in twos (bf16 pairs) or ones. */
 __attribute__((target("avx512f,avx512bw,avx512bf16"))) static void tile_merge(const float *ut, const float *d,
@@ -1399,12 +1426,19 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) static void tile_merge(co
                                                                              const void *src, void *dst,
                                                                              int64_t base, const int64_t *oc) {
     int64_t j = 0, ldu = 16 * V, pan = R * MJ;
+    for (int64_t q = 0; q < PF_AHEAD * MJ && q < nc; q += MJ) tile_prefetch(src, dst, base, oc, q, nc, V, bf);
     if (V == 2) {
-        for (; j + MJ <= nc; j += MJ) tile_regs(ut, ldu, d + j / MJ * pan, MJ, R, 2, MJ, bf, src, dst, base, oc + j);
+        for (; j + MJ <= nc; j += MJ) {
+            tile_prefetch(src, dst, base, oc, j + PF_AHEAD * MJ, nc, V, bf);
+            tile_regs(ut, ldu, d + j / MJ * pan, MJ, R, 2, MJ, bf, src, dst, base, oc + j);
+        }
         for (; j < nc; j += bf ? 2 : 1)
             tile_regs(ut, ldu, d + j / MJ * pan + j % MJ, MJ, R, 2, bf ? 2 : 1, bf, src, dst, base, oc + j);
     } else {
-        for (; j + MJ <= nc; j += MJ) tile_regs(ut, ldu, d + j / MJ * pan, MJ, R, 1, MJ, bf, src, dst, base, oc + j);
+        for (; j + MJ <= nc; j += MJ) {
+            tile_prefetch(src, dst, base, oc, j + PF_AHEAD * MJ, nc, V, bf);
+            tile_regs(ut, ldu, d + j / MJ * pan, MJ, R, 1, MJ, bf, src, dst, base, oc + j);
+        }
         for (; j < nc; j += bf ? 2 : 1)
             tile_regs(ut, ldu, d + j / MJ * pan + j % MJ, MJ, R, 1, bf ? 2 : 1, bf, src, dst, base, oc + j);
     }

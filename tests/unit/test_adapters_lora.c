@@ -3,6 +3,7 @@
  * built in the test on the tiny model's layers and checked against a plain double-precision
  * merge of each formula; apply + remove restores byte-identical weights in f32 and bf16. */
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,7 @@
 
 #include "adapters/lora.h"
 #include "check.h"
+#include "tensor/tensor.h"
 #include "text/conditioning.h"
 
 #define BASE SDXL_TEST_DATA "/golden/models/tiny_sd_xl_base.safetensors"
@@ -712,8 +714,58 @@ static void test_tags(void) {
     rmdir(dir);
 }
 
+/* The factors' finiteness check, in every float dtype, at every lane of the scan's eight-byte
+ * words and in the tail past them: a file with one NaN or Inf is refused, naming its element. */
+static void test_nonfinite(void) {
+    const sdxl_st_dtype dts[] = {SDXL_ST_F16, SDXL_ST_BF16, SDXL_ST_F32, SDXL_ST_F64};
+    const char *dn[] = {"F16", "BF16", "F32", "F64"};
+    enum { IN = 9, R = 3, NUM = R * IN }; /* 27 values: not a whole number of words in any dtype */
+    char path[] = "/tmp/sdxl_lnan_XXXXXX";
+    int fd = mkstemp(path);
+    close(fd);
+    for (int k = 0; k < 4; k++) {
+        for (int at = -1; at < NUM; at++) {
+            for (int inf = 0; inf < 2; inf++) {
+                if (at < 0 && inf) continue;
+                unsigned char down[NUM * 8], up[4 * R * 8];
+                memset(up, 0, sizeof up);
+                for (int i = 0; i < NUM; i++) {
+                    float f = 0.25f * (float)(i % 7) - 0.75f, v = i == at ? (inf ? -INFINITY : NAN) : f;
+                    double dv = v;
+                    uint32_t u;
+                    memcpy(&u, &v, 4);
+                    uint16_t h = (uint16_t)(u >> 16);
+                    if (dts[k] == SDXL_ST_F16) sdxl_f32_to_f16(&v, &h, 1);
+                    if (dts[k] == SDXL_ST_F64) memcpy(down + 8 * i, &dv, 8);
+                    else if (dts[k] == SDXL_ST_F32) memcpy(down + 4 * i, &v, 4);
+                    else memcpy(down + 2 * i, &h, 2);
+                }
+                sdxl_st_writer *w = NULL;
+                sdxl_err e = {0};
+                int64_t sd[2] = {R, IN}, su[2] = {4, R};
+                sdxl_st_writer_new(&w, &e);
+                sdxl_st_writer_add(w, "lora_unet_m.lora_down.weight", dts[k], 2, sd, down, &e);
+                sdxl_st_writer_add(w, "lora_unet_m.lora_up.weight", dts[k], 2, su, up, &e);
+                if (sdxl_st_writer_finish(w, path, &e)) fprintf(stderr, "write: %s\n", e.msg);
+                sdxl_st_writer_free(w);
+                sdxl_lora_file *f = NULL;
+                int st = sdxl_lora_open(path, &f, &e);
+                char want[64];
+                snprintf(want, sizeof want, "at element %d", at);
+                if (at < 0) CHECK(st == SDXL_OK, "%s: a finite file opens (%s)", dn[k], e.msg);
+                else
+                    CHECK(st == SDXL_ERR_FORMAT && strstr(e.msg, "non-finite") && strstr(e.msg, want),
+                          "%s: %s at element %d is found: %s", dn[k], inf ? "-Inf" : "NaN", at, e.msg);
+                if (f) sdxl_lora_close(f);
+            }
+        }
+    }
+    unlink(path);
+}
+
 int main(void) {
     test_tags();
+    test_nonfinite();
     test_formulas();
     test_roundtrip(SDXL_PREC_F32, 0);
     test_roundtrip(SDXL_PREC_BF16, 0);
