@@ -1,6 +1,7 @@
 /* bench-unet: one UNet forward at batch 2 (a CFG step) on a full-size checkpoint, per latent
- * size: seconds, GFLOP/s, % of this run's machine peak of the precision (the best of three
- * readings), time per op type, load time, weight bytes and peak RSS.
+ * size: seconds, GFLOP/s, % of this run's machine peak of the precision (the best reading: three
+ * at start, one before and one after every timed forward), time per op type, load time, weight
+ * bytes and peak RSS.
  *
  *   bench-unet [--model PATH] [--threads N] [--prec bf16|f32] [--sizes 64,128] [--batch 2] [--runs 1]
  *              [--control CONTROLNET]
@@ -199,11 +200,22 @@ int main(int argc, char **argv) {
         }
         double warm = bench_now() - t0, best = 1e30;
         sdxl_unet_profile(u, 1);
+        /* The peak is sampled again before and after every timed forward and the best sample of
+         * the run is used, as bench-vae does: this VM's speed drifts by up to 15% within minutes,
+         * and a peak taken at a slow moment would inflate the ratio. */
         for (int r = 0; r < runs; r++) {
+            if (given_peak <= 0 && !on_device) {
+                double p = bench_peak_gflops(prec, threads);
+                if (p > peak) peak = p;
+            }
             t0 = bench_now();
             sdxl_unet_forward(u, &in, y, &e);
             double dt = bench_now() - t0;
             if (dt < best) best = dt;
+        }
+        if (given_peak <= 0 && !on_device) {
+            double p = bench_peak_gflops(prec, threads);
+            if (p > peak) peak = p;
         }
         double secs[SDXL_UNET_OP_COUNT];
         int64_t calls[SDXL_UNET_OP_COUNT];
@@ -212,9 +224,9 @@ int main(int argc, char **argv) {
         sdxl_unet_profile(u, 0);
         double gf = flops / best / 1e9;
         printf("\nlatent %lldx%lld batch %lld (%s, %d threads): %.2f s (first call %.2f s), %.0f GFLOP, %.0f GFLOP/s = "
-               "%.1f%% of peak; activations %.0f MB\n",
+               "%.1f%% of peak %.0f; activations %.0f MB\n",
                (long long)s, (long long)s, (long long)batch, pname, threads, best, warm, flops / 1e9, gf,
-               peak > 0 ? 100.0 * gf / peak : 0.0, est / 1e6);
+               peak > 0 ? 100.0 * gf / peak : 0.0, peak, est / 1e6);
         if (cn && bench_control(cn, u, &in, y, best, peak, runs, &e)) {
             fprintf(stderr, "bench-unet: %s\n", e.msg);
             return 1;
