@@ -182,7 +182,8 @@ static void classify(lmod *m, sdxl_lora_file *f) {
 static int64_t numel_of(const sdxl_st_tensor *t) { return t ? (int64_t)t->numel : 0; }
 
 /* Model-independent checks of one module's factors; sets kind, rank, alpha. */
-static int check_module(sdxl_lora_file *f, lmod *m, sdxl_err *e) {
+/* bad[slot]: the slot's first non-finite element, or -1 (first_nonfinite, computed beforehand). */
+static int check_module(sdxl_lora_file *f, lmod *m, const int64_t *bad, sdxl_err *e) {
     const sdxl_st_tensor *const *t = m->t;
     const char *P = f->path, *K = m->key;
     int lora = t[F_DOWN] || t[F_UP] || t[F_MID], loha = 0, lokr = 0, full = t[F_DIFF] || t[F_DIFFB];
@@ -200,10 +201,9 @@ static int check_module(sdxl_lora_file *f, lmod *m, sdxl_err *e) {
         if (!is_float(t[s]->dtype))
             return sdxl_seterr(e, SDXL_ERR_FORMAT, "LoRA %s: tensor '%s' has dtype %s, expected a float type", P,
                                t[s]->name, sdxl_st_dtype_name(t[s]->dtype));
-        int64_t bad = first_nonfinite(t[s]);
-        if (bad >= 0)
+        if (bad[s] >= 0)
             return sdxl_seterr(e, SDXL_ERR_FORMAT, "LoRA %s: tensor '%s' holds a non-finite value (NaN or Inf) at "
-                               "element %lld", P, t[s]->name, (long long)bad);
+                               "element %lld", P, t[s]->name, (long long)bad[s]);
     }
     m->alpha = NAN;
     if (t[F_ALPHA]) {
@@ -434,14 +434,28 @@ static int group_modules(sdxl_lora_file *f, sdxl_lora_file **out, sdxl_err *e) {
             return sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA %s: out of memory", path);
         }
     qsort(f->mods, (size_t)f->n_mods, sizeof *f->mods, cmp_mod);
+    /* every factor read once for non-finite values, across the threads: each apply opens its
+     * files, and the scan is most of an open */
+    int64_t nslot = (int64_t)f->n_mods * F_COUNT, *bad = malloc((size_t)nslot * sizeof *bad);
+    if (!bad) {
+        sdxl_lora_close(f);
+        return sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA %s: out of memory", path);
+    }
+#pragma omp parallel for schedule(dynamic, 16)
+    for (int64_t i = 0; i < nslot; i++) {
+        const sdxl_st_tensor *t = f->mods[i / F_COUNT].t[i % F_COUNT];
+        bad[i] = t && is_float(t->dtype) ? first_nonfinite(t) : -1;
+    }
     for (int i = 0; i < f->n_mods; i++) {
         classify(&f->mods[i], f);
-        if ((st = check_module(f, &f->mods[i], e))) {
+        if ((st = check_module(f, &f->mods[i], bad + (int64_t)i * F_COUNT, e))) {
+            free(bad);
             sdxl_lora_close(f);
             return st;
         }
         if (f->mods[i].kind != SDXL_LORA_KIND_LORA) f->lyco = 1;
     }
+    free(bad);
     *out = f;
     return SDXL_OK;
 }
@@ -1285,6 +1299,27 @@ static int64_t part_rank(const contrib *list, int n, const int *parts, int p) {
     return R;
 }
 
+/* sdxl_st_to_f32 of a float tensor in spans across the threads (a span is the tensor's own
+ * dtype over a range of its elements). */
+static int to_f32_par(const sdxl_st_file *st, const sdxl_st_tensor *t, float *dst, sdxl_err *e) {
+    const uint64_t span = (uint64_t)1 << 15;
+    if (t->numel <= span) return sdxl_st_to_f32(st, t, dst, e);
+    const size_t es = sdxl_st_dtype_size(t->dtype);
+    const int64_t ns = (int64_t)((t->numel + span - 1) / span);
+    int fail = 0;
+#pragma omp parallel for schedule(static) reduction(| : fail)
+    for (int64_t i = 0; i < ns; i++) {
+        sdxl_st_tensor part = *t;
+        uint64_t i0 = (uint64_t)i * span;
+        part.numel = t->numel - i0 < span ? t->numel - i0 : span;
+        part.nbytes = part.numel * es;
+        part.data = (const uint8_t *)t->data + i0 * es;
+        sdxl_err e2 = {0};
+        fail |= sdxl_st_to_f32(st, &part, dst + i0, &e2) != SDXL_OK;
+    }
+    return fail ? sdxl_st_to_f32(st, t, dst, e) : SDXL_OK; /* a failure reports from the whole tensor */
+}
+
 /* Fills lr for part p. ut: blocks of TR rows, each [R][TR] (TR = rows: plain [R, rows]);
  * d: with a column order perm, panels of MJ of its columns, each [R][MJ] and zero-padded; else
  * plain [R, cols]. Up and down factors pass through the scratch s->lr_up. */
@@ -1301,8 +1336,11 @@ static int lowrank_build(sdxl_lora_state *s, const layer *L, const contrib *list
         if (reserve(&s->lr_up, &s->lr_up_cap, big))
             return sdxl_seterr(e, SDXL_ERR_NOMEM, "LoRA: out of memory for a layer's factors");
         const float *f32 = s->lr_up;
-        int st = sdxl_st_to_f32(f->st, m->t[F_DOWN], s->lr_up, e);
+        int st = to_f32_par(f->st, m->t[F_DOWN], s->lr_up, e);
         if (st) return st;
+        /* Both factors are converted and laid out across the threads: between two layers' merges
+         * this is the apply's serial part otherwise. */
+#pragma omp parallel for schedule(static)
         for (int64_t k = 0; k < rc; k++) {
             const float *dn = f32 + k * cols;
             if (!perm) {
@@ -1314,8 +1352,9 @@ static int lowrank_build(sdxl_lora_state *s, const layer *L, const contrib *list
                 for (int64_t j = c0; j < cols && j < c0 + MJ; j++) q[j - c0] = dn[perm[j]];
             }
         }
-        if ((st = sdxl_st_to_f32(f->st, m->t[F_UP], s->lr_up, e))) return st;
+        if ((st = to_f32_par(f->st, m->t[F_UP], s->lr_up, e))) return st;
         float sc = (float)((double)list[c].mult * (isnan(m->alpha) ? 1.0 : m->alpha / (double)rc));
+#pragma omp parallel for schedule(static)
         for (int64_t o = 0; o < rows; o++) {
             float *q = lr->ut + (o - o % TR) * R + (r0 * TR) + o % TR;
             for (int64_t k = 0; k < rc; k++) q[k * TR] = sc * f32[o * rc + k];
