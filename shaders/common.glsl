@@ -28,8 +28,16 @@ uint f32_to_f16(float x) {
     uint r = a + 0xfffu + ((a >> 13) & 1u) - 0x38000000u;
     return s | (r >> 13);
 }
+// f16 bits -> f32 in integer arithmetic: exact for subnormals and NaN payloads, which
+// unpackHalf2x16 need not keep (NVIDIA's does not).
+float f16_to_f32(uint h) {
+    uint s = (h & 0x8000u) << 16, ex = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (ex == 0x1fu) return uintBitsToFloat(s | 0x7f800000u | (m << 13));
+    if (ex != 0u) return uintBitsToFloat(s | ((ex + 112u) << 23) | (m << 13));
+    return uintBitsToFloat(s | floatBitsToUint(float(m) * 5.9604644775390625e-8)); // m * 2^-24, exact
+}
 float round_to(float x, uint mode) {
-    if (mode == 1u) return unpackHalf2x16(f32_to_f16(x)).x;
+    if (mode == 1u) return f16_to_f32(f32_to_f16(x));
     if (mode == 2u) return bf16_to_f32(f32_to_bf16(x));
     return x;
 }

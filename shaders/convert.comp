@@ -21,7 +21,7 @@ void main() {
         uo[w] = lo | (hi << 16);
     } else {
         uint p = ua[w];
-        fo[e] = mode == 1u ? unpackHalf2x16(p & 0xffffu).x : bf16_to_f32(p & 0xffffu);
-        if (two) fo[e + 1u] = mode == 1u ? unpackHalf2x16(p >> 16).x : bf16_to_f32(p >> 16);
+        fo[e] = mode == 1u ? f16_to_f32(p & 0xffffu) : bf16_to_f32(p & 0xffffu);
+        if (two) fo[e + 1u] = mode == 1u ? f16_to_f32(p >> 16) : bf16_to_f32(p >> 16);
     }
 }

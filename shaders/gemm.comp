@@ -20,7 +20,7 @@ float wload(uint e, uint wdt) {
     if (wdt == 0u) return uintBitsToFloat(w[e]);
     uint word = w[e >> 1];
     uint h = (e & 1u) != 0u ? word >> 16 : word & 0xffffu;
-    return wdt == 1u ? unpackHalf2x16(h).x : bf16_to_f32(h);
+    return wdt == 1u ? f16_to_f32(h) : bf16_to_f32(h);
 }
 
 float aload(uint m, uint k) {
