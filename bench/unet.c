@@ -200,6 +200,7 @@ int main(int argc, char **argv) {
         }
         double warm = bench_now() - t0, best = 1e30;
         sdxl_unet_profile(u, 1);
+        sdxl_compute_profile_reset(c);
         /* The peak is sampled again before and after every timed forward and the best sample of
          * the run is used, as bench-vae does: this VM's speed drifts by up to 15% within minutes,
          * and a peak taken at a slow moment would inflate the ratio. */

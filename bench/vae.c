@@ -230,6 +230,7 @@ int main(int argc, char **argv) {
             uint64_t est = sdxl_vae_decode_bytes(cfg, 1, h, w, prec, &run);
             double best = 1e30, best_cpu = 1e30, pk0 = peak_for(device, given_peak, prec, threads);
             if (pk0 > peak) peak = pk0;
+            sdxl_compute_profile_reset(c);
             for (int r = 0; r < reps; r++) {
                 double t1 = bench_now(), c1 = cpu_now();
                 if (sdxl_vae_decode(v, z, 1, h, w, img, &run, &e)) {

@@ -54,6 +54,7 @@ int cmd_devices(int argc, char **argv) {
                x->mma ? "yes (GEMM on matrix units, f16)" : x->coopmat ? "yes (no usable f16 16x16x16 shape)" : "no",
                x->subgroup_size, x->max_shared / 1024,
                x->max_storage_range / 1048576.0);
+        if (x->mma_shapes[0]) printf("  matrix shapes (VK_NV_cooperative_matrix): %s\n", x->mma_shapes);
     }
     free(d);
     return 0;

@@ -70,6 +70,11 @@ uint64_t sdxl_compute_device_allocs(const sdxl_compute *c) {
     return d ? sdxl_vk_n_allocs(sdxl_dev_vk(d)) : 0;
 }
 
+void sdxl_compute_profile_reset(sdxl_compute *c) {
+    sdxl_dev *d = sdxl_compute_dev(c);
+    if (d) sdxl_vk_profile_reset(sdxl_dev_vk(d));
+}
+
 int sdxl_compute_sync(sdxl_compute *c, sdxl_err *e) {
     sdxl_dev *d = sdxl_compute_dev(c);
     return d ? sdxl_dev_sync(d, e) : SDXL_OK;

@@ -236,6 +236,10 @@ int sdxl_compute_sync(sdxl_compute *c, sdxl_err *e);
 /* Device memory allocations made so far by a device context (0 on the CPU): the step loop
  * must not add any once warm. */
 uint64_t sdxl_compute_device_allocs(const sdxl_compute *c);
+/* With SDXL_VULKAN_PROFILE=FILE set, a device context times each dispatch and copy on the GPU and
+ * appends the sums per shader to FILE ("-": stderr) when freed; this forgets what was summed so
+ * far (a bench calls it after its warm-up). No-op on the CPU or without the variable. */
+void sdxl_compute_profile_reset(sdxl_compute *c);
 
 int sdxl_op_group_norm(sdxl_compute *c, const float *x, float *y, int64_t n, int64_t hw, int64_t ch, int groups,
                        float eps, const float *gamma, const float *beta, int silu, sdxl_err *e);

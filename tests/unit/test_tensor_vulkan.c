@@ -560,6 +560,12 @@ int main(void) {
         test_conv(v, 2, 11, 13, 40, 17, 1, 1, 0, 0, 0, 0, stores[s]);
     }
     test_linear(v, 301, 640, 129, 1, 0, SDXL_F32);
+    /* several 128x128 tiles and K steps with tails, rows moving as vectors (K % 8 == 0) or not */
+    test_linear(v, 300, 320, 200, 1, 1, SDXL_F16);
+    test_linear(v, 257, 328, 131, 0, 0, SDXL_F16);
+    test_linear(v, 140, 330, 129, 1, 0, SDXL_F16);
+    test_conv(v, 2, 9, 11, 64, 130, 3, 1, 1, 1, 1, 1, SDXL_F16);
+    test_conv(v, 1, 13, 12, 36, 70, 3, 2, 0, 0, 1, 1, SDXL_F16);
     for (int s = 0; s < 3; s++) {
         test_attention(v, 2, 37, 37, 3, 40, 0, 0, stores[s], 1.0f);
         test_attention(v, 1, 50, 77, 2, 64, 0, 0, stores[s], 1.0f);
@@ -568,9 +574,15 @@ int main(void) {
     test_attention(v, 1, 20, 45, 1, 7, 1, 0, SDXL_F32, 1.0f);
     test_attention(v, 1, 19, 40, 1, 512, 0, 0, SDXL_F32, 0.3f);
     test_attention(v, 1, 70, 70, 2, 24, 0, 0, SDXL_F32, 6.0f); /* scores spread: the running max moves */
+    /* several row and key blocks of the tiled kernel (64 or 32 rows, 32 keys), with tails */
+    test_attention(v, 2, 150, 77, 3, 64, 0, 0, SDXL_F32, 3.0f);
+    test_attention(v, 1, 130, 130, 2, 64, 1, 1, SDXL_F16, 2.0f);
+    test_attention(v, 1, 97, 200, 1, 33, 0, 0, SDXL_BF16, 1.0f);
     int pipes = sdxl_vk_n_pipelines(v);
     test_linear(v, 3, 5, 7, 1, 0, SDXL_F16);
-    int used = 5 + (sdxl_vk_info(v)->mma ? 1 : 0); /* f16 weights take gemm_mma.comp where it runs */
+    /* gemm, attention (head_dim > 64) and its tiled kernel, norm, eltwise, convert; f16 weights
+     * take gemm_mma.comp where it runs */
+    int used = 6 + (sdxl_vk_info(v)->mma ? 1 : 0);
     CHECK(sdxl_vk_n_pipelines(v) == pipes && pipes == used, "pipelines created once (%d)", pipes);
     printf("dispatches %llu, peak device bytes %llu\n", (unsigned long long)sdxl_vk_n_dispatches(v),
            (unsigned long long)sdxl_vk_bytes_peak(v));

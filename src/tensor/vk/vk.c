@@ -58,6 +58,11 @@
     X(vkDestroyPipelineCache)         \
     X(vkCreatePipelineLayout)         \
     X(vkDestroyPipelineLayout)        \
+    X(vkCreateQueryPool)              \
+    X(vkDestroyQueryPool)             \
+    X(vkCmdResetQueryPool)            \
+    X(vkCmdWriteTimestamp)            \
+    X(vkGetQueryPoolResults)          \
     X(vkCreateDescriptorSetLayout)    \
     X(vkDestroyDescriptorSetLayout)   \
     X(vkCreateDescriptorPool)         \
@@ -83,6 +88,15 @@ typedef struct vk_fns {
 #define VK_BLOCK_BYTES ((uint64_t)256 << 20)
 #define VK_STAGING_BYTES ((uint64_t)32 << 20)
 #define VK_POOL_SETS 1024
+/* SDXL_VULKAN_PROFILE: a timestamp before the first command and after each dispatch or copy */
+#define VK_PROF_QUERIES (VK_POOL_SETS + 8)
+#define VK_PROF_SUBS 32
+#define VK_PROF_KEYS (SDXL_VK_SH_COUNT * VK_PROF_SUBS + 1) /* the last: copies */
+
+typedef struct vk_prof_acc {
+    double ns, flops;
+    uint64_t n;
+} vk_prof_acc;
 
 typedef struct vk_range {
     uint64_t off, size;
@@ -129,6 +143,15 @@ struct sdxl_vk {
     int n_pipes;
     sdxl_vk_buf dummy;
     sdxl_vk_buf scratch; /* sdxl_vk_scratch: grows, never shrinks */
+    /* profile (SDXL_VULKAN_PROFILE=FILE): GPU time per shader and sub-op, appended to FILE at free */
+    char prof_path[512];
+    VkQueryPool qpool;
+    double ts_ns; /* nanoseconds per timestamp tick */
+    uint32_t nts;
+    uint16_t ts_key[VK_PROF_QUERIES];
+    double ts_flops[VK_PROF_QUERIES];
+    vk_prof_acc prof[VK_PROF_KEYS];
+    uint64_t prof_submits, prof_dispatch0;
 };
 
 static const char *vk_res(VkResult r) {
@@ -230,8 +253,21 @@ static int mma_type(VkComponentTypeNV t) {
                                                                                                  : SDXL_VK_MMA_OTHER;
 }
 
-/* The device's VK_NV_cooperative_matrix shapes hold the one gemm_mma.comp uses. */
-static int mma_shape_listed(vk_fns *f, VkPhysicalDevice pd, uint32_t subgroup_size) {
+static const char *mma_tname(VkComponentTypeNV t) {
+    switch (t) {
+    case VK_COMPONENT_TYPE_FLOAT16_NV: return "f16";
+    case VK_COMPONENT_TYPE_FLOAT32_NV: return "f32";
+    case VK_COMPONENT_TYPE_SINT8_NV: return "s8";
+    case VK_COMPONENT_TYPE_UINT8_NV: return "u8";
+    case VK_COMPONENT_TYPE_SINT32_NV: return "s32";
+    case VK_COMPONENT_TYPE_UINT32_NV: return "u32";
+    default: return "?";
+    }
+}
+
+/* The device's VK_NV_cooperative_matrix shapes hold the one gemm_mma.comp uses; the list is
+ * written to d->mma_shapes for `sdxl devices`. */
+static int mma_shape_listed(vk_fns *f, VkPhysicalDevice pd, uint32_t subgroup_size, sdxl_vk_devinfo *d) {
     PFN_vkGetPhysicalDeviceCooperativeMatrixPropertiesNV get = (PFN_vkGetPhysicalDeviceCooperativeMatrixPropertiesNV)
         f->vkGetInstanceProcAddr(f->inst, "vkGetPhysicalDeviceCooperativeMatrixPropertiesNV");
     uint32_t n = 0;
@@ -243,6 +279,12 @@ static int mma_shape_listed(vk_fns *f, VkPhysicalDevice pd, uint32_t subgroup_si
         for (uint32_t i = 0; i < n; i++) p[i].sType = VK_STRUCTURE_TYPE_COOPERATIVE_MATRIX_PROPERTIES_NV;
         VkResult r = get(pd, &n, p);
         if (r == VK_SUCCESS || r == VK_INCOMPLETE) {
+            size_t used = 0;
+            for (uint32_t i = 0; i < n && used + 48 < sizeof d->mma_shapes; i++)
+                used += (size_t)snprintf(d->mma_shapes + used, sizeof d->mma_shapes - used, "%s%ux%ux%u %s,%s->%s,%s%s",
+                                         i ? "; " : "", p[i].MSize, p[i].NSize, p[i].KSize, mma_tname(p[i].AType),
+                                         mma_tname(p[i].BType), mma_tname(p[i].CType), mma_tname(p[i].DType),
+                                         p[i].scope == VK_SCOPE_SUBGROUP_NV ? "" : " (not subgroup)");
             for (uint32_t i = 0; i < n; i++)
                 s[i] = (sdxl_vk_mma_shape){p[i].MSize,          p[i].NSize,          p[i].KSize,
                                            mma_type(p[i].AType), mma_type(p[i].BType), mma_type(p[i].CType),
@@ -303,7 +345,7 @@ static void describe(vk_fns *f, VkPhysicalDevice pd, sdxl_vk_devinfo *d) {
     d->storage16 = !!s16.storageBuffer16BitAccess;
     const char *env = getenv("SDXL_VULKAN_MMA"); /* "0": the plain GEMM, to compare the two */
     d->mma = mma_exts && d->fp16 && cm.cooperativeMatrix && mm.vulkanMemoryModel &&
-             mma_shape_listed(f, pd, d->subgroup_size) && !(env && !strcmp(env, "0"));
+             mma_shape_listed(f, pd, d->subgroup_size, d) && !(env && !strcmp(env, "0"));
 
     VkPhysicalDeviceMemoryBudgetPropertiesEXT bud = {
         .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MEMORY_BUDGET_PROPERTIES_EXT};
@@ -561,7 +603,88 @@ static int rec_begin(sdxl_vk *v, sdxl_err *e) {
     VkResult r = v->f.vkBeginCommandBuffer(v->cmd, &bi);
     if (r != VK_SUCCESS) return vk_fail(e, r, "vkBeginCommandBuffer");
     v->recording = 1;
+    if (v->qpool) {
+        v->f.vkCmdResetQueryPool(v->cmd, v->qpool, 0, VK_PROF_QUERIES);
+        v->f.vkCmdWriteTimestamp(v->cmd, VK_PIPELINE_STAGE_TOP_OF_PIPE_BIT, v->qpool, 0);
+        v->nts = 1;
+    }
     return SDXL_OK;
+}
+
+/* Marks the end of the command just recorded (serialised by the barrier after it). */
+static void prof_mark(sdxl_vk *v, int key, double flops) {
+    if (!v->qpool || v->nts >= VK_PROF_QUERIES) return;
+    v->f.vkCmdWriteTimestamp(v->cmd, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, v->qpool, v->nts);
+    v->ts_key[v->nts] = (uint16_t)key;
+    v->ts_flops[v->nts] = flops;
+    v->nts++;
+}
+
+static void prof_collect(sdxl_vk *v) {
+    if (!v->qpool || v->nts < 2) return;
+    uint64_t t[VK_PROF_QUERIES];
+    if (v->f.vkGetQueryPoolResults(v->dev, v->qpool, 0, v->nts, sizeof t, t, sizeof *t,
+                                   VK_QUERY_RESULT_64_BIT | VK_QUERY_RESULT_WAIT_BIT) != VK_SUCCESS)
+        return;
+    for (uint32_t i = 1; i < v->nts; i++) {
+        vk_prof_acc *a = &v->prof[v->ts_key[i]];
+        a->ns += (double)(t[i] - t[i - 1]) * v->ts_ns;
+        a->flops += v->ts_flops[i];
+        a->n++;
+    }
+    v->prof_submits++;
+    v->nts = 0;
+}
+
+/* Key and FLOPs of a dispatch, read from its push constants (see vk_ops.c for the layouts). */
+static int prof_key(sdxl_vk_shader sh, const uint32_t *u, uint32_t gz, double *flops) {
+    uint32_t sub = 0;
+    *flops = 0;
+    if (sh == SDXL_VK_SH_GEMM || sh == SDXL_VK_SH_GEMM_MMA) {
+        sub = u[5] ? (u[11] * u[12] > 1 ? 2 : 1) : 0;
+        *flops = 2.0 * u[0] * u[1] * u[2];
+    } else if (sh == SDXL_VK_SH_ATTN || sh == SDXL_VK_SH_ATTN_T64 || sh == SDXL_VK_SH_ATTN_T32) {
+        *flops = 4.0 * u[0] * u[1] * u[2] * u[3] * gz;
+    } else {
+        sub = u[0];
+    }
+    return (int)sh * VK_PROF_SUBS + (int)(sub % VK_PROF_SUBS);
+}
+
+void sdxl_vk_profile_reset(sdxl_vk *v) {
+    if (!v->qpool) return;
+    sdxl_err e = {0};
+    sdxl_vk_flush(v, &e);
+    memset(v->prof, 0, sizeof v->prof);
+    v->prof_submits = 0;
+    v->prof_dispatch0 = v->n_dispatch;
+}
+
+static void prof_write(sdxl_vk *v) {
+    static const char *const sh[SDXL_VK_SH_COUNT] = {"gemm",     "attention", "norm",          "eltwise",
+                                                             "convert",  "gemm_mma",  "attention t64", "attention t32"};
+    static const char *const gemm[3] = {"linear", "conv 1x1", "conv kxk"};
+    FILE *o = strcmp(v->prof_path, "-") ? fopen(v->prof_path, "a") : stderr;
+    if (!o) return;
+    double total = 0;
+    for (int k = 0; k < VK_PROF_KEYS; k++) total += v->prof[k].ns;
+    fprintf(o, "# vulkan profile, %s: %.3f ms of GPU time in %llu submissions, %llu dispatches\n", v->info.name,
+            total * 1e-6, (unsigned long long)v->prof_submits, (unsigned long long)(v->n_dispatch - v->prof_dispatch0));
+    for (int k = 0; k < VK_PROF_KEYS; k++) {
+        const vk_prof_acc *a = &v->prof[k];
+        if (!a->n) continue;
+        char name[64];
+        int s = k / VK_PROF_SUBS, sub = k % VK_PROF_SUBS;
+        if (k == VK_PROF_KEYS - 1) snprintf(name, sizeof name, "copy");
+        else if (s == SDXL_VK_SH_GEMM || s == SDXL_VK_SH_GEMM_MMA) snprintf(name, sizeof name, "%s %s", sh[s], gemm[sub % 3]);
+        else if (s == SDXL_VK_SH_ATTN || s == SDXL_VK_SH_ATTN_T64 || s == SDXL_VK_SH_ATTN_T32) snprintf(name, sizeof name, "%s", sh[s]);
+        else snprintf(name, sizeof name, "%s %d", sh[s], sub);
+        fprintf(o, "%-22s %8llu calls %12.3f ms %6.2f%%", name, (unsigned long long)a->n, a->ns * 1e-6,
+                total > 0 ? 100.0 * a->ns / total : 0.0);
+        if (a->flops > 0) fprintf(o, " %10.1f GFLOP/s", a->flops / a->ns);
+        fputc('\n', o);
+    }
+    if (o != stderr) fclose(o);
 }
 
 int sdxl_vk_flush(sdxl_vk *v, sdxl_err *e) {
@@ -574,6 +697,7 @@ int sdxl_vk_flush(sdxl_vk *v, sdxl_err *e) {
     if (r == VK_SUCCESS) r = v->f.vkQueueSubmit(v->queue, 1, &si, v->fence);
     if (r == VK_SUCCESS) r = v->f.vkWaitForFences(v->dev, 1, &v->fence, VK_TRUE, UINT64_MAX);
     if (r != VK_SUCCESS) return vk_fail(e, r, "vkQueueSubmit");
+    prof_collect(v);
     v->f.vkResetDescriptorPool(v->dev, v->dpool, 0);
     v->dpool_used = 0;
     return SDXL_OK;
@@ -604,6 +728,7 @@ static int staged(sdxl_vk *v, const sdxl_vk_buf *b, uint64_t off, void *host, ui
                           .size = k};
         VkBuffer dev = (VkBuffer)b->buffer;
         v->f.vkCmdCopyBuffer(v->cmd, dir == 0 ? v->stage_buf : dev, dir == 0 ? dev : v->stage_buf, 1, &c);
+        prof_mark(v, VK_PROF_KEYS - 1, 0);
         barrier(v, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_ACCESS_TRANSFER_WRITE_BIT,
                 VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT | VK_PIPELINE_STAGE_HOST_BIT,
                 VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_HOST_READ_BIT);
@@ -688,6 +813,11 @@ int sdxl_vk_dispatch(sdxl_vk *v, sdxl_vk_shader sh, const sdxl_vk_buf *const buf
     v->f.vkCmdDispatch(v->cmd, gx, gy, gz);
     barrier(v, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_WRITE_BIT, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
             VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT);
+    if (v->qpool) {
+        double fl;
+        int key = prof_key(sh, (const uint32_t *)pc, gz, &fl);
+        prof_mark(v, key, fl);
+    }
     v->n_dispatch++;
     return SDXL_OK;
 }
@@ -836,6 +966,15 @@ int sdxl_vk_new(int index, sdxl_vk **out, sdxl_err *e) {
         goto fail;
     if ((r = f->vkMapMemory(v->dev, v->stage_mem, 0, VK_WHOLE_SIZE, 0, &v->stage_map)) != VK_SUCCESS) goto vkfail;
     if ((st = sdxl_vk_alloc(v, 256, &v->dummy, e))) goto fail;
+    const char *prof = getenv("SDXL_VULKAN_PROFILE");
+    if (prof && *prof && qf[v->qfam].timestampValidBits && pp.limits.timestampComputeAndGraphics) {
+        snprintf(v->prof_path, sizeof v->prof_path, "%s", prof);
+        v->ts_ns = pp.limits.timestampPeriod;
+        VkQueryPoolCreateInfo qpi = {.sType = VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO,
+                                     .queryType = VK_QUERY_TYPE_TIMESTAMP,
+                                     .queryCount = VK_PROF_QUERIES};
+        if ((r = f->vkCreateQueryPool(v->dev, &qpi, NULL, &v->qpool)) != VK_SUCCESS) goto vkfail;
+    }
     *out = v;
     return SDXL_OK;
 vkfail:
@@ -854,6 +993,10 @@ void sdxl_vk_free(sdxl_vk *v) {
         if (v->recording) {
             f->vkEndCommandBuffer(v->cmd);
             v->recording = 0;
+        }
+        if (v->qpool) {
+            prof_write(v);
+            f->vkDestroyQueryPool(v->dev, v->qpool, NULL);
         }
         for (int i = 0; i < SDXL_VK_SH_COUNT; i++)
             if (v->pipe[i]) f->vkDestroyPipeline(v->dev, v->pipe[i], NULL);

@@ -29,6 +29,7 @@ typedef struct sdxl_vk_devinfo {
     int mma;               /* gemm_mma.comp runs here (sdxl_vk_mma_pick found its shape; features on) */
     uint32_t subgroup_size, max_shared, max_wg_invocations;
     uint64_t max_storage_range;
+    char mma_shapes[512]; /* VK_NV_cooperative_matrix's list as "MxNxK A,B->C,D" entries ("" when none) */
 } sdxl_vk_devinfo;
 
 /* One entry of a device's VK_NV_cooperative_matrix property list, in our own terms. */
@@ -86,6 +87,8 @@ typedef enum sdxl_vk_shader {
     SDXL_VK_SH_ELTWISE,
     SDXL_VK_SH_CONVERT,
     SDXL_VK_SH_GEMM_MMA, /* devices with sdxl_vk_devinfo.mma only */
+    SDXL_VK_SH_ATTN_T64, /* head_dim <= 64, 64 query rows a workgroup (44 KiB of shared memory) */
+    SDXL_VK_SH_ATTN_T32, /* the same, 32 rows (26 KiB) */
     SDXL_VK_SH_COUNT
 } sdxl_vk_shader;
 
@@ -103,5 +106,7 @@ uint64_t sdxl_vk_n_dispatches(const sdxl_vk *v);
 /* Sub-allocations made since the context was made (a warm step loop makes none). */
 uint64_t sdxl_vk_n_allocs(const sdxl_vk *v);
 int sdxl_vk_n_pipelines(const sdxl_vk *v);
+/* SDXL_VULKAN_PROFILE: waits for pending work, then forgets the GPU times summed so far. */
+void sdxl_vk_profile_reset(sdxl_vk *v);
 
 #endif

@@ -202,10 +202,13 @@ static int gemm_run(sdxl_vk *v, const sdxl_vk_gemm_layer *l, const sdxl_vk_buf *
     p.u[17] = by.eoff;
     (void)n;
     const sdxl_vk_buf *bufs[4] = {&bx.b, &l->w, l->has_bias ? &l->bias : NULL, &by.b};
-    int64_t gy = (M + 63) / 64, gx = (N + 63) / 64;
-    if (gy > 65535 || gx > 65535) return sdxl_seterr(e, SDXL_ERR_LIMIT, "vulkan gemm: M=%lld too large", (long long)M);
-    /* f16 weights go to the matrix units where the device has the shape (same tiles, same rounding) */
+    /* f16 weights go to the matrix units where the device has the shape (128x128 tiles, same
+     * rounding); their rows move as 16-byte vectors where offsets and K allow */
     sdxl_vk_shader sh = l->store == SDXL_F16 && sdxl_vk_info(v)->mma ? SDXL_VK_SH_GEMM_MMA : SDXL_VK_SH_GEMM;
+    int64_t tile = sh == SDXL_VK_SH_GEMM_MMA ? 128 : 64;
+    p.u[18] = ((bx.eoff % 4 == 0 && (conv ? l->in % 4 == 0 : K % 4 == 0)) ? 1u : 0u) | (K % 8 == 0 ? 2u : 0u);
+    int64_t gy = (M + tile - 1) / tile, gx = (N + tile - 1) / tile;
+    if (gy > 65535 || gx > 65535) return sdxl_seterr(e, SDXL_ERR_LIMIT, "vulkan gemm: M=%lld too large", (long long)M);
     return sdxl_vk_dispatch(v, sh, bufs, &p, sizeof p, (uint32_t)gx, (uint32_t)gy, 1, e);
 }
 
@@ -272,9 +275,15 @@ int sdxl_vk_attention(sdxl_vk *v, const sdxl_vk_buf *q, int64_t q_ld, const sdxl
     p.u[13] = (uint32_t)round;
     p.f[0] = scale;
     const sdxl_vk_buf *bufs[4] = {&bq.b, &bk.b, &bv.b, &bo.b};
+    sdxl_vk_shader sh = SDXL_VK_SH_ATTN;
+    if (head_dim <= 64) { /* register-tiled kernel; 64 rows where the shared memory allows */
+        int big = sdxl_vk_info(v)->max_shared >= 45056;
+        sh = big ? SDXL_VK_SH_ATTN_T64 : SDXL_VK_SH_ATTN_T32;
+        br = big ? 64 : 32;
+    }
     int64_t gx = (lq + br - 1) / br;
     if (gx > 65535) return sdxl_seterr(e, SDXL_ERR_LIMIT, "vulkan attention: lq=%lld too long", (long long)lq);
-    return sdxl_vk_dispatch(v, SDXL_VK_SH_ATTN, bufs, &p, sizeof p, (uint32_t)gx, (uint32_t)heads, (uint32_t)batch, e);
+    return sdxl_vk_dispatch(v, sh, bufs, &p, sizeof p, (uint32_t)gx, (uint32_t)heads, (uint32_t)batch, e);
 }
 
 /* ---- norms ---------------------------------------------------------------------------------- */
