@@ -32,20 +32,7 @@ shared uvec4 Bs[2u * HALF];         // [buf][n][k] f16: B = W^T read column-majo
 
 uvec2 half4(vec4 x) { return uvec2(packFloat2x16(f16vec2(x.xy)), packFloat2x16(f16vec2(x.zw))); }
 
-float aload(uint m, uint k) {
-    uint M = pc.u[0], K = pc.u[2];
-    if (m >= M || k >= K) return 0.0;
-    if (pc.u[5] == 0u) return a[pc.u[16] + m * K + k];
-    uint Cin = pc.u[8], OW = pc.u[10], OH = pc.u[9];
-    uint ci = k % Cin, t = k / Cin;
-    uint kx = t % pc.u[12], ky = t / pc.u[12];
-    uint ox = m % OW, t2 = m / OW;
-    uint oy = t2 % OH, n = t2 / OH;
-    int iy = int(oy * pc.u[13] + ky) - int(pc.u[14]);
-    int ix = int(ox * pc.u[13] + kx) - int(pc.u[15]);
-    if (iy < 0 || ix < 0 || iy >= int(pc.u[6]) || ix >= int(pc.u[7])) return 0.0;
-    return a[pc.u[16] + ((n * pc.u[6] + uint(iy)) * pc.u[7] + uint(ix)) * Cin + ci];
-}
+#include "gemm_a.glsl"
 
 // This thread's share of one K step: four 4-wide pieces of A rows, two 8-wide pieces of W rows.
 uvec2 ra[4];
