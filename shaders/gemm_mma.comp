@@ -6,7 +6,8 @@
 // products. Rows of A and B move as 16-byte vectors when u[18] says the shapes allow (bit 0: A in
 // float4 along K, bit 1: W in 8 halves), else element by element. vk_ops.c sizes the grid by
 // BM x BN. On the H200, 128x128 with 4 subgroups of 64x64, 64x128 and 64x64 with 64-deep steps
-// were no faster in a CFG step (docs/vulkan.md).
+// were no faster in a CFG step, nor were tiles kept as f16 arrays instead of 16-byte rows
+// (docs/vulkan.md).
 #extension GL_GOOGLE_include_directive : require
 #extension GL_EXT_control_flow_attributes : require
 #extension GL_NV_cooperative_matrix : require

@@ -580,9 +580,9 @@ int main(void) {
     test_attention(v, 1, 97, 200, 1, 33, 0, 0, SDXL_BF16, 1.0f);
     int pipes = sdxl_vk_n_pipelines(v);
     test_linear(v, 3, 5, 7, 1, 0, SDXL_F16);
-    /* gemm, attention (head_dim > 64) and its tiled kernel, norm, eltwise, convert; f16 weights
-     * take gemm_mma.comp where it runs */
-    int used = 6 + (sdxl_vk_info(v)->mma ? 1 : 0);
+    /* gemm, attention (head_dim > 64) and its tiled kernel, norm, eltwise, convert; where the
+     * matrix units run, f16 weights take gemm_mma.comp and rounded attention attn_mma.comp */
+    int used = 6 + (sdxl_vk_info(v)->mma ? 2 : 0);
     CHECK(sdxl_vk_n_pipelines(v) == pipes && pipes == used, "pipelines created once (%d)", pipes);
     printf("dispatches %llu, peak device bytes %llu\n", (unsigned long long)sdxl_vk_n_dispatches(v),
            (unsigned long long)sdxl_vk_bytes_peak(v));

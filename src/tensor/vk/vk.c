@@ -643,7 +643,8 @@ static int prof_key(sdxl_vk_shader sh, const uint32_t *u, uint32_t gz, double *f
     if (sh == SDXL_VK_SH_GEMM || sh == SDXL_VK_SH_GEMM_MMA) {
         sub = u[5] ? (u[11] * u[12] > 1 ? 2 : 1) : 0;
         *flops = 2.0 * u[0] * u[1] * u[2];
-    } else if (sh == SDXL_VK_SH_ATTN || sh == SDXL_VK_SH_ATTN_T64 || sh == SDXL_VK_SH_ATTN_T32) {
+    } else if (sh == SDXL_VK_SH_ATTN || sh == SDXL_VK_SH_ATTN_T64 || sh == SDXL_VK_SH_ATTN_T32 ||
+               sh == SDXL_VK_SH_ATTN_MMA) {
         *flops = 4.0 * u[0] * u[1] * u[2] * u[3] * gz;
     } else {
         sub = u[0];
@@ -662,7 +663,8 @@ void sdxl_vk_profile_reset(sdxl_vk *v) {
 
 static void prof_write(sdxl_vk *v) {
     static const char *const sh[SDXL_VK_SH_COUNT] = {"gemm",     "attention", "norm",          "eltwise",
-                                                             "convert",  "gemm_mma",  "attention t64", "attention t32"};
+                                                             "convert",  "gemm_mma",  "attention t64", "attention t32",
+                                                             "attention mma"};
     static const char *const gemm[3] = {"linear", "conv 1x1", "conv kxk"};
     FILE *o = strcmp(v->prof_path, "-") ? fopen(v->prof_path, "a") : stderr;
     if (!o) return;
@@ -677,7 +679,9 @@ static void prof_write(sdxl_vk *v) {
         int s = k / VK_PROF_SUBS, sub = k % VK_PROF_SUBS;
         if (k == VK_PROF_KEYS - 1) snprintf(name, sizeof name, "copy");
         else if (s == SDXL_VK_SH_GEMM || s == SDXL_VK_SH_GEMM_MMA) snprintf(name, sizeof name, "%s %s", sh[s], gemm[sub % 3]);
-        else if (s == SDXL_VK_SH_ATTN || s == SDXL_VK_SH_ATTN_T64 || s == SDXL_VK_SH_ATTN_T32) snprintf(name, sizeof name, "%s", sh[s]);
+        else if (s == SDXL_VK_SH_ATTN || s == SDXL_VK_SH_ATTN_T64 || s == SDXL_VK_SH_ATTN_T32 ||
+                 s == SDXL_VK_SH_ATTN_MMA)
+            snprintf(name, sizeof name, "%s", sh[s]);
         else snprintf(name, sizeof name, "%s %d", sh[s], sub);
         fprintf(o, "%-22s %8llu calls %12.3f ms %6.2f%%", name, (unsigned long long)a->n, a->ns * 1e-6,
                 total > 0 ? 100.0 * a->ns / total : 0.0);

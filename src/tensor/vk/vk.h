@@ -89,6 +89,7 @@ typedef enum sdxl_vk_shader {
     SDXL_VK_SH_GEMM_MMA, /* devices with sdxl_vk_devinfo.mma only */
     SDXL_VK_SH_ATTN_T64, /* head_dim <= 64, 64 query rows a workgroup (44 KiB of shared memory) */
     SDXL_VK_SH_ATTN_T32, /* the same, 32 rows (26 KiB) */
+    SDXL_VK_SH_ATTN_MMA, /* head_dim <= 64, rounded operands, on matrix units (devices with mma) */
     SDXL_VK_SH_COUNT
 } sdxl_vk_shader;
 

@@ -276,7 +276,10 @@ int sdxl_vk_attention(sdxl_vk *v, const sdxl_vk_buf *q, int64_t q_ld, const sdxl
     p.f[0] = scale;
     const sdxl_vk_buf *bufs[4] = {&bq.b, &bk.b, &bv.b, &bo.b};
     sdxl_vk_shader sh = SDXL_VK_SH_ATTN;
-    if (head_dim <= 64) { /* register-tiled kernel; 64 rows where the shared memory allows */
+    if (head_dim <= 64 && round != SDXL_F32 && sdxl_vk_info(v)->mma) { /* f16 on matrix units */
+        sh = SDXL_VK_SH_ATTN_MMA;
+        br = 64;
+    } else if (head_dim <= 64) { /* register-tiled kernel; 64 rows where the shared memory allows */
         int big = sdxl_vk_info(v)->max_shared >= 45056;
         sh = big ? SDXL_VK_SH_ATTN_T64 : SDXL_VK_SH_ATTN_T32;
         br = big ? 64 : 32;

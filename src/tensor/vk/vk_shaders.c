@@ -29,6 +29,10 @@ static const uint32_t attn_tile32_spv[] = {
 #include "attn_tile32.spv.inc"
 };
 
+static const uint32_t attn_mma_spv[] = {
+#include "attn_mma.spv.inc"
+};
+
 const uint32_t *sdxl_vk_spirv(int shader, size_t *words) {
     switch (shader) {
     case SDXL_VK_SH_GEMM: *words = sizeof gemm_spv / 4; return gemm_spv;
@@ -39,6 +43,7 @@ const uint32_t *sdxl_vk_spirv(int shader, size_t *words) {
     case SDXL_VK_SH_GEMM_MMA: *words = sizeof gemm_mma_spv / 4; return gemm_mma_spv;
     case SDXL_VK_SH_ATTN_T64: *words = sizeof attn_tile64_spv / 4; return attn_tile64_spv;
     case SDXL_VK_SH_ATTN_T32: *words = sizeof attn_tile32_spv / 4; return attn_tile32_spv;
+    case SDXL_VK_SH_ATTN_MMA: *words = sizeof attn_mma_spv / 4; return attn_mma_spv;
     default: *words = 0; return NULL;
     }
 }
