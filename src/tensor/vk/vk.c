@@ -636,15 +636,19 @@ static void prof_collect(sdxl_vk *v) {
     v->nts = 0;
 }
 
+static int is_gemm(int sh) { return sh == SDXL_VK_SH_GEMM || sh == SDXL_VK_SH_GEMM_MMA; }
+static int is_attn(int sh) {
+    return sh == SDXL_VK_SH_ATTN || sh == SDXL_VK_SH_ATTN_T64 || sh == SDXL_VK_SH_ATTN_T32 || sh == SDXL_VK_SH_ATTN_MMA;
+}
+
 /* Key and FLOPs of a dispatch, read from its push constants (see vk_ops.c for the layouts). */
 static int prof_key(sdxl_vk_shader sh, const uint32_t *u, uint32_t gz, double *flops) {
     uint32_t sub = 0;
     *flops = 0;
-    if (sh == SDXL_VK_SH_GEMM || sh == SDXL_VK_SH_GEMM_MMA) {
+    if (is_gemm(sh)) {
         sub = u[5] ? (u[11] * u[12] > 1 ? 2 : 1) : 0;
         *flops = 2.0 * u[0] * u[1] * u[2];
-    } else if (sh == SDXL_VK_SH_ATTN || sh == SDXL_VK_SH_ATTN_T64 || sh == SDXL_VK_SH_ATTN_T32 ||
-               sh == SDXL_VK_SH_ATTN_MMA) {
+    } else if (is_attn(sh)) {
         *flops = 4.0 * u[0] * u[1] * u[2] * u[3] * gz;
     } else {
         sub = u[0];
@@ -678,10 +682,8 @@ static void prof_write(sdxl_vk *v) {
         char name[64];
         int s = k / VK_PROF_SUBS, sub = k % VK_PROF_SUBS;
         if (k == VK_PROF_KEYS - 1) snprintf(name, sizeof name, "copy");
-        else if (s == SDXL_VK_SH_GEMM || s == SDXL_VK_SH_GEMM_MMA) snprintf(name, sizeof name, "%s %s", sh[s], gemm[sub % 3]);
-        else if (s == SDXL_VK_SH_ATTN || s == SDXL_VK_SH_ATTN_T64 || s == SDXL_VK_SH_ATTN_T32 ||
-                 s == SDXL_VK_SH_ATTN_MMA)
-            snprintf(name, sizeof name, "%s", sh[s]);
+        else if (is_gemm(s)) snprintf(name, sizeof name, "%s %s", sh[s], gemm[sub % 3]);
+        else if (is_attn(s)) snprintf(name, sizeof name, "%s", sh[s]);
         else snprintf(name, sizeof name, "%s %d", sh[s], sub);
         fprintf(o, "%-22s %8llu calls %12.3f ms %6.2f%%", name, (unsigned long long)a->n, a->ns * 1e-6,
                 total > 0 ? 100.0 * a->ns / total : 0.0);
