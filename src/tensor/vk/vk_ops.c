@@ -255,9 +255,19 @@ int sdxl_vk_attention(sdxl_vk *v, const sdxl_vk_buf *q, int64_t q_ld, const sdxl
         (st = bind(v, val, kn + hd_all, "attention v", &bv, e)) ||
         (st = bind(v, out, on + hd_all, "attention out", &bo, e)))
         return st;
+    /* the kernel and its query rows per workgroup: the general one takes br x head_dim <= 2048 */
+    sdxl_vk_shader sh = SDXL_VK_SH_ATTN;
     int br = 2048 / head_dim;
     if (br > 32) br = 32;
     if (br < 1) br = 1;
+    if (head_dim <= 64 && round != SDXL_F32 && sdxl_vk_info(v)->mma) { /* f16 on matrix units */
+        sh = SDXL_VK_SH_ATTN_MMA;
+        br = 64;
+    } else if (head_dim <= 64) { /* register-tiled kernel; 64 rows where the shared memory allows */
+        int big = sdxl_vk_info(v)->max_shared >= 45056;
+        sh = big ? SDXL_VK_SH_ATTN_T64 : SDXL_VK_SH_ATTN_T32;
+        br = big ? 64 : 32;
+    }
     push p = {0};
     p.u[0] = (uint32_t)lq;
     p.u[1] = (uint32_t)lk;
@@ -275,15 +285,6 @@ int sdxl_vk_attention(sdxl_vk *v, const sdxl_vk_buf *q, int64_t q_ld, const sdxl
     p.u[13] = (uint32_t)round;
     p.f[0] = scale;
     const sdxl_vk_buf *bufs[4] = {&bq.b, &bk.b, &bv.b, &bo.b};
-    sdxl_vk_shader sh = SDXL_VK_SH_ATTN;
-    if (head_dim <= 64 && round != SDXL_F32 && sdxl_vk_info(v)->mma) { /* f16 on matrix units */
-        sh = SDXL_VK_SH_ATTN_MMA;
-        br = 64;
-    } else if (head_dim <= 64) { /* register-tiled kernel; 64 rows where the shared memory allows */
-        int big = sdxl_vk_info(v)->max_shared >= 45056;
-        sh = big ? SDXL_VK_SH_ATTN_T64 : SDXL_VK_SH_ATTN_T32;
-        br = big ? 64 : 32;
-    }
     int64_t gx = (lq + br - 1) / br;
     if (gx > 65535) return sdxl_seterr(e, SDXL_ERR_LIMIT, "vulkan attention: lq=%lld too long", (long long)lq);
     return sdxl_vk_dispatch(v, sh, bufs, &p, sizeof p, (uint32_t)gx, (uint32_t)heads, (uint32_t)batch, e);
